@@ -1,0 +1,254 @@
+"""Multi-label metrics: AP / mAP with the official semantics, and CP/CR/CF1/OP/OR/OF1.
+
+Average precision of one class (the official ``average_precision``): rank the N
+samples by score, descending, ties in their original order (a stable sort); then
+
+    AP = (1 / (P + 1e-8)) * sum over positives i of  precision@rank(i)
+       = (1 / (P + 1e-8)) * sum_{j=1..P}  j / (j + n_j)
+
+where the j-th ranked positive has n_j negatives ranked before it. No full
+ranking is needed: the negatives' scores are sorted as plain values (numpy's
+SIMD sort, about twice as fast as the official ``argsort``), the P positives'
+scores likewise, and n_j is one binary search of each positive among the sorted
+negatives (O(P log N)). A negative that ties with a positive ranks before it iff
+its index is smaller (the stable order); those few are counted by one more
+search on an (value, index) key, still without a full ranking. Classes are
+spread over threads (numpy's sort releases the GIL).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "average_precision",
+    "mAP",
+    "mAP_known",
+    "multilabel_metrics",
+    "calibrate_thresholds",
+]
+
+
+def _to_numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch tensor, without importing torch here
+        a = a.detach().cpu()
+        if str(a.dtype) == "torch.bfloat16":
+            a = a.float()
+        a = a.numpy()
+    a = np.asarray(a)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"expected an (N, C) array, got shape {a.shape}")
+    return a
+
+
+def _class_ap(scores: np.ndarray, pos: np.ndarray, valid: Optional[np.ndarray]):
+    """Sum over the positives of precision at their rank, for one class (see module doc).
+
+    Args:
+        scores: (N,) scores of one class.
+        pos: (N,) bool, positive samples.
+        valid: (N,) bool samples that take part (None: all); invalid ones are dropped.
+
+    Returns:
+        (sum of precisions, number of positives).
+    """
+    if valid is not None:
+        scores, pos = scores[valid], pos[valid]
+    pos_idx = np.flatnonzero(pos)
+    n_pos = pos_idx.size
+    if n_pos == 0:
+        return 0.0, 0
+    neg = ~pos
+    neg_scores = scores[neg]
+    neg_sorted = np.sort(neg_scores)  # values only: the SIMD sort, ~2x faster than argsort
+    ps = np.sort(scores[pos_idx])[::-1]  # positives' scores in rank order
+    right = np.searchsorted(neg_sorted, ps, side="right")
+    before = (neg_sorted.size - right).astype(np.int64)  # negatives scored strictly above
+    # A tie: the last negative at or below ps equals it (a gather, not a second search).
+    tied = (right > 0) & (neg_sorted[np.maximum(right - 1, 0)] == ps) if neg_sorted.size else right < 0
+    if np.any(tied):
+        # Negatives with the same score as a positive rank before it iff their index is
+        # smaller (stable order), and equal positives rank by index too: recount the
+        # tied positives in (value, index) order with one search on such a key.
+        order = np.argsort(-scores[pos_idx], kind="stable")
+        pidx = pos_idx[order]
+        values = np.unique(ps[tied])
+        neg_idx = np.flatnonzero(neg)
+        cand = np.isin(neg_scores, values)
+        n1 = scores.size + 1
+        neg_key = np.sort(np.searchsorted(values, neg_scores[cand]) * n1 + neg_idx[cand])
+        vr = np.searchsorted(values, ps[tied]).astype(np.int64) * n1
+        before[tied] += np.searchsorted(neg_key, vr + pidx[tied]) - np.searchsorted(neg_key, vr)
+    j = np.arange(1, n_pos + 1, dtype=np.float64)
+    return float(np.sum(j / (j + before))), n_pos
+
+
+def _per_class(targs: np.ndarray, preds: np.ndarray, ignore_index: Optional[float]):
+    """(sum of precisions, positives) for every class, classes spread over threads."""
+    n, c = preds.shape
+    # Contiguous class rows: each class's column becomes one cache-friendly row.
+    preds_t = np.ascontiguousarray(preds.T)
+    targs_t = np.ascontiguousarray(targs.T)
+
+    def one(k: int):
+        t = targs_t[k]
+        valid = (t != ignore_index) if ignore_index is not None else None
+        if valid is not None and valid.all():
+            valid = None
+        return _class_ap(preds_t[k], t == 1, valid)
+
+    workers = min(os.cpu_count() or 1, 8, c)
+    if workers > 1 and n * c >= 200_000:  # below that a pool costs more than it saves
+        with ThreadPoolExecutor(workers) as ex:
+            res = list(ex.map(one, range(c)))
+    else:
+        res = [one(k) for k in range(c)]
+    sums = np.array([r[0] for r in res], dtype=np.float64)
+    npos = np.array([r[1] for r in res], dtype=np.float64)
+    return sums, npos
+
+
+def average_precision(targs, preds, ignore_index: Optional[float] = -1) -> np.ndarray:
+    """Per-class average precision (official ranking semantics, see module doc).
+
+    Args:
+        targs: (N, C) targets, 1 = positive; entries equal to ``ignore_index`` are dropped
+            from that class; anything else counts as negative.
+        preds: (N, C) scores (any monotone score: logits or probabilities).
+        ignore_index: value of unknown labels, or None to keep every entry.
+
+    Returns:
+        (C,) float64 in [0, 1]; ``nan`` for a class without positives.
+    """
+    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    _check_shapes(targs, preds)
+    sums, npos = _per_class(targs, preds, ignore_index)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = sums / npos
+    ap[npos == 0] = np.nan
+    return ap
+
+
+def mAP(targs, preds) -> float:
+    """Mean average precision in percent, equal to the official ``mAP(targs, preds)``.
+
+    ``mAP = 100 * mean_k AP_k`` with ``AP_k = sum_j precision@rank(j) / (P_k + 1e-8)``;
+    a class without positives counts as 0 (it stays in the mean), every target other
+    than 1 counts as negative (as the official code). Ties are ranked stably.
+
+    Args:
+        targs: (N, C) targets, numpy or torch.
+        preds: (N, C) scores, numpy or torch.
+    """
+    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    if preds.size == 0:
+        return 0.0
+    _check_shapes(targs, preds)
+    sums, npos = _per_class(targs, preds, None)
+    return float(100.0 * np.mean(sums / (npos + 1e-8)))
+
+
+def mAP_known(targs, preds, ignore_index: Optional[float] = -1) -> float:
+    """Mean AP in percent over the classes that have positives, unknown labels dropped.
+
+    Args:
+        targs: (N, C) targets; ``ignore_index`` entries are left out of their class.
+        preds: (N, C) scores.
+    """
+    ap = average_precision(targs, preds, ignore_index)
+    if np.all(np.isnan(ap)):
+        return 0.0
+    return float(100.0 * np.nanmean(ap))
+
+
+def _check_shapes(targs: np.ndarray, preds: np.ndarray) -> None:
+    if targs.shape != preds.shape:
+        raise ValueError(f"targets {targs.shape} and scores {preds.shape} differ in shape")
+
+
+def multilabel_metrics(targs, preds, threshold=0.5, ignore_index: Optional[float] = -1) -> Dict[str, float]:
+    """Thresholded per-class and overall precision / recall / F1, in percent.
+
+    With TP/FP/FN per class at ``preds >= threshold`` (unknown labels left out):
+    ``CP = mean_k TP_k / (TP_k + FP_k)``, ``CR = mean_k TP_k / (TP_k + FN_k)`` (0 where
+    undefined), ``CF1 = 2 CP CR / (CP + CR)`` (ML-GCN convention); OP, OR from the summed
+    counts and ``OF1 = 2 OP OR / (OP + OR)``.
+
+    Args:
+        targs: (N, C) targets, 1 = positive.
+        preds: (N, C) scores (probabilities).
+        threshold: a float, or (C,) per-class thresholds.
+        ignore_index: value of unknown labels, or None.
+
+    Returns:
+        dict with keys CP, CR, CF1, OP, OR, OF1.
+    """
+    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    _check_shapes(targs, preds)
+    thr = np.asarray(threshold, dtype=np.float64)
+    pred_pos = preds >= thr
+    pos = targs == 1
+    known = targs != ignore_index if ignore_index is not None else np.ones_like(pos)
+    tp = np.sum(pred_pos & pos & known, axis=0).astype(np.float64)
+    fp = np.sum(pred_pos & ~pos & known, axis=0).astype(np.float64)
+    fn = np.sum(~pred_pos & pos & known, axis=0).astype(np.float64)
+
+    def ratio(a, b):
+        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+    cp = float(np.mean(ratio(tp, tp + fp))) * 100
+    cr = float(np.mean(ratio(tp, tp + fn))) * 100
+    op = float(ratio(np.array(tp.sum()), np.array(tp.sum() + fp.sum()))) * 100
+    orr = float(ratio(np.array(tp.sum()), np.array(tp.sum() + fn.sum()))) * 100
+    f1 = lambda a, b: 2 * a * b / (a + b) if a + b > 0 else 0.0  # noqa: E731
+    return {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": orr, "OF1": f1(op, orr)}
+
+
+def calibrate_thresholds(targs, preds, candidates: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Per-class thresholds maximizing that class's F1 on (targs, preds).
+
+    For each class the scores are sorted once and F1 is evaluated at every distinct
+    score (a threshold just at a sample keeps it positive); a class without positives
+    keeps 1.0 (never predicted). ``candidates`` restricts the search to a grid instead.
+
+    Args:
+        targs: (N, C) targets.
+        preds: (N, C) probabilities.
+        candidates: optional grid of thresholds.
+
+    Returns:
+        (C,) float64 thresholds.
+    """
+    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    _check_shapes(targs, preds)
+    n, c = preds.shape
+    out = np.ones(c, dtype=np.float64)
+    for k in range(c):
+        t, s = targs[:, k], preds[:, k]
+        keep = t != -1
+        t, s = t[keep] == 1, s[keep]
+        n_pos = int(t.sum())
+        if n_pos == 0:
+            continue
+        if candidates is not None:
+            grid = np.asarray(candidates, dtype=np.float64)
+            pp = s[None, :] >= grid[:, None]
+            tp = (pp & t[None, :]).sum(1)
+            f1 = 2 * tp / (pp.sum(1) + n_pos)
+            out[k] = grid[int(np.argmax(f1))]
+            continue
+        order = np.argsort(-s, kind="stable")
+        s_sorted, t_sorted = s[order], t[order]
+        tp = np.cumsum(t_sorted)
+        npred = np.arange(1, s.size + 1)
+        # Only the last index of each run of equal scores is a reachable threshold.
+        last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+        f1 = np.where(last, 2 * tp / (npred + n_pos), -1.0)
+        out[k] = float(s_sorted[int(np.argmax(f1))])
+    return out
