@@ -1,0 +1,172 @@
+"""Checkpoints: one format, atomic writes, ``weights_only=True`` reads.
+
+A checkpoint is a dict with the official keys ``model`` (state dict),
+``num_classes`` and ``idx_to_class`` ({int: name}), so the official infer.py
+reads ours, plus ``model_name``, ``image_size``, ``mean``, ``std``,
+``thresholds`` (optional), ``config`` and ``epoch``; ``last.pth`` adds what a
+resume needs. Every read goes through :func:`load_checkpoint`, which refuses a
+pickle that needs anything beyond tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError
+from .models import _strip_prefixes, create_model, unwrap_model
+
+__all__ = ["save_checkpoint", "make_checkpoint", "load_checkpoint", "state_dict_of", "model_from_checkpoint"]
+
+
+def make_checkpoint(
+    model: nn.Module,
+    *,
+    model_name: str,
+    class_names: Sequence[str],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: Optional[Dict[str, Any]] = None,
+    epoch: Optional[int] = None,
+    thresholds: Optional[Sequence[float]] = None,
+    **extra: Any,
+) -> Dict[str, Any]:
+    """The checkpoint dict of CONTRACT.md section 3 for ``model`` (unwrapped, on the CPU)."""
+    state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
+    ckpt: Dict[str, Any] = {
+        "model": state,
+        "num_classes": len(class_names),
+        "idx_to_class": {i: str(n) for i, n in enumerate(class_names)},
+        "model_name": model_name,
+        "image_size": int(image_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "config": config,
+        "epoch": epoch,
+    }
+    if thresholds is not None:
+        ckpt["thresholds"] = [float(t) for t in thresholds]
+    ckpt.update(extra)
+    return ckpt
+
+
+def save_checkpoint(ckpt: Dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically: a temporary file in the same folder, fsync, then ``os.replace``,
+    so a crash mid-write never leaves a truncated checkpoint under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, require_model: bool = True) -> Dict[str, Any]:
+    """Read a checkpoint with ``torch.load(..., weights_only=True)`` onto the CPU.
+
+    A missing file, a file that is not a checkpoint, or a pickle that would run code or
+    needs classes beyond tensors and containers raises :class:`CheckpointError`; nothing
+    from such a file is executed.
+
+    Args:
+        path: the ``.pth`` file.
+        require_model: the dict must hold a ``model`` (or ``state_dict``) state dict.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(f"{path}: refused, it is not a plain weights file ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+    if require_model:
+        state_dict_of(obj, path)
+    return obj
+
+
+def state_dict_of(obj: Any, path: Any = "checkpoint") -> Dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint (``model``, ``state_dict``, or the dict itself)."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no model state dict")
+    return obj
+
+
+def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:
+    """Class names from ``idx_to_class`` (keys may be ints or strings), else ``class_<k>``."""
+    idx = ckpt.get("idx_to_class") or {}
+    names = {int(k): str(v) for k, v in idx.items()} if isinstance(idx, dict) else {}
+    return [names.get(k, f"class_{k}") for k in range(num_classes)]
+
+
+def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None,
+                          path: Any = "checkpoint") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the model a checkpoint describes and load its weights strictly.
+
+    Args:
+        ckpt: a dict from :func:`load_checkpoint`.
+        model_name: overrides the checkpoint's ``model_name`` (needed for files without one).
+        path: for messages.
+
+    Returns:
+        (model in eval mode on the CPU, info dict with ``model_name``, ``num_classes``,
+        ``class_names``, ``image_size``, ``mean``, ``std``, ``thresholds``, ``config``).
+    """
+    state = _strip_prefixes(state_dict_of(ckpt, path))
+    name = model_name or ckpt.get("model_name")
+    if not name:
+        raise CheckpointError(f"{path}: names no model; pass --model-name")
+    num_classes = ckpt.get("num_classes")
+    if not isinstance(num_classes, int):
+        raise CheckpointError(f"{path}: has no 'num_classes'")
+    model = create_model(name, num_classes)
+    own = model.state_dict()
+    problems = []
+    for k, v in state.items():
+        if k not in own:
+            problems.append(f"unexpected key {k}")
+        elif tuple(v.shape) != tuple(own[k].shape):
+            problems.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    problems += [f"missing key {k}" for k in own if k not in state]
+    if problems:
+        raise CheckpointError(f"{path}: does not fit {name} with {num_classes} classes "
+                              f"({len(problems)} problems; first: {'; '.join(problems[:3])})")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    from .models import data_config
+
+    mean, std = data_config(model)
+    info = {
+        "model_name": name,
+        "num_classes": num_classes,
+        "class_names": class_names_of(ckpt, num_classes),
+        "image_size": ckpt.get("image_size"),
+        "mean": tuple(ckpt.get("mean") or mean),
+        "std": tuple(ckpt.get("std") or std),
+        "thresholds": ckpt.get("thresholds"),
+        "config": ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None,
+    }
+    return model, info

@@ -1,0 +1,159 @@
+"""The one argument parser of train.py, validate.py and infer.py.
+
+Every flag maps onto a :class:`asl.config.Config` field and is declared once
+here; each script picks the fields it exposes. Hyphen and underscore spellings
+both work (``--model-path`` and ``--model_path``), as do the official
+repository's names (``--input_size``, ``--pic_path``, ``-b``, ``-j``, ``--th``).
+Only flags given on the command line override the YAML config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .config import Config, _base_type, load_config
+from .errors import ASLError, ConfigError
+
+# field -> (flag spellings, help). Underscore/hyphen twins are added automatically.
+FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
+    "dataset": (("--dataset",), "dataset: demo, tagged (coco, voc, nuswide as their loaders land)"),
+    "data_root": (("--data-root", "--data"), "dataset folder (also the positional DATA_ROOT)"),
+    "train_split": (("--train-split",), "training split (default: the dataset's)"),
+    "val_split": (("--val-split", "--split"), "evaluation split (default: the dataset's)"),
+    "image_size": (("--image-size", "--input-size"), "input side S; images are squish-resized to S x S"),
+    "batch_size": (("--batch-size", "-b"), "batch size"),
+    "workers": (("--workers", "-j"), "data-loading worker processes"),
+    "augment": (("--augment",), "none | cutout | randaugment | cutout_randaugment"),
+    "val_fraction": (("--val-fraction",), "held-out fraction of tagged data without a split column"),
+    "model_name": (("--model-name",), "timm model name (e.g. resnet10t, tresnet_m)"),
+    "num_classes": (("--num-classes",), "number of classes (checked against the dataset / checkpoint)"),
+    "init_checkpoint": (("--init-checkpoint",), "weights to start from (head dropped when classes differ)"),
+    "loss": (("--loss",), "asl | asl_optimized | adaptive_asl | focal | bce"),
+    "gamma_neg": (("--gamma-neg",), "ASL gamma-"),
+    "gamma_pos": (("--gamma-pos",), "ASL gamma+"),
+    "clip": (("--clip",), "ASL probability margin m"),
+    "optimizer": (("--optimizer", "--opt"), "optimizer name from timm's factory (adam, adamw, sgd, ...)"),
+    "lr": (("--lr",), "learning rate (OneCycle maximum)"),
+    "weight_decay": (("--weight-decay", "--wd"), "weight decay (not on biases and 1-D parameters)"),
+    "epochs": (("--epochs",), "planned epochs: the length of the OneCycle schedule"),
+    "stop_epoch": (("--stop-epoch",), "stop after this many epochs of the planned schedule"),
+    "ema": (("--ema",), "keep an EMA of the weights and validate it too"),
+    "ema_decay": (("--ema-decay",), "EMA decay per step"),
+    "amp": (("--amp",), "mixed precision on CUDA"),
+    "output": (("--output", "-o"), "output folder"),
+    "seed": (("--seed",), "random seed"),
+    "device": (("--device",), "auto | cpu | cuda | cuda:N"),
+    "print_freq": (("--print-freq", "-p"), "log every N steps"),
+    "overwrite": (("--overwrite",), "write into an output folder that already holds a run"),
+    "resume": (("--resume",), "checkpoint to resume from"),
+    "model_path": (("--model-path",), "checkpoint to evaluate or run (train.py: as --init-checkpoint)"),
+    "thre": (("--thre",), "threshold of CP/CR/CF1/OP/OR/OF1 (official default 0.8)"),
+    "calibrate": (("--calibrate",), "fit per-class F1-optimal thresholds, save a calibrated checkpoint copy"),
+    "pic_path": (("--pic-path",), "images, folders or globs"),
+    "th": (("--th",), "score threshold (default: checkpoint's calibrated thresholds, else 0.7)"),
+    "top_k": (("--top-k",), "report at most K labels per image"),
+    "json": (("--json",), "print one JSON list to stdout"),
+    "save_image": (("--save-image",), "write the (first) picture with its labels drawn on it"),
+    "dataset_type": (("--dataset-type",), "official infer.py: MS-COCO (th 0.7) or OpenImages (th 0.995)"),
+}
+
+TRAIN_FIELDS = ["dataset", "data_root", "train_split", "val_split", "image_size", "batch_size", "workers",
+                "augment", "val_fraction", "model_name", "num_classes", "init_checkpoint", "model_path", "loss", "gamma_neg", "gamma_pos",
+                "clip", "optimizer", "lr", "weight_decay", "epochs", "stop_epoch", "ema", "ema_decay", "amp",
+                "output", "seed", "device", "print_freq", "overwrite", "resume", "thre"]
+VALIDATE_FIELDS = ["dataset", "data_root", "val_split", "image_size", "batch_size", "workers", "val_fraction",
+                   "model_name", "num_classes", "model_path", "thre", "calibrate", "output", "device", "amp", "print_freq"]
+INFER_FIELDS = ["model_path", "pic_path", "model_name", "image_size", "th", "top_k", "json", "save_image",
+                "dataset_type", "batch_size", "device"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one ``error:`` line (exit 2), not usage text."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
+def _spellings(flags: Iterable[str]) -> List[str]:
+    out: List[str] = []
+    for f in flags:
+        variants = [f]
+        if f.startswith("--"):
+            variants += ["--" + f[2:].replace("-", "_"), "--" + f[2:].replace("_", "-")]
+        out += [v for v in variants if v not in out]
+    return out
+
+
+def build_parser(prog: str, description: str, fields: Sequence[str], positional_data: bool = False,
+                 extra: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> argparse.ArgumentParser:
+    """An argparse parser for ``fields``; values it returns override the config."""
+    p = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", "-c", help="YAML config file (flags override it)")
+    if positional_data:
+        p.add_argument("data_root_pos", nargs="?", metavar="DATA_ROOT", help="dataset folder")
+    for name in fields:
+        flags, help_text = FLAGS[name]
+        typ, optional, is_list = _base_type(name)
+        kwargs = dict(dest=name, help=f"{help_text} (default: {getattr(Config(), name)!r})")
+        if typ is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif is_list:
+            kwargs.update(nargs="+", type=typ)
+        else:
+            kwargs["type"] = typ
+        if name == "dataset_type":
+            kwargs["type"] = str
+        p.add_argument(*_spellings(flags), **kwargs)
+    if extra is not None:
+        extra(p)
+    return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
+               base: Optional[Config] = None) -> Config:
+    """Parse flags, then defaults (or ``base``) <- ``--config`` YAML <- flags."""
+    ns = vars(parser.parse_args(argv))
+    config_path = ns.pop("config", None)
+    pos = ns.pop("data_root_pos", None)
+    if pos is not None:
+        ns.setdefault("data_root", pos)
+    return load_config(config_path, ns, base=base)
+
+
+def setup_logging(verbose: bool = True) -> None:
+    """Plain messages on stderr; only the main process logs under torchrun."""
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.INFO if (verbose and rank == 0) else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
+    """Call a script's main; bad input becomes one ``error: ...`` line and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except ASLError as e:
+        msg = " ".join(str(e).split())  # one line, whatever the message held
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def resolve_device(name: str):
+    """``auto``: CUDA when present, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
+    return dev

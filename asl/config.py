@@ -1,0 +1,194 @@
+"""The experiment config: one typed dataclass, loaded from YAML, overridden by flags.
+
+Unknown keys are rejected, values are coerced to the field's type (PyYAML reads
+``1e-4`` as a string), and the resolved config is saved next to the run and
+inside every checkpoint. The three scripts share the one schema, so any config
+file is valid for each of them; each script reads the fields it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from .errors import ConfigError
+
+
+@dataclass
+class Config:
+    # --- data
+    dataset: str = "demo"
+    data_root: str = "data/demo"
+    train_split: Optional[str] = None  # None: the dataset's training split
+    val_split: Optional[str] = None  # None: the dataset's evaluation split
+    image_size: int = 224
+    batch_size: int = 64
+    workers: int = 2
+    augment: str = "none"  # none | cutout | randaugment | cutout_randaugment
+    val_fraction: float = 0.2  # tagged data without a split column
+    max_bad_fraction: float = 0.01
+    # --- model
+    model_name: str = "resnet10t"
+    num_classes: Optional[int] = None  # checked against the dataset when given (official flag)
+    init_checkpoint: Optional[str] = None
+    channels_last: bool = False
+    # --- loss
+    loss: str = "asl"  # asl | asl_optimized | adaptive_asl | focal | bce
+    gamma_neg: float = 4.0
+    gamma_pos: float = 0.0
+    clip: float = 0.05
+    focal_gamma: float = 2.0
+    eps: float = 1e-8
+    disable_torch_grad_focal_loss: bool = True
+    loss_reduction: str = "sum"
+    label_smoothing: float = 0.0
+    delta_p_target: float = 0.0
+    adaptive_lambda: float = 0.05
+    # --- optimization
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    epochs: int = 80  # length of the OneCycle schedule
+    stop_epoch: Optional[int] = None  # stop early on that schedule (official: 40 of 80)
+    pct_start: float = 0.2
+    grad_clip: Optional[float] = None
+    ema: bool = True
+    ema_decay: float = 0.9997
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); off on CPU
+    # --- run
+    output: str = "runs/demo"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    print_freq: int = 50
+    overwrite: bool = False
+    resume: Optional[str] = None
+    # --- evaluation and inference
+    model_path: Optional[str] = None
+    thre: float = 0.8  # validate.py threshold of CP/CR/CF1/OP/OR/OF1 (official default)
+    calibrate: bool = False
+    pic_path: List[str] = field(default_factory=list)
+    th: Optional[float] = None  # infer.py threshold; None: checkpoint's calibrated ones or 0.7
+    top_k: Optional[int] = None
+    json: bool = False
+    save_image: Optional[str] = None
+    dataset_type: Optional[str] = None  # infer.py: MS-COCO | OpenImages (official thresholds)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _base_type(name: str):
+    """(type, optional, is_list) of a field."""
+    hint = _HINTS[name]
+    optional = False
+    if typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if typing.get_origin(hint) in (list, List):
+        return typing.get_args(hint)[0], optional, True
+    return hint, optional, False
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a YAML or flag value to the field's type, or raise ConfigError."""
+    typ, optional, is_list = _base_type(name)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional or is_list:
+            return None if optional else []
+        raise ConfigError(f"config key {name!r} may not be empty")
+    if is_list:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce_scalar(name, typ, v) for v in items]
+    return _coerce_scalar(name, typ, value)
+
+
+def _coerce_scalar(name: str, typ, value: Any) -> Any:
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+                return False
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"config key {name!r} expects {typ.__name__}, got {value!r}")
+
+
+def from_dict(values: Mapping[str, Any], base: Optional[Config] = None, source: str = "config") -> Config:
+    """A Config with ``values`` applied over ``base`` (defaults when None); unknown keys rejected."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    cfg = dataclasses.replace(base) if base is not None else Config()
+    for k, v in values.items():
+        setattr(cfg, k, coerce(k, v))
+    return cfg
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    """Read a YAML mapping; a missing file or bad YAML is a ConfigError."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    return data
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
+                base: Optional[Config] = None) -> Config:
+    """Defaults (or ``base``) <- YAML file <- overrides (flags)."""
+    cfg = base if base is not None else Config()
+    if path:
+        cfg = from_dict(load_yaml(path), cfg, source=path)
+    if overrides:
+        cfg = from_dict(overrides, cfg, source="flags")
+    return cfg
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    import os
+
+    import yaml
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,78 @@
+"""Train and eval transform presets.
+
+Evaluation is the official preprocessing: squish ``Resize((S, S))`` (bilinear,
+antialias), ``ToTensor()``, then mean/std normalization only when the model has
+one (TResNet/ASL checkpoints use mean 0, std 1, i.e. none). Training adds the
+official augmentations when asked: Cutout (half the image side, random fill, as
+the official ``CutoutPIL``) and torchvision's RandAugment.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from PIL import Image, ImageDraw
+
+__all__ = ["CutoutPIL", "build_transform", "AUGMENTATIONS"]
+
+AUGMENTATIONS = ("none", "cutout", "randaugment", "cutout_randaugment")
+
+
+class CutoutPIL:
+    """Paint one random rectangle of ``cutout_factor`` x the image side with a random colour.
+
+    Args:
+        cutout_factor: side of the square hole relative to the image (official: 0.5).
+        p: probability of applying it.
+    """
+
+    def __init__(self, cutout_factor: float = 0.5, p: float = 1.0):
+        self.cutout_factor = cutout_factor
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return img
+        img = img.copy()
+        w, h = img.size
+        hh, ww = int(self.cutout_factor * h + 0.5), int(self.cutout_factor * w + 0.5)
+        cy, cx = random.randint(0, h - 1), random.randint(0, w - 1)
+        y0, y1 = max(cy - hh // 2, 0), min(cy + hh // 2, h)
+        x0, x1 = max(cx - ww // 2, 0), min(cx + ww // 2, w)
+        fill = tuple(random.randint(0, 255) for _ in range(3))
+        ImageDraw.Draw(img).rectangle([x0, y0, x1, y1], fill=fill)
+        return img
+
+    def __repr__(self) -> str:
+        return f"CutoutPIL(cutout_factor={self.cutout_factor}, p={self.p})"
+
+
+def build_transform(
+    train: bool,
+    image_size: int,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    augment: str = "none",
+):
+    """Build a torchvision transform: PIL RGB image -> float tensor (3, S, S).
+
+    Args:
+        train: add the training augmentations named by ``augment``.
+        image_size: S; images are squish-resized to S x S as in the official code.
+        mean, std: normalization; skipped when mean = 0 and std = 1 (ASL checkpoints).
+        augment: one of ``none``, ``cutout``, ``randaugment``, ``cutout_randaugment``.
+    """
+    from torchvision import transforms as T
+
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    ops = [T.Resize((image_size, image_size), antialias=True)]
+    if train and "cutout" in augment:
+        ops.append(CutoutPIL(cutout_factor=0.5))
+    if train and "randaugment" in augment:
+        ops.append(T.RandAugment())
+    ops.append(T.ToTensor())
+    if any(m != 0.0 for m in mean) or any(s != 1.0 for s in std):
+        ops.append(T.Normalize(mean=list(mean), std=list(std)))
+    return T.Compose(ops)

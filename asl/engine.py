@@ -1,0 +1,184 @@
+"""Training and evaluation steps: ``train_one_epoch`` and ``evaluate``.
+
+Both take explicit objects and return dicts. One AMP code path: the forward
+runs under ``torch.autocast(..., enabled=...)`` and the loss is computed on
+float32 logits; a GradScaler is used only for fp16.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .metrics import mAP
+
+log = logging.getLogger(__name__)
+
+__all__ = ["amp_dtype_for", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def amp_dtype_for(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
+    """Autocast dtype: bf16 on CUDA where supported, else fp16; None (off) on the CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """timm's optimizer factory; no weight decay on biases and 1-D parameters (as official)."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, filter_bias_and_bn=True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
+                    pct_start: float = 0.2):
+    """OneCycle over the planned ``epochs`` (the official recipe plans 80, stops at 40)."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs,
+                                               steps_per_epoch=max(steps_per_epoch, 1), pct_start=pct_start)
+
+
+def _progress(iterable, desc: str, total: Optional[int] = None):
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, nothing in logs and CI.
+    return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    scheduler=None,
+    ema=None,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    amp_dtype: Optional[torch.dtype] = None,
+    grad_clip: Optional[float] = None,
+    epoch: int = 0,
+    global_step: int = 0,
+    print_freq: int = 50,
+    channels_last: bool = False,
+) -> Dict[str, Any]:
+    """One pass over ``loader``: forward under autocast, float32 loss, step, schedule, EMA.
+
+    A step whose loss is not finite is skipped (no update) and counted.
+
+    Returns:
+        dict with ``train_loss`` (mean over steps), ``lr`` (last), ``steps``, ``global_step``,
+        ``images_per_s``, ``data_time`` and ``compute_time`` (seconds), ``nonfinite_steps``.
+    """
+    model.train()
+    total_loss, steps, images, skipped = 0.0, 0, 0, 0
+    data_time = compute_time = 0.0
+    t_start = t_last = time.perf_counter()
+    for images_b, targets in _progress(loader, f"epoch {epoch}"):
+        t_data = time.perf_counter()
+        data_time += t_data - t_last
+        images_b = images_b.to(device, non_blocking=True)
+        if channels_last:
+            images_b = images_b.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images_b)
+        loss = loss_fn(logits.float(), targets)
+        loss_value = float(loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss_value):
+            skipped += 1
+            log.warning("epoch %d step %d: loss is %s, step skipped", epoch, global_step, loss_value)
+        else:
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+            total_loss += loss_value
+        if scheduler is not None:
+            scheduler.step()
+        global_step += 1
+        if ema is not None:
+            ema.update(model, step=global_step)
+        steps += 1
+        images += images_b.shape[0]
+        t_last = time.perf_counter()
+        compute_time += t_last - t_data
+        if print_freq and steps % print_freq == 0:
+            log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f img/s (data %.0f%%)", epoch, steps,
+                     len(loader), loss_value, optimizer.param_groups[0]["lr"],
+                     images / (t_last - t_start), 100 * data_time / max(t_last - t_start, 1e-9))
+    elapsed = time.perf_counter() - t_start
+    return {
+        "train_loss": total_loss / max(steps - skipped, 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "steps": steps,
+        "global_step": global_step,
+        "images_per_s": images / max(elapsed, 1e-9),
+        "data_time": data_time,
+        "compute_time": compute_time,
+        "nonfinite_steps": skipped,
+    }
+
+
+def evaluate(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    *,
+    amp_dtype: Optional[torch.dtype] = None,
+    desc: str = "eval",
+    channels_last: bool = False,
+) -> Dict[str, Any]:
+    """Scores of ``model`` on ``loader`` and their mAP (official definition).
+
+    Returns:
+        dict with ``mAP`` (percent), ``scores`` (N, C) float32 sigmoid scores, ``targets``
+        (N, C), ``num_images``, ``images_per_s``.
+    """
+    was_training = model.training
+    model.eval()
+    scores, targets = [], []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for images_b, targets_b in _progress(loader, desc):
+            images_b = images_b.to(device, non_blocking=True)
+            if channels_last:
+                images_b = images_b.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(images_b)
+            scores.append(torch.sigmoid(logits.float()).cpu())
+            targets.append(targets_b.cpu())
+    elapsed = time.perf_counter() - t0
+    model.train(was_training)
+    s = torch.cat(scores).numpy() if scores else np.zeros((0, 0), np.float32)
+    t = torch.cat(targets).numpy() if targets else np.zeros((0, 0), np.float32)
+    return {
+        "mAP": mAP(t, s) if len(s) else 0.0,
+        "scores": s,
+        "targets": t,
+        "num_images": int(len(s)),
+        "images_per_s": len(s) / max(elapsed, 1e-9),
+    }

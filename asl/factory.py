@@ -1,0 +1,57 @@
+"""Config -> objects: the datasets, loaders and loss a run uses (shared by the scripts)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .config import Config
+from .data import build_transform, create_dataset, default_splits
+from .errors import ConfigError
+from .losses import LOSSES, build_loss
+
+
+def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Sequence[float],
+                        split: Optional[str] = None):
+    """The training (``train=True``) or evaluation split named by ``cfg``."""
+    train_split, eval_split = default_splits(cfg.dataset)
+    split = split or ((cfg.train_split or train_split) if train else (cfg.val_split or eval_split))
+    transform = build_transform(train, cfg.image_size, mean, std, augment=cfg.augment if train else "none")
+    ds = create_dataset(cfg.dataset, cfg.data_root, split, transform, val_fraction=cfg.val_fraction,
+                        seed=0, max_bad_fraction=cfg.max_bad_fraction)
+    if cfg.num_classes is not None and cfg.num_classes != ds.num_classes:
+        raise ConfigError(f"--num-classes {cfg.num_classes} but {ds.name} has {ds.num_classes} classes")
+    return ds
+
+
+def loader_for(ds, cfg: Config, train: bool, device: torch.device, generator: Optional[torch.Generator] = None):
+    """A DataLoader: shuffled for training, pinned memory on CUDA, persistent workers."""
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=train,
+        drop_last=train and len(ds) > cfg.batch_size,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+        generator=generator,
+    )
+
+
+def loss_from_config(cfg: Config) -> torch.nn.Module:
+    """The loss named by ``cfg.loss`` with the config's parameters."""
+    common = dict(eps=cfg.eps, reduction=cfg.loss_reduction, label_smoothing=cfg.label_smoothing,
+                  disable_torch_grad_focal_loss=cfg.disable_torch_grad_focal_loss)
+    name = cfg.loss.lower().replace("-", "_")
+    if name in ("asl", "asl_optimized"):
+        return build_loss(name, gamma_neg=cfg.gamma_neg, gamma_pos=cfg.gamma_pos, clip=cfg.clip, **common)
+    if name == "adaptive_asl":
+        return build_loss(name, gamma_neg=cfg.gamma_neg, gamma_pos=cfg.gamma_pos, clip=cfg.clip,
+                          delta_p_target=cfg.delta_p_target, lam=cfg.adaptive_lambda, **common)
+    if name == "focal":
+        return build_loss(name, gamma=cfg.focal_gamma, **common)
+    if name == "bce":
+        return build_loss(name, **common)
+    raise ConfigError(f"unknown loss {cfg.loss!r} for multi-label training; choose from "
+                      f"{', '.join(n for n in LOSSES if n != 'asl_single_label')}")

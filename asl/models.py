@@ -1,0 +1,108 @@
+"""Models: any timm backbone with a multi-label head; initialization from a local file."""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Tuple
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_model", "data_config", "load_init_checkpoint", "unwrap_model"]
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """A timm model with ``num_classes`` logits, without downloading anything.
+
+    Args:
+        name: any timm model name (``resnet10t``, ``tresnet_m``, ``tresnet_l``, ...).
+        num_classes: size of the classifier head.
+        **kwargs: passed to ``timm.create_model`` (``drop_rate``, ...).
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown model name {name!r}{hint}")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def data_config(model: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) the model expects; (0, 0, 0) / (1, 1, 1) for TResNet (ASL checkpoints)."""
+    import timm
+
+    cfg = timm.data.resolve_model_data_config(unwrap_model(model))
+    return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
+    """Initialize ``model`` from a local checkpoint (ImageNet or another run's weights).
+
+    Keys must match; the classifier head is dropped when its shape differs (a different
+    class count), and the dropped keys are logged and returned.
+
+    Args:
+        model: the freshly created model.
+        path: a ``.pth`` file holding a state dict or a dict with ``model`` / ``state_dict``.
+
+    Returns:
+        ``{"dropped": [...], "missing": [...]}``.
+    """
+    from .checkpoint import load_checkpoint, state_dict_of
+
+    state = _strip_prefixes(state_dict_of(load_checkpoint(path, require_model=False), path))
+    own = model.state_dict()
+    dropped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    unexpected = [k for k in state if k not in own]
+    for k in dropped:
+        del state[k]
+    head_keys = _head_keys(model)
+    bad = [k for k in dropped if k not in head_keys]
+    if bad or unexpected:
+        first = (bad or unexpected)[:3]
+        raise CheckpointError(
+            f"{path}: does not fit model ({len(bad)} shape mismatches outside the head, "
+            f"{len(unexpected)} unexpected keys; first: {', '.join(first)})")
+    missing = [k for k in own if k not in state]
+    if [k for k in missing if k not in head_keys]:
+        raise CheckpointError(f"{path}: lacks weights of the model, first: "
+                              f"{', '.join([k for k in missing if k not in head_keys][:3])}")
+    model.load_state_dict(state, strict=False)
+    if dropped or missing:
+        log.info("init checkpoint %s: head not loaded (%s)", path, ", ".join(sorted(set(dropped + missing))))
+    return {"dropped": dropped, "missing": missing}
+
+
+def _head_keys(model: nn.Module) -> set:
+    """State-dict keys of the classifier (timm's ``get_classifier``)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        return set()
+    names = {id(p): n for n, p in model.state_dict(keep_vars=True).items()}
+    return {names[id(p)] for p in head.state_dict(keep_vars=True).values() if id(p) in names}
