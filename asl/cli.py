@@ -113,15 +113,21 @@ def build_parser(prog: str, description: str, fields: Sequence[str], positional_
     return p
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
-               base: Optional[Config] = None) -> Config:
-    """Parse flags, then defaults (or ``base``) <- ``--config`` YAML <- flags."""
+def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+    """(``--config`` path or None, {field: value} of the flags actually given)."""
     ns = vars(parser.parse_args(argv))
     config_path = ns.pop("config", None)
     pos = ns.pop("data_root_pos", None)
     if pos is not None:
         ns.setdefault("data_root", pos)
-    return load_config(config_path, ns, base=base)
+    return config_path, ns
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
+               base: Optional[Config] = None) -> Config:
+    """Parse flags, then defaults (or ``base``) <- ``--config`` YAML <- flags."""
+    config_path, overrides = parse_flags(parser, argv)
+    return load_config(config_path, overrides, base=base)
 
 
 def setup_logging(verbose: bool = True) -> None:

@@ -1,0 +1,141 @@
+"""Tag images with a trained checkpoint.
+
+    python infer.py --model-path runs/demo/best.pth --pic-path pics/demo.png
+    python infer.py --model_path MS_COCO_TRresNet_L_448_86.6.pth --pic_path pics/ --json
+    python infer.py --model-path runs/demo/best.pth --pic-path 'photos/*.jpg' --top-k 5 --save-image out.png
+
+Threshold: --th, else the checkpoint's calibrated per-class thresholds
+(validate.py --calibrate), else the official 0.7 (0.995 for --dataset_type OpenImages).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import List
+
+from asl import cli
+from asl.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+OFFICIAL_THRESHOLDS = {"openimages": 0.995, "ms-coco": 0.7, "coco": 0.7}
+
+
+def collect_images(specs: List[str]) -> List[Path]:
+    """Files, folders (their images, sorted) and glob patterns, in the order given."""
+    paths: List[Path] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(f"no images in folder {spec}")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        elif glob.has_magic(spec):
+            found = sorted(Path(f) for f in glob.glob(spec) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(f"no images match {spec}")
+            paths += found
+        else:
+            raise DataError(f"image not found: {spec}")
+    return paths
+
+
+def load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__})") from None
+
+
+def draw_labels(img, labels, dest: Path) -> None:
+    """Save ``img`` with its labels written in its top-left corner (PIL, no window)."""
+    from PIL import ImageDraw
+
+    img = img.copy()
+    if max(img.size) < 256:  # tiny images get enlarged so the text stays legible
+        scale = 256 / max(img.size)
+        img = img.resize((round(img.width * scale), round(img.height * scale)))
+    draw = ImageDraw.Draw(img)
+    lines = [f"{lab['label']} {lab['score']:.2f}" for lab in labels] or ["(no label)"]
+    y = 4
+    for line in lines:
+        box = draw.textbbox((4, y), line)
+        draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(0, 0, 0))
+        draw.text((4, y), line, fill=(255, 255, 0))
+        y = box[3] + 6
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img.save(dest)
+
+
+def main(argv=None) -> int:
+    parser = cli.build_parser("infer.py", __doc__.split("\n\n")[0], cli.INFER_FIELDS)
+    config_path, flags = cli.parse_flags(parser, argv)
+    from asl.config import load_config
+
+    cfg = load_config(config_path, flags)
+    cli.setup_logging(verbose=False)
+    if not cfg.model_path:
+        raise ConfigError("pass --model-path CHECKPOINT")
+    if not cfg.pic_path:
+        raise ConfigError("pass --pic-path IMAGE [IMAGE|DIR|GLOB ...]")
+    paths = collect_images(cfg.pic_path)
+
+    import torch
+
+    from asl.checkpoint import load_checkpoint, model_from_checkpoint
+    from asl.data.transforms import build_transform
+
+    ckpt = load_checkpoint(cfg.model_path)
+    model, info = model_from_checkpoint(ckpt, flags.get("model_name"), path=cfg.model_path)
+    size = flags.get("image_size") or info["image_size"] or 448
+    device = cli.resolve_device(cfg.device)
+    model.to(device)
+    transform = build_transform(False, size, info["mean"], info["std"])
+    if cfg.th is not None:
+        thresholds = torch.full((info["num_classes"],), float(cfg.th))
+    elif info["thresholds"] is not None and cfg.dataset_type is None:
+        thresholds = torch.tensor(info["thresholds"], dtype=torch.float32)
+    else:
+        key = (cfg.dataset_type or "ms-coco").lower().replace("_", "").replace(" ", "")
+        thresholds = torch.full((info["num_classes"],), OFFICIAL_THRESHOLDS.get(key, 0.7))
+
+    results = []
+    first_img = None
+    with torch.inference_mode():
+        for start in range(0, len(paths), cfg.batch_size):
+            batch = paths[start:start + cfg.batch_size]
+            imgs = [load_image(p) for p in batch]
+            if first_img is None:
+                first_img = imgs[0]
+            scores = torch.sigmoid(model(torch.stack([transform(im) for im in imgs]).to(device)).float()).cpu()
+            for p, s in zip(batch, scores):
+                keep = torch.nonzero(s >= thresholds).flatten().tolist()
+                labels = sorted(({"label": info["class_names"][k], "score": round(float(s[k]), 4)} for k in keep),
+                                key=lambda d: -d["score"])
+                if cfg.top_k:
+                    labels = labels[: cfg.top_k]
+                results.append({"image": str(p), "labels": labels})
+
+    if cfg.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            tags = ", ".join(f"{lab['label']} ({lab['score']:.2f})" for lab in r["labels"]) or "(no label)"
+            print(f"{r['image']}: {tags}")
+    if cfg.save_image:
+        draw_labels(first_img, results[0]["labels"], Path(cfg.save_image))
+        if not cfg.json:
+            print(f"labelled picture -> {cfg.save_image}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
