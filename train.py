@@ -21,8 +21,7 @@ import torch
 from asl import cli
 from asl.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from asl.config import dump_config, load_config
-from asl.engine import (amp_dtype_for, build_optimizer, build_scheduler, evaluate, seed_everything,
-                        train_one_epoch)
+from asl.engine import amp_dtype_for, build_optimizer, build_scheduler, evaluate, seed_everything, train_one_epoch
 from asl.errors import ConfigError
 from asl.factory import dataset_from_config, loader_for, loss_from_config
 from asl.models import create_model, data_config, load_init_checkpoint, unwrap_model

@@ -40,6 +40,10 @@ def base_config(ckpt: dict) -> Config:
     return cfg
 
 
+def format_metrics(m: dict) -> str:
+    return "  ".join(f"{k} {m[k]:.2f}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1"))
+
+
 def main(argv=None) -> int:
     parser = cli.build_parser("validate.py", __doc__.split("\n\n")[0], cli.VALIDATE_FIELDS, positional_data=True)
     config_path, flags = cli.parse_flags(parser, argv)
@@ -67,14 +71,14 @@ def main(argv=None) -> int:
         metrics["mAP_known"] = mAP_known(targets, scores)
     ap = average_precision(targets, scores)
     metrics["per_class_ap"] = {n: (None if np.isnan(a) else float(100 * a)) for n, a in zip(ds.class_names, ap)}
-    print(f"mAP {metrics['mAP']:.2f}  " + "  ".join(f"{k} {metrics[k]:.2f}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1"))
-          + f"  (threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)")
+    print(f"mAP {metrics['mAP']:.2f}  {format_metrics(metrics)}  "
+          f"(threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)")
 
     if cfg.calibrate:
         thr = calibrate_thresholds(targets, scores)
         cal = multilabel_metrics(targets, scores, thr)
         metrics["calibrated"] = cal
-        print("calibrated per-class thresholds: " + "  ".join(f"{k} {cal[k]:.2f}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")))
+        print(f"calibrated per-class thresholds: {format_metrics(cal)}")
         dest = Path(output) / "calibrated.pth" if output else Path(model_path).with_suffix(".calibrated.pth")
         save_checkpoint(dict(ckpt, thresholds=[float(t) for t in thr]), dest)
         print(f"calibrated checkpoint -> {dest}")

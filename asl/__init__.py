@@ -2,8 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .losses import (AdaptiveAsymmetricLoss, ASLSingleLabel, AsymmetricLoss,  # noqa: E402
-                     AsymmetricLossOptimized, build_loss)
+from .losses import AdaptiveAsymmetricLoss, ASLSingleLabel, AsymmetricLoss, AsymmetricLossOptimized, build_loss  # noqa: E402
 from .metrics import average_precision, mAP, mAP_known, multilabel_metrics  # noqa: E402
 
 __all__ = [

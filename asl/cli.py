@@ -62,11 +62,12 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
 }
 
 TRAIN_FIELDS = ["dataset", "data_root", "train_split", "val_split", "image_size", "batch_size", "workers",
-                "augment", "val_fraction", "model_name", "num_classes", "init_checkpoint", "model_path", "loss", "gamma_neg", "gamma_pos",
-                "clip", "optimizer", "lr", "weight_decay", "epochs", "stop_epoch", "ema", "ema_decay", "amp",
-                "output", "seed", "device", "print_freq", "overwrite", "resume", "thre"]
+                "augment", "val_fraction", "model_name", "num_classes", "init_checkpoint", "model_path", "loss",
+                "gamma_neg", "gamma_pos", "clip", "optimizer", "lr", "weight_decay", "epochs", "stop_epoch", "ema",
+                "ema_decay", "amp", "output", "seed", "device", "print_freq", "overwrite", "resume", "thre"]
 VALIDATE_FIELDS = ["dataset", "data_root", "val_split", "image_size", "batch_size", "workers", "val_fraction",
-                   "model_name", "num_classes", "model_path", "thre", "calibrate", "output", "device", "amp", "print_freq"]
+                   "model_name", "num_classes", "model_path", "thre", "calibrate", "output", "device", "amp",
+                   "print_freq"]
 INFER_FIELDS = ["model_path", "pic_path", "model_name", "image_size", "th", "top_k", "json", "save_image",
                 "dataset_type", "batch_size", "device"]
 

@@ -114,7 +114,8 @@ def _kernel(x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: 
     wn = _ipow(pm, o.gn) if o.gn else None
     neg = B * wn if wn is not None else B
     A = p.clamp(min=o.eps).log_()
-    q = torch.rsub(p, 1.0) if (o.gp or grad_out is not None) else None
+    # 1 - p from the logit: the subtraction loses all relative precision as p -> 1.
+    q = torch.sigmoid(torch.neg(x)) if (o.gp or grad_out is not None) else None
     wp = _ipow(q, o.gp) if o.gp else None
     pos = A * wp if wp is not None else A
     if o.pw is not None:

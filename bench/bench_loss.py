@@ -98,7 +98,8 @@ def main(argv=None) -> None:
 
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, reps={args.reps}, "
           f"ASL gamma_neg=4 gamma_pos=0 clip=0.05 detached, float32 CPU")
-    header = f"{'shape':>12} | " + " | ".join(f"{k:>9} ms" for k in impls) + " | ours/official | timm/official | bce/official"
+    header = (f"{'shape':>12} | " + " | ".join(f"{k:>9} ms" for k in impls)
+              + " | ours/official | timm/official | bce/official")
     print(header)
     print("-" * len(header))
     mem_rows = []

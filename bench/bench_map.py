@@ -58,8 +58,9 @@ def main(argv=None) -> None:
                     help="threads for asl.metrics (the official loop and sklearn are single-threaded)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from asl import metrics
     from sklearn.metrics import average_precision_score
+
+    from asl import metrics
 
     metrics_threads = args.threads
     orig = os.cpu_count

@@ -85,7 +85,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         if path not in self.bad_images:
             self.bad_images.add(path)
             log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
-        if len(self.bad_images) > max(1, self.max_bad_fraction * len(self.paths)):
+        if len(self.bad_images) > self.max_bad_fraction * len(self.paths):
             raise DataError(
                 f"{self.name}: {len(self.bad_images)} of {len(self.paths)} images are unreadable "
                 f"(more than {self.max_bad_fraction:.1%}); last: {path}")

@@ -1,0 +1,108 @@
+"""Config schema, flag parsing, and the one-line error contract of the three scripts."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from asl import cli
+from asl.config import Config, dump_config, load_config
+from asl.errors import ConfigError
+
+from .conftest import REPO
+
+
+def run_script(script, *args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_line_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert fragment in lines[0]
+
+
+def test_yaml_numbers_are_coerced_and_flags_override(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("lr: 1e-4\nepochs: '3'\nema: 'false'\nstop_epoch: null\nclip: 0\n")
+    cfg = load_config(str(cfg_file))
+    assert cfg.lr == 1e-4 and isinstance(cfg.lr, float)
+    assert cfg.epochs == 3 and cfg.ema is False and cfg.stop_epoch is None and cfg.clip == 0.0
+    parser = cli.build_parser("t", "t", cli.TRAIN_FIELDS, positional_data=True)
+    cfg = cli.parse_args(parser, ["--config", str(cfg_file), "--lr", "0.5", "some/root", "--no-ema", "-b", "7"])
+    assert cfg.lr == 0.5 and cfg.data_root == "some/root" and cfg.ema is False and cfg.batch_size == 7
+    assert cfg.epochs == 3  # from the file, not overridden
+
+
+def test_unknown_key_and_wrong_type_are_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key learning_rate"):
+        load_config(str(bad))
+    bad.write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match="epochs"):
+        load_config(str(bad))
+    bad.write_text("epochs: 2.5\n")
+    with pytest.raises(ConfigError):
+        load_config(str(bad))
+
+
+def test_official_spellings_map_to_the_same_fields():
+    parser = cli.build_parser("infer", "i", cli.INFER_FIELDS)
+    a = cli.parse_args(parser, ["--model_path", "m.pth", "--pic_path", "a.jpg", "b.jpg", "--input_size", "224",
+                                "--model_name", "tresnet_m", "--th", "0.5", "--dataset_type", "OpenImages"])
+    b = cli.parse_args(parser, ["--model-path", "m.pth", "--pic-path", "a.jpg", "b.jpg", "--input-size", "224",
+                                "--model-name", "tresnet_m", "--th", "0.5", "--dataset-type", "OpenImages"])
+    assert a == b
+    assert a.image_size == 224 and a.pic_path == ["a.jpg", "b.jpg"] and a.th == 0.5
+
+
+def test_config_round_trip(tmp_path):
+    cfg = Config(lr=3e-4, pic_path=["x.png"], stop_epoch=4)
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(str(tmp_path / "c.yaml")) == cfg
+
+
+@pytest.mark.parametrize("script", ["train.py", "validate.py", "infer.py"])
+def test_missing_config_file(script, tmp_path):
+    assert_one_line_error(run_script(script, "--config", tmp_path / "nope.yaml"), "config file not found")
+
+
+def test_unknown_config_key_via_cli(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: demo\nbatchsize: 4\n")
+    assert_one_line_error(run_script("train.py", "--config", bad), "unknown key batchsize")
+
+
+def test_flag_of_wrong_type():
+    assert_one_line_error(run_script("train.py", "--epochs", "abc"), "--epochs")
+    assert_one_line_error(run_script("validate.py", "--thre", "high"), "--thre")
+
+
+def test_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint")
+    assert_one_line_error(run_script("validate.py", "--model-path", junk), "not a readable PyTorch checkpoint")
+    assert_one_line_error(run_script("infer.py", "--model-path", junk, "--pic-path", REPO / "pics" / "demo.png"),
+                          "not a readable PyTorch checkpoint")
+    assert_one_line_error(run_script("validate.py", "--model-path", tmp_path / "missing.pth"), "not found")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_malicious_pickle_is_refused_and_not_run(tmp_path):
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": _Evil()}, evil, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    proc = run_script("validate.py", "--model-path", evil, cwd=tmp_path)
+    assert_one_line_error(proc, "refused")
+    assert not (tmp_path / "PWNED").exists()
