@@ -22,7 +22,7 @@ from asl import cli
 from asl.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from asl.config import dump_config, load_config
 from asl.engine import amp_dtype_for, build_optimizer, build_scheduler, evaluate, seed_everything, train_one_epoch
-from asl.errors import ConfigError
+from asl.errors import CheckpointError, ConfigError
 from asl.factory import dataset_from_config, loader_for, loss_from_config
 from asl.models import create_model, data_config, load_init_checkpoint, unwrap_model
 
@@ -36,10 +36,19 @@ def check_output_dir(out: Path, overwrite: bool, resume) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def load_resume_checkpoint(path: str) -> dict:
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("optimizer", "scheduler", "epoch") if ckpt.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it, it lacks {', '.join(missing)} (resume from a last.pth)")
+    return ckpt
+
+
 def main(argv=None) -> int:
     parser = cli.build_parser("train.py", __doc__.split("\n\n")[0], cli.TRAIN_FIELDS, positional_data=True)
     cfg = cli.parse_args(parser, argv, base=load_config(str(DEMO_CONFIG)))
     cli.setup_logging()
+    resume_ckpt = load_resume_checkpoint(cfg.resume) if cfg.resume else None  # fail before any work
     out = Path(cfg.output)
     check_output_dir(out, cfg.overwrite, cfg.resume)
     if (out / "metrics.jsonl").exists() and not cfg.resume:
@@ -48,10 +57,9 @@ def main(argv=None) -> int:
     seed_everything(cfg.seed)
     amp_dtype = amp_dtype_for(device, cfg.amp)
 
+    loss_fn = loss_from_config(cfg).to(device)  # a bad loss setting fails before any data is read
     # Data first: the class count sizes the head; mean/std come from the model's timm config.
-    probe = create_model(cfg.model_name, 1)
-    mean, std = data_config(probe)
-    del probe
+    mean, std = data_config(cfg.model_name)
     train_ds = dataset_from_config(cfg, train=True, mean=mean, std=std)
     val_ds = dataset_from_config(cfg, train=False, mean=mean, std=std)
     log.info("%s\n%s", train_ds.summary(), val_ds.summary())
@@ -66,7 +74,6 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = loader_for(train_ds, cfg, train=True, device=device, generator=gen)
     val_loader = loader_for(val_ds, cfg, train=False, device=device)
-    loss_fn = loss_from_config(cfg).to(device)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.lr, cfg.epochs, len(train_loader), cfg.pct_start)
     ema = None
@@ -78,7 +85,7 @@ def main(argv=None) -> int:
 
     start_epoch, global_step, best = 0, 0, {"mAP": -1.0}
     if cfg.resume:
-        ckpt = load_checkpoint(cfg.resume)
+        ckpt = resume_ckpt
         unwrap_model(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -96,6 +103,9 @@ def main(argv=None) -> int:
              device, stop - start_epoch, cfg.epochs, "AMP " + str(amp_dtype) if amp_dtype else "fp32",
              loss_fn.__class__.__name__, len(train_loader))
     history = []
+    if cfg.resume and (out / "metrics.jsonl").exists():
+        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
     for epoch in range(start_epoch, stop):
         t0 = time.perf_counter()
         stats = train_one_epoch(model, train_loader, loss_fn, optimizer, device, scheduler=scheduler, ema=ema,

@@ -36,6 +36,8 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "gamma_neg": (("--gamma-neg",), "ASL gamma-"),
     "gamma_pos": (("--gamma-pos",), "ASL gamma+"),
     "clip": (("--clip",), "ASL probability margin m"),
+    "delta_p_target": (("--delta-p-target",), "adaptive_asl: the target of delta_p"),
+    "adaptive_lambda": (("--adaptive-lambda",), "adaptive_asl: step size of the gamma_neg update"),
     "optimizer": (("--optimizer", "--opt"), "optimizer name from timm's factory (adam, adamw, sgd, ...)"),
     "lr": (("--lr",), "learning rate (OneCycle maximum)"),
     "weight_decay": (("--weight-decay", "--wd"), "weight decay (not on biases and 1-D parameters)"),
@@ -63,8 +65,9 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
 
 TRAIN_FIELDS = ["dataset", "data_root", "train_split", "val_split", "image_size", "batch_size", "workers",
                 "augment", "val_fraction", "model_name", "num_classes", "init_checkpoint", "model_path", "loss",
-                "gamma_neg", "gamma_pos", "clip", "optimizer", "lr", "weight_decay", "epochs", "stop_epoch", "ema",
-                "ema_decay", "amp", "output", "seed", "device", "print_freq", "overwrite", "resume", "thre"]
+                "gamma_neg", "gamma_pos", "clip", "delta_p_target", "adaptive_lambda", "optimizer", "lr",
+                "weight_decay", "epochs", "stop_epoch", "ema", "ema_decay", "amp", "output", "seed", "device",
+                "print_freq", "overwrite", "resume", "thre"]
 VALIDATE_FIELDS = ["dataset", "data_root", "val_split", "image_size", "batch_size", "workers", "val_fraction",
                    "model_name", "num_classes", "model_path", "thre", "calibrate", "output", "device", "amp",
                    "print_freq"]

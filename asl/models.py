@@ -32,12 +32,27 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
-def data_config(model: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """(mean, std) the model expects; (0, 0, 0) / (1, 1, 1) for TResNet (ASL checkpoints)."""
+def data_config(model_or_name) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) a model expects, from its timm config; (0, 0, 0) / (1, 1, 1) for TResNet.
+
+    Args:
+        model_or_name: a model, or a timm model name (read from timm's registry, nothing built).
+    """
     import timm
 
-    cfg = timm.data.resolve_model_data_config(unwrap_model(model))
-    return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    if isinstance(model_or_name, str):
+        if not timm.is_model(model_or_name):
+            create_model(model_or_name, 1)  # raises the ConfigError with suggestions
+        pcfg = timm.models.get_pretrained_cfg(model_or_name)
+        if pcfg is None:
+            from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+            return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+        mean, std = pcfg.mean, pcfg.std
+    else:
+        cfg = timm.data.resolve_model_data_config(unwrap_model(model_or_name))
+        mean, std = cfg["mean"], cfg["std"]
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -94,3 +94,16 @@ def test_validate_wrong_class_count(trained_run, tmp_path):
     ckpt["num_classes"] = 5
     torch.save(ckpt, tmp_path / "wrong.pth")
     assert_one_line_error(run_script("validate.py", "--model-path", tmp_path / "wrong.pth"), "does not fit")
+
+
+def test_train_bad_inputs(trained_run, tmp_path):
+    data = trained_run["data"]
+    assert_one_line_error(run_script("train.py", data, "--dataset", "tagged", "--model-name", "resnet_nope",
+                                     "--output", tmp_path / "a"), "unknown model name")
+    assert_one_line_error(run_script("train.py", data, "--dataset", "tagged", "--loss", "hinge",
+                                     "--output", tmp_path / "b"), "unknown loss")
+    assert_one_line_error(run_script("train.py", data, "--dataset", "tagged", "--model-name", "test_resnet",
+                                     "--resume", trained_run["out"] / "best.pth", "--output", tmp_path / "c"),
+                          "cannot resume")
+    assert_one_line_error(run_script("train.py", tmp_path / "nowhere", "--dataset", "tagged",
+                                     "--output", tmp_path / "d"), "not found")
