@@ -45,8 +45,8 @@ class Config:
     disable_torch_grad_focal_loss: bool = True
     loss_reduction: str = "sum"
     label_smoothing: float = 0.0
-    delta_p_target: float = 0.0
-    adaptive_lambda: float = 0.05
+    delta_p_target: float = 0.1
+    adaptive_lambda: float = 0.1
     # --- optimization
     optimizer: str = "adam"
     lr: float = 1e-4

@@ -8,7 +8,8 @@ samples by score, descending, ties in their original order (a stable sort); then
 
 where the j-th ranked positive has n_j negatives ranked before it. No full
 ranking is needed: the negatives' scores are sorted as plain values (numpy's
-SIMD sort, about twice as fast as the official ``argsort``), the P positives'
+SIMD sort, about twice as fast as the official ``argsort``; negatives below the
+lowest positive are left out, as they rank after every positive), the P positives'
 scores likewise, and n_j is one binary search of each positive among the sorted
 negatives (O(P log N)). A negative that ties with a positive ranks before it iff
 its index is smaller (the stable order); those few are counted by one more
@@ -66,15 +67,16 @@ def _class_ap(scores: np.ndarray, pos: np.ndarray, valid: Optional[np.ndarray]):
         return 0.0, 0
     neg = ~pos
     neg_scores = scores[neg]
-    if neg_scores.size == 0:
-        return float(n_pos), n_pos  # every positive at precision 1
-    neg_sorted = np.sort(neg_scores)  # values only: the SIMD sort, ~2x faster than argsort
     ps = np.sort(pos_scores)[::-1]  # positives' scores in rank order
+    # Negatives below the lowest positive rank after every positive and change no n_j: sort
+    # only the rest (with a trained model, most negatives). Values only: numpy's SIMD sort.
+    above = neg_scores[neg_scores >= ps[-1]]
+    neg_sorted = np.sort(above)
     right = np.searchsorted(neg_sorted, ps, side="right")
     before = neg_sorted.size - right  # negatives scored strictly above
     # A tie: the last negative at or below ps equals it (a gather, not a second search).
     # right == 0 wraps to the largest negative, which then exceeds ps: never a false tie.
-    tied = neg_sorted[right - 1] == ps
+    tied = neg_sorted[right - 1] == ps if neg_sorted.size else np.zeros(n_pos, dtype=bool)
     if np.any(tied):
         # Negatives with the same score as a positive rank before it iff their index is
         # smaller (stable order), and equal positives rank by index too: recount the

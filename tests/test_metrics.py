@@ -57,6 +57,18 @@ def test_equals_official_with_ties_and_empty_classes():
     assert mAP_known(targs, preds) == pytest.approx(100 * np.nanmean(ap))
 
 
+def test_label_correlated_scores_equal_official():
+    """Scores of a trained-like model: most negatives fall below the lowest positive."""
+    rng = np.random.default_rng(5)
+    targs = (rng.random((2000, 15)) < 0.05).astype(np.float32)
+    preds = targs * 0.6 + rng.random(targs.shape) * 0.5
+    targs[:5] = 0
+    preds[:5] = 2.0  # a few negatives above every positive, tied among themselves
+    assert mAP(targs, preds) == pytest.approx(official_map_stable(targs, preds), abs=1e-9)
+    ref = [average_precision_score(targs[:, k], preds[:, k]) for k in range(15)]
+    np.testing.assert_allclose(average_precision(targs, preds), ref, rtol=1e-10)
+
+
 def test_tie_order_is_stable():
     # positive first among equals when its index is smaller, last when larger
     preds = np.array([[0.5], [0.5], [0.1]])
