@@ -118,14 +118,16 @@ def main(argv=None) -> int:
         rec = {"epoch": epoch, "train_loss": stats["train_loss"], "mAP": ev["mAP"],
                "mAP_ema": ev_ema["mAP"] if ev_ema else None, "lr": stats["lr"],
                "seconds": time.perf_counter() - t0, "images_per_s": stats["images_per_s"],
-               "data_time": stats["data_time"], "nonfinite_steps": stats["nonfinite_steps"]}
+               "data_time": stats["data_time"], "nonfinite_steps": stats["nonfinite_steps"],
+               "bad_images": stats["bad_images"] + ev["bad_images"]}
         if hasattr(loss_fn, "delta_p"):
             rec.update(gamma_neg=loss_fn.gamma_neg, delta_p=loss_fn.delta_p)
         history.append(rec)
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
-        log.info("epoch %d: loss %.4f  mAP %.2f  mAP(EMA) %s  %.0fs", epoch, rec["train_loss"], rec["mAP"],
-                 f"{rec['mAP_ema']:.2f}" if ev_ema else "-", rec["seconds"])
+        log.info("epoch %d: loss %.4f  mAP %.2f  mAP(EMA) %s  %.0fs%s", epoch, rec["train_loss"], rec["mAP"],
+                 f"{rec['mAP_ema']:.2f}" if ev_ema else "-", rec["seconds"],
+                 f"  ({rec['bad_images']} unreadable images skipped)" if rec["bad_images"] else "")
 
         use_ema = ev_ema is not None and ev_ema["mAP"] > ev["mAP"]
         current = max(ev["mAP"], ev_ema["mAP"] if ev_ema else -1.0)

@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     ev = evaluate(model, loader_for(ds, cfg, train=False, device=device), device,
                   amp_dtype=amp_dtype_for(device, cfg.amp))
     scores, targets = ev["scores"], ev["targets"]
-    metrics = {"mAP": ev["mAP"], **multilabel_metrics(targets, scores, cfg.thre), "num_images": ev["num_images"]}
+    metrics = {"mAP": ev["mAP"], **multilabel_metrics(targets, scores, cfg.thre), "num_images": ev["num_images"],
+               "bad_images": ev["bad_images"]}
     if (targets == -1).any():
         metrics["mAP_known"] = mAP_known(targets, scores)
     ap = average_precision(targets, scores)

@@ -20,7 +20,7 @@ from .errors import ASLError, ConfigError
 
 # field -> (flag spellings, help). Underscore/hyphen twins are added automatically.
 FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
-    "dataset": (("--dataset",), "dataset: demo, tagged (coco, voc, nuswide as their loaders land)"),
+    "dataset": (("--dataset",), "coco | voc | nuswide | tagged | demo"),
     "data_root": (("--data-root", "--data"), "dataset folder (also the positional DATA_ROOT)"),
     "train_split": (("--train-split",), "training split (default: the dataset's)"),
     "val_split": (("--val-split", "--split"), "evaluation split (default: the dataset's)"),
@@ -29,6 +29,12 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "workers": (("--workers", "-j"), "data-loading worker processes"),
     "augment": (("--augment",), "none | cutout | randaugment | cutout_randaugment"),
     "val_fraction": (("--val-fraction",), "held-out fraction of tagged data without a split column"),
+    "ann_file": (("--ann-file",), "COCO-format JSON (coco) or split CSV (nuswide) outside the standard layout"),
+    "image_dir": (("--image-dir",), "images of --ann-file"),
+    "keep_unannotated": (("--keep-unannotated",), "coco: keep images without annotations as all-negative"),
+    "voc_year": (("--voc-year",), "voc: 2007 or 2012"),
+    "difficult": (("--difficult",), "voc: difficult-only classes are ignore (-1), positive or negative"),
+    "resize": (("--resize",), "squish (official) or crop"),
     "model_name": (("--model-name",), "timm model name (e.g. resnet10t, tresnet_m)"),
     "num_classes": (("--num-classes",), "number of classes (checked against the dataset / checkpoint)"),
     "init_checkpoint": (("--init-checkpoint",), "weights to start from (head dropped when classes differ)"),
@@ -64,13 +70,14 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
 }
 
 TRAIN_FIELDS = ["dataset", "data_root", "train_split", "val_split", "image_size", "batch_size", "workers",
-                "augment", "val_fraction", "model_name", "num_classes", "init_checkpoint", "model_path", "loss",
+                "augment", "val_fraction", "ann_file", "image_dir", "keep_unannotated", "voc_year", "difficult",
+                "resize", "model_name", "num_classes", "init_checkpoint", "model_path", "loss",
                 "gamma_neg", "gamma_pos", "clip", "delta_p_target", "adaptive_lambda", "optimizer", "lr",
                 "weight_decay", "epochs", "stop_epoch", "ema", "ema_decay", "amp", "output", "seed", "device",
                 "print_freq", "overwrite", "resume", "thre"]
 VALIDATE_FIELDS = ["dataset", "data_root", "val_split", "image_size", "batch_size", "workers", "val_fraction",
-                   "model_name", "num_classes", "model_path", "thre", "calibrate", "output", "device", "amp",
-                   "print_freq"]
+                   "ann_file", "image_dir", "keep_unannotated", "voc_year", "difficult", "resize", "model_name",
+                   "num_classes", "model_path", "thre", "calibrate", "output", "device", "amp", "print_freq"]
 INFER_FIELDS = ["model_path", "pic_path", "model_name", "image_size", "th", "top_k", "json", "save_image",
                 "dataset_type", "batch_size", "device"]
 
@@ -146,7 +153,12 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
     try:
         return int(main(argv) or 0)
     except ASLError as e:
-        msg = " ".join(str(e).split())  # one line, whatever the message held
+        text = str(e)
+        if "Original Traceback" in text:
+            # Raised in a DataLoader worker: torch wraps it in the worker's traceback text;
+            # the user's message is the last line, after the exception's class name.
+            text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+        msg = " ".join(text.split())  # one line, whatever the message held
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

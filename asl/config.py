@@ -29,6 +29,12 @@ class Config:
     workers: int = 2
     augment: str = "none"  # none | cutout | randaugment | cutout_randaugment
     val_fraction: float = 0.2  # tagged data without a split column
+    ann_file: Optional[str] = None  # COCO-format JSON (coco) or split CSV (nuswide) outside the layout
+    image_dir: Optional[str] = None  # images of ann_file
+    keep_unannotated: bool = False  # coco: keep images without annotations as all-negative
+    voc_year: Optional[str] = None  # voc: 2007 or 2012 (default: 2007 if present)
+    difficult: str = "ignore"  # voc: difficult-only classes are ignore (-1) | positive | negative
+    resize: str = "squish"  # squish (official Resize((S, S))) | crop (random-resized crop / center crop)
     max_bad_fraction: float = 0.01
     # --- model
     model_name: str = "resnet10t"

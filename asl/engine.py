@@ -47,7 +47,17 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
 
 def build_scheduler(optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
                     pct_start: float = 0.2):
-    """OneCycle over the planned ``epochs`` (the official recipe plans 80, stops at 40)."""
+    """OneCycle over the planned ``epochs`` (the official recipe plans 80, stops at 40).
+
+    OneCycle divides by its warm-up length in steps, so a tiny run (a handful of steps) gets
+    at least two warm-up steps, and one of fewer than four steps a constant rate.
+    """
+    total = max(epochs * steps_per_epoch, 1)
+    if total < 4:
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    pct_start = min(max(pct_start, 2.0 / total), 1.0 - 2.0 / total)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs,
                                                steps_per_epoch=max(steps_per_epoch, 1), pct_start=pct_start)
 
@@ -82,7 +92,8 @@ def train_one_epoch(
 
     Returns:
         dict with ``train_loss`` (mean over steps), ``lr`` (last), ``steps``, ``global_step``,
-        ``images_per_s``, ``data_time`` and ``compute_time`` (seconds), ``nonfinite_steps``.
+        ``images_per_s``, ``data_time`` and ``compute_time`` (seconds), ``nonfinite_steps``,
+        ``bad_images`` (unreadable images skipped so far, counted across loader workers).
     """
     model.train()
     total_loss, steps, images, skipped = 0.0, 0, 0, 0
@@ -140,6 +151,7 @@ def train_one_epoch(
         "data_time": data_time,
         "compute_time": compute_time,
         "nonfinite_steps": skipped,
+        "bad_images": getattr(loader.dataset, "bad_count", 0),
     }
 
 
@@ -156,7 +168,7 @@ def evaluate(
 
     Returns:
         dict with ``mAP`` (percent), ``scores`` (N, C) float32 sigmoid scores, ``targets``
-        (N, C), ``num_images``, ``images_per_s``.
+        (N, C), ``num_images``, ``images_per_s``, ``bad_images``.
     """
     was_training = model.training
     model.eval()
@@ -181,4 +193,5 @@ def evaluate(
         "targets": t,
         "num_images": int(len(s)),
         "images_per_s": len(s) / max(elapsed, 1e-9),
+        "bad_images": getattr(loader.dataset, "bad_count", 0),
     }

@@ -17,9 +17,12 @@ def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Se
     """The training (``train=True``) or evaluation split named by ``cfg``."""
     train_split, eval_split = default_splits(cfg.dataset)
     split = split or ((cfg.train_split or train_split) if train else (cfg.val_split or eval_split))
-    transform = build_transform(train, cfg.image_size, mean, std, augment=cfg.augment if train else "none")
+    transform = build_transform(train, cfg.image_size, mean, std, augment=cfg.augment if train else "none",
+                                resize=cfg.resize)
     ds = create_dataset(cfg.dataset, cfg.data_root, split, transform, val_fraction=cfg.val_fraction,
-                        seed=0, max_bad_fraction=cfg.max_bad_fraction)
+                        seed=0, max_bad_fraction=cfg.max_bad_fraction, ann_file=cfg.ann_file,
+                        image_dir=cfg.image_dir, keep_unannotated=cfg.keep_unannotated, voc_year=cfg.voc_year,
+                        difficult=cfg.difficult)
     if cfg.num_classes is not None and cfg.num_classes != ds.num_classes:
         raise ConfigError(f"--num-classes {cfg.num_classes} but {ds.name} has {ds.num_classes} classes")
     return ds

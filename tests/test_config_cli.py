@@ -21,12 +21,15 @@ def run_script(script, *args, cwd=REPO):
                           text=True, timeout=300)
 
 
-def assert_one_line_error(proc, fragment):
+def assert_one_line_error(proc, fragment, after_logs=False):
+    """Exit 2 and one ``error:`` line, the only stderr line (or, mid-run, the last after the logs)."""
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert lines and lines[-1].startswith("error: "), proc.stderr
+    assert len(lines) == 1 or after_logs, proc.stderr
+    assert sum(ln.startswith("error: ") for ln in lines) == 1
     assert "Traceback" not in proc.stderr
-    assert fragment in lines[0]
+    assert fragment in lines[-1]
 
 
 def test_yaml_numbers_are_coerced_and_flags_override(tmp_path):
@@ -106,3 +109,18 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
     proc = run_script("validate.py", "--model-path", evil, cwd=tmp_path)
     assert_one_line_error(proc, "refused")
     assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("name", ["demo", "coco_tresnet_l_448", "coco_tresnet_m_224", "voc_tresnet_xl_448",
+                                  "nuswide_tresnet_l_448", "custom_example"])
+def test_shipped_configs_load(name):
+    import timm
+
+    from asl.data import DATASETS
+
+    cfg = load_config(str(REPO / "configs" / f"{name}.yaml"))
+    assert cfg.dataset in DATASETS and cfg.loss == "asl" and cfg.gamma_neg == 4 and cfg.clip == 0.05
+    if name != "demo":
+        assert cfg.lr == 1e-4 and cfg.weight_decay == 1e-4 and cfg.ema_decay >= 0.999
+        assert cfg.augment == "cutout_randaugment" and cfg.resize == "squish"
+    assert timm.is_model(cfg.model_name)  # the name resolves, without building the (large) model

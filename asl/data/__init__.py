@@ -10,16 +10,22 @@ from typing import Callable, Dict, Optional
 
 from ..errors import DataError
 from .base import MultiLabelDataset
+from .coco import create_coco
 from .demo import create_demo
+from .nuswide import create_nuswide
 from .tagged import create_tagged
 from .transforms import build_transform
+from .voc import create_voc
 
 __all__ = ["create_dataset", "DATASETS", "MultiLabelDataset", "build_transform", "default_splits"]
 
 # name -> (factory, training split, evaluation split)
 DATASETS: Dict[str, tuple] = {
-    "demo": (create_demo, "train", "val"),
+    "coco": (create_coco, "train", "val"),  # train2014 / val2014, or the 2017 pair when only it exists
+    "voc": (create_voc, "trainval", "test"),
+    "nuswide": (create_nuswide, "train", "val"),
     "tagged": (create_tagged, "train", "val"),
+    "demo": (create_demo, "train", "val"),
 }
 
 

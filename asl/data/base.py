@@ -53,7 +53,9 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.name = name
         self.max_bad_fraction = max_bad_fraction
-        self.bad_images: set = set()
+        # One flag per sample in shared memory: DataLoader workers (forked or spawned) mark
+        # the same table, so the main process can count them and each path is logged once.
+        self._bad = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
 
     @property
     def num_classes(self) -> int:
@@ -80,14 +82,24 @@ class MultiLabelDataset(torch.utils.data.Dataset):
             return img, torch.from_numpy(self.targets[i])
         raise DataError(f"{self.name}: no readable image at all")
 
+    @property
+    def bad_images(self) -> List[str]:
+        """Paths found unreadable so far, by any process."""
+        return [self.paths[i] for i in torch.nonzero(self._bad).flatten().tolist()]
+
+    @property
+    def bad_count(self) -> int:
+        return int(self._bad.sum())
+
     def _record_bad(self, i: int, e: Exception) -> None:
         path = self.paths[i]
-        if path not in self.bad_images:
-            self.bad_images.add(path)
+        if not self._bad[i]:
+            self._bad[i] = 1
             log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
-        if len(self.bad_images) > self.max_bad_fraction * len(self.paths):
+        count = self.bad_count
+        if count > self.max_bad_fraction * len(self.paths):
             raise DataError(
-                f"{self.name}: {len(self.bad_images)} of {len(self.paths)} images are unreadable "
+                f"{self.name}: {count} of {len(self.paths)} images are unreadable "
                 f"(more than {self.max_bad_fraction:.1%}); last: {path}")
 
     def summary(self) -> str:

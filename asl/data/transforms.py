@@ -54,6 +54,7 @@ def build_transform(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
     augment: str = "none",
+    resize: str = "squish",
 ):
     """Build a torchvision transform: PIL RGB image -> float tensor (3, S, S).
 
@@ -62,12 +63,20 @@ def build_transform(
         image_size: S; images are squish-resized to S x S as in the official code.
         mean, std: normalization; skipped when mean = 0 and std = 1 (ASL checkpoints).
         augment: one of ``none``, ``cutout``, ``randaugment``, ``cutout_randaugment``.
+        resize: ``squish`` (the official ``Resize((S, S))``, aspect ratio not kept) or ``crop``
+            (``RandomResizedCrop`` for training, ``Resize(S)`` + ``CenterCrop(S)`` for evaluation).
     """
     from torchvision import transforms as T
 
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-    ops = [T.Resize((image_size, image_size), antialias=True)]
+    if resize not in ("squish", "crop"):
+        raise ValueError(f"resize must be 'squish' or 'crop', got {resize!r}")
+    if resize == "crop":
+        ops = ([T.RandomResizedCrop(image_size, antialias=True)] if train
+               else [T.Resize(image_size, antialias=True), T.CenterCrop(image_size)])
+    else:
+        ops = [T.Resize((image_size, image_size), antialias=True)]
     if train and "cutout" in augment:
         ops.append(CutoutPIL(cutout_factor=0.5))
     if train and "randaugment" in augment:

@@ -1,0 +1,155 @@
+"""MS-COCO, Pascal VOC and NUS-WIDE loaders on tiny datasets in their exact on-disk layouts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from asl import cli
+from asl.data import build_transform, create_dataset
+from asl.data.voc import VOC_CLASSES
+from asl.errors import DataError
+
+from .conftest import make_coco, make_nuswide, make_tagged, make_voc
+from .test_config_cli import assert_one_line_error, run_script
+
+
+def test_coco_official_semantics(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    ds = create_dataset("coco", str(root), "val", build_transform(False, 32))
+    assert ds.class_names == ["kite", "person", "toothbrush"]  # coco.cats order, not sorted ids
+    assert len(ds) == 3  # the unannotated image is left out
+    np.testing.assert_array_equal(ds.targets, [[0, 1, 1], [1, 0, 0], [0, 1, 0]])
+    assert ds.paths[0].endswith("val2014/COCO_val2014_000000000011.jpg")
+    img, target = ds[0]
+    assert img.shape == (3, 32, 32) and target.tolist() == [0.0, 1.0, 1.0]
+    keep = create_dataset("coco", str(root), "val2014", keep_unannotated=True)
+    assert len(keep) == 4 and keep.targets[3].sum() == 0
+
+
+def test_coco_format_json_from_a_labeling_tool(tmp_path):
+    root = make_coco(tmp_path / "coco", split="val2017")
+    ds = create_dataset("coco", str(tmp_path), "train", ann_file=str(root / "annotations/instances_val2017.json"),
+                        image_dir=str(root / "val2017"))
+    assert len(ds) == 3 and ds.class_names == ["kite", "person", "toothbrush"]
+    assert create_dataset("coco", str(root), "val").name == "coco val2017"  # 2017 when only it exists
+
+
+def test_coco_bad_inputs(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    ann = root / "annotations/instances_val2014.json"
+    data = json.loads(ann.read_text())
+    data["annotations"].append({"id": 9, "image_id": 22, "category_id": 55, "bbox": [0, 0, 1, 1], "area": 1})
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="unknown category id 55"):
+        create_dataset("coco", str(root), "val")
+    ann.write_text('{"images": [,}')
+    with pytest.raises(DataError, match="malformed JSON"):
+        create_dataset("coco", str(root), "val")
+    with pytest.raises(DataError, match="instances_train2014.json or instances_train2017.json"):
+        create_dataset("coco", str(root), "train")
+    with pytest.raises(DataError, match="not found"):
+        create_dataset("coco", str(tmp_path / "nowhere"), "val")
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    with pytest.raises(DataError, match="empty"):
+        create_dataset("coco", str(root), "val")
+
+
+@pytest.mark.parametrize("difficult,expected", [("ignore", -1.0), ("positive", 1.0), ("negative", 0.0)])
+def test_voc_difficult(tmp_path, difficult, expected):
+    root = make_voc(tmp_path / "voc")
+    ds = create_dataset("voc", str(root), "trainval", difficult=difficult)
+    assert ds.class_names == list(VOC_CLASSES) and len(ds) == 3
+    k = {c: i for i, c in enumerate(VOC_CLASSES)}
+    t = ds.targets
+    assert t[0, k["dog"]] == 1 and t[0, k["person"]] == 1 and t[0].sum() == 2
+    assert t[1, k["cat"]] == expected and (np.delete(t[1], k["cat"]) == 0).all()
+    assert t[2, k["cat"]] == 1 and t[2, k["car"]] == 1  # a difficult duplicate of an easy object is positive
+    assert ds.paths[0].endswith("VOCdevkit/VOC2007/JPEGImages/000001.jpg")
+
+
+def test_voc_bad_inputs(tmp_path):
+    root = make_voc(tmp_path / "voc")
+    d = root / "VOCdevkit/VOC2007"
+    with pytest.raises(DataError, match="VOC split 'val' not found"):
+        create_dataset("voc", str(root), "val")
+    (d / "ImageSets/Main/val.txt").write_text("\n")
+    with pytest.raises(DataError, match="empty"):
+        create_dataset("voc", str(root), "val")
+    (d / "Annotations/000004.xml").write_text("<annotation><object><name>dog</name>")
+    with pytest.raises(DataError, match="000004.xml: malformed XML"):
+        create_dataset("voc", str(root), "test")
+    (d / "Annotations/000004.xml").write_text("<annotation><object><name>unicorn</name></object></annotation>")
+    with pytest.raises(DataError, match="unknown class 'unicorn'"):
+        create_dataset("voc", str(root), "test")
+    (d / "Annotations/000004.xml").unlink()
+    with pytest.raises(DataError, match="annotation not found"):
+        create_dataset("voc", str(root), "test")
+
+
+def test_nuswide(tmp_path):
+    root = make_nuswide(tmp_path / "nus")
+    tr = create_dataset("nuswide", str(root), "train")
+    assert tr.class_names == ["clouds", "sky", "water"] and len(tr) == 3
+    np.testing.assert_array_equal(tr.targets, [[1, 1, 0], [0, 0, 0], [0, 1, 1]])  # [] = no label
+    va = create_dataset("nuswide", str(root), "val")
+    np.testing.assert_array_equal(va.targets, [[0, 0, 1], [0, 1, 0]])
+    assert tr.paths[0].endswith("nus/images/a.jpg")
+
+
+@pytest.mark.parametrize("labels,fragment", [("__import__('os').system('echo hi')", "not a list literal"),
+                                              ("['sky'", "not a list literal"), ("[1, 2]", "list of names")])
+def test_nuswide_labels_are_parsed_safely(tmp_path, labels, fragment):
+    root = tmp_path / "nus"
+    root.mkdir()
+    (root / "nus_wid_data.csv").write_text(f'path,labels,split\nimages/a.jpg,"{labels}",train\n')
+    with pytest.raises(DataError, match=fragment):
+        create_dataset("nuswide", str(root), "train")
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc", "nuswide", "tagged"])
+def test_train_one_epoch_per_format(tmp_path, fmt):
+    import train
+
+    if fmt == "tagged":
+        root = make_tagged(tmp_path / "tagged", n_train=8, n_val=4, split_column=False)
+    elif fmt == "coco":
+        root = make_coco(tmp_path / "coco", split="train2014")
+        make_coco(root, split="val2014")
+    elif fmt == "voc":
+        root = make_voc(tmp_path / "voc")
+    else:
+        root = make_nuswide(tmp_path / "nus")
+    out = tmp_path / "out"
+    rc = cli.run(train.main, [str(root), "--dataset", fmt, "--model-name", "test_resnet", "--image-size", "64",
+                              "--batch-size", "2", "--epochs", "1", "--workers", "0", "--output", str(out),
+                              "--augment", "cutout_randaugment"])
+    assert rc == 0
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(rec["train_loss"]) and 0 <= rec["mAP"] <= 100 and rec["bad_images"] == 0
+
+
+def test_corrupt_images_are_counted_across_workers(tmp_path):
+    root = make_coco(tmp_path / "coco", split="train2014")
+    make_coco(root, split="val2014")
+    (root / "train2014/COCO_train2014_000000000022.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    out = tmp_path / "out"
+    proc = run_script("train.py", root, "--dataset", "coco", "--model-name", "test_resnet", "--image-size", "32",
+                      "--batch-size", "2", "--epochs", "1", "--workers", "2", "--output", out,
+                      "--keep-unannotated", "--config", _tolerant(tmp_path))  # 4 images: a batch per worker
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["bad_images"] == 1
+    assert proc.stderr.count("COCO_train2014_000000000022.jpg") >= 1
+    assert_one_line_error(run_script("train.py", root, "--dataset", "coco", "--model-name", "test_resnet",
+                                     "--image-size", "32", "--epochs", "1", "--workers", "2", "--batch-size",
+                                     "2", "--keep-unannotated", "--output", tmp_path / "strict"), "unreadable",
+                          after_logs=True)
+
+
+def _tolerant(tmp_path):
+    f = tmp_path / "tolerant.yaml"
+    f.write_text("max_bad_fraction: 0.5\nprint_freq: 0\n")
+    return f
