@@ -23,6 +23,8 @@ def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Se
                         seed=0, max_bad_fraction=cfg.max_bad_fraction, ann_file=cfg.ann_file,
                         image_dir=cfg.image_dir, keep_unannotated=cfg.keep_unannotated, voc_year=cfg.voc_year,
                         difficult=cfg.difficult)
+    if train:
+        ds.draft_size = cfg.image_size
     if cfg.num_classes is not None and cfg.num_classes != ds.num_classes:
         raise ConfigError(f"--num-classes {cfg.num_classes} but {ds.name} has {ds.num_classes} classes")
     return ds

@@ -114,13 +114,15 @@ def main(argv=None) -> None:
     root = make_coco_layout(Path(args.root), args.images)
     print(f"torch {torch.__version__}, workers={args.workers}, batch={args.batch_size}")
     print(f"{'set':>22} | {'transform':>10} | {'ours img/s':>10} | {'official img/s':>14} | {'ours/official':>13}")
-    for train in (False, True):
-        tf = build_transform(train, 448, augment="cutout_randaugment" if train else "none")
+    for size, train in ((448, False), (448, True), (224, False), (224, True)):
+        tf = build_transform(train, size, augment="cutout_randaugment" if train else "none")
         ours = create_dataset("coco", str(root), "val2014", tf)
+        if train:
+            ours.draft_size = size  # as asl.factory sets it for training sets
         official = OfficialCocoDetection(root / "val2014", root / "annotations/instances_val2014.json", tf)
         a = throughput(ours, args.workers, args.batch_size, 1)
         b = throughput(official, args.workers, args.batch_size, 1)
-        print(f"{f'COCO layout {len(ours)} @448':>22} | {'train' if train else 'eval':>10} | {a:>10.1f} | "
+        print(f"{f'COCO layout {len(ours)} @{size}':>22} | {'train' if train else 'eval':>10} | {a:>10.1f} | "
               f"{b:>14.1f} | {a / b:>13.2f}")
     demo = create_dataset("demo", args.demo_root, "train", build_transform(True, 64))
     a = throughput(demo, args.workers, 64, 2)

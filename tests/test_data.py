@@ -116,3 +116,22 @@ def test_transforms_squish_and_normalize():
     assert aug(img).shape == (3, 48, 48)
     out = np.asarray(CutoutPIL(0.5)(Image.new("RGB", (40, 40), (0, 0, 0))))
     assert 0 < (out.sum(-1) > 0).mean() <= 0.35
+
+
+def test_training_decode_uses_jpeg_draft(tmp_path):
+    from PIL import Image
+
+    from asl.config import Config
+    from asl.factory import dataset_from_config
+
+    root = tmp_path / "t"
+    (root / "img").mkdir(parents=True)
+    Image.new("RGB", (256, 256), (10, 200, 30)).save(root / "img" / "a.jpg")
+    Image.new("RGB", (256, 256), (10, 200, 30)).save(root / "img" / "b.jpg")
+    (root / "labels.csv").write_text("image,labels,split\nimg/a.jpg,x,train\nimg/b.jpg,x,val\n")
+    cfg = Config(dataset="tagged", data_root=str(root), image_size=64)
+    train = dataset_from_config(cfg, train=True, mean=(0, 0, 0), std=(1, 1, 1))
+    val = dataset_from_config(cfg, train=False, mean=(0, 0, 0), std=(1, 1, 1))
+    assert train.load_image(0).size == (64, 64)  # decoded at 1/4 scale
+    assert val.load_image(0).size == (256, 256)  # evaluation: the full decode, as the official code
+    assert train[0][0].shape == val[0][0].shape == (3, 64, 64)

@@ -53,6 +53,10 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.name = name
         self.max_bad_fraction = max_bad_fraction
+        # Training only: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding when the
+        # image is that much larger than the network input (it never goes below draft_size).
+        # Evaluation keeps the full decode of the official validate.py.
+        self.draft_size: Optional[int] = None
         # One flag per sample in shared memory: DataLoader workers (forked or spawned) mark
         # the same table, so the main process can count them and each path is logged once.
         self._bad = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
@@ -66,6 +70,8 @@ class MultiLabelDataset(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> Image.Image:
         with Image.open(self.paths[index]) as img:
+            if self.draft_size:
+                img.draft("RGB", (self.draft_size, self.draft_size))
             return img.convert("RGB")
 
     def __getitem__(self, index: int):
