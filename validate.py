@@ -28,15 +28,15 @@ log = logging.getLogger("validate")
 OFFICIAL_DEFAULTS = dict(dataset="coco", data_root=".", image_size=448, batch_size=16, workers=2)
 
 
-def base_config(ckpt: dict) -> Config:
+def base_config(ckpt: dict, info: dict) -> Config:
     """The checkpoint's training config, or the official validate.py defaults."""
     saved = ckpt.get("config")
     if isinstance(saved, dict):
         return from_dict({k: v for k, v in saved.items() if k in FIELDS and k not in ("output",)},
                          source="checkpoint config")
     cfg = Config(**OFFICIAL_DEFAULTS)
-    if ckpt.get("image_size"):
-        cfg.image_size = int(ckpt["image_size"])
+    if info.get("image_size"):
+        cfg.image_size = int(info["image_size"])  # the file's, else the TResNet variant's official size
     return cfg
 
 
@@ -52,9 +52,9 @@ def main(argv=None) -> int:
     if not model_path:
         raise ConfigError("pass --model-path CHECKPOINT")
     ckpt = load_checkpoint(model_path)
-    cfg = load_config(config_path, flags, base=base_config(ckpt))
-    output = flags.get("output")  # only where asked: never into the training run's folder by default
     model, info = model_from_checkpoint(ckpt, flags.get("model_name"), path=model_path)
+    cfg = load_config(config_path, flags, base=base_config(ckpt, info))
+    output = flags.get("output")  # only where asked: never into the training run's folder by default
     if cfg.num_classes is not None and cfg.num_classes != info["num_classes"]:
         raise ConfigError(f"--num-classes {cfg.num_classes} but {model_path} has {info['num_classes']}")
     device = cli.resolve_device(cfg.device)

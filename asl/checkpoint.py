@@ -23,7 +23,40 @@ import torch.nn as nn
 from .errors import CheckpointError
 from .models import _strip_prefixes, create_model, unwrap_model
 
-__all__ = ["save_checkpoint", "make_checkpoint", "load_checkpoint", "state_dict_of", "model_from_checkpoint"]
+__all__ = ["save_checkpoint", "make_checkpoint", "load_checkpoint", "state_dict_of", "model_from_checkpoint",
+           "normalize_state_dict", "detect_official_tresnet"]
+
+# Official ASL files carry no model name: the stem width tells the TResNet variant.
+TRESNET_BY_STEM_WIDTH = {64: "tresnet_m", 76: "tresnet_l", 83: "tresnet_xl"}
+DEFAULT_IMAGE_SIZE = {"tresnet_m": 224, "tresnet_l": 448, "tresnet_xl": 448}
+_BOTTLENECK_KEY = "head.fc.embedding_generator.0.weight"
+
+
+def is_official_layout(state: Dict[str, torch.Tensor]) -> bool:
+    """The official inplace_abn layout: ``Sequential(conv, InPlaceABN)`` as ``conv1.0`` / ``conv1.1``."""
+    return "body.conv1.0.weight" in state and "body.conv1.conv.weight" not in state
+
+
+def detect_official_tresnet(state: Dict[str, torch.Tensor]) -> Tuple[Optional[str], Optional[int], str]:
+    """(timm model name, class count, head) of a TResNet state dict, either layout."""
+    stem = state.get("body.conv1.0.weight", state.get("body.conv1.conv.weight"))
+    name = TRESNET_BY_STEM_WIDTH.get(int(stem.shape[0])) if stem is not None else None
+    if _BOTTLENECK_KEY in state:
+        fc = state.get("head.fc.FC.weight")
+        return name, (int(fc.shape[0]) if fc is not None else None), "bottleneck"
+    fc = state.get("head.fc.weight")
+    return name, (int(fc.shape[0]) if fc is not None else None), "linear"
+
+
+def normalize_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Strip wrapper prefixes; convert the official inplace_abn TResNet layout to timm's with
+    ``timm.models.tresnet.checkpoint_filter_fn`` (InPlaceABN scales by |w| + eps)."""
+    state = _strip_prefixes(state)
+    if is_official_layout(state):
+        from timm.models.tresnet import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, None)
+    return state
 
 
 def make_checkpoint(
@@ -37,6 +70,7 @@ def make_checkpoint(
     config: Optional[Dict[str, Any]] = None,
     epoch: Optional[int] = None,
     thresholds: Optional[Sequence[float]] = None,
+    head: str = "linear",
     **extra: Any,
 ) -> Dict[str, Any]:
     """The checkpoint dict of CONTRACT.md section 3 for ``model`` (unwrapped, on the CPU)."""
@@ -51,6 +85,7 @@ def make_checkpoint(
         "std": [float(v) for v in std],
         "config": config,
         "epoch": epoch,
+        "head": head,
     }
     if thresholds is not None:
         ckpt["thresholds"] = [float(t) for t in thresholds]
@@ -142,14 +177,17 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
         (model in eval mode on the CPU, info dict with ``model_name``, ``num_classes``,
         ``class_names``, ``image_size``, ``mean``, ``std``, ``thresholds``, ``config``).
     """
-    state = _strip_prefixes(state_dict_of(ckpt, path))
-    name = model_name or ckpt.get("model_name")
+    raw = _strip_prefixes(state_dict_of(ckpt, path))
+    detected, detected_classes, head = detect_official_tresnet(raw)
+    head = ckpt.get("head") or head
+    state = normalize_state_dict(raw)
+    name = model_name or ckpt.get("model_name") or detected
     if not name:
         raise CheckpointError(f"{path}: names no model; pass --model-name")
-    num_classes = ckpt.get("num_classes")
+    num_classes = ckpt.get("num_classes", detected_classes)
     if not isinstance(num_classes, int):
         raise CheckpointError(f"{path}: has no 'num_classes'")
-    model = create_model(name, num_classes)
+    model = create_model(name, num_classes, head=head)
     own = model.state_dict()
     problems = []
     for k, v in state.items():
@@ -157,11 +195,12 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
             problems.append(f"unexpected key {k}")
         elif tuple(v.shape) != tuple(own[k].shape):
             problems.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
-    problems += [f"missing key {k}" for k in own if k not in state]
+    # BatchNorm's step counter is not in inplace_abn files and carries no weights.
+    problems += [f"missing key {k}" for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if problems:
         raise CheckpointError(f"{path}: does not fit {name} with {num_classes} classes "
                               f"({len(problems)} problems; first: {'; '.join(problems[:3])})")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=False)  # every key was checked above
     model.eval()
     from .models import data_config
 
@@ -170,7 +209,8 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
         "model_name": name,
         "num_classes": num_classes,
         "class_names": class_names_of(ckpt, num_classes),
-        "image_size": ckpt.get("image_size"),
+        "image_size": ckpt.get("image_size") or DEFAULT_IMAGE_SIZE.get(name),
+        "head": head,
         "mean": tuple(ckpt.get("mean") or mean),
         "std": tuple(ckpt.get("std") or std),
         "thresholds": ckpt.get("thresholds"),

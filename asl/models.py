@@ -15,12 +15,33 @@ log = logging.getLogger(__name__)
 __all__ = ["create_model", "data_config", "load_init_checkpoint", "unwrap_model"]
 
 
-def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+class BottleneckHead(nn.Module):
+    """The official Open Images head: Linear(features -> 512) then Linear(512 -> classes), no
+    activation between; the attribute names match the official state dict
+    (``head.fc.embedding_generator.0``, ``head.fc.FC``).
+
+    Shapes: (N, features) -> (N, num_classes).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, bottleneck: int = 512):
+        super().__init__()
+        self.embedding_generator = nn.Sequential(nn.Linear(in_features, bottleneck))
+        self.FC = nn.Linear(bottleneck, num_classes)
+
+    def forward(self, x):
+        return self.FC(self.embedding_generator(x))
+
+
+HEADS = ("linear", "bottleneck")
+
+
+def create_model(name: str, num_classes: int, head: str = "linear", **kwargs) -> nn.Module:
     """A timm model with ``num_classes`` logits, without downloading anything.
 
     Args:
         name: any timm model name (``resnet10t``, ``tresnet_m``, ``tresnet_l``, ...).
         num_classes: size of the classifier head.
+        head: ``linear`` (timm's) or ``bottleneck`` (the official Open Images head, 512 wide).
         **kwargs: passed to ``timm.create_model`` (``drop_rate``, ...).
     """
     import timm
@@ -29,7 +50,15 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
         close = timm.list_models(f"*{name}*")[:5]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown model name {name!r}{hint}")
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if head not in HEADS:
+        raise ConfigError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if head == "bottleneck":
+        fc = model.get_classifier()
+        if not isinstance(fc, nn.Linear) or not hasattr(model, "head") or getattr(model.head, "fc", None) is not fc:
+            raise ConfigError(f"the bottleneck head needs a model with head.fc (TResNet); {name} has none")
+        model.head.fc = BottleneckHead(fc.in_features, num_classes)
+    return model
 
 
 def data_config(model_or_name) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -89,9 +118,10 @@ def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
     Returns:
         ``{"dropped": [...], "missing": [...]}``.
     """
-    from .checkpoint import load_checkpoint, state_dict_of
+    from .checkpoint import load_checkpoint, normalize_state_dict, state_dict_of
 
-    state = _strip_prefixes(state_dict_of(load_checkpoint(path, require_model=False), path))
+    # Official ASL files (inplace_abn layout) are converted to timm's layout first.
+    state = normalize_state_dict(state_dict_of(load_checkpoint(path, require_model=False), path))
     own = model.state_dict()
     dropped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     unexpected = [k for k in state if k not in own]
@@ -104,7 +134,7 @@ def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
         raise CheckpointError(
             f"{path}: does not fit model ({len(bad)} shape mismatches outside the head, "
             f"{len(unexpected)} unexpected keys; first: {', '.join(first)})")
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if [k for k in missing if k not in head_keys]:
         raise CheckpointError(f"{path}: lacks weights of the model, first: "
                               f"{', '.join([k for k in missing if k not in head_keys][:3])}")
