@@ -22,7 +22,7 @@ from asl.config import FIELDS, Config, from_dict, load_config
 from asl.engine import amp_dtype_for, evaluate
 from asl.errors import ConfigError
 from asl.factory import dataset_from_config, loader_for
-from asl.metrics import average_precision, calibrate_thresholds, mAP_known, multilabel_metrics
+from asl.metrics import average_precision, calibrate_thresholds, mAP, multilabel_metrics
 
 log = logging.getLogger("validate")
 OFFICIAL_DEFAULTS = dict(dataset="coco", data_root=".", image_size=448, batch_size=16, workers=2)
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     metrics = {"mAP": ev["mAP"], **multilabel_metrics(targets, scores, cfg.thre), "num_images": ev["num_images"],
                "bad_images": ev["bad_images"]}
     if (targets == -1).any():
-        metrics["mAP_known"] = mAP_known(targets, scores)
+        # ev["mAP"] already leaves unknown labels out; this is the official code's reading (-1 as negative).
+        metrics["mAP_unknown_as_negative"] = mAP(targets, scores)
     ap = average_precision(targets, scores)
     metrics["per_class_ap"] = {n: (None if np.isnan(a) else float(100 * a)) for n, a in zip(ds.class_names, ap)}
     print(f"mAP {metrics['mAP']:.2f}  {format_metrics(metrics)}  "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .metrics import mAP
+from .metrics import mAP, mAP_known
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def evaluate(
     desc: str = "eval",
     channels_last: bool = False,
 ) -> Dict[str, Any]:
-    """Scores of ``model`` on ``loader`` and their mAP (official definition).
+    """Scores of ``model`` on ``loader`` and their mAP (official definition; where targets hold
+    -1, those entries are left out of their class's AP, as VOC's difficult protocol).
 
     Returns:
         dict with ``mAP`` (percent), ``scores`` (N, C) float32 sigmoid scores, ``targets``
@@ -187,8 +188,11 @@ def evaluate(
     model.train(was_training)
     s = torch.cat(scores).numpy() if scores else np.zeros((0, 0), np.float32)
     t = torch.cat(targets).numpy() if targets else np.zeros((0, 0), np.float32)
+    # Unknown labels (-1, e.g. VOC's difficult-only classes) are left out of AP, the usual
+    # protocol; without any, this is exactly the official mAP.
+    has_unknown = bool(len(t)) and bool((t == -1).any())
     return {
-        "mAP": mAP(t, s) if len(s) else 0.0,
+        "mAP": (mAP_known(t, s) if has_unknown else mAP(t, s)) if len(s) else 0.0,
         "scores": s,
         "targets": t,
         "num_images": int(len(s)),

@@ -89,6 +89,24 @@ def test_voc_bad_inputs(tmp_path):
         create_dataset("voc", str(root), "test")
 
 
+def test_evaluation_leaves_difficult_labels_out(tmp_path):
+    import numpy as np
+    import torch
+
+    from asl.engine import evaluate
+    from asl.metrics import mAP, mAP_known
+
+    targets = torch.tensor([[1.0, -1.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
+    data = torch.utils.data.TensorDataset(torch.randn(4, 3), targets)
+    model = torch.nn.Linear(3, 2)
+    ev = evaluate(model, torch.utils.data.DataLoader(data, batch_size=2), torch.device("cpu"))
+    assert ev["mAP"] == mAP_known(ev["targets"], ev["scores"])
+    assert np.array_equal(ev["targets"], targets.numpy())
+    clean = torch.utils.data.TensorDataset(torch.randn(4, 3), targets.clamp(min=0))
+    ev = evaluate(model, torch.utils.data.DataLoader(clean, batch_size=2), torch.device("cpu"))
+    assert ev["mAP"] == mAP(ev["targets"], ev["scores"])
+
+
 def test_nuswide(tmp_path):
     root = make_nuswide(tmp_path / "nus")
     tr = create_dataset("nuswide", str(root), "train")
