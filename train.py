@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,17 @@ import torch
 from asl import cli
 from asl.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from asl.config import dump_config, load_config
-from asl.engine import amp_dtype_for, build_optimizer, build_scheduler, evaluate, seed_everything, train_one_epoch
+from asl.engine import (
+    EpochSampler,
+    amp_dtype_for,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    get_rng_state,
+    seed_everything,
+    set_rng_state,
+    train_one_epoch,
+)
 from asl.errors import CheckpointError, ConfigError
 from asl.factory import dataset_from_config, loader_for, loss_from_config
 from asl.models import create_model, data_config, load_init_checkpoint, unwrap_model
@@ -34,6 +45,24 @@ def check_output_dir(out: Path, overwrite: bool, resume) -> None:
     if out.exists() and any((out / f).exists() for f in ("last.pth", "metrics.jsonl")) and not (overwrite or resume):
         raise ConfigError(f"{out} already holds a run; pass --resume {out / 'last.pth'} or --overwrite")
     out.mkdir(parents=True, exist_ok=True)
+
+
+class StopSignal:
+    """SIGTERM / SIGINT set a flag; the loop saves last.pth at the next step and exits."""
+
+    def __init__(self):
+        self.signum, self.name = 0, ""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum, self.name = signum, signal.Signals(signum).name
+
+    @property
+    def received(self) -> bool:
+        return bool(self.signum)
 
 
 def load_resume_checkpoint(path: str) -> dict:
@@ -71,8 +100,8 @@ def main(argv=None) -> int:
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = loader_for(train_ds, cfg, train=True, device=device, generator=gen)
+    sampler = EpochSampler(len(train_ds), cfg.seed)
+    train_loader = loader_for(train_ds, cfg, train=True, device=device, sampler=sampler)
     val_loader = loader_for(val_ds, cfg, train=False, device=device)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.lr, cfg.epochs, len(train_loader), cfg.pct_start)
@@ -83,21 +112,43 @@ def main(argv=None) -> int:
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
-    start_epoch, global_step, best = 0, 0, {"mAP": -1.0}
-    if cfg.resume:
+    start_epoch, global_step, best, resume_epoch = 0, 0, {"mAP": -1.0}, None
+    if resume_ckpt is not None:
         ckpt = resume_ckpt
         unwrap_model(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if ema is not None and ckpt.get("ema") is not None:
             ema.module.load_state_dict(ckpt["ema"])
-        start_epoch, global_step = ckpt["epoch"] + 1, ckpt.get("global_step", 0)
-        best = ckpt.get("best") or best
-        log.info("resumed from %s at epoch %d", cfg.resume, start_epoch)
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        for k, v in (ckpt.get("loss_state") or {}).items():
+            setattr(loss_fn, k, v)
+        global_step, best = ckpt.get("global_step", 0), ckpt.get("best") or best
+        if ckpt.get("step_in_epoch"):  # a mid-epoch checkpoint: finish that epoch first
+            start_epoch = ckpt["epoch"]
+            resume_epoch = {"partial": ckpt["partial"], "rng": ckpt.get("rng"), "step": ckpt["step_in_epoch"]}
+        else:
+            start_epoch = ckpt["epoch"] + 1
+            if ckpt.get("rng") is not None:
+                set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at epoch %d%s", cfg.resume, start_epoch,
+                 f", step {resume_epoch['step']}" if resume_epoch else "")
 
     dump_config(cfg, out / "config.yaml")
     meta = dict(model_name=cfg.model_name, class_names=train_ds.class_names, image_size=cfg.image_size,
                 mean=mean, std=std, config=cfg.to_dict())
+
+    def save_last(epoch: int, step_in_epoch: int = 0, partial=None) -> None:
+        """Everything a resume needs, RNG states last (nothing may draw after them)."""
+        loss_state = {"gamma_neg": loss_fn.gamma_neg} if hasattr(loss_fn, "delta_p") else None
+        save_checkpoint(make_checkpoint(
+            model, epoch=epoch, global_step=global_step, best=best, optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), ema=ema.module.state_dict() if ema else None,
+            scaler=scaler.state_dict() if scaler else None, loss_state=loss_state, step_in_epoch=step_in_epoch,
+            partial=partial, rng=get_rng_state(), **meta), out / "last.pth")
+
+    stop_signal = StopSignal()
     stop = min(cfg.stop_epoch or cfg.epochs, cfg.epochs)
     log.info("training %s on %s for %d epochs (schedule %d), %s, loss %s, %d steps/epoch", cfg.model_name,
              device, stop - start_epoch, cfg.epochs, "AMP " + str(amp_dtype) if amp_dtype else "fp32",
@@ -108,11 +159,29 @@ def main(argv=None) -> int:
                    if line.strip()]
     for epoch in range(start_epoch, stop):
         t0 = time.perf_counter()
+        first = resume_epoch if epoch == start_epoch else None
+        sampler.set_epoch(epoch, first["step"] * cfg.batch_size if first else 0)
+        done_before = first["step"] if first else 0
+
+        def on_step(step: int, partial: dict, epoch: int = epoch, done_before: int = done_before) -> bool:
+            nonlocal global_step
+            global_step = step
+            in_epoch = done_before + partial["steps"]
+            if stop_signal.received or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                                        and in_epoch < len(train_loader) + done_before):
+                save_last(epoch, in_epoch, partial)
+            return stop_signal.received
+
         stats = train_one_epoch(model, train_loader, loss_fn, optimizer, device, scheduler=scheduler, ema=ema,
                                 scaler=scaler, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip, epoch=epoch,
                                 global_step=global_step, print_freq=cfg.print_freq,
-                                channels_last=cfg.channels_last)
+                                channels_last=cfg.channels_last, max_nonfinite=cfg.max_nonfinite,
+                                on_step=on_step, resume=first)
         global_step = stats["global_step"]
+        if stats["interrupted"]:
+            print(f"stopped by {stop_signal.name}; state saved: resume with --resume {out / 'last.pth'}",
+                  file=sys.stderr)
+            return 128 + stop_signal.signum
         ev = evaluate(model, val_loader, device, amp_dtype=amp_dtype, desc="val")
         ev_ema = evaluate(ema.module, val_loader, device, amp_dtype=amp_dtype, desc="val ema") if ema else None
         rec = {"epoch": epoch, "train_loss": stats["train_loss"], "mAP": ev["mAP"],
@@ -135,12 +204,14 @@ def main(argv=None) -> int:
             best = {"mAP": current, "epoch": epoch, "selected": "ema" if use_ema else "model"}
             save_checkpoint(make_checkpoint(ema.module if use_ema else model, epoch=epoch, selected=best["selected"],
                                             mAP=current, **meta), out / "best.pth")
-        save_checkpoint(make_checkpoint(model, epoch=epoch, global_step=global_step, best=best,
-                                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                        ema=ema.module.state_dict() if ema else None, **meta), out / "last.pth")
         from asl.plots import plot_training_curves
 
         plot_training_curves(history, out / "curves.png")
+        save_last(epoch)
+        if stop_signal.received:
+            print(f"stopped by {stop_signal.name} after epoch {epoch}; resume with --resume {out / 'last.pth'}",
+                  file=sys.stderr)
+            return 128 + stop_signal.signum
 
     if best["mAP"] >= 0:
         print(f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['selected']} weights) -> "

@@ -70,6 +70,8 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     print_freq: int = 50
     overwrite: bool = False
+    checkpoint_every: int = 0  # also write last.pth every N steps (0: at epoch ends only)
+    max_nonfinite: int = 20  # stop after this many non-finite losses in a row
     resume: Optional[str] = None
     # --- evaluation and inference
     model_path: Optional[str] = None

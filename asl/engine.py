@@ -16,11 +16,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import ASLError
 from .metrics import mAP, mAP_known
 
 log = logging.getLogger(__name__)
 
-__all__ = ["amp_dtype_for", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate", "seed_everything"]
+__all__ = ["amp_dtype_for", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate", "seed_everything",
+           "EpochSampler", "get_rng_state", "set_rng_state", "NonFiniteLossError"]
 
 
 def seed_everything(seed: int) -> None:
@@ -69,6 +71,60 @@ def _progress(iterable, desc: str, total: Optional[int] = None):
     return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True)
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffled order that depends only on (seed, epoch), and can start part-way.
+
+    Unlike ``RandomSampler`` it draws nothing from the global RNG, so a resumed run sees the
+    same order as an uninterrupted one; ``set_epoch(epoch, start)`` skips the first ``start``
+    samples of that epoch's order (the batches a mid-epoch checkpoint has already seen).
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def get_rng_state() -> Dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as tensors and plain values (weights_only-safe)."""
+    import random
+
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    import random
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class NonFiniteLossError(ASLError):
+    """Too many steps in a row had a NaN or infinite loss."""
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
@@ -85,21 +141,38 @@ def train_one_epoch(
     global_step: int = 0,
     print_freq: int = 50,
     channels_last: bool = False,
+    max_nonfinite: int = 20,
+    on_step: Optional[Callable[[int, Dict[str, Any]], bool]] = None,
+    resume: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """One pass over ``loader``: forward under autocast, float32 loss, step, schedule, EMA.
 
-    A step whose loss is not finite is skipped (no update) and counted.
+    A step whose loss is not finite is skipped (no update) and counted; ``max_nonfinite`` of
+    them in a row raise :class:`NonFiniteLossError`, before any further update.
+
+    Args:
+        on_step: called after every step with (global_step, partial stats); returning True
+            ends the epoch early (a signal asked the run to stop).
+        resume: the partial stats and RNG state of a mid-epoch checkpoint; the RNG state is
+            restored after the loader's iterator is created, so the remaining batches draw the
+            same random numbers as in the interrupted run.
 
     Returns:
         dict with ``train_loss`` (mean over steps), ``lr`` (last), ``steps``, ``global_step``,
         ``images_per_s``, ``data_time`` and ``compute_time`` (seconds), ``nonfinite_steps``,
-        ``bad_images`` (unreadable images skipped so far, counted across loader workers).
+        ``bad_images`` (unreadable images skipped so far, counted across loader workers),
+        ``interrupted``.
     """
     model.train()
-    total_loss, steps, images, skipped = 0.0, 0, 0, 0
+    part = dict(resume["partial"]) if resume else {"loss_sum": 0.0, "steps": 0, "skipped": 0}
+    total_loss, steps, skipped = part["loss_sum"], part["steps"], part["skipped"]
+    images, in_a_row, interrupted = 0, 0, False
     data_time = compute_time = 0.0
     t_start = t_last = time.perf_counter()
-    for images_b, targets in _progress(loader, f"epoch {epoch}"):
+    batches = iter(loader)
+    if resume and resume.get("rng") is not None:
+        set_rng_state(resume["rng"])
+    for images_b, targets in _progress(batches, f"epoch {epoch}", total=len(loader)):
         t_data = time.perf_counter()
         data_time += t_data - t_last
         images_b = images_b.to(device, non_blocking=True)
@@ -113,8 +186,14 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(loss_value):
             skipped += 1
+            in_a_row += 1
             log.warning("epoch %d step %d: loss is %s, step skipped", epoch, global_step, loss_value)
+            if in_a_row >= max_nonfinite:
+                raise NonFiniteLossError(f"the loss was not finite for {in_a_row} steps in a row (epoch {epoch}, "
+                                         f"step {global_step}); the last checkpoint is intact: lower --lr or "
+                                         f"check the data")
         else:
+            in_a_row = 0
             if scaler is not None:
                 scaler.scale(loss).backward()
                 if grad_clip:
@@ -141,6 +220,10 @@ def train_one_epoch(
             log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f img/s (data %.0f%%)", epoch, steps,
                      len(loader), loss_value, optimizer.param_groups[0]["lr"],
                      images / (t_last - t_start), 100 * data_time / max(t_last - t_start, 1e-9))
+        if on_step is not None and on_step(global_step, {"loss_sum": total_loss, "steps": steps,
+                                                         "skipped": skipped}):
+            interrupted = True
+            break
     elapsed = time.perf_counter() - t_start
     return {
         "train_loss": total_loss / max(steps - skipped, 1),
@@ -152,6 +235,7 @@ def train_one_epoch(
         "compute_time": compute_time,
         "nonfinite_steps": skipped,
         "bad_images": getattr(loader.dataset, "bad_count", 0),
+        "interrupted": interrupted,
     }
 
 

@@ -30,17 +30,17 @@ def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Se
     return ds
 
 
-def loader_for(ds, cfg: Config, train: bool, device: torch.device, generator: Optional[torch.Generator] = None):
-    """A DataLoader: shuffled for training, pinned memory on CUDA, persistent workers."""
+def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None):
+    """A DataLoader: ``sampler`` orders training batches (``asl.engine.EpochSampler``), pinned
+    memory on CUDA, persistent workers."""
     return torch.utils.data.DataLoader(
         ds,
         batch_size=cfg.batch_size,
-        shuffle=train,
+        sampler=sampler,
         drop_last=train and len(ds) > cfg.batch_size,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.workers > 0,
-        generator=generator,
     )
 
 
