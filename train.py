@@ -22,6 +22,7 @@ import torch
 from asl import cli
 from asl.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from asl.config import dump_config, load_config
+from asl.distributed import ShardSampler, all_true, broadcast_buffers, gather_rows, init_distributed
 from asl.engine import (
     EpochSampler,
     amp_dtype_for,
@@ -80,9 +81,10 @@ def main(argv=None) -> int:
     resume_ckpt = load_resume_checkpoint(cfg.resume) if cfg.resume else None  # fail before any work
     out = Path(cfg.output)
     check_output_dir(out, cfg.overwrite, cfg.resume)
-    if (out / "metrics.jsonl").exists() and not cfg.resume:
+    dist_info, device = init_distributed(cli.resolve_device(cfg.device))
+    main_process = dist_info.is_main  # only it writes files (logging is already rank 0 only)
+    if main_process and (out / "metrics.jsonl").exists() and not cfg.resume:
         (out / "metrics.jsonl").unlink()
-    device = cli.resolve_device(cfg.device)
     seed_everything(cfg.seed)
     amp_dtype = amp_dtype_for(device, cfg.amp)
 
@@ -96,13 +98,19 @@ def main(argv=None) -> int:
     init = cfg.init_checkpoint or cfg.model_path
     if init:
         load_init_checkpoint(model, init)
+    if cfg.sync_bn and dist_info.enabled:
+        if device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU implementation)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    sampler = EpochSampler(len(train_ds), cfg.seed)
+    sampler = EpochSampler(len(train_ds), cfg.seed, dist_info.rank, dist_info.world_size)
     train_loader = loader_for(train_ds, cfg, train=True, device=device, sampler=sampler)
-    val_loader = loader_for(val_ds, cfg, train=False, device=device)
+    val_sampler = ShardSampler(len(val_ds), dist_info.rank, dist_info.world_size) if dist_info.enabled else None
+    val_loader = loader_for(val_ds, cfg, train=False, device=device, sampler=val_sampler)
+    gather = (lambda rows: gather_rows(rows, len(val_ds), dist_info)) if dist_info.enabled else None
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.lr, cfg.epochs, len(train_loader), cfg.pct_start)
     ema = None
@@ -111,6 +119,10 @@ def main(argv=None) -> int:
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    net = model  # what the steps run: DDP under torchrun; EMA and checkpoints use the bare model
+    if dist_info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
 
     start_epoch, global_step, best, resume_epoch = 0, 0, {"mAP": -1.0}, None
     if resume_ckpt is not None:
@@ -135,12 +147,15 @@ def main(argv=None) -> int:
         log.info("resumed from %s at epoch %d%s", cfg.resume, start_epoch,
                  f", step {resume_epoch['step']}" if resume_epoch else "")
 
-    dump_config(cfg, out / "config.yaml")
+    if main_process:
+        dump_config(cfg, out / "config.yaml")
     meta = dict(model_name=cfg.model_name, class_names=train_ds.class_names, image_size=cfg.image_size,
                 mean=mean, std=std, config=cfg.to_dict())
 
     def save_last(epoch: int, step_in_epoch: int = 0, partial=None) -> None:
         """Everything a resume needs, RNG states last (nothing may draw after them)."""
+        if not main_process:
+            return
         loss_state = {"gamma_neg": loss_fn.gamma_neg} if hasattr(loss_fn, "delta_p") else None
         save_checkpoint(make_checkpoint(
             model, epoch=epoch, global_step=global_step, best=best, optimizer=optimizer.state_dict(),
@@ -167,23 +182,31 @@ def main(argv=None) -> int:
             nonlocal global_step
             global_step = step
             in_epoch = done_before + partial["steps"]
-            if stop_signal.received or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+            stop_now = stop_signal.received
+            if dist_info.enabled:  # every rank stops at the same step, or the others would hang
+                stop_now = not all_true(not stop_now, dist_info)
+            if stop_now or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                                         and in_epoch < len(train_loader) + done_before):
                 save_last(epoch, in_epoch, partial)
-            return stop_signal.received
+            return stop_now
 
-        stats = train_one_epoch(model, train_loader, loss_fn, optimizer, device, scheduler=scheduler, ema=ema,
+        stats = train_one_epoch(net, train_loader, loss_fn, optimizer, device, scheduler=scheduler, ema=ema,
                                 scaler=scaler, amp_dtype=amp_dtype, grad_clip=cfg.grad_clip, epoch=epoch,
                                 global_step=global_step, print_freq=cfg.print_freq,
                                 channels_last=cfg.channels_last, max_nonfinite=cfg.max_nonfinite,
-                                on_step=on_step, resume=first)
+                                on_step=on_step, resume=first,
+                                all_finite=(lambda ok: all_true(ok, dist_info)) if dist_info.enabled else None)
         global_step = stats["global_step"]
         if stats["interrupted"]:
-            print(f"stopped by {stop_signal.name}; state saved: resume with --resume {out / 'last.pth'}",
+            print(f"stopped by {stop_signal.name or 'a signal'}; state saved: resume with --resume {out / 'last.pth'}",
                   file=sys.stderr)
             return 128 + stop_signal.signum
-        ev = evaluate(model, val_loader, device, amp_dtype=amp_dtype, desc="val")
-        ev_ema = evaluate(ema.module, val_loader, device, amp_dtype=amp_dtype, desc="val ema") if ema else None
+        for m in (model, ema.module if ema else None):
+            if m is not None:
+                broadcast_buffers(m, dist_info)  # ranks evaluate (and rank 0 saves) one model
+        ev = evaluate(model, val_loader, device, amp_dtype=amp_dtype, desc="val", gather=gather)
+        ev_ema = (evaluate(ema.module, val_loader, device, amp_dtype=amp_dtype, desc="val ema", gather=gather)
+                  if ema else None)
         rec = {"epoch": epoch, "train_loss": stats["train_loss"], "mAP": ev["mAP"],
                "mAP_ema": ev_ema["mAP"] if ev_ema else None, "lr": stats["lr"],
                "seconds": time.perf_counter() - t0, "images_per_s": stats["images_per_s"],
@@ -192,8 +215,9 @@ def main(argv=None) -> int:
         if hasattr(loss_fn, "delta_p"):
             rec.update(gamma_neg=loss_fn.gamma_neg, delta_p=loss_fn.delta_p)
         history.append(rec)
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        if main_process:
+            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
         log.info("epoch %d: loss %.4f  mAP %.2f  mAP(EMA) %s  %.0fs%s", epoch, rec["train_loss"], rec["mAP"],
                  f"{rec['mAP_ema']:.2f}" if ev_ema else "-", rec["seconds"],
                  f"  ({rec['bad_images']} unreadable images skipped)" if rec["bad_images"] else "")
@@ -202,18 +226,22 @@ def main(argv=None) -> int:
         current = max(ev["mAP"], ev_ema["mAP"] if ev_ema else -1.0)
         if current > best["mAP"]:
             best = {"mAP": current, "epoch": epoch, "selected": "ema" if use_ema else "model"}
-            save_checkpoint(make_checkpoint(ema.module if use_ema else model, epoch=epoch, selected=best["selected"],
-                                            mAP=current, **meta), out / "best.pth")
-        from asl.plots import plot_training_curves
+            if main_process:
+                save_checkpoint(make_checkpoint(ema.module if use_ema else model, epoch=epoch,
+                                                selected=best["selected"], mAP=current, **meta), out / "best.pth")
+        if main_process:
+            from asl.plots import plot_training_curves
 
-        plot_training_curves(history, out / "curves.png")
+            plot_training_curves(history, out / "curves.png")
         save_last(epoch)
         if stop_signal.received:
             print(f"stopped by {stop_signal.name} after epoch {epoch}; resume with --resume {out / 'last.pth'}",
                   file=sys.stderr)
             return 128 + stop_signal.signum
 
-    if best["mAP"] >= 0:
+    if dist_info.enabled:
+        torch.distributed.destroy_process_group()
+    if best["mAP"] >= 0 and main_process:
         print(f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['selected']} weights) -> "
               f"{out / 'best.pth'}")
     return 0

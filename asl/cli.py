@@ -58,6 +58,7 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "print_freq": (("--print-freq", "-p"), "log every N steps"),
     "overwrite": (("--overwrite",), "write into an output folder that already holds a run"),
     "resume": (("--resume",), "checkpoint to resume from"),
+    "sync_bn": (("--sync-bn",), "SyncBatchNorm across processes under torchrun"),
     "checkpoint_every": (("--checkpoint-every",), "also write last.pth every N steps (0: epoch ends only)"),
     "max_nonfinite": (("--max-nonfinite",), "stop after this many non-finite losses in a row"),
     "model_path": (("--model-path",), "checkpoint to evaluate or run (train.py: as --init-checkpoint)"),
@@ -76,7 +77,7 @@ TRAIN_FIELDS = ["dataset", "data_root", "train_split", "val_split", "image_size"
                 "resize", "model_name", "num_classes", "init_checkpoint", "model_path", "loss",
                 "gamma_neg", "gamma_pos", "clip", "delta_p_target", "adaptive_lambda", "optimizer", "lr",
                 "weight_decay", "epochs", "stop_epoch", "ema", "ema_decay", "amp", "output", "seed", "device",
-                "print_freq", "overwrite", "resume", "checkpoint_every", "max_nonfinite", "thre"]
+                "print_freq", "overwrite", "resume", "checkpoint_every", "max_nonfinite", "sync_bn", "thre"]
 VALIDATE_FIELDS = ["dataset", "data_root", "val_split", "image_size", "batch_size", "workers", "val_fraction",
                    "ann_file", "image_dir", "keep_unannotated", "voc_year", "difficult", "resize", "model_name",
                    "num_classes", "model_path", "thre", "calibrate", "output", "device", "amp", "print_freq"]

@@ -41,6 +41,7 @@ class Config:
     num_classes: Optional[int] = None  # checked against the dataset when given (official flag)
     init_checkpoint: Optional[str] = None
     channels_last: bool = False
+    sync_bn: bool = False  # SyncBatchNorm under torchrun
     # --- loss
     loss: str = "asl"  # asl | asl_optimized | adaptive_asl | focal | bce
     gamma_neg: float = 4.0

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .errors import ASLError
 from .metrics import mAP, mAP_known
+from .models import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +80,23 @@ class EpochSampler(torch.utils.data.Sampler):
     samples of that epoch's order (the batches a mid-epoch checkpoint has already seen).
     """
 
-    def __init__(self, n: int, seed: int = 0):
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+        self.rank, self.world = rank, world_size
+        self.per_rank = -(-n // world_size)  # padded, as DistributedSampler, so ranks step together
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """``start``: samples of this rank's share already seen."""
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        order += order[: self.per_rank * self.world - self.n]
+        return iter(order[self.rank::self.world][self.start:])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.per_rank - self.start
 
 
 def get_rng_state() -> Dict[str, Any]:
@@ -144,6 +150,7 @@ def train_one_epoch(
     max_nonfinite: int = 20,
     on_step: Optional[Callable[[int, Dict[str, Any]], bool]] = None,
     resume: Optional[Dict[str, Any]] = None,
+    all_finite: Optional[Callable[[bool], bool]] = None,
 ) -> Dict[str, Any]:
     """One pass over ``loader``: forward under autocast, float32 loss, step, schedule, EMA.
 
@@ -156,6 +163,8 @@ def train_one_epoch(
         resume: the partial stats and RNG state of a mid-epoch checkpoint; the RNG state is
             restored after the loader's iterator is created, so the remaining batches draw the
             same random numbers as in the interrupted run.
+        all_finite: under DDP, agrees across ranks whether every rank's loss is finite, so all
+            skip the same steps (a rank alone skipping its backward would hang the others).
 
     Returns:
         dict with ``train_loss`` (mean over steps), ``lr`` (last), ``steps``, ``global_step``,
@@ -184,7 +193,10 @@ def train_one_epoch(
         loss = loss_fn(logits.float(), targets)
         loss_value = float(loss.detach())
         optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss_value):
+        finite = math.isfinite(loss_value)
+        if all_finite is not None:
+            finite = all_finite(finite)
+        if not finite:
             skipped += 1
             in_a_row += 1
             log.warning("epoch %d step %d: loss is %s, step skipped", epoch, global_step, loss_value)
@@ -211,7 +223,7 @@ def train_one_epoch(
             scheduler.step()
         global_step += 1
         if ema is not None:
-            ema.update(model, step=global_step)
+            ema.update(unwrap_model(model), step=global_step)
         steps += 1
         images += images_b.shape[0]
         t_last = time.perf_counter()
@@ -247,9 +259,14 @@ def evaluate(
     amp_dtype: Optional[torch.dtype] = None,
     desc: str = "eval",
     channels_last: bool = False,
+    gather: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> Dict[str, Any]:
     """Scores of ``model`` on ``loader`` and their mAP (official definition; where targets hold
     -1, those entries are left out of their class's AP, as VOC's difficult protocol).
+
+    Args:
+        gather: under DDP, reassembles all ranks' rows (``asl.distributed.gather_rows``), so the
+            mAP is that of the whole set, equal to a single-process evaluation.
 
     Returns:
         dict with ``mAP`` (percent), ``scores`` (N, C) float32 sigmoid scores, ``targets``
@@ -272,6 +289,8 @@ def evaluate(
     model.train(was_training)
     s = torch.cat(scores).numpy() if scores else np.zeros((0, 0), np.float32)
     t = torch.cat(targets).numpy() if targets else np.zeros((0, 0), np.float32)
+    if gather is not None:  # under DDP: every rank's shard, in dataset order, padding dropped
+        s, t = gather(s), gather(t)
     # Unknown labels (-1, e.g. VOC's difficult-only classes) are left out of AP, the usual
     # protocol; without any, this is exactly the official mAP.
     has_unknown = bool(len(t)) and bool((t == -1).any())
