@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     val_loader = loader_for(val_ds, cfg, train=False, device=device, sampler=val_sampler)
     gather = (lambda rows: gather_rows(rows, len(val_ds), dist_info)) if dist_info.enabled else None
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
-    scheduler = build_scheduler(optimizer, cfg.lr, cfg.epochs, len(train_loader), cfg.pct_start)
+    scheduler = build_scheduler(optimizer, cfg.lr, cfg.epochs, max(len(train_loader) // cfg.accum_steps, 1),
+                                cfg.pct_start)
     ema = None
     if cfg.ema:
         from timm.utils import ModelEmaV3
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
     if dist_info.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
+    if cfg.compile:
+        net = torch.compile(net)
 
     start_epoch, global_step, best, resume_epoch = 0, 0, {"mAP": -1.0}, None
     if resume_ckpt is not None:
@@ -195,7 +198,8 @@ def main(argv=None) -> int:
                                 global_step=global_step, print_freq=cfg.print_freq,
                                 channels_last=cfg.channels_last, max_nonfinite=cfg.max_nonfinite,
                                 on_step=on_step, resume=first,
-                                all_finite=(lambda ok: all_true(ok, dist_info)) if dist_info.enabled else None)
+                                all_finite=(lambda ok: all_true(ok, dist_info)) if dist_info.enabled else None,
+                                accum_steps=cfg.accum_steps)
         global_step = stats["global_step"]
         if stats["interrupted"]:
             print(f"stopped by {stop_signal.name or 'a signal'}; state saved: resume with --resume {out / 'last.pth'}",
@@ -234,6 +238,10 @@ def main(argv=None) -> int:
 
             plot_training_curves(history, out / "curves.png")
         save_last(epoch)
+        if cfg.patience and epoch - best.get("epoch", epoch) >= cfg.patience:
+            log.info("early stop: no better mAP for %d epochs (best %.2f at epoch %d)", cfg.patience, best["mAP"],
+                     best["epoch"])
+            break
         if stop_signal.received:
             print(f"stopped by {stop_signal.name} after epoch {epoch}; resume with --resume {out / 'last.pth'}",
                   file=sys.stderr)

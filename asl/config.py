@@ -62,6 +62,9 @@ class Config:
     stop_epoch: Optional[int] = None  # stop early on that schedule (official: 40 of 80)
     pct_start: float = 0.2
     grad_clip: Optional[float] = None
+    accum_steps: int = 1  # gradient accumulation: effective batch = batch_size x accum_steps x processes
+    patience: int = 0  # early stopping: epochs without a better mAP before stopping (0: off)
+    compile: bool = False  # torch.compile the model (first steps pay the compile)
     ema: bool = True
     ema_decay: float = 0.9997
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); off on CPU

@@ -7,6 +7,7 @@ float32 logits; a GradScaler is used only for fp16.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -151,11 +152,12 @@ def train_one_epoch(
     on_step: Optional[Callable[[int, Dict[str, Any]], bool]] = None,
     resume: Optional[Dict[str, Any]] = None,
     all_finite: Optional[Callable[[bool], bool]] = None,
+    accum_steps: int = 1,
 ) -> Dict[str, Any]:
     """One pass over ``loader``: forward under autocast, float32 loss, step, schedule, EMA.
 
-    A step whose loss is not finite is skipped (no update) and counted; ``max_nonfinite`` of
-    them in a row raise :class:`NonFiniteLossError`, before any further update.
+    A step whose loss is not finite is skipped (no update) and counted; ``max_nonfinite``
+    skipped optimizer steps in a row raise :class:`NonFiniteLossError`, before any further update.
 
     Args:
         on_step: called after every step with (global_step, partial stats); returning True
@@ -163,6 +165,9 @@ def train_one_epoch(
         resume: the partial stats and RNG state of a mid-epoch checkpoint; the RNG state is
             restored after the loader's iterator is created, so the remaining batches draw the
             same random numbers as in the interrupted run.
+        accum_steps: micro-batches per optimizer step (gradient accumulation); the loss of each is
+            divided by it, and a trailing incomplete group is dropped. Steps, the schedule, the
+            EMA and ``on_step`` count optimizer steps; ``steps`` in the stats counts batches.
         all_finite: under DDP, agrees across ranks whether every rank's loss is finite, so all
             skip the same steps (a rank alone skipping its backward would hang the others).
 
@@ -181,6 +186,13 @@ def train_one_epoch(
     batches = iter(loader)
     if resume and resume.get("rng") is not None:
         set_rng_state(resume["rng"])
+    accum_steps = max(int(accum_steps), 1)
+    # A summed loss (ASL's official reduction) already grows with the batch: accumulating k
+    # micro-batches of it gives the gradient of the k-times larger batch as it is. A mean is
+    # divided by k for the same result.
+    sum_loss = getattr(loss_fn, "reduction", "mean") == "sum"
+    group_ok, in_group = True, 0
+    optimizer.zero_grad(set_to_none=True)
     for images_b, targets in _progress(batches, f"epoch {epoch}", total=len(loader)):
         t_data = time.perf_counter()
         data_time += t_data - t_last
@@ -188,47 +200,58 @@ def train_one_epoch(
         if channels_last:
             images_b = images_b.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(images_b)
-        loss = loss_fn(logits.float(), targets)
-        loss_value = float(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        finite = math.isfinite(loss_value)
-        if all_finite is not None:
-            finite = all_finite(finite)
-        if not finite:
-            skipped += 1
-            in_a_row += 1
-            log.warning("epoch %d step %d: loss is %s, step skipped", epoch, global_step, loss_value)
-            if in_a_row >= max_nonfinite:
-                raise NonFiniteLossError(f"the loss was not finite for {in_a_row} steps in a row (epoch {epoch}, "
-                                         f"step {global_step}); the last checkpoint is intact: lower --lr or "
-                                         f"check the data")
-        else:
+        in_group += 1
+        last_of_group = in_group == accum_steps
+        # Under DDP, gradients are all-reduced only on the micro-batch that ends a group.
+        sync = contextlib.nullcontext() if last_of_group or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(images_b)
+            loss = loss_fn(logits.float(), targets)
+            loss_value = float(loss.detach())
+            finite = math.isfinite(loss_value)
+            if all_finite is not None:
+                finite = all_finite(finite)
+            if finite:
+                scaled = loss if sum_loss else loss / accum_steps
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                total_loss += loss_value
+            else:
+                group_ok = False
+                skipped += 1
+                log.warning("epoch %d step %d: loss is %s, step skipped", epoch, global_step, loss_value)
+        steps += 1
+        images += images_b.shape[0]
+        if not last_of_group:
+            continue
+        if group_ok:
             in_a_row = 0
             if scaler is not None:
-                scaler.scale(loss).backward()
                 if grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                loss.backward()
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
-            total_loss += loss_value
+        else:
+            in_a_row += 1
+            if in_a_row >= max_nonfinite:
+                raise NonFiniteLossError(f"the loss was not finite for {in_a_row} steps in a row (epoch {epoch}, "
+                                         f"step {global_step}); the last checkpoint is intact: lower --lr or "
+                                         f"check the data")
+        optimizer.zero_grad(set_to_none=True)
+        group_ok, in_group = True, 0
         if scheduler is not None:
             scheduler.step()
         global_step += 1
         if ema is not None:
             ema.update(unwrap_model(model), step=global_step)
-        steps += 1
-        images += images_b.shape[0]
         t_last = time.perf_counter()
         compute_time += t_last - t_data
-        if print_freq and steps % print_freq == 0:
+        if print_freq and global_step % print_freq == 0:
             log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f img/s (data %.0f%%)", epoch, steps,
                      len(loader), loss_value, optimizer.param_groups[0]["lr"],
                      images / (t_last - t_start), 100 * data_time / max(t_last - t_start, 1e-9))

@@ -32,3 +32,27 @@ def test_no_weight_decay_on_biases():
 
 def test_amp_is_off_on_cpu():
     assert amp_dtype_for(torch.device("cpu"), True) is None
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_gradient_accumulation_equals_the_larger_batch(reduction):
+    from asl.engine import train_one_epoch
+    from asl.losses import AsymmetricLoss
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5), (torch.rand(16, 3) < 0.3).float()
+    data = torch.utils.data.TensorDataset(x, y)
+
+    def run(batch, accum):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(5, 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        stats = train_one_epoch(model, torch.utils.data.DataLoader(data, batch_size=batch), AsymmetricLoss(
+            reduction=reduction), opt, torch.device("cpu"), accum_steps=accum, print_freq=0)
+        return model, stats
+
+    big, s1 = run(8, 1)
+    small, s2 = run(4, 2)
+    assert s1["global_step"] == s2["global_step"] == 2 and s2["steps"] == 4
+    for a, b in zip(big.parameters(), small.parameters()):
+        torch.testing.assert_close(a, b)
