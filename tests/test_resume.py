@@ -128,3 +128,17 @@ def test_non_finite_losses_stop_the_run_without_an_update():
 
     stats = train_one_epoch(model, loader, sometimes_nan, opt, torch.device("cpu"), max_nonfinite=3, print_freq=0)
     assert stats["nonfinite_steps"] == 3 and stats["steps"] == 10
+
+
+def test_config_round_trip_reproduces_the_run(reference, tmp_path):
+    """YAML -> resolved config in the checkpoint -> a new run from it: the same weights."""
+    import train
+    from asl.config import dump_config, from_dict, load_config
+
+    data, ref = reference
+    cfg = from_dict(ref["config"])
+    dump_config(cfg, tmp_path / "again.yaml")
+    assert load_config(str(tmp_path / "again.yaml")) == cfg
+    out = tmp_path / "again"
+    assert cli.run(train.main, ["--config", str(tmp_path / "again.yaml"), "--output", str(out)]) == 0
+    _assert_same_run(load_checkpoint(out / "last.pth"), ref)
