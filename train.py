@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from asl import cli
-from asl.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from asl.checkpoint import make_checkpoint, save_checkpoint
 from asl.config import dump_config, load_config
 from asl.distributed import ShardSampler, all_true, broadcast_buffers, gather_rows, init_distributed
 from asl.engine import (
@@ -31,47 +30,15 @@ from asl.engine import (
     evaluate,
     get_rng_state,
     seed_everything,
-    set_rng_state,
     train_one_epoch,
 )
-from asl.errors import CheckpointError, ConfigError
+from asl.errors import ConfigError
 from asl.factory import dataset_from_config, loader_for, loss_from_config
-from asl.models import create_model, data_config, load_init_checkpoint, unwrap_model
+from asl.models import create_model, data_config, load_init_checkpoint
+from asl.runtime import StopSignal, check_output_dir, load_resume_checkpoint, restore_training_state
 
 log = logging.getLogger("train")
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-
-
-def check_output_dir(out: Path, overwrite: bool, resume) -> None:
-    if out.exists() and any((out / f).exists() for f in ("last.pth", "metrics.jsonl")) and not (overwrite or resume):
-        raise ConfigError(f"{out} already holds a run; pass --resume {out / 'last.pth'} or --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-class StopSignal:
-    """SIGTERM / SIGINT set a flag; the loop saves last.pth at the next step and exits."""
-
-    def __init__(self):
-        self.signum, self.name = 0, ""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum, self.name = signum, signal.Signals(signum).name
-
-    @property
-    def received(self) -> bool:
-        return bool(self.signum)
-
-
-def load_resume_checkpoint(path: str) -> dict:
-    ckpt = load_checkpoint(path)
-    missing = [k for k in ("optimizer", "scheduler", "epoch") if ckpt.get(k) is None]
-    if missing:
-        raise CheckpointError(f"{path}: cannot resume from it, it lacks {', '.join(missing)} (resume from a last.pth)")
-    return ckpt
 
 
 def main(argv=None) -> int:
@@ -129,24 +96,8 @@ def main(argv=None) -> int:
 
     start_epoch, global_step, best, resume_epoch = 0, 0, {"mAP": -1.0}, None
     if resume_ckpt is not None:
-        ckpt = resume_ckpt
-        unwrap_model(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        for k, v in (ckpt.get("loss_state") or {}).items():
-            setattr(loss_fn, k, v)
-        global_step, best = ckpt.get("global_step", 0), ckpt.get("best") or best
-        if ckpt.get("step_in_epoch"):  # a mid-epoch checkpoint: finish that epoch first
-            start_epoch = ckpt["epoch"]
-            resume_epoch = {"partial": ckpt["partial"], "rng": ckpt.get("rng"), "step": ckpt["step_in_epoch"]}
-        else:
-            start_epoch = ckpt["epoch"] + 1
-            if ckpt.get("rng") is not None:
-                set_rng_state(ckpt["rng"])
+        start_epoch, global_step, best, resume_epoch = restore_training_state(
+            resume_ckpt, model, optimizer, scheduler, ema, scaler, loss_fn)
         log.info("resumed from %s at epoch %d%s", cfg.resume, start_epoch,
                  f", step {resume_epoch['step']}" if resume_epoch else "")
 
