@@ -12,7 +12,7 @@ from asl.models import create_model, load_init_checkpoint
 
 from .conftest import REPO
 
-REF = REPO.parent / "shared" / "reference"
+REF = REPO / "tests" / "fixtures"  # copies of shared/reference/official_asl_*_keys.tsv
 
 
 def _key_list(name):
