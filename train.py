@@ -166,7 +166,10 @@ def main(argv=None) -> int:
                "mAP_ema": ev_ema["mAP"] if ev_ema else None, "lr": stats["lr"],
                "seconds": time.perf_counter() - t0, "images_per_s": stats["images_per_s"],
                "data_time": stats["data_time"], "nonfinite_steps": stats["nonfinite_steps"],
-               "bad_images": stats["bad_images"] + ev["bad_images"]}
+               "bad_images": stats["bad_images"] + ev["bad_images"],
+               # mean validation probability of positive and of negative labels (paper Sec. 2.6)
+               "p_pos": float(ev["scores"][ev["targets"] == 1].mean()) if (ev["targets"] == 1).any() else None,
+               "p_neg": float(ev["scores"][ev["targets"] == 0].mean()) if (ev["targets"] == 0).any() else None}
         if hasattr(loss_fn, "delta_p"):
             rec.update(gamma_neg=loss_fn.gamma_neg, delta_p=loss_fn.delta_p)
         history.append(rec)

@@ -35,6 +35,7 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "voc_year": (("--voc-year",), "voc: 2007 or 2012"),
     "difficult": (("--difficult",), "voc: difficult-only classes are ignore (-1), positive or negative"),
     "resize": (("--resize",), "squish (official) or crop"),
+    "label_noise": (("--label-noise",), "fraction of training positives flipped to negative (a study)"),
     "model_name": (("--model-name",), "timm model name (e.g. resnet10t, tresnet_m)"),
     "num_classes": (("--num-classes",), "number of classes (checked against the dataset / checkpoint)"),
     "init_checkpoint": (("--init-checkpoint",), "weights to start from (head dropped when classes differ)"),
@@ -79,7 +80,7 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
 
 TRAIN_FIELDS = ["dataset", "data_root", "train_split", "val_split", "image_size", "batch_size", "workers",
                 "augment", "val_fraction", "ann_file", "image_dir", "keep_unannotated", "voc_year", "difficult",
-                "resize", "model_name", "num_classes", "init_checkpoint", "model_path", "loss",
+                "resize", "label_noise", "model_name", "num_classes", "init_checkpoint", "model_path", "loss",
                 "gamma_neg", "gamma_pos", "clip", "delta_p_target", "adaptive_lambda", "optimizer", "lr",
                 "weight_decay", "epochs", "stop_epoch", "grad_clip", "accum_steps", "patience", "compile",
                 "channels_last", "ema", "ema_decay", "amp", "output", "seed", "device",

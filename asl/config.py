@@ -36,6 +36,8 @@ class Config:
     difficult: str = "ignore"  # voc: difficult-only classes are ignore (-1) | positive | negative
     resize: str = "squish"  # squish (official Resize((S, S))) | crop (random-resized crop / center crop)
     max_bad_fraction: float = 0.01
+    demo_classes: int = 80  # demo: 80, or 10/20/40 for the denser variants of the sparsity sweep
+    label_noise: float = 0.0  # study: fraction of training positives flipped to negative (seeded)
     # --- model
     model_name: str = "resnet10t"
     num_classes: Optional[int] = None  # checked against the dataset when given (official flag)

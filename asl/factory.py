@@ -22,12 +22,26 @@ def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Se
     ds = create_dataset(cfg.dataset, cfg.data_root, split, transform, val_fraction=cfg.val_fraction,
                         seed=0, max_bad_fraction=cfg.max_bad_fraction, ann_file=cfg.ann_file,
                         image_dir=cfg.image_dir, keep_unannotated=cfg.keep_unannotated, voc_year=cfg.voc_year,
-                        difficult=cfg.difficult)
+                        difficult=cfg.difficult, demo_classes=cfg.demo_classes)
     if train:
         ds.draft_size = cfg.image_size
+        if cfg.label_noise:
+            flip_positives(ds, cfg.label_noise, cfg.seed)
     if cfg.num_classes is not None and cfg.num_classes != ds.num_classes:
         raise ConfigError(f"--num-classes {cfg.num_classes} but {ds.name} has {ds.num_classes} classes")
     return ds
+
+
+def flip_positives(ds, fraction: float, seed: int) -> int:
+    """Turn a seeded ``fraction`` of the positive labels into negatives (missing labels, as
+    in the paper's mislabeled-negatives analysis). Returns how many were flipped."""
+    import numpy as np
+
+    pos = np.flatnonzero(ds.targets.reshape(-1) == 1)
+    rng = np.random.default_rng(seed + 7_919)
+    flip = rng.choice(pos, size=int(round(fraction * pos.size)), replace=False)
+    ds.targets.reshape(-1)[flip] = 0.0
+    return int(flip.size)
 
 
 def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None):

@@ -135,3 +135,16 @@ def test_training_decode_uses_jpeg_draft(tmp_path):
     assert train.load_image(0).size == (64, 64)  # decoded at 1/4 scale
     assert val.load_image(0).size == (256, 256)  # evaluation: the full decode, as the official code
     assert train[0][0].shape == val[0][0].shape == (3, 64, 64)
+
+
+def test_label_noise_flips_a_seeded_fraction_of_positives(tagged_root):
+    from asl.factory import flip_positives
+
+    a = create_dataset("tagged", str(tagged_root), "train")
+    b = create_dataset("tagged", str(tagged_root), "train")
+    pos = int((a.targets == 1).sum())
+    assert flip_positives(a, 0.25, seed=1) == round(0.25 * pos)
+    assert int((a.targets == 1).sum()) == pos - round(0.25 * pos)
+    assert int((a.targets == -1).sum()) == 0
+    flip_positives(b, 0.25, seed=1)
+    assert (a.targets == b.targets).all()
