@@ -123,6 +123,16 @@ class MultiLabelDataset(torch.utils.data.Dataset):
                 + f"; rarest: {rare}; most common: {common}")
 
 
+def multi_hot(tag_lists: Sequence[Sequence[str]], class_names: Sequence[str]) -> np.ndarray:
+    """(N, C) float32 targets, 1 where a sample's tag list names the class."""
+    index = {c: k for k, c in enumerate(class_names)}
+    targets = np.zeros((len(tag_lists), len(class_names)), dtype=np.float32)
+    for i, tags in enumerate(tag_lists):
+        for t in tags:
+            targets[i, index[t]] = 1.0
+    return targets
+
+
 def check_exists(path: Path, what: str) -> Path:
     if not path.exists():
         raise DataError(f"{what} not found: {path}")

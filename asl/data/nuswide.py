@@ -14,10 +14,8 @@ import csv
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-
 from ..errors import DataError
-from .base import MultiLabelDataset, check_exists
+from .base import MultiLabelDataset, check_exists, multi_hot
 
 CSV_NAME = "nus_wid_data.csv"
 
@@ -76,11 +74,7 @@ def create_nuswide(
     selected = [r for r in rows if r[2] == split]
     if not selected:
         raise DataError(f"{csv_path}: split {split!r} is empty")
-    index = {c: k for k, c in enumerate(class_names)}
-    targets = np.zeros((len(selected), len(class_names)), dtype=np.float32)
-    for i, (_, labels, _) in enumerate(selected):
-        for t in labels:
-            targets[i, index[t]] = 1.0
+    targets = multi_hot([labels for _, labels, _ in selected], class_names)
     images = Path(image_dir) if image_dir else root_p
     return MultiLabelDataset([str(images / p) for p, _, _ in selected], targets, class_names, transform,
                              name=f"nuswide {split}", max_bad_fraction=max_bad_fraction)

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ..errors import DataError
-from .base import MultiLabelDataset, check_exists
+from .base import MultiLabelDataset, check_exists, multi_hot
 
 SPLITS = ("train", "val", "test")
 
@@ -102,11 +102,7 @@ def create_tagged(
     if not selected:
         raise DataError(f"{csv_path}: split {split!r} is empty")
 
-    index = {c: k for k, c in enumerate(class_names)}
-    targets = np.zeros((len(selected), len(class_names)), dtype=np.float32)
-    for i, (_, tags, _) in enumerate(selected):
-        for t in tags:
-            targets[i, index[t]] = 1.0
+    targets = multi_hot([tags for _, tags, _ in selected], class_names)
     base = csv_path.parent
     paths = [str(base / image) for image, _, _ in selected]
     return MultiLabelDataset(paths, targets, class_names, transform, name=f"tagged {csv_path} [{split}]",
