@@ -132,9 +132,13 @@ def main(argv=None) -> int:
         sampler.set_epoch(epoch, first["step"] * cfg.batch_size if first else 0)
         done_before = first["step"] if first else 0
 
+        gamma_trace = []  # adaptive ASL: gamma- after every step (the study's settling analysis)
+
         def on_step(step: int, partial: dict, epoch: int = epoch, done_before: int = done_before) -> bool:
             nonlocal global_step
             global_step = step
+            if hasattr(loss_fn, "delta_p"):
+                gamma_trace.append(round(loss_fn.gamma_neg, 4))
             in_epoch = done_before + partial["steps"]
             stop_now = stop_signal.received
             if dist_info.enabled:  # every rank stops at the same step, or the others would hang
@@ -171,11 +175,12 @@ def main(argv=None) -> int:
                "p_pos": float(ev["scores"][ev["targets"] == 1].mean()) if (ev["targets"] == 1).any() else None,
                "p_neg": float(ev["scores"][ev["targets"] == 0].mean()) if (ev["targets"] == 0).any() else None}
         if hasattr(loss_fn, "delta_p"):
-            rec.update(gamma_neg=loss_fn.gamma_neg, delta_p=loss_fn.delta_p)
+            rec.update(gamma_neg=loss_fn.gamma_neg, delta_p=loss_fn.delta_p, gamma_neg_steps=gamma_trace)
         history.append(rec)
         if main_process:
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
+            write_per_class_ap(out / "per_class_ap.json", epoch, train_ds.class_names, ev, ev_ema)
         log.info("epoch %d: loss %.4f  mAP %.2f  mAP(EMA) %s  %.0fs%s", epoch, rec["train_loss"], rec["mAP"],
                  f"{rec['mAP_ema']:.2f}" if ev_ema else "-", rec["seconds"],
                  f"  ({rec['bad_images']} unreadable images skipped)" if rec["bad_images"] else "")
@@ -207,6 +212,20 @@ def main(argv=None) -> int:
         print(f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['selected']} weights) -> "
               f"{out / 'best.pth'}")
     return 0
+
+
+def write_per_class_ap(path: Path, epoch: int, class_names, ev: dict, ev_ema) -> None:
+    """The latest epoch's AP per class, plain and EMA (read by tools/study.py's frequency analysis)."""
+    from asl.metrics import average_precision
+
+    def ap(e):
+        return None if e is None else [None if v != v else round(float(v), 5)
+                                       for v in average_precision(e["targets"], e["scores"])]
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"epoch": epoch, "class_names": list(class_names), "ap": ap(ev), "ap_ema": ap(ev_ema)}),
+                   encoding="utf-8")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

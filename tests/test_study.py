@@ -1,53 +1,100 @@
-"""tools/study.py on a micro grid: runs, reuse of finished runs, paired report."""
+"""The study machinery (asl/study.py) on a micro grid of a few steps: runs in subprocesses, the
+config-hash cache, lr_from, a sweep with a baseline point, the paired report and its figures."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from asl import cli
+from asl import cli, study
+from asl.errors import ConfigError
 
 from .conftest import REPO, make_tagged
 
 
-def test_micro_study(tmp_path, capsys):
-    sys.path.insert(0, str(REPO / "tools"))
-    import study
-
-    data = make_tagged(tmp_path / "data", n_train=24, n_val=12)
+def _spec(tmp_path, data, experiments, seeds=(0, 1)):
     base = tmp_path / "base.yaml"
     base.write_text(f"dataset: tagged\ndata_root: {data}\nmodel_name: test_resnet\nimage_size: 32\nbatch_size: 8\n"
-                    "workers: 0\nepochs: 1\nema_decay: 0.9\n")
+                    "workers: 0\nepochs: 2\nema_decay: 0.9\n")
     spec = tmp_path / "study.yaml"
     spec.write_text(json.dumps({
-        "name": "micro", "base_config": str(base), "seeds": [0, 1], "lrs": [2e-3], "baseline": "bce",
+        "name": "micro", "base_config": str(base), "seeds": list(seeds), "baseline": "bce",
         "output": str(tmp_path / "reports"),
         "settings": [{"name": "bce", "overrides": {"loss": "bce"}},
                      {"name": "asl", "overrides": {"loss": "asl", "gamma_neg": 4, "clip": 0.05}}],
-        "variants": [{"name": "noisy", "overrides": {"label_noise": 0.5}}]}))
-    assert cli.run(study.main, [str(spec)]) == 0
-    text = (tmp_path / "reports" / "micro" / "report.md").read_text()
-    assert "| bce | 0.002 |" in text and "| asl | 0.002 |" in text
-    assert text.count("[") >= 2  # the paired difference's confidence interval
-    runs = sorted((tmp_path / "reports" / "micro" / "runs").rglob("metrics.jsonl"))
-    assert len(runs) == 4
-    cfg = (runs[0].parent / "config.yaml").read_text()
-    assert "label_noise: 0.5" in cfg
-    stamp = runs[0].stat().st_mtime
+        "experiments": experiments,
+        "quick": {"seeds": [0], "experiments": ["main"]}}))
+    return spec
+
+
+def test_micro_study(tmp_path, capsys):
+    data = make_tagged(tmp_path / "data", n_train=24, n_val=12)
+    spec = _spec(tmp_path, data, [
+        {"name": "main", "settings": ["bce", "asl"], "lrs": [2e-3], "quartiles": True},
+        {"name": "noisy", "settings": ["bce", "asl"], "lr_from": "main", "overrides": {"label_noise": 0.5},
+         "compare_to": "main"},
+        {"name": "sweep", "settings": ["asl"], "lr_from": "main", "axis": "gamma-", "baseline_point": "g4",
+         "points": [{"name": "g4", "value": 4, "overrides": {}}, {"name": "g0", "value": 0,
+                                                                   "overrides": {"gamma_neg": 0}}]}])
+    assert cli.run(study.main, [str(spec), "--jobs", "2"]) == 0
+    root = tmp_path / "reports" / "micro"
+    text = (root / "report.md").read_text()
+    # main: 2 settings x 2 seeds; noisy: 4 more; sweep: its g4 point is main's asl run (same config hash)
+    assert len(list((root / "runs").glob("*/metrics.jsonl"))) == 10
+    assert "| asl | 0.002 | 2 |" in text and "| g0 | asl | 0.002 | 2 |" in text
+    assert text.count(" [") >= 4  # paired differences with their confidence intervals
+    assert "by class-frequency quartile" in text and "Change of each setting's advantage" in text
+    for fig in ("main_curves.png", "noisy_curves.png", "sweep_sweep.png"):
+        assert (root / fig).stat().st_size > 1000
+    noisy = [p for p in (root / "runs").glob("*/study_config.yaml") if "label_noise: 0.5" in p.read_text()]
+    assert len(noisy) == 4
+    stamp = {p: p.stat().st_mtime for p in (root / "runs").glob("*/metrics.jsonl")}
     capsys.readouterr()
-    assert cli.run(study.main, [str(spec)]) == 0  # finished runs are reused, not rerun
-    assert runs[0].stat().st_mtime == stamp
+    assert cli.run(study.main, [str(spec)]) == 0  # finished runs are reused, not retrained
+    assert {p: p.stat().st_mtime for p in (root / "runs").glob("*/metrics.jsonl")} == stamp
+    # the quick profile is labelled and keeps only its experiments and seeds
+    assert cli.run(study.main, [str(spec), "--quick", "--report-only"]) == 0
+    quick = (tmp_path / "reports" / "micro_quick" / "report.md").read_text()
+    assert "QUICK PROFILE" in quick and "noisy" not in quick
+    assert "2 of 2 planned runs finished" in quick  # seed 0 of main, shared with the full study
+
+
+def test_interrupted_run_resumes(tmp_path):
+    data = make_tagged(tmp_path / "data", n_train=24, n_val=12)
+    spec = _spec(tmp_path, data, [{"name": "main", "settings": ["bce"], "lrs": [1e-3]}], seeds=[0])
+    s = study.load_study(str(spec))
+    (run,) = study.run_study(s, dry_run=True)["main"]
+    # a run stopped after its first epoch: last.pth and one metrics line
+    cfg = run.cfg.__class__(**{**run.cfg.to_dict(), "epochs": 2, "stop_epoch": 1})
+    run.dir.mkdir(parents=True)
+    study.dump_config(cfg, run.dir / "stop.yaml")
+    import train
+
+    assert cli.run(train.main, ["--config", str(run.dir / "stop.yaml"), "--overwrite"]) == 0
+    assert len(run.records()) == 1 and not run.done()
+    study.execute([run], jobs=1)
+    recs = run.records()
+    assert [r["epoch"] for r in recs] == [0, 1]
+    assert "resumed from" in (run.dir / "train.log").read_text()
 
 
 def test_study_spec_is_checked(tmp_path):
-    sys.path.insert(0, str(REPO / "tools"))
-    import study
+    def write(d):
+        p = tmp_path / "s.yaml"
+        p.write_text(json.dumps({"name": "x", "base_config": "c.yaml", "seeds": [0], "baseline": "a",
+                                 "settings": [{"name": "a", "overrides": {}}], **d}))
+        return str(p)
 
-    bad = tmp_path / "s.yaml"
-    bad.write_text(json.dumps({"name": "x", "base_config": "c.yaml", "seeds": [0], "lrs": [1e-3], "baseline": "a",
-                               "settings": [{"name": "a", "overrides": {"lossy": 1}}]}))
-    with pytest.raises(Exception, match="unknown config keys"):
-        study.load_study(str(bad))
-    assert study.load_study(str(REPO / "configs" / "study_demo.yaml")).baseline == "bce"
+    with pytest.raises(ConfigError, match="unknown config keys lossy"):
+        study.load_study(write({"settings": [{"name": "a", "overrides": {"lossy": 1}}], "experiments": []}))
+    with pytest.raises(ConfigError, match="unknown key lrz"):
+        study.load_study(write({"experiments": [{"name": "e", "settings": ["a"], "lrz": [1]}]}))
+    with pytest.raises(ConfigError, match="no setting named 'b'"):
+        study.load_study(write({"experiments": [{"name": "e", "settings": ["b"], "lrs": [1e-3]}]}))
+    with pytest.raises(ConfigError, match="earlier experiment"):
+        study.load_study(write({"experiments": [{"name": "e", "settings": ["a"], "lr_from": "f"}]}))
+    assert cli.run(study.main, [write({"experiments": [{"name": "e", "settings": ["a"]}]})]) == 2
+    full = study.load_study(str(REPO / "configs" / "study_demo.yaml"))
+    quick = study.load_study(str(REPO / "configs" / "study_demo.yaml"), quick=True)
+    assert quick.name == "demo_quick" and quick.seeds == [0, 1] and len(quick.experiments) < len(full.experiments)

@@ -1,0 +1,605 @@
+"""Seeded grids of training runs and a report with paired comparisons (the paper's claims at small scale).
+
+    python tools/study.py configs/study_demo.yaml [--quick] [--jobs 2] [--dry-run] [--report-only]
+
+A study YAML names a base training config and ``base_overrides``, the seeds, the settings (named
+config overrides: a loss and its parameters) and a list of experiments. An experiment runs some
+settings at each of its learning rates (``lrs``) or at each setting's best learning rate in an
+earlier experiment (``lr_from``), optionally over ``points`` (a sweep axis: gamma-, margin, class
+count), with its own ``overrides`` (label noise, longer schedule). Every run is an ordinary
+``train.py`` run in ``reports/<name>/runs/<hash>/``, where the hash is that of the resolved training
+config: a run shared by two experiments is trained once, a finished run is reused, an interrupted
+one resumes from its ``last.pth``, and changing a setting retrains only what it changes.
+
+The same seed gives the same initialization, batch order and label noise across settings, so
+every comparison is a paired per-seed difference with a 95% t-interval. ``report.md`` holds the
+tables, the dataset statistics and the figures (curves, probabilities, sweeps, adaptive gamma-).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from asl.config import FIELDS, Config, dump_config, load_config, load_yaml
+from asl.errors import ConfigError
+
+log = logging.getLogger("study")
+
+# Keys that change where or how fast a run goes, not what it computes: not part of its identity.
+_NOT_HASHED = {"output", "overwrite", "resume", "print_freq", "workers", "checkpoint_every"}
+TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
+
+
+@dataclass
+class Experiment:
+    name: str
+    settings: List[str]
+    title: str = ""
+    claim: str = ""
+    lrs: List[float] = field(default_factory=list)
+    lr_from: Optional[str] = None  # each setting at its best lr in that experiment
+    lr_setting: Optional[str] = None  # ...or every setting at this setting's best lr there
+    seeds: Optional[List[int]] = None
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    points: List[Dict[str, Any]] = field(default_factory=list)  # [{name, value, overrides}]
+    axis: str = ""
+    baseline: Optional[str] = None
+    baseline_point: Optional[str] = None  # sweeps: Δ against this point of the same setting
+    compare_to: Optional[str] = None  # same setting and seed in that experiment: the paired change
+    quartiles: bool = False  # AP gain by training-frequency quartile of the classes
+    quick: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Study:
+    name: str
+    base_config: str
+    seeds: List[int]
+    baseline: str
+    settings: List[Dict[str, Any]]
+    experiments: List[Experiment]
+    base_overrides: Dict[str, Any] = field(default_factory=dict)
+    output: str = "reports"
+    quick: Dict[str, Any] = field(default_factory=dict)
+    is_quick: bool = False
+    runs_name: str = ""  # the full study's name: its quick profile shares its runs folder
+
+    def setting(self, name: str) -> Dict[str, Any]:
+        return next(s for s in self.settings if s["name"] == name)
+
+
+def _strict(cls, raw: Dict[str, Any], where: str):
+    names = {f.name for f in dataclasses.fields(cls)} - {"is_quick", "runs_name"}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    try:
+        return cls(**raw)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_overrides(overrides: Dict[str, Any], where: str) -> None:
+    bad = sorted(set(overrides) - set(FIELDS))
+    if bad:
+        raise ConfigError(f"{where}: unknown config keys {', '.join(bad)}")
+
+
+def load_study(path: str, quick: bool = False) -> Study:
+    """Read and check a study YAML; ``quick`` applies its ``quick:`` profile (and each experiment's)."""
+    raw = load_yaml(path)
+    runs_name = raw.get("name", "study")
+    if quick:
+        q = dict(raw.get("quick") or {})
+        keep = q.pop("experiments", None)
+        base = {**(raw.get("base_overrides") or {}), **q.pop("base_overrides", {})}
+        raw = {**raw, **q, "base_overrides": base, "name": f"{raw.get('name', 'study')}_quick"}
+        if keep is not None:
+            raw["experiments"] = [e for e in raw.get("experiments", []) if e.get("name") in keep]
+    exps = []
+    for i, e in enumerate(raw.get("experiments") or []):
+        if not isinstance(e, dict):
+            raise ConfigError(f"{path}: experiment {i} is not a mapping")
+        if quick and e.get("quick"):
+            e = {**e, **e["quick"]}
+        exps.append(_strict(Experiment, e, f"{path}: experiment {e.get('name', i)!r}"))
+    study = _strict(Study, {**raw, "experiments": exps}, path)
+    study.is_quick, study.runs_name = quick, runs_name
+    try:
+        study.seeds = [int(s) for s in study.seeds]
+        for e in study.experiments:
+            e.lrs = [float(v) for v in e.lrs]
+            e.seeds = [int(s) for s in e.seeds] if e.seeds is not None else None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    _check_overrides(study.base_overrides, f"{path}: base_overrides")
+    names = set()
+    for s in study.settings:
+        if "name" not in s:
+            raise ConfigError(f"{path}: a setting has no name")
+        _check_overrides(s.get("overrides", {}), f"{path}: setting {s['name']!r}")
+        names.add(s["name"])
+    seen = set()
+    for e in study.experiments:
+        where = f"{path}: experiment {e.name!r}"
+        for s in e.settings + [e.baseline or study.baseline]:
+            if s not in names:
+                raise ConfigError(f"{where}: no setting named {s!r}")
+        if bool(e.lrs) == bool(e.lr_from):
+            raise ConfigError(f"{where}: give either lrs or lr_from")
+        for ref in (e.lr_from, e.compare_to):
+            if ref and ref not in seen:
+                raise ConfigError(f"{where}: {ref!r} must be an earlier experiment")
+        _check_overrides(e.overrides, where)
+        for p in e.points:
+            if "name" not in p:
+                raise ConfigError(f"{where}: a point has no name")
+            _check_overrides(p.get("overrides", {}), f"{where}: point {p['name']!r}")
+        seen.add(e.name)
+    if study.baseline not in names:
+        raise ConfigError(f"{path}: baseline {study.baseline!r} is not a setting")
+    return study
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    experiment: str
+    setting: str
+    point: str
+    lr: float
+    seed: int
+    overrides: Dict[str, Any]
+    cfg: Config
+    key: str
+    dir: Path
+
+    @property
+    def epochs(self) -> int:
+        return min(self.cfg.stop_epoch or self.cfg.epochs, self.cfg.epochs)
+
+    def records(self) -> List[Dict[str, Any]]:
+        f = self.dir / "metrics.jsonl"
+        if not f.exists():
+            return []
+        return [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def done(self) -> bool:
+        return len(self.records()) >= self.epochs
+
+
+def config_key(cfg: Config) -> str:
+    """Hash of everything that determines a run's result."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _points(e: Experiment) -> List[Dict[str, Any]]:
+    return e.points or [{"name": "", "overrides": {}}]
+
+
+def plan_experiment(study: Study, e: Experiment, best_lrs: Dict[str, Dict[str, float]]) -> List[Run]:
+    """The runs of ``e``; ``best_lrs[experiment][setting]`` resolves ``lr_from``."""
+    base = load_config(study.base_config, study.base_overrides)
+    runs = []
+    for p in _points(e):
+        for s in e.settings:
+            if e.lr_from:
+                lrs = [best_lrs[e.lr_from][e.lr_setting or s]]
+            else:
+                lrs = e.lrs
+            for lr in lrs:
+                for seed in e.seeds or study.seeds:
+                    ov = {**study.setting(s).get("overrides", {}), **e.overrides, **p.get("overrides", {}),
+                          "lr": lr, "seed": seed}
+                    cfg = load_config(None, ov, base=base)
+                    key = config_key(cfg)
+                    d = Path(study.output) / study.runs_name / "runs" / key
+                    cfg = dataclasses.replace(cfg, output=str(d), print_freq=0)
+                    runs.append(Run(e.name, s, p["name"], lr, seed, ov, cfg, key, d))
+    return runs
+
+
+def best_lr_per_setting(runs: List[Run]) -> Dict[str, float]:
+    """Each setting's learning rate with the best mean final mAP over its finished seeds."""
+    by: Dict[str, Dict[float, List[float]]] = {}
+    for r in runs:
+        if r.done():
+            by.setdefault(r.setting, {}).setdefault(r.lr, []).append(final_map(r))
+    return {s: max(per, key=lambda lr: statistics.mean(per[lr])) for s, per in by.items()}
+
+
+def final_map(run: Run) -> float:
+    """Final-epoch mAP, the better of the plain and the EMA model (the checkpoint train.py keeps)."""
+    last = run.records()[-1]
+    return max(last["mAP"], last.get("mAP_ema") or -1.0)
+
+
+def _launch(run: Run, threads: int) -> Tuple[Run, int, float]:
+    run.dir.mkdir(parents=True, exist_ok=True)
+    cfg_file = run.dir / "study_config.yaml"
+    dump_config(run.cfg, cfg_file)
+    argv = [sys.executable, str(TRAIN_PY), "--config", str(cfg_file)]
+    argv += ["--resume", str(run.dir / "last.pth")] if (run.dir / "last.pth").exists() else ["--overwrite"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    t0 = time.perf_counter()
+    with open(run.dir / "train.log", "a", encoding="utf-8") as logf:
+        rc = subprocess.run(argv, stdout=logf, stderr=subprocess.STDOUT, env=env).returncode
+    return run, rc, time.perf_counter() - t0
+
+
+def execute(runs: List[Run], jobs: int) -> None:
+    """Train the unfinished runs, ``jobs`` at a time, each with cores // jobs threads."""
+    todo, seen = [], set()
+    for r in runs:
+        if not r.done() and r.key not in seen:
+            seen.add(r.key)
+            todo.append(r)
+    if not todo:
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log.info("%d runs to train (%d jobs x %d threads)", len(todo), jobs, threads)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for run, rc, sec in pool.map(lambda r: _launch(r, threads), todo):
+            if rc != 0:
+                tail = (run.dir / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+                raise ConfigError(f"run {run.dir} failed ({rc}): {tail[-1] if tail else 'no output'}")
+            log.info("%s %s %s lr %g seed %d: %.2f mAP in %.0fs", run.experiment, run.setting, run.point,
+                     run.lr, run.seed, final_map(run), sec)
+
+
+def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = True) -> Dict[str, List[Run]]:
+    """Plan (and unless ``dry_run`` or not ``train``, train) every experiment in order."""
+    planned: Dict[str, List[Run]] = {}
+    best: Dict[str, Dict[str, float]] = {}
+    for e in study.experiments:
+        if e.lr_from and any(s not in best.get(e.lr_from, {}) for s in ([e.lr_setting] if e.lr_setting else e.settings)):
+            log.info("experiment %s waits for %s's learning rates", e.name, e.lr_from)
+            break
+        runs = plan_experiment(study, e, best)
+        planned[e.name] = runs
+        if dry_run:
+            todo = sum(not r.done() for r in runs)
+            print(f"{e.name}: {len(runs)} runs, {todo} to train")
+        elif train:
+            for cfg in {(r.cfg.data_root, r.cfg.demo_classes): r.cfg for r in runs}.values():
+                dataset_stats(cfg)  # generate demo variants here, not in parallel jobs
+            execute(runs, jobs)
+        if any(r.done() for r in runs):
+            best[e.name] = best_lr_per_setting(runs)
+    return planned
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+_STATS_CACHE: Dict[Tuple, Dict[str, Any]] = {}
+
+
+def dataset_stats(cfg: Config) -> Dict[str, Any]:
+    """Classes, images, label cardinality, positive fraction and per-class training counts."""
+    import numpy as np
+
+    from asl.factory import dataset_from_config
+
+    key = (cfg.dataset, cfg.data_root, cfg.demo_classes, cfg.ann_file, cfg.train_split, cfg.val_split)
+    if key not in _STATS_CACHE:
+        clean = dataclasses.replace(cfg, label_noise=0.0)
+        tr = dataset_from_config(clean, True, (0, 0, 0), (1, 1, 1))
+        va = dataset_from_config(clean, False, (0, 0, 0), (1, 1, 1))
+        t = np.clip(tr.targets, 0, None)
+        counts = t.sum(0)
+        _STATS_CACHE[key] = dict(data_root=cfg.data_root, classes=tr.num_classes, train=len(tr), val=len(va),
+                                 cardinality=float(t.sum(1).mean()), positive=float(t.mean()),
+                                 rarest=int(counts.min()), counts=counts.tolist())
+    return _STATS_CACHE[key]
+
+
+def t_interval(diffs: List[float]) -> Tuple[float, float]:
+    """Mean and 95% t half-width of paired differences (nan width for one pair)."""
+    from scipy.stats import t
+
+    m = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return m, float("nan")
+    return m, float(t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)))
+
+
+def fmt_ci(diffs: List[float]) -> str:
+    if not diffs:
+        return "–"
+    m, h = t_interval(diffs)
+    if h != h:
+        return f"{m:+.2f} (1 seed)"
+    star = " *" if abs(m) > h else ""
+    return f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]{star}"
+
+
+def _paired(a: Dict[int, float], b: Dict[int, float]) -> List[float]:
+    return [a[s] - b[s] for s in sorted(a) if s in b]
+
+
+def _chosen(runs: List[Run], best: Dict[str, float]) -> Dict[Tuple[str, str], Dict[int, Run]]:
+    """(point, setting) -> seed -> the finished run at the setting's chosen learning rate."""
+    out: Dict[Tuple[str, str], Dict[int, Run]] = {}
+    for r in runs:
+        if r.done() and (r.lr == best.get(r.setting, r.lr)):
+            out.setdefault((r.point, r.setting), {})[r.seed] = r
+    return out
+
+
+def _mean_curve(runs: List[Run], key: str) -> List[float]:
+    recs = [r.records() for r in runs]
+    n = min(len(x) for x in recs)
+    return [statistics.mean(x[i].get(key) or 0.0 for x in recs) for i in range(n)]
+
+
+def _settle_fraction(trace: List[float], tol: float = 0.1) -> Optional[float]:
+    """Fraction of training after which gamma- stays within ``tol`` (relative) of its final value."""
+    if not trace:
+        return None
+    final = trace[-1]
+    band = tol * max(abs(final), 1e-6)
+    last_out = max((i for i, g in enumerate(trace) if abs(g - final) > band), default=-1)
+    return (last_out + 1) / len(trace)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[float] = None,
+                 source: str = "<study.yaml>") -> Path:
+    """``report.md`` and its figures under ``reports/<name>/``, from the finished runs."""
+    from asl.plots import _pyplot
+
+    plt = _pyplot()
+    root = Path(study.output) / study.name
+    root.mkdir(parents=True, exist_ok=True)
+    all_runs = [r for runs in planned.values() for r in runs]
+    finished = len({r.key for r in all_runs if r.done()})
+    lines = [f"# Study `{study.name}`", ""]
+    if study.is_quick:
+        lines += ["**QUICK PROFILE**: fewer seeds, learning rates and points than the study; a smoke test "
+                  "of the claims, not their measurement.", ""]
+    lines += [f"Base config `{study.base_config}` with {json.dumps(study.base_overrides)}; "
+              f"{finished} of {len({r.key for r in all_runs})} planned runs finished"
+              + (f"; this invocation took {elapsed / 60:.1f} min" if elapsed else "") + ".",
+              "mAP is the final epoch's, the better of the plain and the EMA model. Δ is a paired per-seed "
+              "difference, mean [95% t-interval]; * marks an interval that excludes 0.", ""]
+    cfgs = {(r.cfg.data_root, r.cfg.demo_classes): r.cfg for r in all_runs}
+    lines += ["## Datasets", "", "| data | classes | train / val images | labels per image | positive fraction | "
+              "rarest class (train images) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for cfg in cfgs.values():
+        st = dataset_stats(cfg)
+        lines.append(f"| `{st['data_root']}` | {st['classes']} | {st['train']} / {st['val']} | "
+                     f"{st['cardinality']:.2f} | {100 * st['positive']:.1f}% | {st['rarest']} |")
+    lines.append("")
+    best_all: Dict[str, Dict[str, float]] = {}
+    for e in study.experiments:
+        runs = planned.get(e.name)
+        if runs is None:
+            lines += [f"## {e.title or e.name}", "", "_Not run yet (waits for an earlier experiment)._", ""]
+            continue
+        best = best_lr_per_setting(runs) if e.lrs else {}
+        best_all[e.name] = best_lr_per_setting(runs)
+        chosen = _chosen(runs, best)
+        baseline = e.baseline or study.baseline
+        done = sum(r.done() for r in runs)
+        lines += [f"## {e.title or e.name}", ""]
+        if e.claim:
+            lines += [f"Claim: {e.claim}", ""]
+        lines += [f"Experiment `{e.name}`: settings {', '.join(f'`{s}`' for s in e.settings)}, overrides "
+                  f"{json.dumps(e.overrides)}, seeds {e.seeds or study.seeds}, "
+                  + (f"learning rates {e.lrs} (each setting at its best)" if e.lrs else
+                     f"learning rate: the best of `{e.lr_setting or 'each setting'}` in `{e.lr_from}`")
+                  + f"; {done}/{len(runs)} runs finished.", ""]
+        if e.lrs and len(e.lrs) > 1:
+            lines += ["Mean mAP per learning rate:", "", "| setting | " + " | ".join(f"{lr:g}" for lr in e.lrs) + " |",
+                      "| --- |" + " ---: |" * len(e.lrs)]
+            for s in e.settings:
+                cells = []
+                for lr in e.lrs:
+                    v = [final_map(r) for r in runs if r.setting == s and r.lr == lr and r.done()]
+                    cells.append(f"{statistics.mean(v):.2f} (n={len(v)})" if v else "–")
+                lines.append(f"| {s} | " + " | ".join(cells) + " |")
+            lines.append("")
+        cmp_runs = _chosen(planned.get(e.compare_to, []), best_all.get(e.compare_to, {})) if e.compare_to else {}
+        ref = f"`{e.baseline_point}`" if e.baseline_point else f"`{baseline}`"
+        head = "| " + (f"{e.axis or 'point'} | " if e.points else "") + "setting | lr | seeds | mAP mean ± std | " \
+               f"Δ vs {ref} | " + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "") + "p(pos) | p(neg) |"
+        lines += [head, "|" + " --- |" * (2 if e.points else 1) + " ---: |" * (6 if e.compare_to else 5)]
+        for p in _points(e):
+            for s in e.settings:
+                rs = chosen.get((p["name"], s), {})
+                if not rs:
+                    continue
+                bkey = (e.baseline_point, s) if e.baseline_point else (p["name"], baseline)
+                base_runs = {seed: final_map(r) for seed, r in chosen.get(bkey, {}).items()}
+                maps = {seed: final_map(r) for seed, r in rs.items()}
+                vals = list(maps.values())
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                last = [r.records()[-1] for r in rs.values()]
+                cells = [p["name"]] if e.points else []
+                cells += [s, f"{next(iter(rs.values())).lr:g}", str(len(rs)), f"{statistics.mean(vals):.2f} ± {sd:.2f}",
+                          "—" if bkey == (p["name"], s) else fmt_ci(_paired(maps, base_runs))]
+                if e.compare_to:
+                    other = {seed: final_map(r) for seed, r in cmp_runs.get(("", s), {}).items()}
+                    cells.append(fmt_ci(_paired(maps, other)))
+                cells += [f"{statistics.mean(x.get('p_pos') or 0 for x in last):.3f}",
+                          f"{statistics.mean(x.get('p_neg') or 0 for x in last):.3f}"]
+                lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        if e.compare_to:
+            lines += _advantage_change(e, chosen, cmp_runs, baseline)
+        if e.points and chosen:
+            lines += _sweep_figure(plt, root, e, chosen, runs)
+        else:
+            lines += _curve_figures(plt, root, e, chosen)
+        if e.quartiles and chosen:
+            lines += _quartile_table(e, chosen, baseline, runs)
+        lines += _gamma_figure(plt, root, e, chosen)
+    lines += ["## Commands", "", "```", f"python tools/study.py {source}"
+              + (" --quick" if study.is_quick else "") + " --jobs 2", "```", ""]
+    dest = root / "report.md"
+    dest.write_text("\n".join(lines), encoding="utf-8")
+    return dest
+
+
+def _advantage_change(e, chosen, cmp_runs, baseline) -> List[str]:
+    """Does a setting's advantage over the baseline change under this experiment's condition?"""
+    out = [f"Change of each setting's advantage over `{baseline}` from `{e.compare_to}` to `{e.name}` "
+           "(paired per seed; > 0: the setting gains relative to the baseline):", ""]
+    b_now = {s: final_map(r) for s, r in chosen.get(("", baseline), {}).items()}
+    b_then = {s: final_map(r) for s, r in cmp_runs.get(("", baseline), {}).items()}
+    for s in e.settings:
+        if s == baseline:
+            continue
+        now = {k: final_map(r) for k, r in chosen.get(("", s), {}).items()}
+        then = {k: final_map(r) for k, r in cmp_runs.get(("", s), {}).items()}
+        d = [(now[k] - b_now[k]) - (then[k] - b_then[k]) for k in sorted(now)
+             if k in b_now and k in then and k in b_then]
+        out.append(f"- `{s}`: {fmt_ci(d)}")
+    return out + [""]
+
+
+def _curve_figures(plt, root: Path, e: Experiment, chosen) -> List[str]:
+    if not chosen:
+        return []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for (_, s), rs in sorted(chosen.items()):
+        runs = list(rs.values())
+        m = _mean_curve(runs, "mAP_ema")
+        m = [max(a, b) for a, b in zip(_mean_curve(runs, "mAP"), m)]
+        axes[0].plot(range(1, len(m) + 1), m, marker=".", label=s)
+        axes[1].plot(range(1, len(m) + 1), _mean_curve(runs, "p_pos"), label=f"{s} p(pos)")
+        axes[1].plot(range(1, len(m) + 1), _mean_curve(runs, "p_neg"), linestyle="--", color=axes[1].lines[-1].get_color())
+    axes[0].set(title="validation mAP (mean over seeds; max of plain, EMA)", xlabel="epoch")
+    axes[1].set(title="mean validation probability: positives (—), negatives (--)", xlabel="epoch", yscale="log")
+    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    name = f"{e.name}_curves.png"
+    _save(fig, root / name)
+    # the last epochs' slope says whether the curves have flattened
+    slopes = []
+    for (_, s), rs in sorted(chosen.items()):
+        runs = list(rs.values())
+        m = [max(a, b) for a, b in zip(_mean_curve(runs, "mAP"), _mean_curve(runs, "mAP_ema"))]
+        if len(m) >= 3:
+            slopes.append(f"`{s}` {m[-1] - m[-3]:+.2f}")
+    return [f"![{e.name} curves]({name})", "", "mAP change over the last two epochs: " + ", ".join(slopes) + ".", ""]
+
+
+def _sweep_figure(plt, root: Path, e: Experiment, chosen, runs) -> List[str]:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    xs = {p["name"]: p.get("value", i) for i, p in enumerate(e.points)}
+    for s in e.settings:
+        pts = [(xs[p["name"]], [final_map(r) for r in chosen.get((p["name"], s), {}).values()]) for p in e.points]
+        pts = [(x, v) for x, v in pts if v]
+        if pts:
+            ax.errorbar([x for x, _ in pts], [statistics.mean(v) for _, v in pts],
+                        yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in pts], marker="o", capsize=3, label=s)
+    ax.set(xlabel=e.axis or "point", ylabel="mAP (mean ± std over seeds)", title=e.title or e.name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    name = f"{e.name}_sweep.png"
+    _save(fig, root / name)
+    return [f"![{e.name} sweep]({name})", ""]
+
+
+def _quartile_table(e: Experiment, chosen, baseline: str, runs: List[Run]) -> List[str]:
+    """Mean AP gain over the baseline per quartile of the classes' training frequency."""
+    import numpy as np
+
+    counts = np.asarray(dataset_stats(runs[0].cfg)["counts"])
+    order = np.argsort(counts, kind="stable")
+    quarts = np.array_split(order, 4)
+    lines = [f"AP gain over `{baseline}` by class-frequency quartile (Q1 = rarest; training images per class "
+             + ", ".join(f"Q{i + 1} {int(counts[q].min())}–{int(counts[q].max())}" for i, q in enumerate(quarts))
+             + "):", "", "| setting | Q1 | Q2 | Q3 | Q4 |", "| --- | ---: | ---: | ---: | ---: |"]
+
+    def ap(r: Run) -> Optional[np.ndarray]:
+        f = r.dir / "per_class_ap.json"
+        if not f.exists():
+            return None
+        d = json.loads(f.read_text(encoding="utf-8"))
+        last = r.records()[-1]
+        use = d["ap_ema"] if d.get("ap_ema") and (last.get("mAP_ema") or -1) > last["mAP"] else d["ap"]
+        return np.array([np.nan if v is None else v for v in use], dtype=float)
+
+    base = {seed: ap(r) for seed, r in chosen.get(("", baseline), {}).items()}
+    for s in e.settings:
+        if s == baseline:
+            continue
+        mine = {seed: ap(r) for seed, r in chosen.get(("", s), {}).items()}
+        cells = []
+        for q in quarts:
+            d = [100 * float(np.nanmean(mine[k][q] - base[k][q])) for k in sorted(mine)
+                 if k in base and mine[k] is not None and base[k] is not None]
+            cells.append(fmt_ci(d))
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _gamma_figure(plt, root: Path, e: Experiment, chosen) -> List[str]:
+    traces = {(s, seed): [g for rec in r.records() for g in rec.get("gamma_neg_steps") or []]
+              for (_, s), rs in chosen.items() for seed, r in rs.items()}
+    traces = {k: v for k, v in traces.items() if v}
+    if not traces:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fracs = []
+    for (s, seed), tr in sorted(traces.items()):
+        ax.plot([i / len(tr) for i in range(len(tr))], tr, lw=1, label=f"{s} seed {seed}")
+        fracs.append(_settle_fraction(tr))
+    ax.set(xlabel="fraction of training", ylabel="γ−", title="adaptive asymmetry: γ− per step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    name = f"{e.name}_gamma.png"
+    _save(fig, root / name)
+    finals = [tr[-1] for tr in traces.values()]
+    return [f"![{e.name} gamma-]({name})", "",
+            f"Adaptive γ−: final {statistics.mean(finals):.2f} (range {min(finals):.2f}–{max(finals):.2f}); it "
+            f"stays within 10% of its final value after {100 * statistics.mean(fracs):.0f}% of training on average "
+            f"(range {100 * min(fracs):.0f}–{100 * max(fracs):.0f}%).", ""]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="study.py", description=__doc__.splitlines()[0])
+    ap.add_argument("study", help="study YAML, e.g. configs/study_demo.yaml")
+    ap.add_argument("--quick", action="store_true", help="the YAML's quick profile (labelled as such)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (threads split between them)")
+    ap.add_argument("--dry-run", action="store_true", help="count the runs, train nothing")
+    ap.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
+    args = ap.parse_args(argv)
+    if args.jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    study = load_study(args.study, quick=args.quick)
+    t0 = time.perf_counter()
+    planned = run_study(study, jobs=args.jobs, dry_run=args.dry_run, train=not args.report_only)
+    if args.dry_run:
+        return 0
+    dest = write_report(study, planned, None if args.report_only else time.perf_counter() - t0, args.study)
+    print(f"report -> {dest}")
+    return 0
