@@ -134,7 +134,8 @@ def main(argv=None) -> int:
 
         gamma_trace = []  # adaptive ASL: gamma- after every step (the study's settling analysis)
 
-        def on_step(step: int, partial: dict, epoch: int = epoch, done_before: int = done_before) -> bool:
+        def on_step(step: int, partial: dict, epoch: int = epoch, done_before: int = done_before,
+                    gamma_trace: list = gamma_trace) -> bool:
             nonlocal global_step
             global_step = step
             if hasattr(loss_fn, "delta_p"):

@@ -2,18 +2,31 @@
 
 __version__ = "0.1.0"
 
-from .losses import AdaptiveAsymmetricLoss, ASLSingleLabel, AsymmetricLoss, AsymmetricLossOptimized, build_loss  # noqa: E402
-from .metrics import average_precision, mAP, mAP_known, multilabel_metrics  # noqa: E402
+# The PyTorch parts load on first use (PEP 562), so `asl.jax` works where only JAX is installed.
+_LAZY = {
+    "AsymmetricLoss": "losses",
+    "AsymmetricLossOptimized": "losses",
+    "ASLSingleLabel": "losses",
+    "AdaptiveAsymmetricLoss": "losses",
+    "build_loss": "losses",
+    "mAP": "metrics",
+    "mAP_known": "metrics",
+    "average_precision": "metrics",
+    "multilabel_metrics": "metrics",
+}
 
-__all__ = [
-    "AsymmetricLoss",
-    "AsymmetricLossOptimized",
-    "ASLSingleLabel",
-    "AdaptiveAsymmetricLoss",
-    "build_loss",
-    "mAP",
-    "mAP_known",
-    "average_precision",
-    "multilabel_metrics",
-    "__version__",
-]
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -101,9 +101,11 @@ def _kernel(x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: 
     The focusing-weight terms are dropped when the weights are detached.
     """
     p = torch.sigmoid(x)
+    # 1 - p from the logit: the subtraction loses all relative precision as p -> 1.
+    q = torch.sigmoid(torch.neg(x)) if (o.gp or o.clip or grad_out is not None) else None
     if o.clip:
         pm = torch.sub(p, o.clip).clamp_(min=0.0)
-        qm = torch.rsub(pm, 1.0)  # 1 - p_m = min(1 - p + m, 1) >= m
+        qm = torch.add(q, o.clip).clamp_(max=1.0)  # 1 - p_m = min(1 - p + m, 1) >= m
         if o.clip < o.eps:
             qm.clamp_(min=o.eps)
         B = torch.log(qm)
@@ -114,8 +116,6 @@ def _kernel(x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: 
     wn = _ipow(pm, o.gn) if o.gn else None
     neg = B * wn if wn is not None else B
     A = p.clamp(min=o.eps).log_()
-    # 1 - p from the logit: the subtraction loses all relative precision as p -> 1.
-    q = torch.sigmoid(torch.neg(x)) if (o.gp or grad_out is not None) else None
     wp = _ipow(q, o.gp) if o.gp else None
     pos = A * wp if wp is not None else A
     if o.pw is not None:

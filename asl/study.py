@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -231,21 +232,43 @@ def final_map(run: Run) -> float:
     return max(last["mAP"], last.get("mAP_ema") or -1.0)
 
 
-def _launch(run: Run, threads: int) -> Tuple[Run, int, float]:
-    run.dir.mkdir(parents=True, exist_ok=True)
-    cfg_file = run.dir / "study_config.yaml"
-    dump_config(run.cfg, cfg_file)
-    argv = [sys.executable, str(TRAIN_PY), "--config", str(cfg_file)]
-    argv += ["--resume", str(run.dir / "last.pth")] if (run.dir / "last.pth").exists() else ["--overwrite"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    t0 = time.perf_counter()
-    with open(run.dir / "train.log", "a", encoding="utf-8") as logf:
-        rc = subprocess.run(argv, stdout=logf, stderr=subprocess.STDOUT, env=env).returncode
-    return run, rc, time.perf_counter() - t0
+class _Launcher:
+    """Starts runs as ``train.py`` subprocesses and stops them all (they save ``last.pth``) on a signal."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.procs: Dict[int, subprocess.Popen] = {}
+        self.stopping = False
+
+    def __call__(self, run: Run) -> Tuple[Run, int, float]:
+        if self.stopping:
+            return run, -1, 0.0
+        run.dir.mkdir(parents=True, exist_ok=True)
+        cfg_file = run.dir / "study_config.yaml"
+        dump_config(run.cfg, cfg_file)
+        argv = [sys.executable, str(TRAIN_PY), "--config", str(cfg_file)]
+        argv += ["--resume", str(run.dir / "last.pth")] if (run.dir / "last.pth").exists() else ["--overwrite"]
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        t0 = time.perf_counter()
+        with open(run.dir / "train.log", "a", encoding="utf-8") as logf:
+            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            self.procs[proc.pid] = proc
+            rc = proc.wait()
+            self.procs.pop(proc.pid, None)
+        return run, rc, time.perf_counter() - t0
+
+    def stop(self) -> None:
+        self.stopping = True
+        for proc in list(self.procs.values()):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # train.py saves last.pth at its next step
+        for proc in list(self.procs.values()):
+            proc.wait()
 
 
 def execute(runs: List[Run], jobs: int) -> None:
-    """Train the unfinished runs, ``jobs`` at a time, each with cores // jobs threads."""
+    """Train the unfinished runs, ``jobs`` at a time, each with cores // jobs threads. On Ctrl-C or
+    SIGTERM the running ones save their state (the next invocation resumes them) and nothing new starts."""
     todo, seen = [], set()
     for r in runs:
         if not r.done() and r.key not in seen:
@@ -255,13 +278,22 @@ def execute(runs: List[Run], jobs: int) -> None:
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log.info("%d runs to train (%d jobs x %d threads)", len(todo), jobs, threads)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for run, rc, sec in pool.map(lambda r: _launch(r, threads), todo):
+    launcher = _Launcher(threads)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        for run, rc, sec in pool.map(launcher, todo):
             if rc != 0:
                 tail = (run.dir / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
                 raise ConfigError(f"run {run.dir} failed ({rc}): {tail[-1] if tail else 'no output'}")
             log.info("%s %s %s lr %g seed %d: %.2f mAP in %.0fs", run.experiment, run.setting, run.point,
                      run.lr, run.seed, final_map(run), sec)
+    except BaseException:
+        launcher.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = True) -> Dict[str, List[Run]]:
@@ -269,7 +301,8 @@ def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = 
     planned: Dict[str, List[Run]] = {}
     best: Dict[str, Dict[str, float]] = {}
     for e in study.experiments:
-        if e.lr_from and any(s not in best.get(e.lr_from, {}) for s in ([e.lr_setting] if e.lr_setting else e.settings)):
+        needed = [e.lr_setting] if e.lr_setting else e.settings
+        if e.lr_from and any(s not in best.get(e.lr_from, {}) for s in needed):
             log.info("experiment %s waits for %s's learning rates", e.name, e.lr_from)
             break
         runs = plan_experiment(study, e, best)
@@ -493,7 +526,8 @@ def _curve_figures(plt, root: Path, e: Experiment, chosen) -> List[str]:
         m = [max(a, b) for a, b in zip(_mean_curve(runs, "mAP"), m)]
         axes[0].plot(range(1, len(m) + 1), m, marker=".", label=s)
         axes[1].plot(range(1, len(m) + 1), _mean_curve(runs, "p_pos"), label=f"{s} p(pos)")
-        axes[1].plot(range(1, len(m) + 1), _mean_curve(runs, "p_neg"), linestyle="--", color=axes[1].lines[-1].get_color())
+        axes[1].plot(range(1, len(m) + 1), _mean_curve(runs, "p_neg"), linestyle="--",
+                     color=axes[1].lines[-1].get_color())
     axes[0].set(title="validation mAP (mean over seeds; max of plain, EMA)", xlabel="epoch")
     axes[1].set(title="mean validation probability: positives (—), negatives (--)", xlabel="epoch", yscale="log")
     axes[0].legend(fontsize=8)
