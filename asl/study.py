@@ -9,7 +9,7 @@ earlier experiment (``lr_from``), optionally over ``points`` (a sweep axis: gamm
 count), with its own ``overrides`` (label noise, longer schedule). Every run is an ordinary
 ``train.py`` run in ``reports/<name>/runs/<hash>/``, where the hash is that of the resolved training
 config: a run shared by two experiments is trained once, a finished run is reused, an interrupted
-one resumes from its ``last.pth``, and changing a setting retrains only what it changes.
+one resumes from its ``last.pth`` (deleted once the run is finished; ``best.pth`` stays), and changing a setting retrains only what it changes.
 
 The same seed gives the same initialization, batch order and label noise across settings, so
 every comparison is a paired per-seed difference with a 95% t-interval. ``report.md`` holds the
@@ -286,6 +286,7 @@ def execute(runs: List[Run], jobs: int) -> None:
             if rc != 0:
                 tail = (run.dir / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
                 raise ConfigError(f"run {run.dir} failed ({rc}): {tail[-1] if tail else 'no output'}")
+            (run.dir / "last.pth").unlink(missing_ok=True)  # 4x best.pth; only an unfinished run needs it
             log.info("%s %s %s lr %g seed %d: %.2f mAP in %.0fs", run.experiment, run.setting, run.point,
                      run.lr, run.seed, final_map(run), sec)
     except BaseException:
@@ -300,17 +301,27 @@ def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = 
     """Plan (and unless ``dry_run`` or not ``train``, train) every experiment in order."""
     planned: Dict[str, List[Run]] = {}
     best: Dict[str, Dict[str, float]] = {}
+    counted: Dict[str, Run] = {}
     for e in study.experiments:
         needed = [e.lr_setting] if e.lr_setting else e.settings
-        if e.lr_from and any(s not in best.get(e.lr_from, {}) for s in needed):
+        pending = e.lr_from and any(s not in best.get(e.lr_from, {}) for s in needed)
+        if pending and not dry_run:
             log.info("experiment %s waits for %s's learning rates", e.name, e.lr_from)
             break
+        if pending:  # count with a stand-in rate: the runs exist once lr_from's are finished
+            src = next(x for x in study.experiments if x.name == e.lr_from)
+            best[e.lr_from] = {**{s: src.lrs[0] if src.lrs else 0.0 for s in needed}, **best.get(e.lr_from, {})}
         runs = plan_experiment(study, e, best)
-        planned[e.name] = runs
         if dry_run:
-            todo = sum(not r.done() for r in runs)
-            print(f"{e.name}: {len(runs)} runs, {todo} to train")
-        elif train:
+            todo = {r.key: r for r in runs if not r.done() and r.key not in counted}
+            counted.update(todo)
+            sizes = sorted({r.cfg.image_size for r in todo.values()})
+            print(f"{e.name}: {len(runs)} runs, {len(todo)} to train "
+                  f"({sum(r.epochs for r in todo.values())} epochs at {'/'.join(map(str, sizes)) or '-'} px)"
+                  + (f"; learning rates from {e.lr_from} once it is finished" if pending else ""))
+            continue
+        planned[e.name] = runs
+        if train:
             for cfg in {(r.cfg.data_root, r.cfg.demo_classes): r.cfg for r in runs}.values():
                 dataset_stats(cfg)  # generate demo variants here, not in parallel jobs
             execute(runs, jobs)
