@@ -9,7 +9,8 @@ earlier experiment (``lr_from``), optionally over ``points`` (a sweep axis: gamm
 count), with its own ``overrides`` (label noise, longer schedule). Every run is an ordinary
 ``train.py`` run in ``reports/<name>/runs/<hash>/``, where the hash is that of the resolved training
 config: a run shared by two experiments is trained once, a finished run is reused, an interrupted
-one resumes from its ``last.pth`` (deleted once the run is finished; ``best.pth`` stays), and changing a setting retrains only what it changes.
+one resumes from its ``last.pth`` (deleted once the run is finished; ``best.pth`` stays), and
+changing a setting retrains only what it changes. ``--quick`` shares the full study's runs folder.
 
 The same seed gives the same initialization, batch order and label noise across settings, so
 every comparison is a paired per-seed difference with a 95% t-interval. ``report.md`` holds the
