@@ -313,6 +313,7 @@ def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = 
             src = next(x for x in study.experiments if x.name == e.lr_from)
             best[e.lr_from] = {**{s: src.lrs[0] if src.lrs else 0.0 for s in needed}, **best.get(e.lr_from, {})}
         runs = plan_experiment(study, e, best)
+        planned[e.name] = runs
         if dry_run:
             todo = {r.key: r for r in runs if not r.done() and r.key not in counted}
             counted.update(todo)
@@ -321,7 +322,6 @@ def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = 
                   f"({sum(r.epochs for r in todo.values())} epochs at {'/'.join(map(str, sizes)) or '-'} px)"
                   + (f"; learning rates from {e.lr_from} once it is finished" if pending else ""))
             continue
-        planned[e.name] = runs
         if train:
             for cfg in {(r.cfg.data_root, r.cfg.demo_classes): r.cfg for r in runs}.values():
                 dataset_stats(cfg)  # generate demo variants here, not in parallel jobs

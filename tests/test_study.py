@@ -22,7 +22,8 @@ def _spec(tmp_path, data, experiments, seeds=(0, 1)):
         "name": "micro", "base_config": str(base), "seeds": list(seeds), "baseline": "bce",
         "output": str(tmp_path / "reports"),
         "settings": [{"name": "bce", "overrides": {"loss": "bce"}},
-                     {"name": "asl", "overrides": {"loss": "asl", "gamma_neg": 4, "clip": 0.05}}],
+                     {"name": "asl", "overrides": {"loss": "asl", "gamma_neg": 4, "clip": 0.05}},
+                     {"name": "adaptive", "overrides": {"loss": "adaptive_asl"}}],
         "experiments": experiments,
         "quick": {"seeds": [0], "experiments": ["main"]}}))
     return spec
@@ -31,7 +32,7 @@ def _spec(tmp_path, data, experiments, seeds=(0, 1)):
 def test_micro_study(tmp_path, capsys):
     data = make_tagged(tmp_path / "data", n_train=24, n_val=12)
     spec = _spec(tmp_path, data, [
-        {"name": "main", "settings": ["bce", "asl"], "lrs": [2e-3], "quartiles": True},
+        {"name": "main", "settings": ["bce", "asl", "adaptive"], "lrs": [2e-3], "quartiles": True},
         {"name": "noisy", "settings": ["bce", "asl"], "lr_from": "main", "overrides": {"label_noise": 0.5},
          "compare_to": "main"},
         {"name": "sweep", "settings": ["asl"], "lr_from": "main", "axis": "gamma-", "baseline_point": "g4",
@@ -40,8 +41,15 @@ def test_micro_study(tmp_path, capsys):
     assert cli.run(study.main, [str(spec), "--jobs", "2"]) == 0
     root = tmp_path / "reports" / "micro"
     text = (root / "report.md").read_text()
-    # main: 2 settings x 2 seeds; noisy: 4 more; sweep: its g4 point is main's asl run (same config hash)
-    assert len(list((root / "runs").glob("*/metrics.jsonl"))) == 10
+    # main: 3 settings x 2 seeds; noisy: 4 more; sweep: its g4 point is main's asl run (same config hash)
+    assert len(list((root / "runs").glob("*/metrics.jsonl"))) == 12
+    assert not list((root / "runs").glob("*/last.pth"))  # finished runs keep best.pth only
+    # adaptive gamma-: one value per optimizer step (24 images / batch 8 = 3 steps per epoch, 2 epochs)
+    assert "Adaptive γ−: final" in text and (root / "main_gamma.png").exists()
+    ada = [p.parent for p in (root / "runs").glob("*/study_config.yaml") if "adaptive_asl" in p.read_text()]
+    recs = [json.loads(line) for line in (ada[0] / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["gamma_neg_steps"]) for r in recs] == [3, 3]
+    assert recs[-1]["gamma_neg_steps"][-1] == pytest.approx(recs[-1]["gamma_neg"], abs=1e-4)
     assert "| asl | 0.002 | 2 |" in text and "| g0 | asl | 0.002 | 2 |" in text
     assert text.count(" [") >= 4  # paired differences with their confidence intervals
     assert "by class-frequency quartile" in text and "Change of each setting's advantage" in text
@@ -57,7 +65,7 @@ def test_micro_study(tmp_path, capsys):
     assert cli.run(study.main, [str(spec), "--quick", "--report-only"]) == 0
     quick = (tmp_path / "reports" / "micro_quick" / "report.md").read_text()
     assert "QUICK PROFILE" in quick and "noisy" not in quick
-    assert "2 of 2 planned runs finished" in quick  # seed 0 of main, shared with the full study
+    assert "3 of 3 planned runs finished" in quick  # seed 0 of main, shared with the full study
 
 
 def test_interrupted_run_resumes(tmp_path):
@@ -77,6 +85,12 @@ def test_interrupted_run_resumes(tmp_path):
     recs = run.records()
     assert [r["epoch"] for r in recs] == [0, 1]
     assert "resumed from" in (run.dir / "train.log").read_text()
+
+
+def test_settle_fraction():
+    assert study._settle_fraction([4.0, 3.0, 2.0, 2.05, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]) == 0.2
+    assert study._settle_fraction([4.0] * 5) == 0.0
+    assert study._settle_fraction([1.0, 2.0, 3.0, 4.0]) == 0.75
 
 
 def test_study_spec_is_checked(tmp_path):
