@@ -431,7 +431,9 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
               f"{finished} of {len({r.key for r in all_runs})} planned runs finished"
               + (f"; this invocation took {elapsed / 60:.1f} min" if elapsed else "") + ".",
               "mAP is the final epoch's, the better of the plain and the EMA model. Δ is a paired per-seed "
-              "difference, mean [95% t-interval]; * marks an interval that excludes 0.", ""]
+              "difference, mean [95% t-interval]; * marks an interval that excludes 0. p(pos), p(neg): mean "
+              "validation probability of positive and of negative labels at the end; Δp = p(pos) - (1 - p(neg)), "
+              "the gap between the confidence on positives and on negatives (paper Sec. 2.6-2.7).", ""]
     cfgs = {(r.cfg.data_root, r.cfg.demo_classes): r.cfg for r in all_runs}
     lines += ["## Datasets", "", "| data | classes | train / val images | labels per image | positive fraction | "
               "rarest class (train images) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -472,8 +474,8 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
         cmp_runs = _chosen(planned.get(e.compare_to, []), best_all.get(e.compare_to, {})) if e.compare_to else {}
         ref = f"`{e.baseline_point}`" if e.baseline_point else f"`{baseline}`"
         head = "| " + (f"{e.axis or 'point'} | " if e.points else "") + "setting | lr | seeds | mAP mean ± std | " \
-               f"Δ vs {ref} | " + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "") + "p(pos) | p(neg) |"
-        lines += [head, "|" + " --- |" * (2 if e.points else 1) + " ---: |" * (6 if e.compare_to else 5)]
+               f"Δ vs {ref} | " + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "") + "p(pos) | p(neg) | Δp |"
+        lines += [head, "|" + " --- |" * (2 if e.points else 1) + " ---: |" * (8 if e.compare_to else 7)]
         for p in _points(e):
             for s in e.settings:
                 rs = chosen.get((p["name"], s), {})
@@ -491,8 +493,10 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
                 if e.compare_to:
                     other = {seed: final_map(r) for seed, r in cmp_runs.get(("", s), {}).items()}
                     cells.append(fmt_ci(_paired(maps, other)))
-                cells += [f"{statistics.mean(x.get('p_pos') or 0 for x in last):.3f}",
-                          f"{statistics.mean(x.get('p_neg') or 0 for x in last):.3f}"]
+                p_pos = statistics.mean(x.get("p_pos") or 0 for x in last)
+                p_neg = statistics.mean(x.get("p_neg") or 0 for x in last)
+                # Δp = mean pt of positives - mean pt of negatives, pt = p or 1 - p (reference Sec. 3)
+                cells += [f"{p_pos:.3f}", f"{p_neg:.3f}", f"{p_pos - (1 - p_neg):+.3f}"]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         if e.compare_to:
