@@ -83,6 +83,9 @@ def asymmetric_loss(
         where: optional boolean mask of the same shape; False marks an unknown label, which
             contributes neither loss nor gradient (PyTorch side: target -1).
 
+    The gammas, clip, eps and label_smoothing are Python numbers (static under ``jax.jit``: close
+    over them or mark them static), as in optax's losses.
+
     Returns:
         (..., C) per-element losses in float32 (float64 under x64 for float64 input); zero where
         ``where`` is False.
