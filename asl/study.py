@@ -315,6 +315,8 @@ def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = 
         runs = plan_experiment(study, e, best)
         planned[e.name] = runs
         if dry_run:
+            if any(r.done() for r in runs):
+                best[e.name] = best_lr_per_setting(runs)
             todo = {r.key: r for r in runs if not r.done() and r.key not in counted}
             counted.update(todo)
             sizes = sorted({r.cfg.image_size for r in todo.values()})
