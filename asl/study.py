@@ -171,16 +171,23 @@ class Run:
     cfg: Config
     key: str
     dir: Path
+    _finished: Optional[List[Dict[str, Any]]] = field(default=None, repr=False, compare=False)
 
     @property
     def epochs(self) -> int:
         return min(self.cfg.stop_epoch or self.cfg.epochs, self.cfg.epochs)
 
     def records(self) -> List[Dict[str, Any]]:
+        """The run's per-epoch records; read once it is finished (a finished run never changes)."""
+        if self._finished is not None:
+            return self._finished
         f = self.dir / "metrics.jsonl"
         if not f.exists():
             return []
-        return [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        recs = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(recs) >= self.epochs:
+            self._finished = recs
+        return recs
 
     def done(self) -> bool:
         return len(self.records()) >= self.epochs
@@ -314,22 +321,19 @@ def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = 
             best[e.lr_from] = {**{s: src.lrs[0] if src.lrs else 0.0 for s in needed}, **best.get(e.lr_from, {})}
         runs = plan_experiment(study, e, best)
         planned[e.name] = runs
+        if train and not dry_run:
+            for cfg in {(r.cfg.data_root, r.cfg.demo_classes): r.cfg for r in runs}.values():
+                dataset_stats(cfg)  # generate demo variants here, not in parallel jobs
+            execute(runs, jobs)
+        if any(r.done() for r in runs):
+            best[e.name] = best_lr_per_setting(runs)
         if dry_run:
-            if any(r.done() for r in runs):
-                best[e.name] = best_lr_per_setting(runs)
             todo = {r.key: r for r in runs if not r.done() and r.key not in counted}
             counted.update(todo)
             sizes = sorted({r.cfg.image_size for r in todo.values()})
             print(f"{e.name}: {len(runs)} runs, {len(todo)} to train "
                   f"({sum(r.epochs for r in todo.values())} epochs at {'/'.join(map(str, sizes)) or '-'} px)"
                   + (f"; learning rates from {e.lr_from} once it is finished" if pending else ""))
-            continue
-        if train:
-            for cfg in {(r.cfg.data_root, r.cfg.demo_classes): r.cfg for r in runs}.values():
-                dataset_stats(cfg)  # generate demo variants here, not in parallel jobs
-            execute(runs, jobs)
-        if any(r.done() for r in runs):
-            best[e.name] = best_lr_per_setting(runs)
     return planned
 
 
@@ -450,8 +454,8 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
         if runs is None:
             lines += [f"## {e.title or e.name}", "", "_Not run yet (waits for an earlier experiment)._", ""]
             continue
-        best = best_lr_per_setting(runs) if e.lrs else {}
         best_all[e.name] = best_lr_per_setting(runs)
+        best = best_all[e.name] if e.lrs else {}
         chosen = _chosen(runs, best)
         baseline = e.baseline or study.baseline
         done = sum(r.done() for r in runs)
