@@ -217,11 +217,9 @@ def main(argv=None) -> int:
 
 def write_per_class_ap(path: Path, epoch: int, class_names, ev: dict, ev_ema) -> None:
     """The latest epoch's AP per class, plain and EMA (read by tools/study.py's frequency analysis)."""
-    from asl.metrics import average_precision
 
     def ap(e):
-        return None if e is None else [None if v != v else round(float(v), 5)
-                                       for v in average_precision(e["targets"], e["scores"])]
+        return None if e is None else [None if v != v else round(float(v), 5) for v in e["per_class_ap"]]
 
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"epoch": epoch, "class_names": list(class_names), "ap": ap(ev), "ap_ema": ap(ev_ema)}),

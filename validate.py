@@ -22,7 +22,7 @@ from asl.config import FIELDS, Config, from_dict, load_config
 from asl.engine import amp_dtype_for, evaluate
 from asl.errors import ConfigError
 from asl.factory import dataset_from_config, loader_for
-from asl.metrics import average_precision, calibrate_thresholds, mAP, multilabel_metrics
+from asl.metrics import calibrate_thresholds, mAP, multilabel_metrics
 
 log = logging.getLogger("validate")
 OFFICIAL_DEFAULTS = dict(dataset="coco", data_root=".", image_size=448, batch_size=16, workers=2)
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     if (targets == -1).any():
         # ev["mAP"] already leaves unknown labels out; this is the official code's reading (-1 as negative).
         metrics["mAP_unknown_as_negative"] = mAP(targets, scores)
-    ap = average_precision(targets, scores)
-    metrics["per_class_ap"] = {n: (None if np.isnan(a) else float(100 * a)) for n, a in zip(ds.class_names, ap)}
+    metrics["per_class_ap"] = {n: (None if np.isnan(a) else float(100 * a))
+                               for n, a in zip(ds.class_names, ev["per_class_ap"])}
     print(f"mAP {metrics['mAP']:.2f}  {format_metrics(metrics)}  "
           f"(threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)")
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ASLError
-from .metrics import mAP, mAP_known
+from .metrics import map_and_ap
 from .models import unwrap_model
 
 log = logging.getLogger(__name__)
@@ -292,8 +292,9 @@ def evaluate(
             mAP is that of the whole set, equal to a single-process evaluation.
 
     Returns:
-        dict with ``mAP`` (percent), ``scores`` (N, C) float32 sigmoid scores, ``targets``
-        (N, C), ``num_images``, ``images_per_s``, ``bad_images``.
+        dict with ``mAP`` (percent), ``per_class_ap`` (C,) float64 in [0, 1] (``nan`` for a class
+        without positives), ``scores`` (N, C) float32 sigmoid scores, ``targets`` (N, C),
+        ``num_images``, ``images_per_s``, ``bad_images``.
     """
     was_training = model.training
     model.eval()
@@ -316,9 +317,10 @@ def evaluate(
         s, t = gather(s), gather(t)
     # Unknown labels (-1, e.g. VOC's difficult-only classes) are left out of AP, the usual
     # protocol; without any, this is exactly the official mAP.
-    has_unknown = bool(len(t)) and bool((t == -1).any())
+    m, ap = map_and_ap(t, s) if len(s) else (0.0, np.zeros(0))
     return {
-        "mAP": (mAP_known(t, s) if has_unknown else mAP(t, s)) if len(s) else 0.0,
+        "mAP": m,
+        "per_class_ap": ap,
         "scores": s,
         "targets": t,
         "num_images": int(len(s)),

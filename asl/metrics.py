@@ -29,6 +29,7 @@ __all__ = [
     "average_precision",
     "mAP",
     "mAP_known",
+    "map_and_ap",
     "multilabel_metrics",
     "calibrate_thresholds",
 ]
@@ -170,6 +171,33 @@ def mAP_known(targs, preds, ignore_index: Optional[float] = -1) -> float:
     if np.all(np.isnan(ap)):
         return 0.0
     return float(100.0 * np.nanmean(ap))
+
+
+def map_and_ap(targs, preds, ignore_index: Optional[float] = -1):
+    """The mAP an evaluation reports and the per-class AP behind it, from one pass over the classes.
+
+    Without unknown labels the mAP is the official one (:func:`mAP`); with some (``ignore_index``
+    entries, e.g. VOC's difficult objects) it is :func:`mAP_known`. Both are bit-identical to
+    those functions.
+
+    Args:
+        targs: (N, C) targets.
+        preds: (N, C) scores.
+
+    Returns:
+        (mAP in percent, (C,) float64 AP in [0, 1] with ``nan`` for a class without positives).
+    """
+    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    _check_shapes(targs, preds)
+    if preds.size == 0:
+        return 0.0, np.full(preds.shape[1] if preds.ndim == 2 else 0, np.nan)
+    sums, npos = _per_class(targs, preds, ignore_index)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = sums / npos
+    ap[npos == 0] = np.nan
+    if ignore_index is not None and bool((targs == ignore_index).any()):
+        return (0.0 if np.all(np.isnan(ap)) else float(100.0 * np.nanmean(ap))), ap
+    return float(100.0 * np.mean(sums / (npos + 1e-8))), ap
 
 
 def _check_shapes(targs: np.ndarray, preds: np.ndarray) -> None:

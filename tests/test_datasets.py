@@ -101,6 +101,7 @@ def test_evaluation_leaves_difficult_labels_out(tmp_path):
     model = torch.nn.Linear(3, 2)
     ev = evaluate(model, torch.utils.data.DataLoader(data, batch_size=2), torch.device("cpu"))
     assert ev["mAP"] == mAP_known(ev["targets"], ev["scores"])
+    assert ev["per_class_ap"].shape == (2,) and ev["mAP"] == 100 * ev["per_class_ap"].mean()
     assert np.array_equal(ev["targets"], targets.numpy())
     clean = torch.utils.data.TensorDataset(torch.randn(4, 3), targets.clamp(min=0))
     ev = evaluate(model, torch.utils.data.DataLoader(clean, batch_size=2), torch.device("cpu"))

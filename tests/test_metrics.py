@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from asl.metrics import average_precision, calibrate_thresholds, mAP, mAP_known, multilabel_metrics
+from asl.metrics import average_precision, calibrate_thresholds, mAP, mAP_known, map_and_ap, multilabel_metrics
 
 
 def official_ap_stable(output, target):
@@ -55,6 +55,20 @@ def test_equals_official_with_ties_and_empty_classes():
     ap = average_precision(targs, preds)
     assert np.isnan(ap[3])
     assert mAP_known(targs, preds) == pytest.approx(100 * np.nanmean(ap))
+
+
+def test_map_and_ap_is_one_pass_of_map_and_average_precision():
+    rng = np.random.default_rng(7)
+    targs = (rng.random((400, 9)) < 0.1).astype(np.float32)
+    targs[:, 2] = 0  # no positives: nan AP, 0 in the official mean
+    preds = np.round(rng.random((400, 9)), 2)
+    m, ap = map_and_ap(targs, preds)
+    assert m == mAP(targs, preds)  # bit-identical: evaluate()'s mAP must not move
+    np.testing.assert_array_equal(ap, average_precision(targs, preds))
+    targs[rng.random(targs.shape) < 0.05] = -1  # unknown labels: the known-only mean
+    m, ap = map_and_ap(targs, preds)
+    assert m == mAP_known(targs, preds)
+    np.testing.assert_array_equal(ap, average_precision(targs, preds))
 
 
 def test_label_correlated_scores_equal_official():
