@@ -317,7 +317,7 @@ def evaluate(
         s, t = gather(s), gather(t)
     # Unknown labels (-1, e.g. VOC's difficult-only classes) are left out of AP, the usual
     # protocol; without any, this is exactly the official mAP.
-    m, ap = map_and_ap(t, s) if len(s) else (0.0, np.zeros(0))
+    m, ap = map_and_ap(t, s)
     return {
         "mAP": m,
         "per_class_ap": ap,

@@ -134,11 +134,19 @@ def average_precision(targs, preds, ignore_index: Optional[float] = -1) -> np.nd
     """
     targs, preds = _to_numpy(targs), _to_numpy(preds)
     _check_shapes(targs, preds)
-    sums, npos = _per_class(targs, preds, ignore_index)
+    return _ap(*_per_class(targs, preds, ignore_index))
+
+
+def _ap(sums: np.ndarray, npos: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         ap = sums / npos
     ap[npos == 0] = np.nan
     return ap
+
+
+def _known_mean(ap: np.ndarray) -> float:
+    """Mean AP in percent over the classes with positives (0 when no class has any)."""
+    return 0.0 if np.all(np.isnan(ap)) else float(100.0 * np.nanmean(ap))
 
 
 def mAP(targs, preds) -> float:
@@ -167,10 +175,7 @@ def mAP_known(targs, preds, ignore_index: Optional[float] = -1) -> float:
         targs: (N, C) targets; ``ignore_index`` entries are left out of their class.
         preds: (N, C) scores.
     """
-    ap = average_precision(targs, preds, ignore_index)
-    if np.all(np.isnan(ap)):
-        return 0.0
-    return float(100.0 * np.nanmean(ap))
+    return _known_mean(average_precision(targs, preds, ignore_index))
 
 
 def map_and_ap(targs, preds, ignore_index: Optional[float] = -1):
@@ -192,11 +197,9 @@ def map_and_ap(targs, preds, ignore_index: Optional[float] = -1):
     if preds.size == 0:
         return 0.0, np.full(preds.shape[1] if preds.ndim == 2 else 0, np.nan)
     sums, npos = _per_class(targs, preds, ignore_index)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = sums / npos
-    ap[npos == 0] = np.nan
+    ap = _ap(sums, npos)
     if ignore_index is not None and bool((targs == ignore_index).any()):
-        return (0.0 if np.all(np.isnan(ap)) else float(100.0 * np.nanmean(ap))), ap
+        return _known_mean(ap), ap
     return float(100.0 * np.mean(sums / (npos + 1e-8))), ap
 
 
