@@ -30,6 +30,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -576,7 +577,9 @@ def _sweep_figure(plt, root: Path, e: Experiment, chosen, runs) -> List[str]:
         if pts:
             ax.errorbar([x for x, _ in pts], [statistics.mean(v) for _, v in pts],
                         yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in pts], marker="o", capsize=3, label=s)
-    ax.set(xlabel=e.axis or "point", ylabel="mAP (mean ± std over seeds)", title=e.title or e.name)
+    # long experiment titles would run off a 6-inch figure
+    ax.set(xlabel=e.axis or "point", ylabel="mAP (mean ± std over seeds)")
+    ax.set_title(textwrap.fill(e.title or e.name, 60), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     name = f"{e.name}_sweep.png"
