@@ -373,14 +373,14 @@ def t_interval(diffs: List[float]) -> Tuple[float, float]:
     return m, float(t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)))
 
 
-def fmt_ci(diffs: List[float]) -> str:
+def fmt_ci(diffs: List[float], digits: int = 2) -> str:
     if not diffs:
         return "–"
     m, h = t_interval(diffs)
     if h != h:
-        return f"{m:+.2f} (1 seed)"
+        return f"{m:+.{digits}f} (1 seed)"
     star = " *" if abs(m) > h else ""
-    return f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]{star}"
+    return f"{m:+.{digits}f} [{m - h:+.{digits}f}, {m + h:+.{digits}f}]{star}"
 
 
 def _paired(a: Dict[int, float], b: Dict[int, float]) -> List[float]:
@@ -509,6 +509,7 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
         if e.compare_to:
             lines += _advantage_change(e, chosen, cmp_runs, baseline)
         if e.points and chosen:
+            lines += _trend_lines(e, chosen, baseline)
             lines += _sweep_figure(plt, root, e, chosen, runs)
         else:
             lines += _curve_figures(plt, root, e, chosen)
@@ -520,6 +521,48 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
     dest = root / "report.md"
     dest.write_text("\n".join(lines), encoding="utf-8")
     return dest
+
+
+def seed_slopes(values: List[float], by_seed: List[Dict[int, float]]) -> List[float]:
+    """Least-squares slope of y on x, one per seed present at every point.
+
+    A sweep whose every step is within seed noise can still have a clear trend; fitting the line
+    within each seed and taking the t-interval over seeds keeps the pairing that the per-point
+    differences use.
+
+    Args:
+        values: the sweep's axis value of each point, (P,).
+        by_seed: per point, seed -> y, (P,) dicts.
+    """
+    seeds = sorted(set.intersection(*(set(d) for d in by_seed))) if by_seed else []
+    mx = statistics.mean(values)
+    sxx = sum((x - mx) ** 2 for x in values)
+    out = []
+    for seed in seeds:
+        ys = [d[seed] for d in by_seed]
+        my = statistics.mean(ys)
+        out.append(sum((x - mx) * (y - my) for x, y in zip(values, ys)) / sxx)
+    return out
+
+
+def _trend_lines(e: Experiment, chosen, baseline: str) -> List[str]:
+    """Per-seed slope of mAP (and of the gain over the baseline setting) along the sweep's axis."""
+    pts = [p for p in e.points if "value" in p and all((p["name"], s) in chosen for s in e.settings)]
+    if len(pts) < 3:
+        return []
+    xs = [float(p["value"]) for p in pts]
+    unit = e.axis or "unit"
+    maps = {s: [{seed: final_map(r) for seed, r in chosen[(p["name"], s)].items()} for p in pts] for s in e.settings}
+    out = [f"Trend along {unit} ({len(pts)} points; least-squares slope per seed, mean [95% t-interval] "
+           f"over seeds, mAP per unit of {unit}): "
+           + "; ".join(f"`{s}` {fmt_ci(seed_slopes(xs, maps[s]), 3)}" for s in e.settings)]
+    if baseline in e.settings and len(e.settings) > 1:
+        gains = {s: [{k: d[k] - b[k] for k in d if k in b} for d, b in zip(maps[s], maps[baseline])]
+                 for s in e.settings if s != baseline}
+        out[-1] += "; gain over `" + baseline + "`: " + "; ".join(
+            f"`{s}` {fmt_ci(seed_slopes(xs, g), 3)}" for s, g in gains.items())
+    out[-1] += "."
+    return out + [""]
 
 
 def _advantage_change(e, chosen, cmp_runs, baseline) -> List[str]:

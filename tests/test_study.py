@@ -93,6 +93,16 @@ def test_settle_fraction():
     assert study._settle_fraction([1.0, 2.0, 3.0, 4.0]) == 0.75
 
 
+def test_seed_slopes_fit_a_line_per_seed_and_skip_incomplete_seeds():
+    xs = [0.0, 1.0, 2.0, 4.0]
+    # seed 0 lies on y = 3 - 0.5 x, seed 1 on y = 1 + 2 x; seed 2 misses a point and must be left out
+    pts = [{0: 3 - 0.5 * x, 1: 1 + 2 * x, 2: 9.0} for x in xs]
+    del pts[1][2]
+    assert study.seed_slopes(xs, pts) == pytest.approx([-0.5, 2.0])
+    # a flat sweep has slope 0 whatever its level
+    assert study.seed_slopes(xs, [{0: 5.0}] * 4) == pytest.approx([0.0])
+
+
 def test_study_spec_is_checked(tmp_path):
     def write(d):
         p = tmp_path / "s.yaml"
