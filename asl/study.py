@@ -509,6 +509,7 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
         if e.compare_to:
             lines += _advantage_change(e, chosen, cmp_runs, baseline)
         if e.points and chosen:
+            lines += _interaction_lines(e, chosen)
             lines += _trend_lines(e, chosen, baseline)
             lines += _sweep_figure(plt, root, e, chosen, runs)
         else:
@@ -543,6 +544,31 @@ def seed_slopes(values: List[float], by_seed: List[Dict[int, float]]) -> List[fl
         my = statistics.mean(ys)
         out.append(sum((x - mx) * (y - my) for x, y in zip(values, ys)) / sxx)
     return out
+
+
+def _interaction_lines(e: Experiment, chosen) -> List[str]:
+    """Does a point move the later settings more than the first (difference of paired Δs)?"""
+    if not e.baseline_point or len(e.settings) < 2:
+        return []
+    first, cells = e.settings[0], []
+    for s in e.settings[1:]:
+        for p in _points(e):
+            if p["name"] == e.baseline_point:
+                continue
+            d = {}
+            for seed, r in chosen.get((p["name"], s), {}).items():
+                try:
+                    d[seed] = ((final_map(r) - final_map(chosen[(e.baseline_point, s)][seed]))
+                               - (final_map(chosen[(p["name"], first)][seed])
+                                  - final_map(chosen[(e.baseline_point, first)][seed])))
+                except KeyError:  # a seed not finished at every point it needs
+                    continue
+            if d:
+                cells.append(f"`{s}` at {p['name']}: {fmt_ci(list(d.values()))}")
+    if not cells:
+        return []
+    return [f"Interaction: Δ vs `{e.baseline_point}` of each setting minus that of `{first}`, paired per seed "
+            "(> 0: the point helps this setting more): " + "; ".join(cells) + ".", ""]
 
 
 def _trend_lines(e: Experiment, chosen, baseline: str) -> List[str]:

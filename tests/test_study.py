@@ -122,3 +122,21 @@ def test_study_spec_is_checked(tmp_path):
     full = study.load_study(str(REPO / "configs" / "study_demo.yaml"))
     quick = study.load_study(str(REPO / "configs" / "study_demo.yaml"), quick=True)
     assert quick.name == "demo_quick" and quick.seeds == [0, 1] and len(quick.experiments) < len(full.experiments)
+
+
+def test_sweep_interaction_and_trend_lines_pair_by_seed():
+    def run(m):
+        r = study.Run("e", "", "", 0.0, 0, {}, None, "", None)
+        r._finished = [{"mAP": m, "mAP_ema": None}]
+        return r
+
+    e = study.Experiment("e", ["a", "b"], axis="m", baseline_point="p0",
+                         points=[{"name": f"p{i}", "value": float(i)} for i in range(3)])
+    # a loses 1 per step on every seed; b gains 1 per step on seed 0 and 3 on seed 1
+    chosen = {(f"p{i}", "a"): {0: run(10.0 - i), 1: run(20.0 - i)} for i in range(3)}
+    chosen.update({(f"p{i}", "b"): {0: run(10.0 + i), 1: run(20.0 + 3 * i)} for i in range(3)})
+    inter = " ".join(study._interaction_lines(e, chosen))
+    # p1: b's Δ minus a's is (1 + 1) on seed 0 and (3 + 1) on seed 1 -> mean 3; p2: (2 + 2), (6 + 2) -> 6
+    assert "`b` at p1: +3.00" in inter and "`b` at p2: +6.00" in inter
+    trend = " ".join(study._trend_lines(e, chosen, baseline="a"))
+    assert "`a` -1.000" in trend and "`b` +2.000" in trend and "gain over `a`: `b` +3.000" in trend
