@@ -383,8 +383,18 @@ def fmt_ci(diffs: List[float], digits: int = 2) -> str:
     return f"{m:+.{digits}f} [{m - h:+.{digits}f}, {m + h:+.{digits}f}]{star}"
 
 
+def _seed_maps(rs: Dict[int, Run]) -> Dict[int, float]:
+    """seed -> final mAP of each run."""
+    return {seed: final_map(r) for seed, r in rs.items()}
+
+
+def _diff(a: Dict[int, float], b: Dict[int, float]) -> Dict[int, float]:
+    """seed -> a - b, over the seeds both have (the pairing every Δ in the report uses)."""
+    return {seed: a[seed] - b[seed] for seed in sorted(a) if seed in b}
+
+
 def _paired(a: Dict[int, float], b: Dict[int, float]) -> List[float]:
-    return [a[s] - b[s] for s in sorted(a) if s in b]
+    return list(_diff(a, b).values())
 
 
 def _chosen(runs: List[Run], best: Dict[str, float]) -> Dict[Tuple[str, str], Dict[int, Run]]:
@@ -489,8 +499,8 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
                 if not rs:
                     continue
                 bkey = (e.baseline_point, s) if e.baseline_point else (p["name"], baseline)
-                base_runs = {seed: final_map(r) for seed, r in chosen.get(bkey, {}).items()}
-                maps = {seed: final_map(r) for seed, r in rs.items()}
+                base_runs = _seed_maps(chosen.get(bkey, {}))
+                maps = _seed_maps(rs)
                 vals = list(maps.values())
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 last = [r.records()[-1] for r in rs.values()]
@@ -498,7 +508,7 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
                 cells += [s, f"{next(iter(rs.values())).lr:g}", str(len(rs)), f"{statistics.mean(vals):.2f} ± {sd:.2f}",
                           "—" if bkey == (p["name"], s) else fmt_ci(_paired(maps, base_runs))]
                 if e.compare_to:
-                    other = {seed: final_map(r) for seed, r in cmp_runs.get(("", s), {}).items()}
+                    other = _seed_maps(cmp_runs.get(("", s), {}))
                     cells.append(fmt_ci(_paired(maps, other)))
                 p_pos = statistics.mean(x.get("p_pos") or 0 for x in last)
                 p_neg = statistics.mean(x.get("p_neg") or 0 for x in last)
@@ -550,19 +560,16 @@ def _interaction_lines(e: Experiment, chosen) -> List[str]:
     """Does a point move the later settings more than the first (difference of paired Δs)?"""
     if not e.baseline_point or len(e.settings) < 2:
         return []
-    first, cells = e.settings[0], []
+    first, bp, cells = e.settings[0], e.baseline_point, []
+
+    def maps(point: str, s: str) -> Dict[int, float]:
+        return _seed_maps(chosen.get((point, s), {}))
+
     for s in e.settings[1:]:
         for p in _points(e):
-            if p["name"] == e.baseline_point:
+            if p["name"] == bp:
                 continue
-            d = {}
-            for seed, r in chosen.get((p["name"], s), {}).items():
-                try:
-                    d[seed] = ((final_map(r) - final_map(chosen[(e.baseline_point, s)][seed]))
-                               - (final_map(chosen[(p["name"], first)][seed])
-                                  - final_map(chosen[(e.baseline_point, first)][seed])))
-                except KeyError:  # a seed not finished at every point it needs
-                    continue
+            d = _diff(_diff(maps(p["name"], s), maps(bp, s)), _diff(maps(p["name"], first), maps(bp, first)))
             if d:
                 cells.append(f"`{s}` at {p['name']}: {fmt_ci(list(d.values()))}")
     if not cells:
@@ -578,12 +585,12 @@ def _trend_lines(e: Experiment, chosen, baseline: str) -> List[str]:
         return []
     xs = [float(p["value"]) for p in pts]
     unit = e.axis or "unit"
-    maps = {s: [{seed: final_map(r) for seed, r in chosen[(p["name"], s)].items()} for p in pts] for s in e.settings}
+    maps = {s: [_seed_maps(chosen[(p["name"], s)]) for p in pts] for s in e.settings}
     out = [f"Trend along {unit} ({len(pts)} points; least-squares slope per seed, mean [95% t-interval] "
            f"over seeds, mAP per unit of {unit}): "
            + "; ".join(f"`{s}` {fmt_ci(seed_slopes(xs, maps[s]), 3)}" for s in e.settings)]
     if baseline in e.settings and len(e.settings) > 1:
-        gains = {s: [{k: d[k] - b[k] for k in d if k in b} for d, b in zip(maps[s], maps[baseline])]
+        gains = {s: [_diff(d, b) for d, b in zip(maps[s], maps[baseline])]
                  for s in e.settings if s != baseline}
         out[-1] += "; gain over `" + baseline + "`: " + "; ".join(
             f"`{s}` {fmt_ci(seed_slopes(xs, g), 3)}" for s, g in gains.items())
@@ -595,8 +602,8 @@ def _advantage_change(e, chosen, cmp_runs, baseline) -> List[str]:
     """Does a setting's advantage over the baseline change under this experiment's condition?"""
     out = [f"Change of each setting's advantage over `{baseline}` from `{e.compare_to}` to `{e.name}` "
            "(paired per seed; > 0: the setting gains relative to the baseline):", ""]
-    b_now = {s: final_map(r) for s, r in chosen.get(("", baseline), {}).items()}
-    b_then = {s: final_map(r) for s, r in cmp_runs.get(("", baseline), {}).items()}
+    b_now = _seed_maps(chosen.get(("", baseline), {}))
+    b_then = _seed_maps(cmp_runs.get(("", baseline), {}))
     for s in e.settings:
         if s == baseline:
             continue
