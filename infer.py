@@ -6,6 +6,8 @@
 
 Threshold: --th, else the checkpoint's calibrated per-class thresholds
 (validate.py --calibrate), else the official 0.7 (0.995 for --dataset_type OpenImages).
+A plain timm state dict runs with --model-name (class count from its head) and
+--class-names FILE (else the classes are numbered).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from asl import cli
 from asl.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-OFFICIAL_THRESHOLDS = {"openimages": 0.995, "ms-coco": 0.7, "coco": 0.7}
+OFFICIAL_THRESHOLDS = {"openimages": 0.995, "ms_coco": 0.7, "coco": 0.7}
 
 
 def collect_images(specs: List[str]) -> List[Path]:
@@ -46,13 +48,27 @@ def collect_images(specs: List[str]) -> List[Path]:
 
 
 def load_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from asl.data.base import UNREADABLE, Image
 
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+    except UNREADABLE as e:
         raise DataError(f"cannot read image {path} ({type(e).__name__})") from None
+
+
+def check_save_image(path: str, overwrite: bool) -> Path:
+    """``--save-image``: a format PIL writes (by its extension), a new file in a writable folder."""
+    from PIL import Image
+
+    from asl.runtime import writable_file
+
+    Image.init()
+    dest = Path(path)
+    if dest.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"--save-image {path}: unknown picture format {dest.suffix or '(no extension)'!r}; "
+                          f"use .png or .jpg")
+    return writable_file(dest, "--save-image", overwrite)
 
 
 def draw_labels(img, labels, dest: Path) -> None:
@@ -76,26 +92,41 @@ def draw_labels(img, labels, dest: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = cli.build_parser("infer.py", __doc__.split("\n\n")[0], cli.INFER_FIELDS)
+    parser = cli.build_parser("infer.py", __doc__.split("\n\n")[0], cli.INFER_FIELDS,
+                              notes={"image_size": "the checkpoint's (official files: their variant's size)"})
     config_path, flags = cli.parse_flags(parser, argv)
-    from asl.config import load_config
+    from asl.config import check_values, load_config
 
     cfg = load_config(config_path, flags)
     cli.setup_logging(verbose=False)
+    check_values(cfg, cli.INFER_FIELDS)
     if not cfg.model_path:
         raise ConfigError("pass --model-path CHECKPOINT")
     if not cfg.pic_path:
         raise ConfigError("pass --pic-path IMAGE [IMAGE|DIR|GLOB ...]")
+    if cfg.save_image:
+        check_save_image(cfg.save_image, cfg.overwrite)
     paths = collect_images(cfg.pic_path)
 
     import torch
 
-    from asl.checkpoint import load_checkpoint, model_from_checkpoint
+    from asl.checkpoint import load_checkpoint, match_classes, model_from_checkpoint, read_class_names
     from asl.data.transforms import build_transform
+    from asl.models import check_image_size
 
     ckpt = load_checkpoint(cfg.model_path)
     model, info = model_from_checkpoint(ckpt, flags.get("model_name"), path=cfg.model_path)
+    if cfg.num_classes is not None and cfg.num_classes != info["num_classes"]:
+        raise ConfigError(f"--num-classes {cfg.num_classes} but {cfg.model_path} has {info['num_classes']}")
+    names = info["class_names"]
+    if cfg.class_names:
+        listed = read_class_names(cfg.class_names, info["num_classes"])
+        if info["named"]:
+            match_classes(names, listed, path=cfg.model_path)  # the checkpoint's order stands; the set must agree
+        else:
+            names = listed
     size = flags.get("image_size") or info["image_size"] or 448
+    check_image_size(info["model_name"], size)
     device = cli.resolve_device(cfg.device)
     model.to(device)
     transform = build_transform(False, size, info["mean"], info["std"])
@@ -104,8 +135,7 @@ def main(argv=None) -> int:
     elif info["thresholds"] is not None and cfg.dataset_type is None:
         thresholds = torch.tensor(info["thresholds"], dtype=torch.float32)
     else:
-        key = (cfg.dataset_type or "ms-coco").lower().replace("_", "").replace(" ", "")
-        thresholds = torch.full((info["num_classes"],), OFFICIAL_THRESHOLDS.get(key, 0.7))
+        thresholds = torch.full((info["num_classes"],), OFFICIAL_THRESHOLDS[cfg.dataset_type or "ms_coco"])
 
     results = []
     first_img = None
@@ -118,7 +148,7 @@ def main(argv=None) -> int:
             scores = torch.sigmoid(model(torch.stack([transform(im) for im in imgs]).to(device)).float()).cpu()
             for p, s in zip(batch, scores):
                 keep = torch.nonzero(s >= thresholds).flatten().tolist()
-                labels = sorted(({"label": info["class_names"][k], "score": round(float(s[k]), 4)} for k in keep),
+                labels = sorted(({"label": names[k], "score": round(float(s[k]), 4)} for k in keep),
                                 key=lambda d: -d["score"])
                 if cfg.top_k:
                     labels = labels[: cfg.top_k]
@@ -131,7 +161,10 @@ def main(argv=None) -> int:
             tags = ", ".join(f"{lab['label']} ({lab['score']:.2f})" for lab in r["labels"]) or "(no label)"
             print(f"{r['image']}: {tags}")
     if cfg.save_image:
-        draw_labels(first_img, results[0]["labels"], Path(cfg.save_image))
+        try:
+            draw_labels(first_img, results[0]["labels"], Path(cfg.save_image))
+        except OSError as e:  # checked writable before any work; a full disk can still fail here
+            raise ConfigError(f"cannot write --save-image {cfg.save_image}: {e.strerror or e}") from None
         if not cfg.json:
             print(f"labelled picture -> {cfg.save_image}")
     return 0

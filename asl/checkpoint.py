@@ -164,6 +164,58 @@ def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:
     return [names.get(k, f"class_{k}") for k in range(num_classes)]
 
 
+def read_class_names(path: str | os.PathLike, num_classes: Optional[int] = None) -> list:
+    """Class names from a text file, one per line (blank lines skipped), e.g. a tagged set's
+    ``classes.txt``; their count must be ``num_classes`` when given."""
+    p = Path(path)
+    try:
+        names = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        raise CheckpointError(f"--class-names file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"--class-names {path}: cannot read it ({type(e).__name__})") from None
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"--class-names {path}: a name is listed twice")
+    if num_classes is not None and len(names) != num_classes:
+        raise CheckpointError(f"--class-names {path} lists {len(names)} names, the model has {num_classes} classes")
+    return names
+
+
+def match_classes(model_names: Sequence[str], data_names: Sequence[str], named: bool = True,
+                  path: Any = "checkpoint") -> Optional[list]:
+    """How the model's outputs map onto the dataset's classes, matched by name.
+
+    Args:
+        model_names: the checkpoint's class names, in output order.
+        data_names: the dataset's class names, in target order.
+        named: False when the checkpoint carries no names (a plain state dict): then only the
+            count is checked and outputs are taken in order.
+        path: for messages.
+
+    Returns:
+        None when output k is class k already; else the list ``order`` with
+        ``scores[:, order]`` in the dataset's class order (the same set in another order).
+
+    Raises:
+        CheckpointError: different counts, or names that differ (the first differences listed).
+    """
+    if len(model_names) != len(data_names):
+        raise CheckpointError(f"{path} has {len(model_names)} classes, the dataset {len(data_names)}")
+    if not named or list(model_names) == list(data_names):
+        return None
+    only_model = [n for n in model_names if n not in set(data_names)]
+    only_data = [n for n in data_names if n not in set(model_names)]
+    if only_model or only_data:
+        def first(names):
+            return ", ".join(map(repr, names[:3])) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+        raise CheckpointError(f"{path} was trained on other classes than the dataset's: {len(only_model)} only in "
+                              f"the checkpoint ({first(only_model)}), {len(only_data)} only in the dataset "
+                              f"({first(only_data)}); pass --class-names FILE if the checkpoint's names are wrong")
+    index = {n: k for k, n in enumerate(model_names)}
+    return [index[n] for n in data_names]
+
+
 def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None,
                           path: Any = "checkpoint") -> Tuple[nn.Module, Dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights strictly.
@@ -175,7 +227,8 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
 
     Returns:
         (model in eval mode on the CPU, info dict with ``model_name``, ``num_classes``,
-        ``class_names``, ``image_size``, ``mean``, ``std``, ``thresholds``, ``config``).
+        ``class_names`` (``class_<k>`` when the file has none, and then ``named`` is False),
+        ``image_size``, ``mean``, ``std``, ``thresholds``, ``config``).
     """
     raw = _strip_prefixes(state_dict_of(ckpt, path))
     detected, detected_classes, head = detect_official_tresnet(raw)
@@ -185,6 +238,8 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
     if not name:
         raise CheckpointError(f"{path}: names no model; pass --model-name")
     num_classes = ckpt.get("num_classes", detected_classes)
+    if num_classes is None:
+        num_classes = _head_size(name, state)  # a plain timm state dict: the head's row count
     if not isinstance(num_classes, int):
         raise CheckpointError(f"{path}: has no 'num_classes'")
     model = create_model(name, num_classes, head=head)
@@ -209,6 +264,7 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
         "model_name": name,
         "num_classes": num_classes,
         "class_names": class_names_of(ckpt, num_classes),
+        "named": bool(ckpt.get("idx_to_class")),
         "image_size": ckpt.get("image_size") or DEFAULT_IMAGE_SIZE.get(name),
         "head": head,
         "mean": tuple(ckpt.get("mean") or mean),
@@ -217,3 +273,15 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
         "config": ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None,
     }
     return model, info
+
+
+def _head_size(name: str, state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """Rows of the classifier weight in ``state`` for timm model ``name`` (None if absent).
+    The model is built on the ``meta`` device only to learn the head's key."""
+    with torch.device("meta"):
+        probe = create_model(name, 1)
+    fc = probe.get_classifier() if hasattr(probe, "get_classifier") else None
+    for key, p in probe.named_parameters():
+        if isinstance(fc, nn.Module) and any(p is q for q in fc.parameters()) and p.ndim >= 2 and key in state:
+            return int(state[key].shape[0])
+    return None

@@ -26,7 +26,7 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "val_split": (("--val-split", "--split"), "evaluation split (default: the dataset's)"),
     "image_size": (("--image-size", "--input-size"), "input side S; images are squish-resized to S x S"),
     "batch_size": (("--batch-size", "-b"), "batch size"),
-    "workers": (("--workers", "-j"), "data-loading worker processes"),
+    "workers": (("--workers", "-j"), "data-loading worker processes (capped at the CPU cores)"),
     "augment": (("--augment",), "none | cutout | randaugment | cutout_randaugment"),
     "val_fraction": (("--val-fraction",), "held-out fraction of tagged data without a split column"),
     "ann_file": (("--ann-file",), "COCO-format JSON (coco) or split CSV (nuswide) outside the standard layout"),
@@ -57,12 +57,16 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "channels_last": (("--channels-last",), "channels_last memory format"),
     "ema": (("--ema",), "keep an EMA of the weights and validate it too"),
     "ema_decay": (("--ema-decay",), "EMA decay per step"),
+    "ema_warmup": (("--ema-warmup",), "EMA warm-up (timm ModelEmaV3): decay 1-(1+step)^(-2/3) up to --ema-decay"),
+    "max_bad_fraction": (("--max-bad-fraction",), "stop when more than this fraction of images is unreadable"),
+    "max_bad_images": (("--max-bad-images",), "... and more than this many (so small sets survive a bad photo)"),
+    "class_names": (("--class-names",), "file of class names, one per line (for checkpoints without them)"),
     "amp": (("--amp",), "mixed precision on CUDA"),
     "output": (("--output", "-o"), "output folder"),
     "seed": (("--seed",), "random seed"),
     "device": (("--device",), "auto | cpu | cuda | cuda:N"),
     "print_freq": (("--print-freq", "-p"), "log every N steps"),
-    "overwrite": (("--overwrite",), "write into an output folder that already holds a run"),
+    "overwrite": (("--overwrite",), "replace what an earlier run or command wrote there (prefer a new --output)"),
     "resume": (("--resume",), "checkpoint to resume from"),
     "sync_bn": (("--sync-bn",), "SyncBatchNorm across processes under torchrun"),
     "checkpoint_every": (("--checkpoint-every",), "also write last.pth every N steps (0: epoch ends only)"),
@@ -80,16 +84,18 @@ FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
 
 TRAIN_FIELDS = ["dataset", "data_root", "train_split", "val_split", "image_size", "batch_size", "workers",
                 "augment", "val_fraction", "ann_file", "image_dir", "keep_unannotated", "voc_year", "difficult",
-                "resize", "label_noise", "model_name", "num_classes", "init_checkpoint", "model_path", "loss",
+                "resize", "label_noise", "max_bad_fraction", "max_bad_images", "model_name", "num_classes",
+                "init_checkpoint", "model_path", "loss",
                 "gamma_neg", "gamma_pos", "clip", "delta_p_target", "adaptive_lambda", "optimizer", "lr",
                 "weight_decay", "epochs", "stop_epoch", "grad_clip", "accum_steps", "patience", "compile",
-                "channels_last", "ema", "ema_decay", "amp", "output", "seed", "device",
+                "channels_last", "ema", "ema_decay", "ema_warmup", "amp", "output", "seed", "device",
                 "print_freq", "overwrite", "resume", "checkpoint_every", "max_nonfinite", "sync_bn", "thre"]
 VALIDATE_FIELDS = ["dataset", "data_root", "val_split", "image_size", "batch_size", "workers", "val_fraction",
                    "ann_file", "image_dir", "keep_unannotated", "voc_year", "difficult", "resize", "model_name",
-                   "num_classes", "model_path", "thre", "calibrate", "output", "device", "amp", "print_freq"]
-INFER_FIELDS = ["model_path", "pic_path", "model_name", "image_size", "th", "top_k", "json", "save_image",
-                "dataset_type", "batch_size", "device"]
+                   "max_bad_fraction", "max_bad_images", "num_classes", "model_path", "class_names", "thre",
+                   "calibrate", "output", "overwrite", "device", "amp", "print_freq"]
+INFER_FIELDS = ["model_path", "pic_path", "model_name", "num_classes", "class_names", "image_size", "th", "top_k",
+                "json", "save_image", "overwrite", "dataset_type", "batch_size", "device"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,38 +105,50 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _spellings(flags: Iterable[str]) -> List[str]:
+def _twins(flags: Iterable[str]) -> List[str]:
+    """The underscore / hyphen twins of ``flags`` that are not among them (``--model_path``)."""
     out: List[str] = []
     for f in flags:
-        variants = [f]
         if f.startswith("--"):
-            variants += ["--" + f[2:].replace("-", "_"), "--" + f[2:].replace("_", "-")]
-        out += [v for v in variants if v not in out]
+            for v in ("--" + f[2:].replace("-", "_"), "--" + f[2:].replace("_", "-")):
+                if v not in flags and v not in out:
+                    out.append(v)
     return out
 
 
 def build_parser(prog: str, description: str, fields: Sequence[str], positional_data: bool = False,
-                 extra: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> argparse.ArgumentParser:
-    """An argparse parser for ``fields``; values it returns override the config."""
-    p = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+                 defaults: Optional[Config] = None, notes: Optional[Dict[str, str]] = None,
+                 epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """An argparse parser for ``fields``; values it returns override the config.
+
+    Each flag is listed once in ``--help`` (its underscore twin is accepted but not listed), with
+    the default that will run: ``notes[field]`` where given, else the value in ``defaults``.
+    """
+    p = _Parser(prog=prog, description=description, epilog=epilog, argument_default=argparse.SUPPRESS,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", help="YAML config file (flags override it)")
     if positional_data:
         p.add_argument("data_root_pos", nargs="?", metavar="DATA_ROOT", help="dataset folder")
+    defaults = defaults if defaults is not None else Config()
+    notes = notes or {}
     for name in fields:
         flags, help_text = FLAGS[name]
         typ, optional, is_list = _base_type(name)
-        kwargs = dict(dest=name, help=f"{help_text} (default: {getattr(Config(), name)!r})")
+        default = notes.get(name, repr(getattr(defaults, name)))
+        kwargs = dict(dest=name, metavar=name.upper())
         if typ is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs = dict(dest=name, action=argparse.BooleanOptionalAction)
         elif is_list:
             kwargs.update(nargs="+", type=typ)
         else:
             kwargs["type"] = typ
-        if name == "dataset_type":
-            kwargs["type"] = str
-        p.add_argument(*_spellings(flags), **kwargs)
-    if extra is not None:
-        extra(p)
+        shown = help_text if "(default:" in help_text else f"{help_text} (default: {default})"
+        p.add_argument(*flags, help=shown, **kwargs)
+        twins = _twins(flags)
+        if twins:
+            p.add_argument(*twins, help=argparse.SUPPRESS, **kwargs)
+    if epilog is None:
+        p.epilog = "Underscore spellings of every flag (--model_path, --input_size, ...) work too."
     return p
 
 
@@ -161,7 +179,9 @@ def setup_logging(verbose: bool = True) -> None:
 def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
     """Call a script's main; bad input becomes one ``error: ...`` line and exit code 2."""
     try:
-        return int(main(argv) or 0)
+        rc = int(main(argv) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as a message at interpreter exit
+        return rc
     except ASLError as e:
         text = str(e)
         if "Original Traceback" in text:
@@ -174,6 +194,14 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``infer.py ... | head -1``): stop quietly, as Unix tools do.
+        # Python flushes stdout again at exit, so point it at /dev/null first.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 128 + 13  # SIGPIPE
 
 
 def resolve_device(name: str):

@@ -10,6 +10,7 @@ from .config import Config
 from .data import build_transform, create_dataset, default_splits
 from .errors import ConfigError
 from .losses import LOSSES, build_loss
+from .runtime import ignore_stop_signals
 
 
 def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Sequence[float],
@@ -20,7 +21,8 @@ def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Se
     transform = build_transform(train, cfg.image_size, mean, std, augment=cfg.augment if train else "none",
                                 resize=cfg.resize)
     ds = create_dataset(cfg.dataset, cfg.data_root, split, transform, val_fraction=cfg.val_fraction,
-                        seed=0, max_bad_fraction=cfg.max_bad_fraction, ann_file=cfg.ann_file,
+                        seed=0, max_bad_fraction=cfg.max_bad_fraction, max_bad_images=cfg.max_bad_images,
+                        ann_file=cfg.ann_file,
                         image_dir=cfg.image_dir, keep_unannotated=cfg.keep_unannotated, voc_year=cfg.voc_year,
                         difficult=cfg.difficult, demo_classes=cfg.demo_classes)
     if train:
@@ -46,7 +48,7 @@ def flip_positives(ds, fraction: float, seed: int) -> int:
 
 def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None):
     """A DataLoader: ``sampler`` orders training batches (``asl.engine.EpochSampler``), pinned
-    memory on CUDA, persistent workers."""
+    memory on CUDA, persistent workers that leave SIGINT / SIGTERM to the main process."""
     return torch.utils.data.DataLoader(
         ds,
         batch_size=cfg.batch_size,
@@ -55,6 +57,7 @@ def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None)
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.workers > 0,
+        worker_init_fn=ignore_stop_signals if cfg.workers > 0 else None,
     )
 
 

@@ -12,7 +12,8 @@ from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_model", "data_config", "load_init_checkpoint", "unwrap_model"]
+__all__ = ["create_model", "data_config", "load_init_checkpoint", "unwrap_model", "check_image_size",
+           "SelectOutputs"]
 
 
 class BottleneckHead(nn.Module):
@@ -33,6 +34,22 @@ class BottleneckHead(nn.Module):
 
 
 HEADS = ("linear", "bottleneck")
+
+
+class SelectOutputs(nn.Module):
+    """``model``'s logits in another class order: output k is ``model``'s output ``order[k]``
+    (a checkpoint scored against a dataset that lists the same classes in another order).
+
+    Shapes: (N, ...) -> (N, len(order)).
+    """
+
+    def __init__(self, model: nn.Module, order):
+        super().__init__()
+        self.model = model
+        self.register_buffer("order", torch.as_tensor(list(order), dtype=torch.long), persistent=False)
+
+    def forward(self, x):
+        return self.model(x).index_select(1, self.order)
 
 
 def create_model(name: str, num_classes: int, head: str = "linear", **kwargs) -> nn.Module:
@@ -59,6 +76,28 @@ def create_model(name: str, num_classes: int, head: str = "linear", **kwargs) ->
             raise ConfigError(f"the bottleneck head needs a model with head.fc (TResNet); {name} has none")
         model.head.fc = BottleneckHead(fc.in_features, num_classes)
     return model
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    """Refuse an input side the model cannot take: below its total stride (the last feature
+    map would be empty), or other than its size when timm marks the input size as fixed (ViT).
+    The model is built on the ``meta`` device: no memory, no weights, a fraction of a second."""
+    import timm
+
+    if not timm.is_model(name):
+        create_model(name, 1)  # raises the ConfigError with suggestions
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=1)
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    if pcfg.get("fixed_input_size") and image_size != pcfg["input_size"][-1]:
+        raise ConfigError(f"--image-size {image_size}: {name} takes {pcfg['input_size'][-1]} px inputs only")
+    try:
+        stride = int(model.feature_info[-1]["reduction"])
+    except (AttributeError, TypeError, KeyError, IndexError):
+        stride = 32  # a model that does not declare its stride: the common CNN downsampling
+    if image_size < stride:
+        raise ConfigError(f"--image-size {image_size} is below {stride}, the smallest input {name} takes "
+                          f"(its total stride)")
 
 
 def data_config(model_or_name) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:

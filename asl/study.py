@@ -194,9 +194,23 @@ class Run:
         return len(self.records()) >= self.epochs
 
 
+# The Config fields when the cache was first keyed. A field added since then enters the hash only
+# when it differs from its default, so adding a field does not orphan the cached runs.
+_KEYED_FIELDS = frozenset(
+    "dataset data_root train_split val_split image_size batch_size workers augment val_fraction ann_file image_dir "
+    "keep_unannotated voc_year difficult resize max_bad_fraction demo_classes label_noise model_name num_classes "
+    "init_checkpoint channels_last sync_bn loss gamma_neg gamma_pos clip focal_gamma eps "
+    "disable_torch_grad_focal_loss loss_reduction label_smoothing delta_p_target adaptive_lambda optimizer lr "
+    "weight_decay epochs stop_epoch pct_start grad_clip accum_steps patience compile ema ema_decay amp output seed "
+    "device print_freq overwrite checkpoint_every max_nonfinite resume model_path thre calibrate pic_path th top_k "
+    "json save_image dataset_type".split())
+_DEFAULTS = Config().to_dict()
+
+
 def config_key(cfg: Config) -> str:
     """Hash of everything that determines a run's result."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED}
+    d = {k: v for k, v in cfg.to_dict().items()
+         if k not in _NOT_HASHED and (k in _KEYED_FIELDS or v != _DEFAULTS[k])}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -98,7 +99,13 @@ def test_corrupt_image_is_skipped_and_named(tagged_root, caplog):
     assert {p.split("/")[-1] for p in ds.bad_images} == {"0001.png", "0002.png"}
     assert "0001.png" in caplog.text and "0002.png" in caplog.text
     torch.testing.assert_close(items[1][1], torch.from_numpy(ds.targets[3]))  # the next readable sample
-    strict = create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.0)
+    # A missing file is found when the dataset is built, before any epoch.
+    with pytest.raises(DataError, match="1 of 48 images are missing or unreadable"):
+        create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.0,
+                       max_bad_images=0)
+    shutil.copy(tagged_root / "img/0000.png", tagged_root / "img/0002.png")
+    strict = create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.0,
+                            max_bad_images=0)
     strict[0]
     with pytest.raises(DataError, match="unreadable"):
         strict[1]

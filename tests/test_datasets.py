@@ -164,7 +164,8 @@ def test_corrupt_images_are_counted_across_workers(tmp_path):
     assert proc.stderr.count("COCO_train2014_000000000022.jpg") >= 1
     assert_one_line_error(run_script("train.py", root, "--dataset", "coco", "--model-name", "test_resnet",
                                      "--image-size", "32", "--epochs", "1", "--workers", "2", "--batch-size",
-                                     "2", "--keep-unannotated", "--output", tmp_path / "strict"), "unreadable",
+                                     "2", "--keep-unannotated", "--max-bad-images", "0", "--output",
+                                     tmp_path / "strict"), "unreadable",
                           after_logs=True)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from asl.metrics import average_precision, calibrate_thresholds, mAP, mAP_known, map_and_ap, multilabel_metrics
+from asl.metrics import average_precision, calibrate_thresholds, mAP, map_and_ap, mAP_known, multilabel_metrics
 
 
 def official_ap_stable(output, target):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -15,13 +16,25 @@ from ..errors import DataError
 log = logging.getLogger(__name__)
 
 
+# What opening an image can raise when the file is not a readable image: PIL's errors, and its
+# guard against decompression bombs (a small file declaring billions of pixels).
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+def _first(paths, k: int = 3) -> str:
+    paths = list(paths)
+    return ", ".join(paths[:k]) + (f" (+{len(paths) - k} more)" if len(paths) > k else "")
+
+
 class MultiLabelDataset(torch.utils.data.Dataset):
     """Images with multi-hot targets; labels are a precomputed (N, C) matrix.
 
-    An image that cannot be read (missing, truncated, corrupt) is skipped: it is logged
-    once with its path, counted in ``bad_images``, and the next readable sample is
-    returned in its place, so an epoch goes on. More than ``max_bad_fraction`` of bad
-    images stops with a :class:`DataError`.
+    An image that cannot be read (missing, truncated, corrupt, a decompression bomb) is
+    skipped: it is logged once with its path, counted in ``bad_images``, and the next readable
+    sample is returned in its place, so an epoch goes on. Missing files are found when the
+    dataset is built (a stat per path) and listed then. More than
+    ``max(max_bad_images, max_bad_fraction x N)`` bad images stops with a :class:`DataError`.
+    A path listed twice is reported (a duplicate row weighs its image twice).
 
     Args:
         paths: image paths, one per sample.
@@ -29,7 +42,8 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         class_names: C names.
         transform: PIL image -> tensor.
         name: for messages (dataset and split).
-        max_bad_fraction: fraction of unreadable images that is tolerated.
+        max_bad_fraction: fraction of unreadable images that is tolerated ...
+        max_bad_images: ... or this many, whichever is more (a small set survives a bad photo).
 
     Yields:
         ``(image, target)``: transformed image, float32 (C,) target.
@@ -43,6 +57,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         transform: Optional[Callable] = None,
         name: str = "dataset",
         max_bad_fraction: float = 0.01,
+        max_bad_images: int = 5,
     ):
         targets = np.asarray(targets, dtype=np.float32)
         if targets.ndim != 2 or targets.shape[0] != len(paths) or targets.shape[1] != len(class_names):
@@ -53,6 +68,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.name = name
         self.max_bad_fraction = max_bad_fraction
+        self.tolerated = max(int(max_bad_images), int(max_bad_fraction * len(self.paths)))
         # Training only: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding when the
         # image is that much larger than the network input (it never goes below draft_size).
         # Evaluation keeps the full decode of the official validate.py.
@@ -60,6 +76,20 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         # One flag per sample in shared memory: DataLoader workers (forked or spawned) mark
         # the same table, so the main process can count them and each path is logged once.
         self._bad = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
+        missing = [i for i, p in enumerate(self.paths) if not os.path.isfile(p)]
+        if missing:
+            self._bad[missing] = 1
+            log.warning("%s: %d of %d images are missing and will be skipped: %s", name, len(missing),
+                        len(self.paths), _first(self.paths[i] for i in missing))
+            self._check_limit(self.paths[missing[-1]])
+        if len(set(self.paths)) < len(self.paths):
+            seen, dups = set(), []
+            for p in self.paths:
+                if p in seen:
+                    dups.append(p)
+                seen.add(p)
+            log.warning("%s: %d rows repeat an image listed before (it weighs twice): %s", name, len(dups),
+                        _first(dups))
 
     @property
     def num_classes(self) -> int:
@@ -78,9 +108,11 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         n = len(self.paths)
         for attempt in range(n):
             i = (index + attempt) % n
+            if self._bad[i]:  # known bad (missing, or failed before): no second try
+                continue
             try:
                 img = self.load_image(i)
-            except (OSError, UnidentifiedImageError, ValueError) as e:
+            except UNREADABLE as e:
                 self._record_bad(i, e)
                 continue
             if self.transform is not None:
@@ -102,11 +134,14 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         if not self._bad[i]:
             self._bad[i] = 1
             log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
+        self._check_limit(path)
+
+    def _check_limit(self, last: str) -> None:
         count = self.bad_count
-        if count > self.max_bad_fraction * len(self.paths):
+        if count > self.tolerated:
             raise DataError(
-                f"{self.name}: {count} of {len(self.paths)} images are unreadable "
-                f"(more than {self.max_bad_fraction:.1%}); last: {path}")
+                f"{self.name}: {count} of {len(self.paths)} images are missing or unreadable (more than "
+                f"{self.tolerated}: --max-bad-images / --max-bad-fraction raise the limit); last: {last}")
 
     def summary(self) -> str:
         """One paragraph: images, classes, label cardinality, rarest and commonest classes."""
@@ -121,6 +156,25 @@ class MultiLabelDataset(torch.utils.data.Dataset):
                 f"{card:.2f} labels/image ({100 * card / max(self.num_classes, 1):.1f}% positive)"
                 + (f", {unknown} unknown labels" if unknown else "")
                 + f"; rarest: {rare}; most common: {common}")
+
+
+# Below this many images a validation mAP moves by whole points from one image to the next.
+SMALL_EVAL_SET = 50
+
+
+def split_warnings(train: Optional[MultiLabelDataset], evaluation: MultiLabelDataset) -> List[str]:
+    """What a user should know before trusting the validation mAP: images that are in both
+    splits (a leak: the score is optimistic) and an evaluation split too small to rank models."""
+    out = []
+    if train is not None:
+        both = sorted(set(map(os.path.realpath, train.paths)) & set(map(os.path.realpath, evaluation.paths)))
+        if both:
+            out.append(f"{len(both)} images are in both the training and the evaluation split, so the validation "
+                       f"mAP is optimistic: {_first(both)}")
+    if len(evaluation) < SMALL_EVAL_SET:
+        out.append(f"{evaluation.name} has only {len(evaluation)} images: its mAP is noisy (one image can move it "
+                   f"by points); hold out more images to compare runs")
+    return out
 
 
 def multi_hot(tag_lists: Sequence[Sequence[str]], class_names: Sequence[str]) -> np.ndarray:

@@ -62,6 +62,7 @@ def create_coco(
     image_dir: Optional[str] = None,
     keep_unannotated: bool = False,
     max_bad_fraction: float = 0.01,
+    max_bad_images: int = 5,
     **_: object,
 ) -> MultiLabelDataset:
     """Load a COCO split.
@@ -74,7 +75,7 @@ def create_coco(
         ann_file: a COCO-format JSON to use instead of the standard layout.
         image_dir: the images of ``ann_file`` (default: ``root``).
         keep_unannotated: keep images without annotations as all-negative samples.
-        max_bad_fraction: tolerated fraction of unreadable images.
+        max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
     """
     root_p = Path(root)
     if ann_file:
@@ -111,4 +112,5 @@ def create_coco(
         if info is None or "file_name" not in info:
             raise DataError(f"{ann}: annotation refers to image id {img_id}, which has no 'images' entry")
         paths.append(str(images / info["file_name"]))
-    return MultiLabelDataset(paths, targets, class_names, transform, name=name, max_bad_fraction=max_bad_fraction)
+    return MultiLabelDataset(paths, targets, class_names, transform, name=name, max_bad_fraction=max_bad_fraction,
+                             max_bad_images=max_bad_images)

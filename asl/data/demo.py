@@ -19,10 +19,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
 from .tagged import create_tagged
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ COLOURS = {
 CLASS_NAMES = [f"{colour}_{digit}" for digit in range(10) for colour in COLOURS]
 VERSION = 1
 DEFAULTS = dict(num_train=4000, num_val=1000, image_size=64, seed=0, num_classes=80)
+# What a generated demo folder holds; demo.json is its marker.
+DEMO_FILES = {"labels.csv", "classes.txt", "demo.json", "images"}
 
 
 def _zipf_probs(num_classes: int, rng: np.random.Generator, exponent: float = 1.0) -> np.ndarray:
@@ -86,6 +90,7 @@ def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int =
     if num_classes % 10 or not 10 <= num_classes <= 80:
         raise ValueError("num_classes must be a multiple of 10 between 10 and 80")
     root = Path(root)
+    check_demo_folder(root)  # before any work: a folder that is not a demo is never replaced
     n_colours = num_classes // 10
     names = [f"{colour}_{digit}" for digit in range(10) for colour in list(COLOURS)[:n_colours]]
     digits = load_digits()
@@ -117,7 +122,8 @@ def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int =
                     num_classes=num_classes)
         (tmp / "demo.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         if root.exists():
-            shutil.rmtree(root)
+            check_demo_folder(root)  # again, just before the swap
+            shutil.rmtree(root)  # an earlier demo (its marker, nothing but its own files), or an empty folder
         os.replace(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -125,18 +131,44 @@ def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int =
     return root
 
 
+def read_marker(root: Path) -> Optional[dict]:
+    """The parameters in ``root/demo.json``, or None where there is no readable marker."""
+    try:
+        meta = json.loads((root / "demo.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def check_demo_folder(root: Path) -> None:
+    """Refuse to (re)generate the demo into ``root`` unless it is missing, empty, or a demo
+    folder (its marker ``demo.json`` and nothing but the demo's own files): the demo never
+    deletes or overwrites a user's folder."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DataError(f"{root} is a file, not the demo's folder; for your own data pass --dataset tagged")
+    held = sorted(p.name for p in root.iterdir())
+    if not held:
+        return
+    if read_marker(root) is None:
+        raise DataError(f"{root} is not the built-in demo (no demo.json) and was left untouched: for your own "
+                        f"labels.csv pass --dataset tagged (or coco, voc, nuswide)")
+    foreign = [n for n in held if n not in DEMO_FILES]
+    if foreign:
+        raise DataError(f"{root} holds the demo and other files ({', '.join(foreign[:3])}), so it is not "
+                        f"regenerated: move them out, or pass another --data-root for the demo")
+
+
 def ensure_demo(root: str | os.PathLike, **params) -> Path:
-    """Generate the demo into ``root`` unless an identical one (same parameters) is there."""
+    """Generate the demo into ``root`` unless an identical one (same parameters) is there.
+
+    ``root`` must be missing, empty or an earlier demo (:func:`check_demo_folder`)."""
     root = Path(root)
     want = dict(DEFAULTS, **params)
-    meta_file = root / "demo.json"
-    if meta_file.exists():
-        try:
-            have = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            have = None
-        if have == dict(version=VERSION, **want):
-            return root
+    if read_marker(root) == dict(version=VERSION, **want) and (root / "labels.csv").is_file():
+        return root
+    check_demo_folder(root)
     log.info("generating the demo dataset into %s (once, a few seconds)", root)
     return generate_demo(root, **want)
 

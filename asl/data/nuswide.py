@@ -53,6 +53,7 @@ def create_nuswide(
     ann_file: Optional[str] = None,
     image_dir: Optional[str] = None,
     max_bad_fraction: float = 0.01,
+    max_bad_images: int = 5,
     **_: object,
 ) -> MultiLabelDataset:
     """Load a NUS-WIDE split.
@@ -63,7 +64,7 @@ def create_nuswide(
         transform: PIL image -> tensor.
         ann_file: the split CSV (default ``ROOT/nus_wid_data.csv``).
         image_dir: image root, when not ``root``.
-        max_bad_fraction: tolerated fraction of unreadable images.
+        max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
     """
     root_p = check_exists(Path(root), "NUS-WIDE root")
     csv_path = check_exists(Path(ann_file) if ann_file else root_p / CSV_NAME, "NUS-WIDE split CSV")
@@ -77,4 +78,5 @@ def create_nuswide(
     targets = multi_hot([labels for _, labels, _ in selected], class_names)
     images = Path(image_dir) if image_dir else root_p
     return MultiLabelDataset([str(images / p) for p, _, _ in selected], targets, class_names, transform,
-                             name=f"nuswide {split}", max_bad_fraction=max_bad_fraction)
+                             name=f"nuswide {split}", max_bad_fraction=max_bad_fraction,
+                             max_bad_images=max_bad_images)

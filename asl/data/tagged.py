@@ -28,7 +28,8 @@ def read_tagged_csv(csv_path: Path):
     """Parse the CSV into (rows of (image, [tags], split or None), has_split)."""
     rows = []
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which is not part of 'image'
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
@@ -61,6 +62,7 @@ def create_tagged(
     val_fraction: float = 0.2,
     seed: int = 0,
     max_bad_fraction: float = 0.01,
+    max_bad_images: int = 5,
     **_: object,
 ) -> MultiLabelDataset:
     """Load a split of a tagged dataset.
@@ -71,7 +73,7 @@ def create_tagged(
         transform: PIL image -> tensor.
         val_fraction: held-out fraction when the CSV has no split column.
         seed: seed of that split.
-        max_bad_fraction: tolerated fraction of unreadable images.
+        max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
     """
     csv_path = check_exists(_resolve_csv(Path(root)), "tagged dataset CSV")
     rows, has_split = read_tagged_csv(csv_path)
@@ -79,7 +81,8 @@ def create_tagged(
         raise DataError(f"{csv_path}: no images listed")
     classes_file = csv_path.parent / "classes.txt"
     if classes_file.exists():
-        class_names: List[str] = [c.strip() for c in classes_file.read_text(encoding="utf-8").splitlines() if c.strip()]
+        class_names: List[str] = [c.strip() for c in classes_file.read_text(encoding="utf-8-sig").splitlines()
+                                  if c.strip()]
         known = set(class_names)
         for image, tags, _ in rows:
             for t in tags:
@@ -106,4 +109,5 @@ def create_tagged(
     base = csv_path.parent
     paths = [str(base / image) for image, _, _ in selected]
     return MultiLabelDataset(paths, targets, class_names, transform, name=f"tagged {csv_path} [{split}]",
-                             max_bad_fraction=max_bad_fraction)
+                             max_bad_fraction=max_bad_fraction,
+                             max_bad_images=max_bad_images)

@@ -57,6 +57,7 @@ def create_voc(
     voc_year: Optional[str] = None,
     difficult: str = "ignore",
     max_bad_fraction: float = 0.01,
+    max_bad_images: int = 5,
     **_: object,
 ) -> MultiLabelDataset:
     """Load a VOC split.
@@ -67,7 +68,7 @@ def create_voc(
         transform: PIL image -> tensor.
         voc_year: ``2007`` or ``2012`` (default: 2007 if present, else 2012).
         difficult: ``ignore`` (-1), ``positive`` or ``negative`` for difficult-only classes.
-        max_bad_fraction: tolerated fraction of unreadable images.
+        max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
     """
     if difficult not in DIFFICULT:
         raise DataError(f"difficult must be one of {', '.join(DIFFICULT)}, got {difficult!r}")
@@ -91,4 +92,5 @@ def create_voc(
             targets[r, k] = {"ignore": -1.0, "positive": 1.0, "negative": 0.0}[difficult]
     paths = [str(year_dir / "JPEGImages" / f"{i}.jpg") for i in ids]
     return MultiLabelDataset(paths, targets, list(VOC_CLASSES), transform, name=f"voc {year_dir.name} {split}",
-                             max_bad_fraction=max_bad_fraction)
+                             max_bad_fraction=max_bad_fraction,
+                             max_bad_images=max_bad_images)
