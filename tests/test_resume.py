@@ -142,3 +142,28 @@ def test_config_round_trip_reproduces_the_run(reference, tmp_path):
     out = tmp_path / "again"
     assert cli.run(train.main, ["--config", str(tmp_path / "again.yaml"), "--output", str(out)]) == 0
     _assert_same_run(load_checkpoint(out / "last.pth"), ref)
+
+
+def test_sigterm_to_the_process_group_with_workers_saves(reference, tmp_path):
+    """What `timeout`, Slurm and systemd do: SIGTERM to every process of the group, loader
+    workers included. The workers leave it to the main process, which saves and exits 143."""
+    import os
+
+    import train
+
+    data, ref = reference
+    out = tmp_path / "g"
+    args = _args(data, out)
+    args[args.index("--workers") + 1] = "2"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_mid_epoch_checkpoint(proc, out, min_step=6)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "killed by signal" not in err
+    assert "resume with --resume" in err
+    saved = load_checkpoint(out / "last.pth")
+    assert 6 <= saved["global_step"] < ref["global_step"]
+    assert cli.run(train.main, [*args, "--resume", str(out / "last.pth")]) == 0
+    assert load_checkpoint(out / "last.pth")["epoch"] == 2
