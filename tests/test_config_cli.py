@@ -112,7 +112,7 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["demo", "coco_tresnet_l_448", "coco_tresnet_m_224", "voc_tresnet_xl_448",
-                                  "nuswide_tresnet_l_448", "custom_example"])
+                                  "nuswide_tresnet_l_448", "custom_example", "finetune"])
 def test_shipped_configs_load(name):
     import timm
 

@@ -191,6 +191,21 @@ def test_missing_init_weights_fail_before_the_data_is_read(tmp_path, capsys):
     assert err == [err[-1]]  # nothing logged: no dataset summary came before the error
 
 
+def test_the_readmes_finetune_command_works_with_a_timm_state_dict(tmp_path, monkeypatch, capsys):
+    import timm
+
+    (tmp_path / "models_local").mkdir()
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(),  # the README's line, offline
+               tmp_path / "models_local" / "resnet18_imagenet.pth")
+    make_tagged(tmp_path / "data" / "mytags", n_train=16, n_val=8)
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = call("train", ["data/mytags", "--dataset", "tagged", "--model-name", "resnet18", "--init-checkpoint",
+                                "models_local/resnet18_imagenet.pth", "--image-size", "32", "--epochs", "1"], capsys)
+    assert rc == 0, err
+    assert "head not loaded (fc.bias, fc.weight)" in "\n".join(err)
+    assert (tmp_path / "runs" / "mytags" / "best.pth").is_file()
+
+
 # --- 4. every value checked before any work
 
 BAD_TRAIN = [
