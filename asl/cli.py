@@ -184,13 +184,6 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
         return rc
     except ASLError as e:
         text = str(e)
-        if "Original Traceback" in text:
-            # Raised in a DataLoader worker: torch wraps it in the worker's traceback text;
-            # the user's message is the last line, after the exception's class name.
-            text = text.strip().splitlines()[-1].split(": ", 1)[-1]
-        msg = " ".join(text.split())  # one line, whatever the message held
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -202,6 +195,13 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
         except (OSError, ValueError):
             pass
         return 128 + 13  # SIGPIPE
+    if "Original Traceback" in text:
+        # Raised in a DataLoader worker: torch wraps it in the worker's traceback text;
+        # the user's message is the last line, after the exception's class name.
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    msg = " ".join(text.split())  # one line, whatever the message held
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
 
 
 def resolve_device(name: str):

@@ -10,7 +10,7 @@ from .config import Config
 from .data import build_transform, create_dataset, default_splits
 from .errors import ConfigError
 from .losses import LOSSES, build_loss
-from .runtime import ignore_stop_signals
+from .runtime import leave_process_group
 
 
 def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Sequence[float],
@@ -48,7 +48,8 @@ def flip_positives(ds, fraction: float, seed: int) -> int:
 
 def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None):
     """A DataLoader: ``sampler`` orders training batches (``asl.engine.EpochSampler``), pinned
-    memory on CUDA, persistent workers that leave SIGINT / SIGTERM to the main process."""
+    memory on CUDA, persistent workers in process groups of their own (a signal to the run's group reaches
+    the training loop alone)."""
     return torch.utils.data.DataLoader(
         ds,
         batch_size=cfg.batch_size,
@@ -57,7 +58,7 @@ def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None)
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.workers > 0,
-        worker_init_fn=ignore_stop_signals if cfg.workers > 0 else None,
+        worker_init_fn=leave_process_group if cfg.workers > 0 else None,
     )
 
 

@@ -139,8 +139,8 @@ class StopSignal:
     """SIGTERM / SIGINT set a flag; the loop saves last.pth at the next step and exits.
 
     The previous handlers come back with :meth:`restore` (or at the end of a ``with`` block).
-    Loader workers ignore both signals (:func:`ignore_stop_signals`), so a signal sent to the
-    whole process group (``timeout``, Slurm, systemd, Ctrl-C) reaches the loop, not the workers."""
+    Loader workers live in process groups of their own (:func:`leave_process_group`), so a signal
+    sent to the run's process group (``timeout``, Ctrl-C) reaches the loop, not the workers."""
 
     def __init__(self):
         self.signum, self.name = 0, ""
@@ -166,12 +166,22 @@ class StopSignal:
         self.restore()
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: a worker leaves SIGINT / SIGTERM to the main process, which
-    saves and then shuts its workers down (a worker killed by the group's SIGTERM would end the
-    run with PyTorch's 'DataLoader worker is killed by signal' error instead)."""
+def leave_process_group(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker moves to a process group of its own.
+
+    A signal sent to the run's process group (``timeout``, ``kill -TERM -PGID``, Ctrl-C in a
+    terminal) then reaches the training loop only, which saves ``last.pth`` and shuts its workers
+    down; a worker killed by it would end the run with PyTorch's "DataLoader worker is killed by
+    signal" error instead. The worker keeps SIGTERM's default action, so PyTorch can still stop a
+    stuck worker with it, and it exits on its own when the main process is gone (PyTorch's
+    watchdog). SIGINT is ignored as well, for a terminal that signals more than its foreground group.
+    """
+    if hasattr(os, "setpgid"):
+        try:
+            os.setpgid(0, 0)
+        except OSError:  # a session leader cannot move; nothing else to do then
+            pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def load_resume_checkpoint(path: str) -> dict:

@@ -145,8 +145,9 @@ def test_config_round_trip_reproduces_the_run(reference, tmp_path):
 
 
 def test_sigterm_to_the_process_group_with_workers_saves(reference, tmp_path):
-    """What `timeout`, Slurm and systemd do: SIGTERM to every process of the group, loader
-    workers included. The workers leave it to the main process, which saves and exits 143."""
+    """What `timeout` and `kill -TERM -PGID` do: SIGTERM to every process of the run's group. The
+    loader workers live in groups of their own, so only the main process gets it: it saves, shuts
+    its workers down and exits 143."""
     import os
 
     import train

@@ -200,7 +200,8 @@ def test_the_readmes_finetune_command_works_with_a_timm_state_dict(tmp_path, mon
     make_tagged(tmp_path / "data" / "mytags", n_train=16, n_val=8)
     monkeypatch.chdir(tmp_path)
     rc, _, err = call("train", ["data/mytags", "--dataset", "tagged", "--model-name", "resnet18", "--init-checkpoint",
-                                "models_local/resnet18_imagenet.pth", "--image-size", "32", "--epochs", "1"], capsys)
+                                "models_local/resnet18_imagenet.pth", "--image-size", "32", "--epochs", "1",
+                                "--workers", "0"], capsys)
     assert rc == 0, err
     assert "head not loaded (fc.bias, fc.weight)" in "\n".join(err)
     assert (tmp_path / "runs" / "mytags" / "best.pth").is_file()
