@@ -110,26 +110,21 @@ def main(argv=None) -> int:
 
     import torch
 
-    from asl.checkpoint import load_checkpoint, match_classes, model_from_checkpoint, read_class_names
-    from asl.data.transforms import build_transform
+    from asl.checkpoint import load_checkpoint, model_from_checkpoint, read_class_names
+    from asl.data.transforms import build_infer_transform
     from asl.models import check_image_size
 
     ckpt = load_checkpoint(cfg.model_path)
     model, info = model_from_checkpoint(ckpt, flags.get("model_name"), path=cfg.model_path)
     if cfg.num_classes is not None and cfg.num_classes != info["num_classes"]:
         raise ConfigError(f"--num-classes {cfg.num_classes} but {cfg.model_path} has {info['num_classes']}")
-    names = info["class_names"]
-    if cfg.class_names:
-        listed = read_class_names(cfg.class_names, info["num_classes"])
-        if info["named"]:
-            match_classes(names, listed, path=cfg.model_path)  # the checkpoint's order stands; the set must agree
-        else:
-            names = listed
+    # --class-names: the outputs' names, in order (a file without names, or with wrong ones)
+    names = read_class_names(cfg.class_names, info["num_classes"]) if cfg.class_names else info["class_names"]
     size = flags.get("image_size") or info["image_size"] or 448
     check_image_size(info["model_name"], size)
     device = cli.resolve_device(cfg.device)
     model.to(device)
-    transform = build_transform(False, size, info["mean"], info["std"])
+    transform = build_infer_transform(size, info["mean"], info["std"])  # the official infer.py's resize
     if cfg.th is not None:
         thresholds = torch.full((info["num_classes"],), float(cfg.th))
     elif info["thresholds"] is not None and cfg.dataset_type is None:
@@ -147,7 +142,7 @@ def main(argv=None) -> int:
                 first_img = imgs[0]
             scores = torch.sigmoid(model(torch.stack([transform(im) for im in imgs]).to(device)).float()).cpu()
             for p, s in zip(batch, scores):
-                keep = torch.nonzero(s >= thresholds).flatten().tolist()
+                keep = torch.nonzero(s > thresholds).flatten().tolist()  # strict, as the official infer.py
                 labels = sorted(({"label": names[k], "score": round(float(s[k]), 4)} for k in keep),
                                 key=lambda d: -d["score"])
                 if cfg.top_k:

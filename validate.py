@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: mAP (official definition) and CP/CR/CF1/OP/OR/OF1.
+"""Evaluate a checkpoint: mAP (official definition) and CP/CR/CF1/F_C/OP/OR/OF1.
 
 Settings follow the checkpoint's own config when it has one, else the official
 validate.py (COCO, 448 px, threshold 0.8; the defaults below); flags override both.
@@ -49,7 +49,8 @@ def base_config(ckpt: dict, info: dict) -> Config:
 
 
 def format_metrics(m: dict) -> str:
-    return "  ".join(f"{k} {m[k]:.2f}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1"))
+    """CP CR CF1 (the papers' harmonic mean) F_C (the official printout's mean per-class F1) OP OR OF1."""
+    return "  ".join(f"{k} {m[k]:.2f}" for k in ("CP", "CR", "CF1", "F_C", "OP", "OR", "OF1"))
 
 
 def main(argv=None) -> int:
@@ -73,12 +74,8 @@ def main(argv=None) -> int:
     ckpt = load_checkpoint(model_path)
     model, info = model_from_checkpoint(ckpt, flags.get("model_name"), path=model_path)
     names, named = info["class_names"], info["named"]
-    if given.class_names:
-        listed = read_class_names(given.class_names, info["num_classes"])
-        if named:
-            match_classes(names, listed, path=model_path)  # the same set, or an error
-        else:
-            names, named = listed, True
+    if given.class_names:  # the outputs' names, in order: for files without names, or with wrong ones
+        names, named = read_class_names(given.class_names, info["num_classes"]), True
     cfg = load_config(config_path, flags, base=base_config(ckpt, info))
     check_values(cfg, cli.VALIDATE_FIELDS)
     check_image_size(info["model_name"], cfg.image_size)

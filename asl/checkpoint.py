@@ -211,7 +211,8 @@ def match_classes(model_names: Sequence[str], data_names: Sequence[str], named: 
 
         raise CheckpointError(f"{path} was trained on other classes than the dataset's: {len(only_model)} only in "
                               f"the checkpoint ({first(only_model)}), {len(only_data)} only in the dataset "
-                              f"({first(only_data)}); pass --class-names FILE if the checkpoint's names are wrong")
+                              f"({first(only_data)}); if the checkpoint's names are wrong, pass the right ones with "
+                              f"--class-names FILE")
     index = {n: k for k, n in enumerate(model_names)}
     return [index[n] for n in data_names]
 

@@ -64,6 +64,20 @@ class _Opts:
         self.pw, self.weight = pw, weight
 
 
+def _safe_pow(base: torch.Tensor, exponent) -> torch.Tensor:
+    """``base ** exponent`` for base >= 0 whose gradient is finite where base == 0.
+
+    autograd of ``pow`` gives ``exponent * 0 ** (exponent - 1)`` there: inf for exponents below
+    1, and inf * 0 = NaN once chained (a saturated logit, ``ASLSingleLabel(gamma_pos=0.5)`` on
+    ``[[40, 0, 0]]``). The value is unchanged (0, or 1 for a zero exponent) and its gradient at
+    base == 0 is 0, the limit of the loss's gradient there (the log factor vanishes too).
+    """
+    zero = base <= 0
+    safe = torch.where(zero, torch.ones_like(base), base)
+    at_zero = (torch.as_tensor(exponent, dtype=base.dtype, device=base.device) == 0).to(base.dtype)
+    return torch.where(zero, at_zero, safe.pow(exponent))
+
+
 def _ipow(t: torch.Tensor, g: float) -> torch.Tensor:
     """t ** g as a new tensor; repeated squaring for small integer g (pow is ~25x a multiply)."""
     if g == 1:
@@ -255,6 +269,51 @@ class _FusedASL(torch.autograd.Function):
         return (g,) + (None,) * 10
 
 
+def _is_soft(targets: torch.Tensor, label_smoothing: float) -> bool:
+    """Whether some target lies strictly between 0 and 1 (soft labels, label smoothing)."""
+    if label_smoothing:
+        return True
+    if not targets.is_floating_point() or not targets.numel():
+        return False
+    return bool(((targets > 0) & (targets < 1)).any())
+
+
+def _soft_asl(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach, reduction,
+              label_smoothing) -> torch.Tensor:
+    """The official element formula for any target y in [0, 1], with autograd.
+
+    One focusing weight per element, ``w = (1 - pt)^(g+ y + g- (1 - y))`` with
+    ``pt = p y + (1 - p_m)(1 - y)``, multiplies both log terms:
+    ``L = -w [y log(max(p, eps)) + (1 - y) log(max(1 - p_m, eps))]``. For y in {0, 1} it is the
+    fused path's value; for a soft y the official code does not split into two weighted terms,
+    and neither does this. ``1 - pt`` is computed as ``y (1 - p) + (1 - y) p_m`` with 1 - p taken
+    from the logit (no cancellation as p -> 1).
+    """
+    dtype = _compute_dtype(logits)
+    x = logits.to(dtype)
+    y, known = _prepare_targets(targets, dtype, label_smoothing)
+    p, q = torch.sigmoid(x), torch.sigmoid(-x)
+    log_pos = torch.log(p.clamp(min=eps))
+    if clip:
+        pm = (p - clip).clamp(min=0.0)
+        log_neg = torch.log((q + clip).clamp(max=1.0).clamp(min=eps))
+    else:
+        pm = p
+        log_neg = F.logsigmoid(-x).clamp(min=math.log(eps))
+    if pos_weight is not None:
+        log_pos = log_pos * pos_weight.to(dtype)
+    loss = -(y * log_pos + (1.0 - y) * log_neg)
+    if gamma_pos or gamma_neg:
+        base = y * q + (1.0 - y) * pm
+        loss = loss * _safe_pow(base.detach() if detach else base, gamma_pos * y + gamma_neg * (1.0 - y))
+    if weight is not None:
+        loss = loss * weight.to(dtype)
+    if known is not None:
+        loss = loss * known
+    scale = _reduce_scale(reduction, logits.shape[0] if logits.dim() else 1, known, loss.numel())
+    return loss if scale is None else loss.sum() * scale
+
+
 def _as_tensor(v, device) -> Optional[torch.Tensor]:
     if v is None:
         return None
@@ -276,10 +335,16 @@ def asymmetric_loss(
     weight: Optional[torch.Tensor] = None,
     pos_weight: Optional[Union[torch.Tensor, float]] = None,
 ) -> torch.Tensor:
-    """Multi-label asymmetric loss (paper Sec. 2, Eq. 1-4), official semantics.
+    """Multi-label asymmetric loss (paper Sec. 2, Eq. 1-4), the official ``AsymmetricLoss`` for any
+    target y in [0, 1]:
 
-    ``L = -w_c [ y pos_weight (1-p)^g+ log(max(p, eps)) + (1-y) p_m^g- log(max(1-p_m, eps)) ]``
-    with ``p = sigmoid(x)`` and ``p_m = max(p - clip, 0)`` (no shift when clip is None or 0).
+    ``L = -w_c (1 - pt)^(g+ y + g- (1 - y)) [ y pos_weight log(max(p, eps)) + (1-y) log(max(1-p_m, eps)) ]``
+
+    with ``p = sigmoid(x)``, ``p_m = max(p - clip, 0)`` (no shift when clip is None or 0) and
+    ``pt = p y + (1 - p_m)(1 - y)``. For y in {0, 1} this is
+    ``-w_c [ y pos_weight (1-p)^g+ log(max(p, eps)) + (1-y) p_m^g- log(max(1-p_m, eps)) ]``, which
+    the fused path computes (value and analytic derivative in one pass); soft targets and label
+    smoothing take the element formula above with autograd.
 
     Args:
         logits: (N, C) logits of any float dtype; computed in float32 (float64 stays float64).
@@ -310,6 +375,9 @@ def asymmetric_loss(
         pos_weight = _as_tensor(pos_weight, logits.device)
     gamma_pos, gamma_neg = float(gamma_pos), float(gamma_neg)
     clip = float(clip) if clip else None
+    if _is_soft(targets, label_smoothing):
+        return _soft_asl(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps,
+                         bool(disable_torch_grad_focal_loss), reduction, label_smoothing)
     if torch.is_grad_enabled() and logits.requires_grad:
         return _FusedASL.apply(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps,
                                bool(disable_torch_grad_focal_loss), reduction, label_smoothing)
@@ -358,7 +426,7 @@ def asl_single_label(
         p = log_p.exp()
         # base = 1 - pt: (1 - p) on the target, p elsewhere
         base = onehot + p - 2.0 * onehot * p
-        w = base.pow(gamma_pos * onehot + gamma_neg * (1.0 - onehot))
+        w = _safe_pow(base, gamma_pos * onehot + gamma_neg * (1.0 - onehot))
         log_p = log_p * w
     y = onehot * (1.0 - eps) + eps / num_classes if eps > 0 else onehot
     loss = -(y * log_p).sum(-1)

@@ -64,8 +64,10 @@ def asymmetric_loss(
 ) -> jax.Array:
     """Multi-label asymmetric loss per element (paper Sec. 2, Eq. 1-4), no reduction.
 
-    ``L = -[ y (1-p)^g+ log(max(p, eps)) + (1-y) p_m^g- log(max(1-p_m, eps)) ]``,
-    ``p = sigmoid(x)``, ``p_m = max(p - clip, 0)``. (0, 0, 0) is sigmoid binary cross-entropy;
+    ``L = -(1 - pt)^(g+ y + g- (1 - y)) [ y log(max(p, eps)) + (1-y) log(max(1-p_m, eps)) ]``,
+    ``p = sigmoid(x)``, ``p_m = max(p - clip, 0)``, ``pt = p y + (1 - p_m)(1 - y)``: the official
+    ``AsymmetricLoss`` for any label in [0, 1] (one focusing weight per element); for hard labels
+    ``-[ y (1-p)^g+ log(max(p, eps)) + (1-y) p_m^g- log(max(1-p_m, eps)) ]``. (0, 0, 0) is sigmoid binary cross-entropy;
     (g, g, 0) is sigmoid focal loss without alpha. The defaults are the official training
     recipe's (4, 0, 0.05). The official loss is the sum over batch and classes:
     ``asymmetric_loss(...).sum()``.
@@ -112,9 +114,10 @@ def asymmetric_loss(
     else:
         p_m = p
         log_neg = jnp.maximum(jax.nn.log_sigmoid(-x), log_eps)
-    pos = log_pos * sg(_safe_pow(q, gamma_pos)) if gamma_pos else log_pos
-    neg = log_neg * sg(_safe_pow(p_m, gamma_neg)) if gamma_neg else log_neg
-    loss = -(y * pos + (1.0 - y) * neg)
+    loss = -(y * log_pos + (1.0 - y) * log_neg)
+    if gamma_pos or gamma_neg:
+        base = y * q + (1.0 - y) * p_m  # 1 - pt, with 1 - p from the logit
+        loss = loss * sg(_safe_pow(base, gamma_pos * y + gamma_neg * (1.0 - y)))
     if where is not None:
         loss = jnp.where(jnp.asarray(where, bool), loss, 0.0)
     return loss

@@ -21,11 +21,16 @@ __all__ = [
 
 
 class AsymmetricLoss(nn.Module):
-    """Asymmetric Loss for multi-label classification (paper Sec. 2, Eq. 1-4).
+    """Asymmetric Loss for multi-label classification (paper Sec. 2, Eq. 1-4), a drop-in
+    replacement of the official ``AsymmetricLoss`` for any target y in [0, 1]:
 
-    ``L = -w_c [ y pos_weight (1-p)^g+ log(max(p, eps)) + (1-y) p_m^g- log(max(1-p_m, eps)) ]``,
-    ``p = sigmoid(x)``, ``p_m = max(p - clip, 0)``. gamma_pos = gamma_neg = clip = 0 is BCE;
-    gamma_pos = gamma_neg = g with clip = 0 is sigmoid focal loss (alpha off).
+    ``L = -w_c (1 - pt)^(g+ y + g- (1 - y)) [y pos_weight log(max(p, eps)) + (1 - y) log(max(1 - p_m, eps))]``
+
+    with ``p = sigmoid(x)``, ``p_m = max(p - clip, 0)`` and ``pt = p y + (1 - p_m)(1 - y)``; for
+    hard labels ``-w_c [y pos_weight (1-p)^g+ log(max(p, eps)) + (1-y) p_m^g- log(max(1-p_m, eps))]``.
+    Soft targets and label smoothing weigh both terms by the one focusing weight, as the official
+    code does. gamma_pos = gamma_neg = clip = 0 is BCE; gamma_pos = gamma_neg = g with clip = 0
+    is sigmoid focal loss (alpha off).
 
     Args:
         gamma_neg: focusing parameter of negatives (gamma-, Sec. 2.2).

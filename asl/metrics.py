@@ -1,20 +1,25 @@
-"""Multi-label metrics: AP / mAP with the official semantics, and CP/CR/CF1/OP/OR/OF1.
+"""Multi-label metrics: AP / mAP with the official semantics, and CP/CR/CF1/F_C/OP/OR/OF1.
 
 Average precision of one class (the official ``average_precision``): rank the N
-samples by score, descending, ties in their original order (a stable sort); then
+samples by score with ``scores.argsort()[::-1]`` (numpy's default, unstable, sort,
+reversed); then
 
     AP = (1 / (P + 1e-8)) * sum over positives i of  precision@rank(i)
        = (1 / (P + 1e-8)) * sum_{j=1..P}  j / (j + n_j)
 
-where the j-th ranked positive has n_j negatives ranked before it. No full
-ranking is needed: the negatives' scores are sorted as plain values (numpy's
-SIMD sort, about twice as fast as the official ``argsort``; negatives below the
-lowest positive are left out, as they rank after every positive), the P positives'
-scores likewise, and n_j is one binary search of each positive among the sorted
-negatives (O(P log N)). A negative that ties with a positive ranks before it iff
-its index is smaller (the stable order); those few are counted by one more
-search on an (value, index) key, still without a full ranking. Classes are
-spread over threads (numpy's sort releases the GIL).
+where the j-th ranked positive has n_j negatives ranked before it. Only a tie between a
+positive and a negative makes the order of equal scores matter; there the official value
+depends on the order numpy's sort leaves them in (targets [1, 0] with scores [0.5, 0.5]
+give 50.0, targets [0, 0, 1] with equal scores 100.0), which can differ between numpy
+versions and CPUs: such a class is ranked exactly as the official code ranks it on this
+machine, with the same ``argsort`` call on the same values.
+
+A tie-free class needs no full ranking: the negatives' scores are sorted as plain values
+(numpy's SIMD sort, about twice as fast as the official ``argsort``; negatives below the
+lowest positive are left out, as they rank after every positive), the P positives' scores
+likewise, and n_j is one binary search of each positive among the sorted negatives
+(O(P log N)); the same searches detect a positive-negative tie. Classes are spread over
+threads (numpy's sort releases the GIL).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "map_and_ap",
     "multilabel_metrics",
     "calibrate_thresholds",
+    "predicted",
 ]
 
 
@@ -79,18 +85,13 @@ def _class_ap(scores: np.ndarray, pos: np.ndarray, valid: Optional[np.ndarray]):
     # right == 0 wraps to the largest negative, which then exceeds ps: never a false tie.
     tied = neg_sorted[right - 1] == ps if neg_sorted.size else np.zeros(n_pos, dtype=bool)
     if np.any(tied):
-        # Negatives with the same score as a positive rank before it iff their index is
-        # smaller (stable order), and equal positives rank by index too: recount the
-        # tied positives in (value, index) order with one search on such a key.
-        pos_idx = np.flatnonzero(pos)
-        pidx = pos_idx[np.argsort(-pos_scores, kind="stable")]
-        values = np.unique(ps[tied])
-        neg_idx = np.flatnonzero(neg)
-        cand = np.isin(neg_scores, values)
-        n1 = scores.size + 1
-        neg_key = np.sort(np.searchsorted(values, neg_scores[cand]) * n1 + neg_idx[cand])
-        vr = np.searchsorted(values, ps[tied]).astype(np.int64) * n1
-        before[tied] += np.searchsorted(neg_key, vr + pidx[tied]) - np.searchsorted(neg_key, vr)
+        # A positive ties a negative: their order is whatever the official ranking leaves, so
+        # rank this class exactly as the official code does (the same argsort on the same values).
+        # Summed as the official code sums (over all N ranks, zeros between the positives), so
+        # the value is the official one to the last bit.
+        hit = pos[np.argsort(scores)[::-1]]
+        pp = np.where(hit, np.cumsum(hit), 0) / np.arange(1, hit.size + 1, dtype=np.float64)
+        return float(np.sum(pp)), n_pos
     j = np.arange(1, n_pos + 1, dtype=np.float64)
     return float(np.sum(j / (j + before))), n_pos
 
@@ -208,13 +209,34 @@ def _check_shapes(targs: np.ndarray, preds: np.ndarray) -> None:
         raise ValueError(f"targets {targs.shape} and scores {preds.shape} differ in shape")
 
 
+def predicted(preds: np.ndarray, threshold) -> np.ndarray:
+    """Labels predicted as the official validate.py predicts them: ``score > threshold``, strict,
+    compared in the scores' precision (``output.gt(thre)`` on a float32 tensor compares with the
+    threshold rounded to float32: a score of 0.8f is not above a threshold of 0.8).
+
+    Args:
+        preds: (N, C) scores.
+        threshold: a float, or (C,) per-class thresholds.
+    """
+    thr = np.asarray(threshold)
+    if np.issubdtype(preds.dtype, np.floating):
+        thr = thr.astype(preds.dtype)
+    return preds > thr
+
+
 def multilabel_metrics(targs, preds, threshold=0.5, ignore_index: Optional[float] = -1) -> Dict[str, float]:
     """Thresholded per-class and overall precision / recall / F1, in percent.
 
-    With TP/FP/FN per class at ``preds >= threshold`` (unknown labels left out):
-    ``CP = mean_k TP_k / (TP_k + FP_k)``, ``CR = mean_k TP_k / (TP_k + FN_k)`` (0 where
-    undefined), ``CF1 = 2 CP CR / (CP + CR)`` (ML-GCN convention); OP, OR from the summed
-    counts and ``OF1 = 2 OP OR / (OP + OR)``.
+    With TP/FP/FN per class at ``preds > threshold`` (strict, in the scores' precision, as the
+    official validate.py: :func:`predicted`; unknown labels left out), P_k = TP_k / (TP_k + FP_k)
+    and R_k = TP_k / (TP_k + FN_k) (0 where undefined):
+
+    - ``CP = mean_k P_k``, ``CR = mean_k R_k``;
+    - ``CF1 = 2 CP CR / (CP + CR)``: the harmonic mean of CP and CR, the convention of the papers'
+      tables (ML-GCN and after);
+    - ``F_C = mean_k 2 P_k R_k / (P_k + R_k)``: the mean of the per-class F1 scores (0 for a class
+      with no true positive), what the official validate.py prints as ``F_C``;
+    - ``OP``, ``OR`` from the counts summed over classes, ``OF1 = 2 OP OR / (OP + OR)``.
 
     Args:
         targs: (N, C) targets, 1 = positive.
@@ -223,12 +245,11 @@ def multilabel_metrics(targs, preds, threshold=0.5, ignore_index: Optional[float
         ignore_index: value of unknown labels, or None.
 
     Returns:
-        dict with keys CP, CR, CF1, OP, OR, OF1.
+        dict with keys CP, CR, CF1, F_C, OP, OR, OF1.
     """
     targs, preds = _to_numpy(targs), _to_numpy(preds)
     _check_shapes(targs, preds)
-    thr = np.asarray(threshold, dtype=np.float64)
-    pred_pos = preds >= thr
+    pred_pos = predicted(preds, threshold)
     pos = targs == 1
     known = targs != ignore_index if ignore_index is not None else np.ones_like(pos)
     tp = np.sum(pred_pos & pos & known, axis=0).astype(np.float64)
@@ -238,20 +259,23 @@ def multilabel_metrics(targs, preds, threshold=0.5, ignore_index: Optional[float
     def ratio(a, b):
         return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
-    cp = float(np.mean(ratio(tp, tp + fp))) * 100
-    cr = float(np.mean(ratio(tp, tp + fn))) * 100
+    p_k, r_k = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    cp, cr = float(np.mean(p_k)) * 100, float(np.mean(r_k)) * 100
+    f_c = float(np.mean(ratio(2 * p_k * r_k, p_k + r_k))) * 100
     op = float(ratio(np.array(tp.sum()), np.array(tp.sum() + fp.sum()))) * 100
     orr = float(ratio(np.array(tp.sum()), np.array(tp.sum() + fn.sum()))) * 100
     f1 = lambda a, b: 2 * a * b / (a + b) if a + b > 0 else 0.0  # noqa: E731
-    return {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": orr, "OF1": f1(op, orr)}
+    return {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "F_C": f_c, "OP": op, "OR": orr, "OF1": f1(op, orr)}
 
 
 def calibrate_thresholds(targs, preds, candidates: Optional[Sequence[float]] = None) -> np.ndarray:
     """Per-class thresholds maximizing that class's F1 on (targs, preds).
 
     For each class the scores are sorted once and F1 is evaluated at every distinct
-    score (a threshold just at a sample keeps it positive); a class without positives
-    keeps 1.0 (never predicted). ``candidates`` restricts the search to a grid instead.
+    score; the threshold returned for a cut just below score s is the largest value of the
+    scores' precision under s, so the strict ``score > threshold`` of :func:`predicted` (and of
+    infer.py) keeps exactly the samples scored s and above. A class without positives keeps 1.0
+    (never predicted). ``candidates`` restricts the search to a grid instead.
 
     Args:
         targs: (N, C) targets.
@@ -274,7 +298,7 @@ def calibrate_thresholds(targs, preds, candidates: Optional[Sequence[float]] = N
             continue
         if candidates is not None:
             grid = np.asarray(candidates, dtype=np.float64)
-            pp = s[None, :] >= grid[:, None]
+            pp = predicted(s[None, :], grid[:, None])
             tp = (pp & t[None, :]).sum(1)
             f1 = 2 * tp / (pp.sum(1) + n_pos)
             out[k] = grid[int(np.argmax(f1))]
@@ -286,5 +310,7 @@ def calibrate_thresholds(targs, preds, candidates: Optional[Sequence[float]] = N
         # Only the last index of each run of equal scores is a reachable threshold.
         last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
         f1 = np.where(last, 2 * tp / (npred + n_pos), -1.0)
-        out[k] = float(s_sorted[int(np.argmax(f1))])
+        cut = s_sorted[int(np.argmax(f1))]
+        out[k] = float(np.nextafter(cut, -np.inf, dtype=cut.dtype) if np.issubdtype(cut.dtype, np.floating)
+                       else cut - 0.5)
     return out

@@ -48,14 +48,15 @@ def test_validate_reproduces_training_map(trained_run, tmp_path, capsys):
                                  "--workers", "0", "--calibrate"])
     assert rc == 0
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
-    assert {"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "num_images", "per_class_ap"} <= set(m)
+    assert {"mAP", "CP", "CR", "CF1", "F_C", "OP", "OR", "OF1", "num_images", "per_class_ap"} <= set(m)
     assert m["num_images"] == 24 and set(m["per_class_ap"]) == {"cat", "dog", "sky", "tree"}
     assert abs(m["mAP"] - load_checkpoint(out / "best.pth")["mAP"]) < 1e-6
     scores, targets = np.load(tmp_path / "v" / "scores.npy"), np.load(tmp_path / "v" / "targets.npy")
     assert scores.shape == targets.shape == (24, 4)
     cal = load_checkpoint(tmp_path / "v" / "calibrated.pth")
     assert len(cal["thresholds"]) == 4
-    assert "mAP" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mAP" in printed and f"CF1 {m['CF1']:.2f}  F_C {m['F_C']:.2f}" in printed
 
 
 def test_infer_json_and_picture(trained_run, tmp_path, capsys):
@@ -107,3 +108,31 @@ def test_train_bad_inputs(trained_run, tmp_path):
                           "cannot resume")
     assert_one_line_error(run_script("train.py", tmp_path / "nowhere", "--dataset", "tagged",
                                      "--output", tmp_path / "d"), "not found")
+
+
+def test_infer_uses_the_official_infer_preprocessing_and_strict_threshold(trained_run, tmp_path, capsys):
+    from PIL import Image
+
+    import infer
+    from asl.checkpoint import model_from_checkpoint
+    from asl.data.transforms import build_infer_transform, build_transform
+
+    rng = np.random.default_rng(0)
+    pic = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (61, 97, 3), dtype=np.uint8)).save(pic)  # not square, not 32 px
+    img = Image.open(pic).convert("RGB")
+    # the official infer.py: im.resize((S, S)), np.array(uint8), permute, float() / 255.0
+    official = torch.from_numpy(np.array(img.resize((32, 32)), dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
+    assert torch.equal(build_infer_transform(32)(img), official)
+    assert not torch.equal(build_transform(False, 32)(img), official)  # validate.py's bilinear resize differs
+    model, info = model_from_checkpoint(load_checkpoint(trained_run["out"] / "best.pth"))
+    mean, std = torch.tensor(info["mean"])[:, None, None], torch.tensor(info["std"])[:, None, None]
+    with torch.inference_mode():
+        scores = torch.sigmoid(model(((official - mean) / std)[None]))[0]
+    th = float(scores.median())  # a threshold equal to a score: strict > leaves that class out
+    rc = cli.run(infer.main, ["--model-path", str(trained_run["out"] / "best.pth"), "--pic-path", str(pic), "--json",
+                              "--th", repr(th)])
+    assert rc == 0
+    labels = json.loads(capsys.readouterr().out)[0]["labels"]
+    expected = {info["class_names"][k]: round(float(scores[k]), 4) for k in range(4) if scores[k] > th}
+    assert {lab["label"]: lab["score"] for lab in labels} == expected

@@ -14,7 +14,8 @@ from asl.losses import AdaptiveAsymmetricLoss, ASLSingleLabel, AsymmetricLoss, A
 
 def reference(x, y, gamma_neg, gamma_pos, clip, eps=1e-8, detach=True, reduction="sum", smoothing=0.0,
               weight=None, pos_weight=None):
-    """CONTRACT.md section 1, written out in float64 with autograd doing the derivative."""
+    """CONTRACT.md section 1 (the official element formula, one focusing weight per element, for
+    any y in [0, 1]), written out in float64 with autograd doing the derivative."""
     x = x.double()
     y = y.double()
     known = (y != -1).double()
@@ -22,14 +23,16 @@ def reference(x, y, gamma_neg, gamma_pos, clip, eps=1e-8, detach=True, reduction
     if smoothing:
         y = y * (1 - smoothing) + 0.5 * smoothing
     p = torch.sigmoid(x)
-    pm = (p - clip).clamp(min=0) if clip else p
-    wp, wn = (1 - p) ** gamma_pos, pm ** gamma_neg
-    if detach:
-        wp, wn = wp.detach(), wn.detach()
-    pos = wp * torch.log(p.clamp(min=eps))
+    xs_neg = (1 - p + clip).clamp(max=1) if clip else 1 - p  # 1 - p_m
+    pos = torch.log(p.clamp(min=eps))
     if pos_weight is not None:
         pos = pos * pos_weight.double()
-    loss = -(y * pos + (1 - y) * wn * torch.log((1 - pm).clamp(min=eps)))
+    loss = y * pos + (1 - y) * torch.log(xs_neg.clamp(min=eps))
+    if gamma_neg or gamma_pos:
+        pt = p * y + xs_neg * (1 - y)
+        w = (1 - pt) ** (gamma_pos * y + gamma_neg * (1 - y))
+        loss = loss * (w.detach() if detach else w)
+    loss = -loss
     if weight is not None:
         loss = loss * weight.double()
     loss = loss * known
@@ -107,13 +110,13 @@ def test_detached_gradient_is_derivative_with_frozen_weights(gamma_neg, gamma_po
     x0, y = _data(n=4, c=5, soft=True, seed=11, scale=2.0)
     x0, y = x0.double(), y.double()
     p0 = torch.sigmoid(x0)
-    wp0 = (1 - p0) ** gamma_pos
-    wn0 = ((p0 - clip).clamp(min=0) if clip else p0) ** gamma_neg
+    pm0 = (p0 - clip).clamp(min=0) if clip else p0
+    w0 = (1 - (p0 * y + (1 - pm0) * (1 - y))) ** (gamma_pos * y + gamma_neg * (1 - y))  # (1 - pt)^(...)
 
     def frozen(x):
         p = torch.sigmoid(x)
         pm = (p - clip).clamp(min=0) if clip else p
-        return -(y * wp0 * torch.log(p) + (1 - y) * wn0 * torch.log(1 - pm)).sum()
+        return -(w0 * (y * torch.log(p) + (1 - y) * torch.log(1 - pm))).sum()
 
     h = 1e-6
     numeric = torch.zeros_like(x0)
@@ -284,3 +287,55 @@ def test_build_loss_names_and_errors():
         build_loss("nope")
     with pytest.raises(ValueError):
         AsymmetricLoss(reduction="avg")
+
+
+def official_asymmetric_loss(x, y, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8, detach=True):
+    """The official ``AsymmetricLoss.forward`` operations (shared/reference, 1), with its global
+    grad-mode toggle scoped."""
+    xs_pos = torch.sigmoid(x)
+    xs_neg = 1 - xs_pos
+    if clip is not None and clip > 0:
+        xs_neg = (xs_neg + clip).clamp(max=1)
+    loss = y * torch.log(xs_pos.clamp(min=eps)) + (1 - y) * torch.log(xs_neg.clamp(min=eps))
+    if gamma_neg > 0 or gamma_pos > 0:
+        with torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
+            pt = xs_pos * y + xs_neg * (1 - y)
+            w = torch.pow(1 - pt, gamma_pos * y + gamma_neg * (1 - y))
+        loss = loss * w
+    return -loss.sum()
+
+
+def test_soft_targets_equal_the_official_loss():
+    # the issue's element: x = 0.5, y = 0.95, (4, 0, 0.05): official 0.407689 (the split form gave 0.454936)
+    x, y = torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([[0.95]], dtype=torch.float64)
+    assert AsymmetricLoss(4, 0, 0.05)(x, y).item() == pytest.approx(0.407689, abs=1e-6)
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(64, 80, generator=g, dtype=torch.float64) * 3
+    hard = (torch.rand(64, 80, generator=g) < 0.1).double()
+    soft = torch.rand(64, 80, generator=g, dtype=torch.float64)
+    for gn, gp, clip, detach in [(4, 0, 0.05, True), (4, 1, 0.05, False), (2, 2, 0.0, True), (3, 0.5, 0.2, False)]:
+        cases = [(soft, 0.0, soft), (hard, 0.1, hard * 0.9 + 0.05)]  # soft labels; label smoothing 0.1
+        for targets, smoothing, official_y in cases:
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ours = AsymmetricLoss(gn, gp, clip, disable_torch_grad_focal_loss=detach,
+                                  label_smoothing=smoothing)(xa, targets)
+            ref = official_asymmetric_loss(xb, official_y, gn, gp, clip, detach=detach)
+            torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+            ours.backward()
+            ref.backward()
+            torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_single_label_is_finite_at_saturated_logits(dtype):
+    # official ASLSingleLabel(gamma_pos=0.5): 0^(0.5 - 1) in autograd of pow gives a NaN gradient
+    for gp in (0.0, 0.5, 1.0, 2.0):
+        for gn in (0.0, 0.5, 4.0):
+            for logits in ([[40.0, 0.0, 0.0]], [[1e4, -1e4, 0.0]], [[-1e4, 1e4, 0.0]]):
+                x = torch.tensor(logits, dtype=dtype, requires_grad=True)
+                loss = ASLSingleLabel(gamma_pos=gp, gamma_neg=gn)(x, torch.tensor([0]))
+                loss.backward()
+                assert torch.isfinite(loss) and torch.isfinite(x.grad).all(), (gp, gn, logits, loss, x.grad)
+    x = torch.tensor([[40.0, 0.0, 0.0]], requires_grad=True)
+    ASLSingleLabel(gamma_pos=0.5, gamma_neg=4, eps=0.0)(x, torch.tensor([0])).backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))  # p = 1 on the target, exactly: nothing to learn

@@ -130,6 +130,10 @@ def test_validate_matches_classes_by_name(trained_run, tmp_path, capsys):
     rc, _, err = call("validate", [renamed, "--model-path", best, "--workers", "0"], capsys)
     one_error(rc, err, "other classes than the dataset's")
     assert "'cat'" in err[-1] and "'kitten'" in err[-1]
+    names = tmp_path / "names.txt"  # the checkpoint's outputs under the dataset's (new) names
+    names.write_text("kitten\npuppy\nsky\ntree\n")
+    m = _val_map([renamed, "--model-path", best, "--class-names", names], tmp_path, capsys, "c")
+    assert m["mAP"] == pytest.approx(true["mAP"], abs=1e-9)
 
 
 def test_calibrated_thresholds_follow_the_models_output_order(trained_run, tmp_path, capsys):
