@@ -55,6 +55,11 @@ def test_unknown_key_and_wrong_type_are_rejected(tmp_path):
     bad.write_text("epochs: 2.5\n")
     with pytest.raises(ConfigError):
         load_config(str(bad))
+    bad.write_text("epochs: 2.5e0\n")  # an exponent form (a string to PyYAML) is refused alike
+    with pytest.raises(ConfigError, match="epochs"):
+        load_config(str(bad))
+    bad.write_text("epochs: 3e0\n")
+    assert load_config(str(bad)).epochs == 3
 
 
 def test_official_spellings_map_to_the_same_fields():

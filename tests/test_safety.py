@@ -245,15 +245,6 @@ def test_bad_inference_and_validation_values(trained_run, tmp_path, capsys):
     one_error(rc, err, "--thre must be in [0, 1]")
 
 
-def test_integer_fields_take_integral_values_only(tmp_path):
-    f = tmp_path / "c.yaml"
-    f.write_text("epochs: 2.5e0\n")
-    with pytest.raises(ConfigError, match="epochs"):
-        load_config(str(f))
-    f.write_text("epochs: 3e0\n")
-    assert load_config(str(f)).epochs == 3
-
-
 # --- 5. outputs
 
 def test_a_folder_with_an_earlier_best_pth_is_refused(trained_run, tmp_path, capsys):
