@@ -203,8 +203,9 @@ def match_classes(model_names: Sequence[str], data_names: Sequence[str], named: 
         raise CheckpointError(f"{path} has {len(model_names)} classes, the dataset {len(data_names)}")
     if not named or list(model_names) == list(data_names):
         return None
-    only_model = [n for n in model_names if n not in set(data_names)]
-    only_data = [n for n in data_names if n not in set(model_names)]
+    in_model, in_data = set(model_names), set(data_names)
+    only_model = [n for n in model_names if n not in in_data]
+    only_data = [n for n in data_names if n not in in_model]
     if only_model or only_data:
         def first(names):
             return ", ".join(map(repr, names[:3])) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
@@ -278,11 +279,10 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
 
 def _head_size(name: str, state: Dict[str, torch.Tensor]) -> Optional[int]:
     """Rows of the classifier weight in ``state`` for timm model ``name`` (None if absent).
-    The model is built on the ``meta`` device only to learn the head's key."""
+    The model is built on the ``meta`` device only to learn the head's keys."""
+    from .models import _head_keys
+
     with torch.device("meta"):
         probe = create_model(name, 1)
-    fc = probe.get_classifier() if hasattr(probe, "get_classifier") else None
-    for key, p in probe.named_parameters():
-        if isinstance(fc, nn.Module) and any(p is q for q in fc.parameters()) and p.ndim >= 2 and key in state:
-            return int(state[key].shape[0])
-    return None
+    weights = [k for k in _head_keys(probe) if k in state and state[k].ndim >= 2]
+    return int(state[weights[0]].shape[0]) if weights else None

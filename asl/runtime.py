@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import signal
 import tempfile
@@ -12,12 +11,10 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .checkpoint import load_checkpoint
-from .config import FIELDS, Config, check_values, load_config
+from .config import FIELDS, Config, check_values, choice, load_config
 from .engine import set_rng_state
 from .errors import CheckpointError, ConfigError
 from .models import unwrap_model
-
-log = logging.getLogger(__name__)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS / "demo.yaml"
@@ -29,17 +26,17 @@ NOT_TRAINING = {"class_names", "calibrate", "pic_path", "th", "top_k", "json", "
                 "dataset_type"}
 
 
-def train_base(config_path: Optional[str], flags: Mapping[str, Any]) -> Tuple[Config, str]:
-    """The config that flags (and ``--config``) apply over, and its name for messages.
+def train_base(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
+    """The config that flags (and ``--config``) apply over.
 
     With ``--config``, the dataclass defaults; without, ``configs/demo.yaml`` when the dataset is
     the demo (no ``--dataset``, or ``--dataset demo``), else ``configs/finetune.yaml``, the
     fine-tuning base for a user's own data."""
     if config_path:
-        return Config(), "the built-in defaults"
-    if flags.get("dataset", "demo") == "demo":
-        return load_config(str(DEMO_CONFIG)), "configs/demo.yaml"
-    return load_config(str(FINETUNE_CONFIG)), "configs/finetune.yaml"
+        return Config()
+    if choice(flags.get("dataset", "demo")) == "demo":
+        return load_config(str(DEMO_CONFIG))
+    return load_config(str(FINETUNE_CONFIG))
 
 
 def train_help_notes() -> Tuple[Config, Dict[str, str]]:
@@ -72,11 +69,12 @@ def default_output(data_root: str) -> str:
 
 def prepare_training(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
     """The resolved training config, after every check that needs no data: values in range,
-    names known, the model and its input size, the files named (data, init weights, resume),
-    the output folder (fresh or this run's own, and writable). Nothing is read or built yet."""
+    names known, the model and its input size, the files named (data, init weights, resume).
+    Nothing is read, built or written yet; :func:`check_output_dir` comes next, once the resume
+    checkpoint (if any) is known to fit."""
     from .models import check_image_size
 
-    base, _ = train_base(config_path, flags)
+    base = train_base(config_path, flags)
     cfg = load_config(config_path, flags, base=base)
     check_values(cfg, [f for f in FIELDS if f not in NOT_TRAINING])
     check_image_size(cfg.model_name, cfg.image_size)

@@ -379,3 +379,16 @@ def test_plain_timm_state_dict_validates_and_infers(trained_run, tmp_path, capsy
     rc, _, err = call("infer", ["--model-path", plain, "--model-name", "test_resnet", "--pic-path",
                                 trained_run["data"] / "img" / "0000.png", "--class-names", names], capsys)
     one_error(rc, err, "lists 3 names, the model has 4 classes")
+
+
+def test_the_checked_names_are_the_ones_the_library_takes():
+    from asl.config import CHOICES
+    from asl.data import DATASETS
+    from asl.data.transforms import AUGMENTATIONS
+    from asl.data.voc import DIFFICULT
+    from asl.functional import REDUCTIONS
+    from asl.losses import LOSSES
+
+    assert set(CHOICES["augment"]) == set(AUGMENTATIONS) and set(CHOICES["dataset"]) == set(DATASETS)
+    assert set(CHOICES["difficult"]) == set(DIFFICULT) and set(CHOICES["loss_reduction"]) == set(REDUCTIONS)
+    assert set(CHOICES["loss"]) == set(LOSSES) - {"asl_single_label"}  # train.py's losses are multi-label

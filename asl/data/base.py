@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -82,14 +83,10 @@ class MultiLabelDataset(torch.utils.data.Dataset):
             log.warning("%s: %d of %d images are missing and will be skipped: %s", name, len(missing),
                         len(self.paths), _first(self.paths[i] for i in missing))
             self._check_limit(self.paths[missing[-1]])
-        if len(set(self.paths)) < len(self.paths):
-            seen, dups = set(), []
-            for p in self.paths:
-                if p in seen:
-                    dups.append(p)
-                seen.add(p)
-            log.warning("%s: %d rows repeat an image listed before (it weighs twice): %s", name, len(dups),
-                        _first(dups))
+        counts = Counter(self.paths)
+        if len(counts) < len(self.paths):
+            log.warning("%s: %d rows repeat an image listed before (it weighs twice): %s", name,
+                        len(self.paths) - len(counts), _first(p for p, k in counts.items() if k > 1))
 
     @property
     def num_classes(self) -> int:
