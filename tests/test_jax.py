@@ -163,3 +163,28 @@ def test_optax_training_step_learns():
     from asl.metrics import mAP
 
     assert mAP(labels, np.asarray(feats @ params["w"] + params["b"])) > 90
+
+
+def test_soft_labels_equal_the_official_loss_in_float64():
+    """The official element formula for soft labels and label smoothing, in float64 (scoped x64)."""
+    from .test_losses import official_asymmetric_loss
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 12, generator=g, dtype=torch.float64) * 3
+    soft = torch.rand(16, 12, generator=g, dtype=torch.float64)
+    hard = (torch.rand(16, 12, generator=g) < 0.2).double()
+    with jax.enable_x64(True):
+        for gn, gp, clip in [(4, 0, 0.05), (2, 1, 0.0), (3, 0.5, 0.2)]:
+            for labels, smoothing, official_y in [(soft, 0.0, soft), (hard, 0.1, hard * 0.9 + 0.05)]:
+                xt = x.clone().requires_grad_()
+                ref = official_asymmetric_loss(xt, official_y, gn, gp, clip)
+                ref.backward()
+
+                def total(z, labels=labels, smoothing=smoothing, gn=gn, gp=gp, clip=clip):
+                    return jasl(z, jnp.asarray(labels.numpy()), gamma_neg=gn, gamma_pos=gp, clip=clip,
+                                label_smoothing=smoothing).sum()
+
+                value, grad = jax.value_and_grad(total)(jnp.asarray(x.numpy()))
+                assert value.dtype == jnp.float64
+                np.testing.assert_allclose(float(value), ref.item(), rtol=1e-12)
+                np.testing.assert_allclose(np.asarray(grad), xt.grad.numpy(), rtol=1e-9, atol=1e-12)
