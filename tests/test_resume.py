@@ -144,10 +144,11 @@ def test_config_round_trip_reproduces_the_run(reference, tmp_path):
     _assert_same_run(load_checkpoint(out / "last.pth"), ref)
 
 
-def test_sigterm_to_the_process_group_with_workers_saves(reference, tmp_path):
-    """What `timeout` and `kill -TERM -PGID` do: SIGTERM to every process of the run's group. The
-    loader workers live in groups of their own, so only the main process gets it: it saves, shuts
-    its workers down and exits 143."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_the_process_group_with_workers_saves(sig, reference, tmp_path):
+    """What `timeout`, `kill -TERM -PGID` and Ctrl-C in a terminal do: a signal to every process of
+    the run's group. The loader workers live in groups of their own, so only the main process gets
+    it: it saves, shuts its workers down and exits 128 + signal."""
     import os
 
     import train
@@ -159,9 +160,9 @@ def test_sigterm_to_the_process_group_with_workers_saves(reference, tmp_path):
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for_mid_epoch_checkpoint(proc, out, min_step=6)
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err and "killed by signal" not in err
     assert "resume with --resume" in err
     saved = load_checkpoint(out / "last.pth")
