@@ -78,7 +78,11 @@ def prepare_training(config_path: Optional[str], flags: Mapping[str, Any]) -> Co
     cfg = load_config(config_path, flags, base=base)
     check_values(cfg, [f for f in FIELDS if f not in NOT_TRAINING])
     check_image_size(cfg.model_name, cfg.image_size)
-    if cfg.dataset != "demo" and not Path(cfg.data_root).exists():
+    if cfg.dataset == "demo":
+        from .data.demo import check_demo_folder
+
+        check_demo_folder(Path(cfg.data_root))  # a user's folder given without --dataset: say so first
+    elif not Path(cfg.data_root).exists():
         raise ConfigError(f"data folder not found: {cfg.data_root}")
     init = cfg.init_checkpoint or cfg.model_path
     if init and not Path(init).is_file():

@@ -76,6 +76,10 @@ def test_demo_refuses_a_users_folder_and_leaves_it_intact(tagged_root, trained_r
     rc, _, err = call("train", [tagged_root, "--output", tmp_path / "o"], capsys)  # forgot --dataset tagged
     one_error(rc, err, "--dataset tagged")
     assert "not the built-in demo" in err[-1]
+    (tmp_path / "o" / "best.pth").parent.mkdir()
+    (tmp_path / "o" / "best.pth").write_bytes(b"an earlier run")
+    rc, _, err = call("train", [tagged_root, "--output", tmp_path / "o"], capsys)
+    one_error(rc, err, "not the built-in demo")  # the folder's problem comes first, before the output's
     rc, _, err = call("validate", [tagged_root, "--model-path", trained_run["out"] / "best.pth", "--dataset", "demo"],
                       capsys)
     one_error(rc, err, "--dataset tagged")
