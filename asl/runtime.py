@@ -21,6 +21,7 @@ DEMO_CONFIG = CONFIGS / "demo.yaml"
 FINETUNE_CONFIG = CONFIGS / "finetune.yaml"
 # Files a training run writes into its output folder.
 RUN_FILES = ("last.pth", "best.pth", "metrics.jsonl", "config.yaml", "curves.png", "per_class_ap.json")
+PROBE = ".write-test-"  # prefix of the temporary file that proves a folder writable
 # Fields train.py does not read (validate.py / infer.py settings): not checked for a training run.
 NOT_TRAINING = {"class_names", "calibrate", "pic_path", "th", "top_k", "json", "save_image",
                 "dataset_type"}
@@ -101,7 +102,7 @@ def writable_dir(path: Path, flag: str = "--output") -> Path:
         raise ConfigError(f"{flag} {path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=PROBE, dir=path)
         os.close(fd)
         os.unlink(probe)  # the probe is this call's own file
     except OSError as e:
@@ -126,7 +127,8 @@ def check_output_dir(out: Path, overwrite: bool, resume: Optional[str] = None) -
     Anything else in the folder, an earlier run's ``best.pth`` alone included, is refused unless
     ``overwrite``: the message suggests a new ``--output`` first. The folder is created and
     proved writable."""
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    # Another rank's writability probe (torchrun: every rank checks the folder) is not a run's file.
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith(PROBE)) if out.is_dir() else []
     own = resume is not None and Path(resume).resolve().parent == out.resolve()
     if held and not (overwrite or own):
         what = "a run" if any(f in held for f in RUN_FILES) else "files"
