@@ -82,12 +82,8 @@ def check_image_size(name: str, image_size: int) -> None:
     """Refuse an input side the model cannot take: below its total stride (the last feature
     map would be empty), or other than its size when timm marks the input size as fixed (ViT).
     The model is built on the ``meta`` device: no memory, no weights, a fraction of a second."""
-    import timm
-
-    if not timm.is_model(name):
-        create_model(name, 1)  # raises the ConfigError with suggestions
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, num_classes=1)
+        model = create_model(name, 1)  # an unknown name raises the ConfigError with suggestions
     pcfg = getattr(model, "pretrained_cfg", None) or {}
     if pcfg.get("fixed_input_size") and image_size != pcfg["input_size"][-1]:
         raise ConfigError(f"--image-size {image_size}: {name} takes {pcfg['input_size'][-1]} px inputs only")

@@ -91,6 +91,7 @@ def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int =
         raise ValueError("num_classes must be a multiple of 10 between 10 and 80")
     root = Path(root)
     check_demo_folder(root)  # before any work: a folder that is not a demo is never replaced
+    log.info("generating the demo dataset into %s (once, a few seconds)", root)
     n_colours = num_classes // 10
     names = [f"{colour}_{digit}" for digit in range(10) for colour in list(COLOURS)[:n_colours]]
     digits = load_digits()
@@ -163,13 +164,11 @@ def check_demo_folder(root: Path) -> None:
 def ensure_demo(root: str | os.PathLike, **params) -> Path:
     """Generate the demo into ``root`` unless an identical one (same parameters) is there.
 
-    ``root`` must be missing, empty or an earlier demo (:func:`check_demo_folder`)."""
+    ``root`` must be missing, empty or an earlier demo (:func:`generate_demo` checks it first)."""
     root = Path(root)
     want = dict(DEFAULTS, **params)
     if read_marker(root) == dict(version=VERSION, **want) and (root / "labels.csv").is_file():
         return root
-    check_demo_folder(root)
-    log.info("generating the demo dataset into %s (once, a few seconds)", root)
     return generate_demo(root, **want)
 
 
