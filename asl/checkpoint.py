@@ -1,35 +1,95 @@
-"""Checkpoints: one format, atomic writes, ``weights_only=True`` reads.
+"""Checkpoints: every format the package reads or writes, atomic writes, ``weights_only=True`` reads.
 
-A checkpoint is a dict with the official keys ``model`` (state dict),
-``num_classes`` and ``idx_to_class`` ({int: name}), so the official infer.py
-reads ours, plus ``model_name``, ``image_size``, ``mean``, ``std``,
-``thresholds`` (optional), ``config`` and ``epoch``; ``last.pth`` adds what a
-resume needs. Every read goes through :func:`load_checkpoint`, which refuses a
-pickle that needs anything beyond tensors and plain containers.
+- The inference checkpoint (``best.pth``, CONTRACT.md section 3): a dict with the official keys
+  ``model`` (state dict), ``num_classes`` and ``idx_to_class`` ({int: name}), so the official
+  infer.py reads ours, plus ``model_name``, ``image_size``, ``mean``, ``std``, ``thresholds``
+  (optional), ``config`` and ``epoch`` (:func:`make_checkpoint`, :func:`model_from_checkpoint`).
+- The training state (``last.pth``): the same plus what a resume needs, described by
+  :class:`RunState` (:func:`training_checkpoint`, :func:`restore_training_state`).
+- The official layouts (inplace_abn TResNet, the Open Images bottleneck head), converted on read
+  (:func:`normalize_state_dict`), and init weights (:func:`load_init_checkpoint`).
+
+Every read goes through :func:`load_checkpoint`, which refuses a pickle that needs anything
+beyond tensors and plain containers; every write through :func:`save_checkpoint`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
-import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
+from .config import OFFICIAL_IMAGE_SIZE
 from .errors import CheckpointError
-from .models import _strip_prefixes, create_model, unwrap_model
+from .files import atomic_write
+from .models import create_model, head_keys, unwrap_model
+
+log = logging.getLogger(__name__)
 
 __all__ = ["save_checkpoint", "make_checkpoint", "load_checkpoint", "state_dict_of", "model_from_checkpoint",
-           "normalize_state_dict", "detect_official_tresnet"]
+           "normalize_state_dict", "detect_official_tresnet", "load_init_checkpoint", "RunState",
+           "training_checkpoint", "restore_training_state", "load_resume_checkpoint", "check_resume",
+           "check_num_classes"]
 
 # Official ASL files carry no model name: the stem width tells the TResNet variant.
 TRESNET_BY_STEM_WIDTH = {64: "tresnet_m", 76: "tresnet_l", 83: "tresnet_xl"}
-DEFAULT_IMAGE_SIZE = {"tresnet_m": 224, "tresnet_l": 448, "tresnet_xl": 448}
 _BOTTLENECK_KEY = "head.fc.embedding_generator.0.weight"
+
+
+def strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Keys without the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+
+def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
+    """Initialize ``model`` from a local checkpoint (ImageNet or another run's weights).
+
+    Keys must match; the classifier head is dropped when its shape differs (a different
+    class count), and the dropped keys are logged and returned.
+
+    Args:
+        model: the freshly created model.
+        path: a ``.pth`` file holding a state dict or a dict with ``model`` / ``state_dict``.
+
+    Returns:
+        ``{"dropped": [...], "missing": [...]}``.
+    """
+    # Official ASL files (inplace_abn layout) are converted to timm's layout first.
+    state = normalize_state_dict(state_dict_of(load_checkpoint(path, require_model=False), path))
+    own = model.state_dict()
+    dropped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    unexpected = [k for k in state if k not in own]
+    for k in dropped:
+        del state[k]
+    head = head_keys(model)
+    bad = [k for k in dropped if k not in head]
+    if bad or unexpected:
+        first = (bad or unexpected)[:3]
+        raise CheckpointError(
+            f"{path}: does not fit model ({len(bad)} shape mismatches outside the head, "
+            f"{len(unexpected)} unexpected keys; first: {', '.join(first)})")
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if [k for k in missing if k not in head]:
+        raise CheckpointError(f"{path}: lacks weights of the model, first: "
+                              f"{', '.join([k for k in missing if k not in head][:3])}")
+    model.load_state_dict(state, strict=False)
+    if dropped or missing:
+        log.info("init checkpoint %s: head not loaded (%s)", path, ", ".join(sorted(set(dropped + missing))))
+    return {"dropped": dropped, "missing": missing}
 
 
 def is_official_layout(state: Dict[str, torch.Tensor]) -> bool:
@@ -51,7 +111,7 @@ def detect_official_tresnet(state: Dict[str, torch.Tensor]) -> Tuple[Optional[st
 def normalize_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Strip wrapper prefixes; convert the official inplace_abn TResNet layout to timm's with
     ``timm.models.tresnet.checkpoint_filter_fn`` (InPlaceABN scales by |w| + eps)."""
-    state = _strip_prefixes(state)
+    state = strip_prefixes(state)
     if is_official_layout(state):
         from timm.models.tresnet import checkpoint_filter_fn
 
@@ -94,22 +154,11 @@ def make_checkpoint(
 
 
 def save_checkpoint(ckpt: Dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write atomically: a temporary file in the same folder, fsync, then ``os.replace``,
-    so a crash mid-write never leaves a truncated checkpoint under ``path``."""
+    """Write atomically (:func:`asl.files.atomic_write`): a crash mid-write never leaves a
+    truncated checkpoint under ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, writer=lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(path: str | os.PathLike, require_model: bool = True) -> Dict[str, Any]:
@@ -232,7 +281,7 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
         ``class_names`` (``class_<k>`` when the file has none, and then ``named`` is False),
         ``image_size``, ``mean``, ``std``, ``thresholds``, ``config``).
     """
-    raw = _strip_prefixes(state_dict_of(ckpt, path))
+    raw = strip_prefixes(state_dict_of(ckpt, path))
     detected, detected_classes, head = detect_official_tresnet(raw)
     head = ckpt.get("head") or head
     state = normalize_state_dict(raw)
@@ -267,7 +316,7 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
         "num_classes": num_classes,
         "class_names": class_names_of(ckpt, num_classes),
         "named": bool(ckpt.get("idx_to_class")),
-        "image_size": ckpt.get("image_size") or DEFAULT_IMAGE_SIZE.get(name),
+        "image_size": ckpt.get("image_size") or OFFICIAL_IMAGE_SIZE.get(name),
         "head": head,
         "mean": tuple(ckpt.get("mean") or mean),
         "std": tuple(ckpt.get("std") or std),
@@ -280,9 +329,133 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
 def _head_size(name: str, state: Dict[str, torch.Tensor]) -> Optional[int]:
     """Rows of the classifier weight in ``state`` for timm model ``name`` (None if absent).
     The model is built on the ``meta`` device only to learn the head's keys."""
-    from .models import _head_keys
-
     with torch.device("meta"):
         probe = create_model(name, 1)
-    weights = [k for k in _head_keys(probe) if k in state and state[k].ndim >= 2]
+    weights = [k for k in head_keys(probe) if k in state and state[k].ndim >= 2]
     return int(state[weights[0]].shape[0]) if weights else None
+
+
+def check_num_classes(expected: Optional[int], actual: int, what: str) -> None:
+    """``--num-classes`` (the official flag), when given, must be the model's or the data's count."""
+    from .errors import ConfigError
+
+    if expected is not None and expected != actual:
+        raise ConfigError(f"--num-classes {expected} but {what} has {actual} classes")
+
+
+# --------------------------------------------------------------------------- training state
+
+
+@dataclass
+class RunState:
+    """Where a training run stands: the counters a ``last.pth`` holds beside the objects' states.
+
+    Attributes:
+        epoch: the epoch this state belongs to: finished (``step_in_epoch == 0``) or in progress.
+        global_step: optimizer steps taken since the start of the run.
+        best: the best validation result so far, ``{"mAP": -1.0}`` before any (else with
+            ``epoch`` and ``selected``: ``model`` or ``ema``).
+        step_in_epoch: batches of ``epoch`` already trained (a mid-epoch checkpoint), else 0.
+        partial: the running loss sums of that epoch (``train_one_epoch``'s resume stats).
+        rng: Python, numpy and torch RNG states (``asl.engine.get_rng_state``), taken last.
+    """
+
+    epoch: int = -1
+    global_step: int = 0
+    best: Dict[str, Any] = field(default_factory=lambda: {"mAP": -1.0})
+    step_in_epoch: int = 0
+    partial: Optional[Dict[str, Any]] = None
+    rng: Optional[Dict[str, Any]] = None
+
+    @property
+    def mid_epoch(self) -> bool:
+        return bool(self.step_in_epoch)
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch to train next: the one in progress, else the one after the last finished."""
+        return self.epoch if self.mid_epoch else self.epoch + 1
+
+    def epoch_resume(self) -> Optional[Dict[str, Any]]:
+        """``train_one_epoch``'s ``resume`` argument for a mid-epoch state, else None."""
+        if not self.mid_epoch:
+            return None
+        return {"partial": self.partial, "rng": self.rng, "step": self.step_in_epoch}
+
+
+def training_checkpoint(state: RunState, model: nn.Module, *, optimizer, scheduler, ema=None, scaler=None,
+                        loss_fn: Optional[nn.Module] = None, **meta: Any) -> Dict[str, Any]:
+    """The ``last.pth`` dict: the inference checkpoint of ``model`` plus everything a resume needs.
+
+    Args:
+        state: the run's counters.
+        model: the bare model (unwrapped).
+        optimizer, scheduler, ema, scaler: their ``state_dict()`` is saved (``ema``: its module's).
+        loss_fn: a loss with state (adaptive gamma-) keeps it in its own ``state_dict()``.
+        **meta: :func:`make_checkpoint`'s keyword arguments (model name, classes, size, ...).
+    """
+    loss_state = dict(loss_fn.state_dict()) if loss_fn is not None else None
+    return make_checkpoint(
+        model, epoch=state.epoch, global_step=state.global_step, best=state.best,
+        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+        ema=ema.module.state_dict() if ema is not None else None,
+        scaler=scaler.state_dict() if scaler is not None else None, loss_state=loss_state or None,
+        step_in_epoch=state.step_in_epoch, partial=state.partial, rng=state.rng, **meta)
+
+
+def restore_training_state(ckpt: Dict[str, Any], model: nn.Module, optimizer, scheduler, ema=None, scaler=None,
+                           loss_fn: Optional[nn.Module] = None) -> RunState:
+    """Load a ``last.pth`` into the run's objects and return its :class:`RunState`.
+
+    RNG states are not applied here: at an epoch boundary the trainer restores ``state.rng``
+    before the next epoch; mid-epoch, ``train_one_epoch`` restores them once the loader's
+    iterator exists (``state.epoch_resume()``).
+    """
+    try:
+        unwrap_model(model).load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # what check_resume cannot see (e.g. a different head)
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+        raise CheckpointError(f"the resume checkpoint does not fit this model: {first[:200]}") from None
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.module.load_state_dict(ckpt["ema"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    loss_state = ckpt.get("loss_state")
+    if loss_state and loss_fn is not None:
+        if "_extra_state" not in loss_state and "gamma_neg" in loss_state:
+            loss_state = {"_extra_state": dict(loss_state)}  # a last.pth written before losses kept their state
+        loss_fn.load_state_dict(loss_state)
+    return RunState(epoch=int(ckpt["epoch"]), global_step=int(ckpt.get("global_step", 0)),
+                    best=ckpt.get("best") or {"mAP": -1.0}, step_in_epoch=int(ckpt.get("step_in_epoch") or 0),
+                    partial=ckpt.get("partial"), rng=ckpt.get("rng"))
+
+
+def load_resume_checkpoint(path: str) -> dict:
+    """A ``last.pth`` to resume from; anything else is refused before any work starts."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("optimizer", "scheduler", "epoch") if ckpt.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it, it lacks {', '.join(missing)} (resume from a last.pth)")
+    return ckpt
+
+
+def check_resume(ckpt: Dict[str, Any], model_name: str, image_size: int, path: str,
+                 class_names: Optional[Sequence[str]] = None) -> None:
+    """Refuse a resume checkpoint that does not describe this run, naming what differs:
+    the model, the image size and (once the data is read) the classes."""
+    diffs = []
+    if ckpt.get("model_name") and ckpt["model_name"] != model_name:
+        diffs.append(f"model {ckpt['model_name']} vs {model_name}")
+    if ckpt.get("image_size") and int(ckpt["image_size"]) != image_size:
+        diffs.append(f"image size {ckpt['image_size']} vs {image_size}")
+    if class_names is not None:
+        have = class_names_of(ckpt, int(ckpt.get("num_classes") or 0))
+        if have != list(class_names):
+            diffs.append(f"{len(have)} classes vs {len(class_names)}" if len(have) != len(class_names)
+                         else "the class names or their order")
+    if diffs:
+        raise CheckpointError(f"--resume {path} was saved by another run ({'; '.join(diffs)}, "
+                              f"checkpoint vs this run); resume with the settings it was trained with, or start "
+                              f"a new --output")

@@ -1,7 +1,7 @@
-"""The one argument parser of train.py, validate.py and infer.py.
+"""The argument parsers of train, validate and infer, generated from the config schema.
 
-Every flag maps onto a :class:`asl.config.Config` field and is declared once
-here; each script picks the fields it exposes. Hyphen and underscore spellings
+Every flag is a :class:`asl.config.Config` field; its spellings, help and the commands that
+read it are declared on the field (``asl.config.setting``), nowhere else. Hyphen and underscore spellings
 both work (``--model-path`` and ``--model_path``), as do the official
 repository's names (``--input_size``, ``--pic_path``, ``-b``, ``-j``, ``--th``).
 Only flags given on the command line override the YAML config.
@@ -13,90 +13,20 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from .config import Config, _base_type, load_config
+from .config import INFER, TRAIN, VALIDATE, Config, _base_type, fields_for, flags_of, help_of, load_config
 from .errors import ASLError, ConfigError
 
-# field -> (flag spellings, help). Underscore/hyphen twins are added automatically.
-FLAGS: Dict[str, Tuple[Tuple[str, ...], str]] = {
-    "dataset": (("--dataset",), "coco | voc | nuswide | tagged | demo"),
-    "data_root": (("--data-root", "--data"), "dataset folder (also the positional DATA_ROOT)"),
-    "train_split": (("--train-split",), "training split (default: the dataset's)"),
-    "val_split": (("--val-split", "--split"), "evaluation split (default: the dataset's)"),
-    "image_size": (("--image-size", "--input-size"), "input side S; images are squish-resized to S x S"),
-    "batch_size": (("--batch-size", "-b"), "batch size"),
-    "workers": (("--workers", "-j"), "data-loading worker processes (capped at the CPU cores)"),
-    "augment": (("--augment",), "none | cutout | randaugment | cutout_randaugment"),
-    "val_fraction": (("--val-fraction",), "held-out fraction of tagged data without a split column"),
-    "ann_file": (("--ann-file",), "COCO-format JSON (coco) or split CSV (nuswide) outside the standard layout"),
-    "image_dir": (("--image-dir",), "images of --ann-file"),
-    "keep_unannotated": (("--keep-unannotated",), "coco: keep images without annotations as all-negative"),
-    "voc_year": (("--voc-year",), "voc: 2007 or 2012"),
-    "difficult": (("--difficult",), "voc: difficult-only classes are ignore (-1), positive or negative"),
-    "resize": (("--resize",), "squish (official) or crop"),
-    "label_noise": (("--label-noise",), "fraction of training positives flipped to negative (a study)"),
-    "model_name": (("--model-name",), "timm model name (e.g. resnet10t, tresnet_m)"),
-    "num_classes": (("--num-classes",), "number of classes (checked against the dataset / checkpoint)"),
-    "init_checkpoint": (("--init-checkpoint",), "weights to start from (head dropped when classes differ)"),
-    "loss": (("--loss",), "asl | asl_optimized | adaptive_asl | focal | bce"),
-    "gamma_neg": (("--gamma-neg",), "ASL gamma-"),
-    "gamma_pos": (("--gamma-pos",), "ASL gamma+"),
-    "clip": (("--clip",), "ASL probability margin m"),
-    "delta_p_target": (("--delta-p-target",), "adaptive_asl: the target of delta_p"),
-    "adaptive_lambda": (("--adaptive-lambda",), "adaptive_asl: step size of the gamma_neg update"),
-    "optimizer": (("--optimizer", "--opt"), "optimizer name from timm's factory (adam, adamw, sgd, ...)"),
-    "lr": (("--lr",), "learning rate (OneCycle maximum)"),
-    "weight_decay": (("--weight-decay", "--wd"), "weight decay (not on biases and 1-D parameters)"),
-    "epochs": (("--epochs",), "planned epochs: the length of the OneCycle schedule"),
-    "stop_epoch": (("--stop-epoch",), "stop after this many epochs of the planned schedule"),
-    "grad_clip": (("--grad-clip",), "clip the gradient norm to this value"),
-    "accum_steps": (("--accum-steps",), "micro-batches per optimizer step (gradient accumulation)"),
-    "patience": (("--patience",), "early stopping: epochs without a better mAP (0: off)"),
-    "compile": (("--compile",), "torch.compile the model"),
-    "channels_last": (("--channels-last",), "channels_last memory format"),
-    "ema": (("--ema",), "keep an EMA of the weights and validate it too"),
-    "ema_decay": (("--ema-decay",), "EMA decay per step"),
-    "ema_warmup": (("--ema-warmup",), "EMA warm-up (timm ModelEmaV3): decay 1-(1+step)^(-2/3) up to --ema-decay"),
-    "max_bad_fraction": (("--max-bad-fraction",), "stop when more than this fraction of images is unreadable"),
-    "max_bad_images": (("--max-bad-images",), "... and more than this many (so small sets survive a bad photo)"),
-    "class_names": (("--class-names",),
-                    "the model's class names, one per line in output order (files without names or with wrong ones)"),
-    "amp": (("--amp",), "mixed precision on CUDA"),
-    "output": (("--output", "-o"), "output folder"),
-    "seed": (("--seed",), "random seed"),
-    "device": (("--device",), "auto | cpu | cuda | cuda:N"),
-    "print_freq": (("--print-freq", "-p"), "log every N steps"),
-    "overwrite": (("--overwrite",), "replace what an earlier run or command wrote there (prefer a new --output)"),
-    "resume": (("--resume",), "checkpoint to resume from"),
-    "sync_bn": (("--sync-bn",), "SyncBatchNorm across processes under torchrun"),
-    "checkpoint_every": (("--checkpoint-every",), "also write last.pth every N steps (0: epoch ends only)"),
-    "max_nonfinite": (("--max-nonfinite",), "stop after this many non-finite losses in a row"),
-    "model_path": (("--model-path",), "checkpoint to evaluate or run (train.py: as --init-checkpoint)"),
-    "thre": (("--thre",), "threshold of CP/CR/CF1/OP/OR/OF1 (official default 0.8)"),
-    "calibrate": (("--calibrate",), "fit per-class F1-optimal thresholds, save a calibrated checkpoint copy"),
-    "pic_path": (("--pic-path",), "images, folders or globs"),
-    "th": (("--th",), "score threshold (default: checkpoint's calibrated thresholds, else 0.7)"),
-    "top_k": (("--top-k",), "report at most K labels per image"),
-    "json": (("--json",), "print one JSON list to stdout"),
-    "save_image": (("--save-image",), "write the (first) picture with its labels drawn on it"),
-    "dataset_type": (("--dataset-type",), "official infer.py: MS-COCO (th 0.7) or OpenImages (th 0.995)"),
-}
+# Each command's flags, generated from the schema (asl.config: a field's flags, help and commands).
+TRAIN_FIELDS = fields_for(TRAIN)
+VALIDATE_FIELDS = fields_for(VALIDATE)
+INFER_FIELDS = fields_for(INFER)
 
-TRAIN_FIELDS = ["dataset", "data_root", "train_split", "val_split", "image_size", "batch_size", "workers",
-                "augment", "val_fraction", "ann_file", "image_dir", "keep_unannotated", "voc_year", "difficult",
-                "resize", "label_noise", "max_bad_fraction", "max_bad_images", "model_name", "num_classes",
-                "init_checkpoint", "model_path", "loss",
-                "gamma_neg", "gamma_pos", "clip", "delta_p_target", "adaptive_lambda", "optimizer", "lr",
-                "weight_decay", "epochs", "stop_epoch", "grad_clip", "accum_steps", "patience", "compile",
-                "channels_last", "ema", "ema_decay", "ema_warmup", "amp", "output", "seed", "device",
-                "print_freq", "overwrite", "resume", "checkpoint_every", "max_nonfinite", "sync_bn", "thre"]
-VALIDATE_FIELDS = ["dataset", "data_root", "val_split", "image_size", "batch_size", "workers", "val_fraction",
-                   "ann_file", "image_dir", "keep_unannotated", "voc_year", "difficult", "resize", "model_name",
-                   "max_bad_fraction", "max_bad_images", "num_classes", "model_path", "class_names", "thre",
-                   "calibrate", "output", "overwrite", "device", "amp", "print_freq"]
-INFER_FIELDS = ["model_path", "pic_path", "model_name", "num_classes", "class_names", "image_size", "th", "top_k",
-                "json", "save_image", "overwrite", "dataset_type", "batch_size", "device"]
+
+def prog(command: str) -> str:
+    """The program name in usage lines: ``asl-train`` when run as the console script, else ``train.py``."""
+    return f"asl-{command}" if os.path.basename(sys.argv[0] or "").startswith("asl-") else f"{command}.py"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,7 +63,7 @@ def build_parser(prog: str, description: str, fields: Sequence[str], positional_
     defaults = defaults if defaults is not None else Config()
     notes = notes or {}
     for name in fields:
-        flags, help_text = FLAGS[name]
+        flags, help_text = flags_of(name), help_of(name)
         typ, optional, is_list = _base_type(name)
         default = notes.get(name, repr(getattr(defaults, name)))
         kwargs = dict(dest=name, metavar=name.upper())
@@ -143,7 +73,8 @@ def build_parser(prog: str, description: str, fields: Sequence[str], positional_
             kwargs.update(nargs="+", type=typ)
         else:
             kwargs["type"] = typ
-        shown = help_text if "(default:" in help_text else f"{help_text} (default: {default})"
+        unset = getattr(defaults, name) is None and "(unset:" in help_text and name not in notes
+        shown = help_text if "(default:" in help_text or unset else f"{help_text} (default: {default})"
         p.add_argument(*flags, help=shown, **kwargs)
         twins = _twins(flags)
         if twins:
@@ -170,11 +101,31 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     return load_config(config_path, overrides, base=base)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Plain messages to whatever ``sys.stderr`` is when a record is emitted."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; sys.stderr is read at each emit
+        pass
+
+
 def setup_logging(verbose: bool = True) -> None:
-    """Plain messages on stderr; only the main process logs under torchrun."""
+    """The command's logging: plain messages on stderr, INFO (WARNING when not ``verbose``);
+    only the main process logs under torchrun. Called once by each command-line entry point;
+    the library never configures logging. Calling it again only sets the level."""
     rank = int(os.environ.get("RANK", "0"))
-    level = logging.INFO if (verbose and rank == 0) else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        root.addHandler(_StderrHandler())
+    root.setLevel(logging.INFO if (verbose and rank == 0) else logging.WARNING)
 
 
 def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
@@ -203,18 +154,3 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
     msg = " ".join(text.split())  # one line, whatever the message held
     print(f"error: {msg}", file=sys.stderr)
     return 2
-
-
-def resolve_device(name: str):
-    """``auto``: CUDA when present, else the CPU."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
-    return dev

@@ -13,92 +13,274 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import ConfigError
+from .files import atomic_write
+
+# --- official defaults, in one place (reference/README.md; the official validate.py / infer.py).
+DEFAULT_MODEL = "resnet10t"  # training without a model name: small, learns the demo from scratch on a CPU
+OFFICIAL_IMAGE_SIZE = {"tresnet_m": 224, "tresnet_l": 448, "tresnet_xl": 448}  # the official checkpoints'
+DEFAULT_IMAGE_SIZE = 224  # other models
+OFFICIAL_THRE = 0.8  # validate.py: threshold of CP/CR/CF1/OP/OR/OF1
+OFFICIAL_INFER_THRESHOLDS = {"ms_coco": 0.7, "coco": 0.7, "openimages": 0.995}  # infer.py by --dataset-type
+OFFICIAL_VALIDATE = {"dataset": "coco", "data_root": ".", "batch_size": 16, "workers": 2}  # validate.py's flags
+
+
+def default_image_size(model_name: Optional[str]) -> int:
+    """The input side a model runs at when nothing says otherwise: the official checkpoints'
+    size for TResNet (M 224, L/XL 448), the fixed size of a model that takes one size only (ViT),
+    else 224."""
+    if model_name in OFFICIAL_IMAGE_SIZE:
+        return OFFICIAL_IMAGE_SIZE[model_name]
+    if model_name:
+        try:
+            import timm
+
+            pcfg = timm.models.get_pretrained_cfg(model_name) if timm.is_model(model_name) else None
+        except ImportError:
+            pcfg = None
+        if pcfg is not None and getattr(pcfg, "fixed_input_size", False):
+            return int(pcfg.input_size[-1])
+    return DEFAULT_IMAGE_SIZE
+
+
+# --- the schema. Each field carries its flags, help text, allowed range or names, and the
+# commands that read it: the argument parsers of train / validate / infer are generated from
+# it (asl.cli), and YAML files, flags and checkpoints all go through ``from_dict``.
+
+TRAIN, VALIDATE, INFER = "train", "validate", "infer"
+
+
+def setting(default: Any = None, *flags: str, help: str, check: Optional[Tuple[Callable[[Any], bool], str]] = None,
+            choices: Optional[Tuple[str, ...]] = None, commands: Optional[Tuple[str, ...]] = None,
+            result: bool = True, default_factory: Optional[Callable[[], Any]] = None):
+    """A config field with its command-line metadata.
+
+    Args:
+        default: the value when neither YAML nor a flag sets it; ``None`` on an optional field
+            means "unset" (resolved later: from the checkpoint, the model, the official defaults).
+        flags: spellings (the first is shown in ``--help``); default ``--field-name``. Underscore
+            twins are accepted too.
+        help: one line for ``--help``.
+        check: (test, what it must be) for values that are set.
+        choices: the names accepted (lower case; values are coerced by :func:`choice`).
+        commands: the commands that read it (default: its section's ``COMMANDS``).
+        result: whether the value can change a training run's result (the study's cache key).
+    """
+    md = dict(flags=flags, help=help, check=check, choices=choices, commands=commands, result=result)
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+def _range(test: Callable[[Any], bool], text: str) -> Tuple[Callable[[Any], bool], str]:
+    return test, text
+
+
+_POS = _range(lambda v: v > 0, "> 0")
+_NONNEG = _range(lambda v: v >= 0, ">= 0")
+_ONE_UP = _range(lambda v: v >= 1, ">= 1")
+_UNIT = _range(lambda v: 0 <= v <= 1, "in [0, 1]")
+_UNIT_OPEN_TOP = _range(lambda v: 0 <= v < 1, "in [0, 1)")
+_OPEN_UNIT = _range(lambda v: 0 < v < 1, "in (0, 1)")
 
 
 @dataclass
-class Config:
-    # --- data
-    dataset: str = "demo"
-    data_root: str = "data/demo"
-    train_split: Optional[str] = None  # None: the dataset's training split
-    val_split: Optional[str] = None  # None: the dataset's evaluation split
-    image_size: int = 224
-    batch_size: int = 64
-    workers: int = 2
-    augment: str = "none"  # none | cutout | randaugment | cutout_randaugment
-    val_fraction: float = 0.2  # tagged data without a split column
-    ann_file: Optional[str] = None  # COCO-format JSON (coco) or split CSV (nuswide) outside the layout
-    image_dir: Optional[str] = None  # images of ann_file
-    keep_unannotated: bool = False  # coco: keep images without annotations as all-negative
-    voc_year: Optional[str] = None  # voc: 2007 or 2012 (default: 2007 if present)
-    difficult: str = "ignore"  # voc: difficult-only classes are ignore (-1) | positive | negative
-    resize: str = "squish"  # squish (official Resize((S, S))) | crop (random-resized crop / center crop)
-    max_bad_fraction: float = 0.01  # a run stops when more than max(max_bad_images, this x N) images are unreadable
-    max_bad_images: int = 5  # ... so that one bad photo does not stop a small set
-    demo_classes: int = 80  # demo: 80, or 10/20/40 for the denser variants of the sparsity sweep
-    label_noise: float = 0.0  # study: fraction of training positives flipped to negative (seeded)
-    # --- model
-    model_name: str = "resnet10t"
-    num_classes: Optional[int] = None  # checked against the dataset when given (official flag)
-    init_checkpoint: Optional[str] = None
-    channels_last: bool = False
-    sync_bn: bool = False  # SyncBatchNorm under torchrun
-    # --- loss
-    loss: str = "asl"  # asl | asl_optimized | adaptive_asl | focal | bce
-    gamma_neg: float = 4.0
-    gamma_pos: float = 0.0
-    clip: float = 0.05
-    focal_gamma: float = 2.0
-    eps: float = 1e-8
-    disable_torch_grad_focal_loss: bool = True
-    loss_reduction: str = "sum"
-    label_smoothing: float = 0.0
-    delta_p_target: float = 0.1
-    adaptive_lambda: float = 0.1
-    # --- optimization
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    epochs: int = 80  # length of the OneCycle schedule
-    stop_epoch: Optional[int] = None  # stop early on that schedule (official: 40 of 80)
-    pct_start: float = 0.2
-    grad_clip: Optional[float] = None
-    accum_steps: int = 1  # gradient accumulation: effective batch = batch_size x accum_steps x processes
-    patience: int = 0  # early stopping: epochs without a better mAP before stopping (0: off)
-    compile: bool = False  # torch.compile the model (first steps pay the compile)
-    ema: bool = True
-    ema_decay: float = 0.9997
-    ema_warmup: bool = False  # timm ModelEmaV3 warm-up: decay 1 - (1 + step)^(-2/3) until it reaches ema_decay
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); off on CPU
-    # --- run
-    output: Optional[str] = None  # None: runs/<name of the data folder>
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    print_freq: int = 50
-    overwrite: bool = False
-    checkpoint_every: int = 0  # also write last.pth every N steps (0: at epoch ends only)
-    max_nonfinite: int = 20  # stop after this many non-finite losses in a row
-    resume: Optional[str] = None
-    # --- evaluation and inference
-    model_path: Optional[str] = None
-    class_names: Optional[str] = None  # validate/infer: a file of class names (one per line) for plain state dicts
-    thre: float = 0.8  # validate.py threshold of CP/CR/CF1/OP/OR/OF1 (official default)
-    calibrate: bool = False
-    pic_path: List[str] = field(default_factory=list)
-    th: Optional[float] = None  # infer.py threshold; None: checkpoint's calibrated ones or 0.7
-    top_k: Optional[int] = None
-    json: bool = False
-    save_image: Optional[str] = None
-    dataset_type: Optional[str] = None  # infer.py: MS-COCO | OpenImages (official thresholds)
+class DataConfig:
+    """What to read and how: the dataset, its split, the input pipeline."""
+
+    COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE)
+    dataset: str = setting("demo", help="coco | voc | nuswide | tagged | demo",
+                           choices=("coco", "voc", "nuswide", "tagged", "demo"))
+    data_root: str = setting("data/demo", "--data-root", "--data",
+                             help="dataset folder (also the positional DATA_ROOT)")
+    train_split: Optional[str] = setting(None, help="training split (default: the dataset's)", commands=(TRAIN,))
+    val_split: Optional[str] = setting(None, "--val-split", "--split", help="evaluation split (default: the dataset's)")
+    image_size: Optional[int] = setting(
+        None, "--image-size", "--input-size", check=_ONE_UP, commands=(TRAIN, VALIDATE, INFER),
+        help="input side S; images are squish-resized to S x S (unset: the checkpoint's, else the model's "
+             "official size)")  # and >= the model's minimum: asl.models.check_image_size
+    batch_size: int = setting(64, "--batch-size", "-b", check=_ONE_UP, help="batch size",
+                              commands=(TRAIN, VALIDATE, INFER))
+    workers: int = setting(2, "--workers", "-j", check=_NONNEG, result=False,
+                           help="data-loading worker processes (capped at the CPU cores)")
+    augment: str = setting("none", help="none | cutout | randaugment | cutout_randaugment", commands=(TRAIN,),
+                           choices=("none", "cutout", "randaugment", "cutout_randaugment"))
+    resize: str = setting("squish", help="squish (official Resize((S, S))) or crop (random-resized / center crop)",
+                          choices=("squish", "crop"))
+    label_noise: float = setting(0.0, check=_UNIT_OPEN_TOP, commands=(TRAIN,),
+                                 help="fraction of training positives flipped to negative (seeded; a study)")
+    max_bad_fraction: float = setting(0.01, check=_UNIT,
+                                      help="stop when more than this fraction of images is unreadable")
+    max_bad_images: int = setting(5, check=_NONNEG,
+                                  help="... and more than this many (so small sets survive a bad photo)")
+    # Dataset options: each dataset declares which it reads (asl.data.DATASETS); one set for
+    # another dataset is an error, not silently dropped.
+    val_fraction: float = setting(0.2, check=_OPEN_UNIT,
+                                  help="tagged: held-out fraction when labels.csv has no split column")
+    ann_file: Optional[str] = setting(
+        None, help="coco: a COCO-format JSON, nuswide: the split CSV, outside the standard layout")
+    image_dir: Optional[str] = setting(None, help="coco, nuswide: the images of --ann-file")
+    keep_unannotated: bool = setting(False, help="coco: keep images without annotations as all-negative")
+    voc_year: Optional[str] = setting(None, help="voc: 2007 or 2012 (default: 2007 if present)",
+                                      choices=("2007", "2012"))
+    difficult: str = setting("ignore", help="voc: difficult-only classes are ignore (-1), positive or negative",
+                             choices=("ignore", "positive", "negative"))
+    demo_classes: int = setting(80, commands=(TRAIN,),
+                                check=_range(lambda v: v % 10 == 0 and 10 <= v <= 80, "a multiple of 10 in [10, 80]"),
+                                help="demo: 80, or 10/20/40 for the denser variants of the sparsity study")
+
+
+@dataclass
+class ModelConfig:
+    """The network: which, how many outputs, which weights."""
+
+    COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE, INFER)
+    model_name: Optional[str] = setting(None, help=f"timm model name (unset: the checkpoint's; training: "
+                                                   f"{DEFAULT_MODEL})")
+    num_classes: Optional[int] = setting(None, check=_ONE_UP,
+                                         help="number of classes (checked against the dataset / checkpoint)")
+    model_path: Optional[str] = setting(None, help="checkpoint to evaluate or run (train.py: as --init-checkpoint)")
+    init_checkpoint: Optional[str] = setting(None, commands=(TRAIN,),
+                                             help="weights to start from (head dropped when classes differ)")
+    class_names: Optional[str] = setting(
+        None, commands=(VALIDATE, INFER), result=False,
+        help="the model's class names, one per line in output order (files without names or with wrong ones)")
+    channels_last: bool = setting(False, commands=(TRAIN,), help="channels_last memory format")
+    sync_bn: bool = setting(False, commands=(TRAIN,), help="SyncBatchNorm across processes under torchrun")
+    compile: bool = setting(False, commands=(TRAIN,), help="torch.compile the model (first steps pay the compile)")
+
+
+@dataclass
+class LossConfig:
+    """The training loss (asl.losses)."""
+
+    COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN,)
+    loss: str = setting("asl", help="asl | asl_optimized | adaptive_asl | focal | bce",
+                        choices=("asl", "asl_optimized", "adaptive_asl", "focal", "bce"))
+    gamma_neg: float = setting(4.0, check=_NONNEG, help="ASL gamma-")
+    gamma_pos: float = setting(0.0, check=_NONNEG, help="ASL gamma+")
+    clip: float = setting(0.05, check=_UNIT_OPEN_TOP, help="ASL probability margin m")
+    focal_gamma: float = setting(2.0, check=_NONNEG, help="focal: gamma")
+    eps: float = setting(1e-8, check=_OPEN_UNIT, help="log clamp")
+    disable_torch_grad_focal_loss: bool = setting(True, help="no gradient through the focusing weights (official)")
+    loss_reduction: str = setting("sum", help="sum (official) | mean | batchmean | none",
+                                  choices=("sum", "mean", "batchmean", "none"))
+    label_smoothing: float = setting(0.0, check=_UNIT_OPEN_TOP, help="y <- y (1 - s) + s / 2")
+    delta_p_target: float = setting(0.1, check=_range(lambda v: -1 < v < 1, "in (-1, 1)"),
+                                    help="adaptive_asl: the target of delta_p")
+    adaptive_lambda: float = setting(0.1, check=_NONNEG, help="adaptive_asl: step size of the gamma_neg update")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, schedule, EMA, precision."""
+
+    COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN,)
+    optimizer: str = setting("adam", "--optimizer", "--opt",
+                             help="optimizer name from timm's factory (adam, adamw, sgd, ...)")
+    lr: float = setting(1e-4, check=_POS, help="learning rate (OneCycle maximum)")
+    weight_decay: float = setting(1e-4, "--weight-decay", "--wd", check=_NONNEG,
+                                  help="weight decay (not on biases and 1-D parameters)")
+    epochs: int = setting(80, check=_ONE_UP, help="planned epochs: the length of the OneCycle schedule")
+    stop_epoch: Optional[int] = setting(None, check=_ONE_UP,
+                                        help="stop after this many epochs of the planned schedule (official: 40 of 80)")
+    pct_start: float = setting(0.2, check=_OPEN_UNIT, help="OneCycle: warm-up fraction of the schedule")
+    grad_clip: Optional[float] = setting(None, check=_POS, help="clip the gradient norm to this value")
+    accum_steps: int = setting(1, check=_ONE_UP,
+                               help="micro-batches per optimizer step (gradient accumulation)")
+    patience: int = setting(0, check=_NONNEG, help="early stopping: epochs without a better mAP (0: off)")
+    ema: bool = setting(True, help="keep an EMA of the weights and validate it too")
+    ema_decay: float = setting(0.9997, check=_UNIT_OPEN_TOP, help="EMA decay per step")
+    ema_warmup: bool = setting(False, help="EMA warm-up (timm ModelEmaV3): decay 1-(1+step)^(-2/3) up to "
+                                           "--ema-decay")
+    amp: bool = setting(True, commands=(TRAIN, VALIDATE),
+                        help="mixed precision on CUDA (bf16 where supported, else fp16); off on the CPU")
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes, on what, how it reports and recovers."""
+
+    COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN,)
+    output: Optional[str] = setting(None, "--output", "-o", commands=(TRAIN, VALIDATE), result=False,
+                                    help="output folder (train: runs/<name of the data folder>)")
+    seed: int = setting(0, check=_range(lambda v: 0 <= v < 2**63, "in [0, 2^63)"), help="random seed")
+    device: str = setting("auto", commands=(TRAIN, VALIDATE, INFER), help="auto | cpu | cuda | cuda:N")
+    print_freq: int = setting(50, "--print-freq", "-p", check=_NONNEG, commands=(TRAIN, VALIDATE), result=False,
+                              help="log every N steps")
+    overwrite: bool = setting(False, commands=(TRAIN, VALIDATE, INFER), result=False,
+                              help="replace what an earlier run or command wrote there (prefer a new --output)")
+    checkpoint_every: int = setting(0, check=_NONNEG, result=False,
+                                    help="also write last.pth every N steps (0: at epoch ends only)")
+    max_nonfinite: int = setting(20, check=_ONE_UP, help="stop after this many non-finite losses in a row")
+    resume: Optional[str] = setting(None, result=False, help="checkpoint to resume from (a run's last.pth)")
+
+
+@dataclass
+class EvalConfig:
+    """validate.py: thresholds of the label metrics, calibration."""
+
+    COMMANDS: ClassVar[Tuple[str, ...]] = (VALIDATE,)
+    thre: float = setting(OFFICIAL_THRE, check=_UNIT, result=False,
+                          help=f"threshold of CP/CR/CF1/OP/OR/OF1 (official {OFFICIAL_THRE})")
+    calibrate: bool = setting(False, result=False,
+                              help="fit per-class F1-optimal thresholds, save a calibrated checkpoint copy")
+
+
+@dataclass
+class InferConfig:
+    """infer.py: which pictures, which labels are reported, how."""
+
+    COMMANDS: ClassVar[Tuple[str, ...]] = (INFER,)
+    pic_path: List[str] = setting(default_factory=list, result=False, help="images, folders or globs")
+    th: Optional[float] = setting(None, check=_UNIT, result=False,
+                                  help="score threshold (unset: the checkpoint's calibrated thresholds, else the "
+                                       "official one of --dataset-type)")
+    top_k: Optional[int] = setting(None, check=_ONE_UP, result=False, help="report at most K labels per image")
+    json: bool = setting(False, result=False, help="print one JSON list to stdout")
+    save_image: Optional[str] = setting(None, result=False,
+                                        help="write the (first) picture with its labels drawn on it")
+    dataset_type: Optional[str] = setting(None, result=False, choices=("ms_coco", "coco", "openimages"),
+                                          help="official infer.py: MS-COCO (th 0.7) or OpenImages (th 0.995)")
+
+
+SECTIONS = (DataConfig, ModelConfig, LossConfig, OptimConfig, RunConfig, EvalConfig, InferConfig)
+
+
+@dataclass
+class Config(InferConfig, EvalConfig, RunConfig, OptimConfig, LossConfig, ModelConfig, DataConfig):
+    """Every setting of every command, flat: the form of YAML files and of a checkpoint's
+    ``config``. A file may hold any of them; each command reads the fields it declares (the
+    sections above, in their order)."""
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# field -> the commands that read it (its own list, else its section's)
+COMMANDS: Dict[str, Tuple[str, ...]] = {f.name: f.metadata["commands"] or sec.COMMANDS
+                                        for sec in SECTIONS for f in dataclasses.fields(sec)}
+# The fields that can change what a training run computes (the study's cache key).
+RESULT_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata["result"] and TRAIN in COMMANDS[n])
+
+
+def fields_for(command: str) -> List[str]:
+    """The fields a command reads, in schema order."""
+    return [n for n in FIELDS if command in COMMANDS[n]]
+
+
+def flags_of(name: str) -> Tuple[str, ...]:
+    """A field's command-line spellings (``--stop-epoch``; official ones such as ``--input-size``)."""
+    return FIELDS[name].metadata["flags"] or (flag_name(name),)
+
+
+def help_of(name: str) -> str:
+    return FIELDS[name].metadata["help"]
+
+
 _HINTS = typing.get_type_hints(Config)
 
 
@@ -206,14 +388,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    import os
-
     import yaml
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # --- value checks: every value a run reads is checked before any data is read or model built.
@@ -222,54 +399,11 @@ def _finite(v) -> bool:
     return not isinstance(v, float) or math.isfinite(v)
 
 
-# field -> (test, what it must be). A None value of an optional field is always accepted.
-RANGES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
-    "lr": (lambda v: v > 0, "> 0"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "epochs": (lambda v: v >= 1, ">= 1"),
-    "stop_epoch": (lambda v: v >= 1, ">= 1"),
-    "batch_size": (lambda v: v >= 1, ">= 1"),
-    "workers": (lambda v: v >= 0, ">= 0"),
-    "image_size": (lambda v: v >= 1, ">= 1"),  # and >= the model's minimum: asl.models.check_image_size
-    "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "max_bad_images": (lambda v: v >= 0, ">= 0"),
-    "label_noise": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "num_classes": (lambda v: v >= 1, ">= 1"),
-    "gamma_neg": (lambda v: v >= 0, ">= 0"),
-    "gamma_pos": (lambda v: v >= 0, ">= 0"),
-    "clip": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "focal_gamma": (lambda v: v >= 0, ">= 0"),
-    "eps": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "delta_p_target": (lambda v: -1 < v < 1, "in (-1, 1)"),
-    "adaptive_lambda": (lambda v: v >= 0, ">= 0"),
-    "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "grad_clip": (lambda v: v > 0, "> 0"),
-    "accum_steps": (lambda v: v >= 1, ">= 1"),
-    "patience": (lambda v: v >= 0, ">= 0"),
-    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "seed": (lambda v: 0 <= v < 2**63, "in [0, 2^63)"),
-    "print_freq": (lambda v: v >= 0, ">= 0"),
-    "checkpoint_every": (lambda v: v >= 0, ">= 0"),
-    "max_nonfinite": (lambda v: v >= 1, ">= 1"),
-    "thre": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "th": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "top_k": (lambda v: v >= 1, ">= 1"),
-    "demo_classes": (lambda v: v % 10 == 0 and 10 <= v <= 80, "a multiple of 10 in [10, 80]"),
-}
-
-# field -> the names it accepts (lower case); the optimizer is checked against timm's registry.
-CHOICES: Dict[str, Tuple[str, ...]] = {
-    "augment": ("none", "cutout", "randaugment", "cutout_randaugment"),
-    "resize": ("squish", "crop"),
-    "difficult": ("ignore", "positive", "negative"),
-    "loss": ("asl", "asl_optimized", "adaptive_asl", "focal", "bce"),
-    "loss_reduction": ("sum", "mean", "batchmean", "none"),
-    "dataset": ("coco", "voc", "nuswide", "tagged", "demo"),
-    "voc_year": ("2007", "2012"),
-    "dataset_type": ("ms_coco", "coco", "openimages"),
-}
+# Derived from the schema (no second list): field -> (test, what it must be); field -> names.
+RANGES: Dict[str, Tuple[Callable[[Any], bool], str]] = {n: f.metadata["check"] for n, f in FIELDS.items()
+                                                        if f.metadata["check"]}
+# The optimizer is checked against timm's registry instead.
+CHOICES: Dict[str, Tuple[str, ...]] = {n: f.metadata["choices"] for n, f in FIELDS.items() if f.metadata["choices"]}
 
 
 def choice(value: str) -> str:

@@ -7,6 +7,7 @@ and none of this does anything.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Tuple
@@ -14,8 +15,10 @@ from typing import Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
-__all__ = ["DistInfo", "init_distributed", "ShardSampler", "gather_rows", "all_true", "broadcast_buffers"]
+__all__ = ["DistInfo", "init_distributed", "EpochSampler", "ShardSampler", "gather_rows", "all_true",
+           "broadcast_buffers"]
 
 
 @dataclass
@@ -47,20 +50,42 @@ def init_distributed(device: torch.device) -> Tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local), device
 
 
-class ShardSampler(torch.utils.data.Sampler):
-    """Every ``world_size``-th index from ``rank`` (padded by repeating the first indices so
-    every rank has the same count), in order: for evaluation. :func:`gather_rows` undoes it."""
+class EpochSampler(DistributedSampler):
+    """torch's ``DistributedSampler`` (shuffled, padded so every rank takes as many steps) whose
+    order depends only on (seed, epoch) and which can start part-way through an epoch.
 
-    def __init__(self, n: int, rank: int, world_size: int):
-        self.n, self.rank, self.world = n, rank, world_size
-        self.per_rank = -(-n // world_size)
+    It draws nothing from the global RNG, so a resumed run sees the same order as an
+    uninterrupted one; ``set_epoch(epoch, start)`` skips the first ``start`` samples of this
+    rank's share (the batches a mid-epoch checkpoint has already seen). A world of one is the
+    same sampler with ``rank=0, world_size=1``.
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        # DistributedSampler seeds its generator with seed + epoch: seed x 100003 keeps the
+        # orders of neighbouring seeds apart (seed 1 epoch 0 is not seed 0 epoch 1).
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed * 100_003,
+                         drop_last=False)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """``start``: samples of this rank's share already seen."""
+        super().set_epoch(epoch)
+        self.start = start
 
     def __iter__(self):
-        idx = list(range(self.n)) + list(range(self.per_rank * self.world - self.n))
-        return iter(idx[self.rank::self.world])
+        return itertools.islice(super().__iter__(), self.start, None)
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.num_samples - self.start
+
+
+class ShardSampler(DistributedSampler):
+    """Every ``world_size``-th index from ``rank``, in order, padded by repeating the first
+    indices so every rank has the same count (``DistributedSampler`` without shuffling): for
+    evaluation. :func:`gather_rows` undoes it."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
 
 
 def _comm_device() -> torch.device:

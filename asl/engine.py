@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .distributed import EpochSampler  # noqa: F401  (its former home)
 from .errors import ASLError
 from .metrics import map_and_ap
 from .models import unwrap_model
@@ -24,7 +25,7 @@ from .models import unwrap_model
 log = logging.getLogger(__name__)
 
 __all__ = ["amp_dtype_for", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate", "seed_everything",
-           "EpochSampler", "get_rng_state", "set_rng_state", "NonFiniteLossError"]
+           "get_rng_state", "set_rng_state", "NonFiniteLossError"]
 
 
 def seed_everything(seed: int) -> None:
@@ -71,33 +72,6 @@ def _progress(iterable, desc: str, total: Optional[int] = None):
 
     # disable=None: a bar on a terminal, nothing in logs and CI.
     return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True)
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A shuffled order that depends only on (seed, epoch), and can start part-way.
-
-    Unlike ``RandomSampler`` it draws nothing from the global RNG, so a resumed run sees the
-    same order as an uninterrupted one; ``set_epoch(epoch, start)`` skips the first ``start``
-    samples of that epoch's order (the batches a mid-epoch checkpoint has already seen).
-    """
-
-    def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
-        self.rank, self.world = rank, world_size
-        self.per_rank = -(-n // world_size)  # padded, as DistributedSampler, so ranks step together
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """``start``: samples of this rank's share already seen."""
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        order += order[: self.per_rank * self.world - self.n]
-        return iter(order[self.rank::self.world][self.start:])
-
-    def __len__(self) -> int:
-        return self.per_rank - self.start
 
 
 def get_rng_state() -> Dict[str, Any]:

@@ -3,7 +3,7 @@ adaptive asymmetry, and focal / BCE as special cases, behind ``build_loss``."""
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -193,11 +193,32 @@ class AdaptiveAsymmetricLoss(AsymmetricLoss):
                 self.gamma_neg = min(max(0.0, g), self.max_gamma_neg)
         return super().forward(logits, targets)
 
+    def get_extra_state(self) -> Dict[str, float]:
+        """The adapted gamma_neg (and the last delta_p) travel in ``state_dict()``: a resumed
+        run continues from the value the interrupted one had reached."""
+        return {"gamma_neg": float(self.gamma_neg), "delta_p": float(self.delta_p)}
+
+    def set_extra_state(self, state: Dict[str, float]) -> None:
+        self.gamma_neg = float(state["gamma_neg"])
+        self.delta_p = float(state.get("delta_p", float("nan")))
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", delta_p_target={self.delta_p_target}, lam={self.lam}"
 
 
 LOSSES = ("asl", "asl_optimized", "adaptive_asl", "focal", "bce", "asl_single_label")
+
+# The multi-label losses' settings in a training config: config field -> constructor argument.
+_ASL_OPTIONS = {"gamma_neg": "gamma_neg", "gamma_pos": "gamma_pos", "clip": "clip"}
+LOSS_OPTIONS = {
+    "asl": _ASL_OPTIONS,
+    "asl_optimized": _ASL_OPTIONS,
+    "adaptive_asl": {**_ASL_OPTIONS, "delta_p_target": "delta_p_target", "adaptive_lambda": "lam"},
+    "focal": {"focal_gamma": "gamma"},
+    "bce": {},
+}
+COMMON_LOSS_OPTIONS = {"eps": "eps", "loss_reduction": "reduction", "label_smoothing": "label_smoothing",
+                       "disable_torch_grad_focal_loss": "disable_torch_grad_focal_loss"}
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:

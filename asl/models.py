@@ -1,19 +1,16 @@
-"""Models: any timm backbone with a multi-label head; initialization from a local file."""
+"""Models: any timm backbone with a multi-label head. This module builds models and loads no
+file: every checkpoint format, init weights included, lives in :mod:`asl.checkpoint`."""
 
 from __future__ import annotations
 
-import logging
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 
-log = logging.getLogger(__name__)
-
-__all__ = ["create_model", "data_config", "load_init_checkpoint", "unwrap_model", "check_image_size",
-           "SelectOutputs"]
+__all__ = ["create_model", "data_config", "unwrap_model", "check_image_size", "head_keys", "SelectOutputs"]
 
 
 class BottleneckHead(nn.Module):
@@ -130,56 +127,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
-def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
-    """Initialize ``model`` from a local checkpoint (ImageNet or another run's weights).
-
-    Keys must match; the classifier head is dropped when its shape differs (a different
-    class count), and the dropped keys are logged and returned.
-
-    Args:
-        model: the freshly created model.
-        path: a ``.pth`` file holding a state dict or a dict with ``model`` / ``state_dict``.
-
-    Returns:
-        ``{"dropped": [...], "missing": [...]}``.
-    """
-    from .checkpoint import load_checkpoint, normalize_state_dict, state_dict_of
-
-    # Official ASL files (inplace_abn layout) are converted to timm's layout first.
-    state = normalize_state_dict(state_dict_of(load_checkpoint(path, require_model=False), path))
-    own = model.state_dict()
-    dropped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    unexpected = [k for k in state if k not in own]
-    for k in dropped:
-        del state[k]
-    head_keys = _head_keys(model)
-    bad = [k for k in dropped if k not in head_keys]
-    if bad or unexpected:
-        first = (bad or unexpected)[:3]
-        raise CheckpointError(
-            f"{path}: does not fit model ({len(bad)} shape mismatches outside the head, "
-            f"{len(unexpected)} unexpected keys; first: {', '.join(first)})")
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    if [k for k in missing if k not in head_keys]:
-        raise CheckpointError(f"{path}: lacks weights of the model, first: "
-                              f"{', '.join([k for k in missing if k not in head_keys][:3])}")
-    model.load_state_dict(state, strict=False)
-    if dropped or missing:
-        log.info("init checkpoint %s: head not loaded (%s)", path, ", ".join(sorted(set(dropped + missing))))
-    return {"dropped": dropped, "missing": missing}
-
-
-def _head_keys(model: nn.Module) -> set:
+def head_keys(model: nn.Module) -> set:
     """State-dict keys of the classifier (timm's ``get_classifier``)."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(head, nn.Module):

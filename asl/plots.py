@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Dict, List
 
+from .files import atomic_write
+
 
 def _pyplot():
     import matplotlib
@@ -39,9 +41,6 @@ def plot_training_curves(history: List[Dict], path: str | os.PathLike) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    path = atomic_write(path, writer=lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -1,5 +1,5 @@
-"""Run-level helpers of the scripts: the base config, every check made before any work
-(values, files, output folder), signal handling, resume state."""
+"""Run-level helpers of the commands: the base configs, every check made before any work
+(values, files, output folder), signal handling, loader workers' process groups."""
 
 from __future__ import annotations
 
@@ -8,23 +8,29 @@ import os
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .checkpoint import load_checkpoint
-from .config import FIELDS, Config, check_values, choice, load_config
-from .engine import set_rng_state
-from .errors import CheckpointError, ConfigError
-from .models import unwrap_model
+from .config import (
+    DEFAULT_MODEL,
+    FIELDS,
+    TRAIN,
+    Config,
+    check_values,
+    choice,
+    default_image_size,
+    fields_for,
+    load_config,
+)
+from .errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# The base configs ship inside the package (configs/demo.yaml and configs/finetune.yaml in the
+# source tree point here), so an installed `asl-train` finds them.
+CONFIGS = Path(__file__).resolve().parent / "configs"
 DEMO_CONFIG = CONFIGS / "demo.yaml"
 FINETUNE_CONFIG = CONFIGS / "finetune.yaml"
 # Files a training run writes into its output folder.
 RUN_FILES = ("last.pth", "best.pth", "metrics.jsonl", "config.yaml", "curves.png", "per_class_ap.json")
 PROBE = ".write-test-"  # prefix of the temporary file that proves a folder writable
-# Fields train.py does not read (validate.py / infer.py settings): not checked for a training run.
-NOT_TRAINING = {"class_names", "calibrate", "pic_path", "th", "top_k", "json", "save_image",
-                "dataset_type"}
 
 
 def train_base(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
@@ -68,16 +74,26 @@ def default_output(data_root: str) -> str:
     return str(Path("runs") / (root.resolve().name or "run"))
 
 
-def prepare_training(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
-    """The resolved training config, after every check that needs no data: values in range,
-    names known, the model and its input size, the files named (data, init weights, resume).
-    Nothing is read, built or written yet; :func:`check_output_dir` comes next, once the resume
-    checkpoint (if any) is known to fit."""
+def resolve_training(cfg: Config) -> Config:
+    """Fill what a training config leaves unset: the model (``DEFAULT_MODEL``), its input size
+    (:func:`asl.config.default_image_size`), the output folder (``runs/<data folder>``)."""
+    model = cfg.model_name or DEFAULT_MODEL
+    size = cfg.image_size if cfg.image_size is not None else default_image_size(model)
+    return dataclasses.replace(cfg, model_name=model, image_size=size,
+                               output=cfg.output or default_output(cfg.data_root))
+
+
+def check_training(cfg: Config) -> Config:
+    """Every check of a resolved training config that needs no data: values in range, names
+    known, dataset options the dataset reads, the model and its input size, the files named
+    (data, init weights, resume). Nothing is read, built or written. Returns ``cfg`` with the
+    loader workers capped at the cores; the output folder is checked next, by the trainer, once
+    the resume checkpoint (if any) is known to fit."""
+    from .factory import check_dataset_options
     from .models import check_image_size
 
-    base = train_base(config_path, flags)
-    cfg = load_config(config_path, flags, base=base)
-    check_values(cfg, [f for f in FIELDS if f not in NOT_TRAINING])
+    check_values(cfg, fields_for(TRAIN))
+    check_dataset_options(cfg)
     check_image_size(cfg.model_name, cfg.image_size)
     if cfg.dataset == "demo":
         from .data.demo import check_demo_folder
@@ -91,9 +107,13 @@ def prepare_training(config_path: Optional[str], flags: Mapping[str, Any]) -> Co
                           f"first; see the README, 'Your own tagged images')")
     if cfg.resume and not Path(cfg.resume).is_file():
         raise ConfigError(f"--resume {cfg.resume} not found")
-    if cfg.output is None:
-        cfg = dataclasses.replace(cfg, output=default_output(cfg.data_root))
     return cap_workers(cfg)
+
+
+def prepare_training(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
+    """The training config of a command line (base <- ``--config`` <- flags), resolved and
+    checked (:func:`resolve_training`, :func:`check_training`)."""
+    return check_training(resolve_training(load_config(config_path, flags, base=train_base(config_path, flags))))
 
 
 def writable_dir(path: Path, flag: str = "--output") -> Path:
@@ -143,7 +163,7 @@ class StopSignal:
     """SIGTERM / SIGINT set a flag; the loop saves last.pth at the next step and exits.
 
     The previous handlers come back with :meth:`restore` (or at the end of a ``with`` block).
-    Loader workers live in process groups of their own (:func:`leave_process_group`), so a signal
+    Loader workers live in process groups of their own (:func:`asl.factory.leave_process_group`), so a signal
     sent to the run's process group (``timeout``, Ctrl-C) reaches the loop, not the workers."""
 
     def __init__(self):
@@ -170,80 +190,16 @@ class StopSignal:
         self.restore()
 
 
-def leave_process_group(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: the worker moves to a process group of its own.
+def resolve_device(name: str):
+    """``auto``: CUDA when present, else the CPU; a named device must exist."""
+    import torch
 
-    A signal sent to the run's process group (``timeout``, ``kill -TERM -PGID``, Ctrl-C in a
-    terminal) then reaches the training loop only, which saves ``last.pth`` and shuts its workers
-    down; a worker killed by it would end the run with PyTorch's "DataLoader worker is killed by
-    signal" error instead. The worker keeps SIGTERM's default action, so PyTorch can still stop a
-    stuck worker with it, and it exits on its own when the main process is gone (PyTorch's
-    watchdog). SIGINT is ignored as well, for a terminal that signals more than its foreground group.
-    """
-    if hasattr(os, "setpgid"):
-        try:
-            os.setpgid(0, 0)
-        except OSError:  # a session leader cannot move; nothing else to do then
-            pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def load_resume_checkpoint(path: str) -> dict:
-    """A ``last.pth`` to resume from; anything else is refused before any work starts."""
-    ckpt = load_checkpoint(path)
-    missing = [k for k in ("optimizer", "scheduler", "epoch") if ckpt.get(k) is None]
-    if missing:
-        raise CheckpointError(f"{path}: cannot resume from it, it lacks {', '.join(missing)} (resume from a last.pth)")
-    return ckpt
-
-
-def check_resume(ckpt: Dict[str, Any], cfg: Config, class_names: Optional[Sequence[str]] = None) -> None:
-    """Refuse a resume checkpoint that does not describe this run, naming what differs:
-    the model, the image size and (once the data is read) the classes."""
-    from .checkpoint import class_names_of
-
-    diffs = []
-    if ckpt.get("model_name") and ckpt["model_name"] != cfg.model_name:
-        diffs.append(f"model {ckpt['model_name']} vs {cfg.model_name}")
-    if ckpt.get("image_size") and int(ckpt["image_size"]) != cfg.image_size:
-        diffs.append(f"image size {ckpt['image_size']} vs {cfg.image_size}")
-    if class_names is not None:
-        have = class_names_of(ckpt, int(ckpt.get("num_classes") or 0))
-        if have != list(class_names):
-            diffs.append(f"{len(have)} classes vs {len(class_names)}" if len(have) != len(class_names)
-                         else "the class names or their order")
-    if diffs:
-        raise CheckpointError(f"--resume {cfg.resume} was saved by another run ({'; '.join(diffs)}, "
-                              f"checkpoint vs this run); resume with the settings it was trained with, or start "
-                              f"a new --output")
-
-
-def restore_training_state(ckpt: Dict[str, Any], model, optimizer, scheduler, ema=None, scaler=None,
-                           loss_fn=None) -> Tuple[int, int, Dict[str, Any], Optional[Dict[str, Any]]]:
-    """Load a ``last.pth`` into the run's objects.
-
-    Returns:
-        (epoch to start at, global step, best record, the mid-epoch resume dict for
-        ``train_one_epoch`` or None). At an epoch boundary the RNG states are restored here; a
-        mid-epoch resume restores them once the loader's iterator exists.
-    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        unwrap_model(model).load_state_dict(ckpt["model"])
-    except RuntimeError as e:  # what check_resume cannot see (e.g. a different head)
-        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
-        raise CheckpointError(f"the resume checkpoint does not fit this model: {first[:200]}") from None
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if ema is not None and ckpt.get("ema") is not None:
-        ema.module.load_state_dict(ckpt["ema"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    for k, v in (ckpt.get("loss_state") or {}).items():
-        setattr(loss_fn, k, v)
-    global_step, best = ckpt.get("global_step", 0), ckpt.get("best") or {"mAP": -1.0}
-    if ckpt.get("step_in_epoch"):  # a mid-epoch checkpoint: finish that epoch first
-        return ckpt["epoch"], global_step, best, {"partial": ckpt["partial"], "rng": ckpt.get("rng"),
-                                                  "step": ckpt["step_in_epoch"]}
-    if ckpt.get("rng") is not None:
-        set_rng_state(ckpt["rng"])
-    return ckpt["epoch"] + 1, global_step, best, None
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
+    return dev

@@ -1,16 +1,20 @@
 """Seeded grids of training runs and a report with paired comparisons (the paper's claims at small scale).
 
-    python tools/study.py configs/study_demo.yaml [--quick] [--jobs 2] [--dry-run] [--report-only]
+    asl-study configs/study_demo.yaml [--quick] [--jobs 2] [--dry-run] [--report-only]
+    (also python -m asl.study ..., python tools/study.py ...)
 
 A study YAML names a base training config and ``base_overrides``, the seeds, the settings (named
 config overrides: a loss and its parameters) and a list of experiments. An experiment runs some
 settings at each of its learning rates (``lrs``) or at each setting's best learning rate in an
 earlier experiment (``lr_from``), optionally over ``points`` (a sweep axis: gamma-, margin, class
 count), with its own ``overrides`` (label noise, longer schedule). Every run is an ordinary
-``train.py`` run in ``reports/<name>/runs/<hash>/``, where the hash is that of the resolved training
-config: a run shared by two experiments is trained once, a finished run is reused, an interrupted
-one resumes from its ``last.pth`` (deleted once the run is finished; ``best.pth`` stays), and
-changing a setting retrains only what it changes. ``--quick`` shares the full study's runs folder.
+training run (``python -m asl.train`` in a subprocess) in the working folder
+``reports/<name>/work/<key>/`` (not tracked); once finished, its config and per-epoch records are
+appended to ``reports/<name>/runs.jsonl``, the study's one record file. The key hashes the fields
+that can change a run's result (``asl.config.RESULT_FIELDS``), so a run shared by two experiments is
+trained once, a finished run is reused, an interrupted one resumes from its ``last.pth``, changing
+a setting retrains only what it changes, and a field added to the config later (with its default)
+leaves every recorded run's key as it was. ``--quick`` shares the full study's record file.
 
 The same seed gives the same initialization, batch order and label noise across settings, so
 every comparison is a paired per-seed difference with a 95% t-interval. ``report.md`` holds the
@@ -31,20 +35,20 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from asl.config import FIELDS, Config, dump_config, load_config, load_yaml
-from asl.errors import ConfigError
+from .config import FIELDS, RESULT_FIELDS, Config, dump_config, from_dict, load_config, load_yaml
+from .errors import ConfigError
+from .files import atomic_write
+from .runtime import resolve_training
 
-log = logging.getLogger("study")
-
-# Keys that change where or how fast a run goes, not what it computes: not part of its identity.
-_NOT_HASHED = {"output", "overwrite", "resume", "print_freq", "workers", "checkpoint_every"}
-TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
+log = logging.getLogger(__name__)
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 
 
 @dataclass
@@ -161,6 +165,98 @@ def load_study(path: str, quick: bool = False) -> Study:
 # --------------------------------------------------------------------------- runs
 
 
+def config_key(cfg: Config) -> str:
+    """Hash of the fields that can change a run's result (``RESULT_FIELDS``: not where it writes,
+    how often it logs or how many loader workers it uses)."""
+    d = {k: getattr(cfg, k) for k in RESULT_FIELDS}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def record_key(record: Dict[str, Any]) -> str:
+    """The key of a recorded run: its config, with today's defaults for fields added since."""
+    known = {k: v for k, v in record["config"].items() if k in FIELDS}
+    return config_key(from_dict(known, source="run record"))
+
+
+class RunStore:
+    """A study's finished runs: ``runs.jsonl``, one JSON object per run, in the order they finished::
+
+        {"key": "...", "config": {the RESULT_FIELDS values}, "epochs": [the metrics.jsonl records],
+         "per_class_ap": {"epoch": ..., "ap": [...], "ap_ema": [...] or null}}
+
+    Records are looked up by :func:`record_key`, recomputed when the file is read, so a field
+    added to the config since a run was recorded (with its default) does not orphan it. Adding
+    rewrites the file atomically; parallel jobs (threads) add under a lock.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._records: Optional[Dict[str, Dict[str, Any]]] = None
+
+    def _load(self) -> Dict[str, Dict[str, Any]]:
+        if self._records is None:
+            recs = {}
+            if self.path.exists():
+                for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                    if line.strip():
+                        try:
+                            rec = json.loads(line)
+                        except ValueError:
+                            raise ConfigError(f"{self.path}:{n}: not a JSON record") from None
+                        recs[record_key(rec)] = rec
+            self._records = recs
+        return self._records
+
+    def get(self, key: str) -> Optional[Dict[str, Any]]:
+        return self._load().get(key)
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __iter__(self):
+        return iter(list(self._load().values()))
+
+    def add(self, cfg: Config, epochs: List[Dict[str, Any]], per_class_ap: Optional[Dict[str, Any]]) -> str:
+        """Record a finished run; returns its key."""
+        rec = {"key": config_key(cfg), "config": {k: getattr(cfg, k) for k in RESULT_FIELDS}, "epochs": epochs,
+               "per_class_ap": per_class_ap}
+        with self._lock:
+            recs = self._load()
+            recs[rec["key"]] = rec
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs.values()))
+        return rec["key"]
+
+
+def read_run_folder(folder: Path) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """(per-epoch records, per-class AP without the class names) of a training run's folder."""
+    f = folder / "metrics.jsonl"
+    epochs = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if f.exists() else []
+    ap = None
+    if (folder / "per_class_ap.json").exists():
+        ap = json.loads((folder / "per_class_ap.json").read_text(encoding="utf-8"))
+        ap.pop("class_names", None)  # the dataset's, in its order: the same for every run of a dataset
+    return epochs, ap
+
+
+def import_run_folders(folder: Path, store: RunStore) -> Tuple[int, int]:
+    """Record the finished runs of an older study layout (``runs/<hash>/`` folders, each with its
+    ``study_config.yaml``, ``metrics.jsonl`` and ``per_class_ap.json``) in ``store``; nothing in
+    ``folder`` is changed. Returns (runs recorded, unfinished runs left out)."""
+    added = skipped = 0
+    for d in sorted(p for p in Path(folder).iterdir() if (p / "study_config.yaml").is_file()):
+        cfg = load_config(str(d / "study_config.yaml"))
+        epochs, ap = read_run_folder(d)
+        if len(epochs) < min(cfg.stop_epoch or cfg.epochs, cfg.epochs):
+            skipped += 1
+            continue
+        store.add(cfg, epochs, ap)
+        added += 1
+    return added, skipped
+
+
 @dataclass
 class Run:
     experiment: str
@@ -171,56 +267,54 @@ class Run:
     overrides: Dict[str, Any]
     cfg: Config
     key: str
-    dir: Path
+    dir: Path  # the working folder while it trains
+    store: Optional[RunStore] = field(default=None, repr=False, compare=False)
     _finished: Optional[List[Dict[str, Any]]] = field(default=None, repr=False, compare=False)
 
     @property
     def epochs(self) -> int:
         return min(self.cfg.stop_epoch or self.cfg.epochs, self.cfg.epochs)
 
+    def record(self) -> Optional[Dict[str, Any]]:
+        return self.store.get(self.key) if self.store is not None else None
+
     def records(self) -> List[Dict[str, Any]]:
-        """The run's per-epoch records; read once it is finished (a finished run never changes)."""
+        """The run's per-epoch records: from the study's record file once finished, else from its
+        working folder (a finished run never changes)."""
         if self._finished is not None:
             return self._finished
-        f = self.dir / "metrics.jsonl"
-        if not f.exists():
-            return []
-        recs = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rec = self.record()
+        recs = rec["epochs"] if rec is not None else read_run_folder(self.dir)[0] if self.dir else []
         if len(recs) >= self.epochs:
             self._finished = recs
         return recs
 
+    def per_class_ap(self) -> Optional[Dict[str, Any]]:
+        rec = self.record()
+        return rec["per_class_ap"] if rec is not None else read_run_folder(self.dir)[1]
+
     def done(self) -> bool:
         return len(self.records()) >= self.epochs
-
-
-# The Config fields when the cache was first keyed. A field added since then enters the hash only
-# when it differs from its default, so adding a field does not orphan the cached runs.
-_KEYED_FIELDS = frozenset(
-    "dataset data_root train_split val_split image_size batch_size workers augment val_fraction ann_file image_dir "
-    "keep_unannotated voc_year difficult resize max_bad_fraction demo_classes label_noise model_name num_classes "
-    "init_checkpoint channels_last sync_bn loss gamma_neg gamma_pos clip focal_gamma eps "
-    "disable_torch_grad_focal_loss loss_reduction label_smoothing delta_p_target adaptive_lambda optimizer lr "
-    "weight_decay epochs stop_epoch pct_start grad_clip accum_steps patience compile ema ema_decay amp output seed "
-    "device print_freq overwrite checkpoint_every max_nonfinite resume model_path thre calibrate pic_path th top_k "
-    "json save_image dataset_type".split())
-_DEFAULTS = Config().to_dict()
-
-
-def config_key(cfg: Config) -> str:
-    """Hash of everything that determines a run's result."""
-    d = {k: v for k, v in cfg.to_dict().items()
-         if k not in _NOT_HASHED and (k in _KEYED_FIELDS or v != _DEFAULTS[k])}
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _points(e: Experiment) -> List[Dict[str, Any]]:
     return e.points or [{"name": "", "overrides": {}}]
 
 
+_STORES: Dict[Path, RunStore] = {}
+
+
+def study_store(study: Study) -> RunStore:
+    """The record file of ``study`` (its quick profile shares the full study's)."""
+    path = (Path(study.output) / study.runs_name / "runs.jsonl").resolve()
+    return _STORES.setdefault(path, RunStore(path))
+
+
 def plan_experiment(study: Study, e: Experiment, best_lrs: Dict[str, Dict[str, float]]) -> List[Run]:
     """The runs of ``e``; ``best_lrs[experiment][setting]`` resolves ``lr_from``."""
     base = load_config(study.base_config, study.base_overrides)
+    root = Path(study.output) / study.runs_name
+    store = study_store(study)
     runs = []
     for p in _points(e):
         for s in e.settings:
@@ -232,11 +326,12 @@ def plan_experiment(study: Study, e: Experiment, best_lrs: Dict[str, Dict[str, f
                 for seed in e.seeds or study.seeds:
                     ov = {**study.setting(s).get("overrides", {}), **e.overrides, **p.get("overrides", {}),
                           "lr": lr, "seed": seed}
-                    cfg = load_config(None, ov, base=base)
+                    # resolved as the trainer resolves it (model, input size), so the key is the run's
+                    cfg = resolve_training(load_config(None, ov, base=base))
                     key = config_key(cfg)
-                    d = Path(study.output) / study.runs_name / "runs" / key
+                    d = root / "work" / key
                     cfg = dataclasses.replace(cfg, output=str(d), print_freq=0)
-                    runs.append(Run(e.name, s, p["name"], lr, seed, ov, cfg, key, d))
+                    runs.append(Run(e.name, s, p["name"], lr, seed, ov, cfg, key, d, store))
     return runs
 
 
@@ -256,7 +351,8 @@ def final_map(run: Run) -> float:
 
 
 class _Launcher:
-    """Starts runs as ``train.py`` subprocesses and stops them all (they save ``last.pth``) on a signal."""
+    """Starts runs as ``python -m asl.train`` subprocesses and stops them all (they save
+    ``last.pth``) on a signal."""
 
     def __init__(self, threads: int):
         self.threads = threads
@@ -269,9 +365,12 @@ class _Launcher:
         run.dir.mkdir(parents=True, exist_ok=True)
         cfg_file = run.dir / "study_config.yaml"
         dump_config(run.cfg, cfg_file)
-        argv = [sys.executable, str(TRAIN_PY), "--config", str(cfg_file)]
+        argv = [sys.executable, "-m", "asl.train", "--config", str(cfg_file)]
         argv += ["--resume", str(run.dir / "last.pth")] if (run.dir / "last.pth").exists() else ["--overwrite"]
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        # the package this process runs, installed or not
+        path = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
+                   PYTHONPATH=path)
         t0 = time.perf_counter()
         with open(run.dir / "train.log", "a", encoding="utf-8") as logf:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
@@ -309,6 +408,8 @@ def execute(runs: List[Run], jobs: int) -> None:
             if rc != 0:
                 tail = (run.dir / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
                 raise ConfigError(f"run {run.dir} failed ({rc}): {tail[-1] if tail else 'no output'}")
+            epochs, ap = read_run_folder(run.dir)
+            run.store.add(run.cfg, epochs, ap)
             (run.dir / "last.pth").unlink(missing_ok=True)  # 4x best.pth; only an unfinished run needs it
             log.info("%s %s %s lr %g seed %d: %.2f mAP in %.0fs", run.experiment, run.setting, run.point,
                      run.lr, run.seed, final_map(run), sec)
@@ -362,10 +463,11 @@ def dataset_stats(cfg: Config) -> Dict[str, Any]:
     """Classes, images, label cardinality, positive fraction and per-class training counts."""
     import numpy as np
 
-    from asl.factory import dataset_from_config
+    from .factory import dataset_from_config, prepare_data
 
     key = (cfg.dataset, cfg.data_root, cfg.demo_classes, cfg.ann_file, cfg.train_split, cfg.val_split)
     if key not in _STATS_CACHE:
+        prepare_data(cfg)  # the demo variants are generated here, once, not by parallel jobs
         clean = dataclasses.replace(cfg, label_noise=0.0)
         tr = dataset_from_config(clean, True, (0, 0, 0), (1, 1, 1))
         va = dataset_from_config(clean, False, (0, 0, 0), (1, 1, 1))
@@ -440,14 +542,14 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, writer=lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
 def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[float] = None,
                  source: str = "<study.yaml>") -> Path:
     """``report.md`` and its figures under ``reports/<name>/``, from the finished runs."""
-    from asl.plots import _pyplot
+    from .plots import _pyplot
 
     plt = _pyplot()
     root = Path(study.output) / study.name
@@ -544,7 +646,7 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
     lines += ["## Commands", "", "```", f"python tools/study.py {source}"
               + (" --quick" if study.is_quick else "") + " --jobs 2", "```", ""]
     dest = root / "report.md"
-    dest.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write(dest, "\n".join(lines))
     return dest
 
 
@@ -689,10 +791,9 @@ def _quartile_table(e: Experiment, chosen, baseline: str, runs: List[Run]) -> Li
              + "):", "", "| setting | Q1 | Q2 | Q3 | Q4 |", "| --- | ---: | ---: | ---: | ---: |"]
 
     def ap(r: Run) -> Optional[np.ndarray]:
-        f = r.dir / "per_class_ap.json"
-        if not f.exists():
+        d = r.per_class_ap()
+        if d is None:
             return None
-        d = json.loads(f.read_text(encoding="utf-8"))
         last = r.records()[-1]
         use = d["ap_ema"] if d.get("ap_ema") and (last.get("mAP_ema") or -1) > last["mAP"] else d["ap"]
         return np.array([np.nan if v is None else v for v in use], dtype=float)
@@ -752,3 +853,15 @@ def main(argv=None) -> int:
     dest = write_report(study, planned, None if args.report_only else time.perf_counter() - t0, args.study)
     print(f"report -> {dest}")
     return 0
+
+
+def console() -> None:
+    """The ``asl-study`` entry point (also ``python -m asl.study``, ``python tools/study.py``)."""
+    from . import cli
+
+    cli.setup_logging()
+    sys.exit(cli.run(main))
+
+
+if __name__ == "__main__":
+    console()

@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from asl.checkpoint import detect_official_tresnet, load_checkpoint, model_from_checkpoint
-from asl.models import create_model, load_init_checkpoint
+from asl.checkpoint import detect_official_tresnet, load_checkpoint, load_init_checkpoint, model_from_checkpoint
+from asl.models import create_model
 
 from .conftest import REPO
 

@@ -13,8 +13,7 @@ from PIL import Image
 
 from asl import cli
 from asl.checkpoint import load_checkpoint
-from asl.distributed import DistInfo, ShardSampler, gather_rows
-from asl.engine import EpochSampler
+from asl.distributed import DistInfo, EpochSampler, ShardSampler, gather_rows
 
 from .conftest import REPO
 

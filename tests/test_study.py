@@ -1,5 +1,6 @@
-"""The study machinery (asl/study.py) on a micro grid of a few steps: runs in subprocesses, the
-config-hash cache, lr_from, a sweep with a baseline point, the paired report and its figures."""
+"""The study machinery (asl/study.py) on a micro grid of a few steps: runs in subprocesses
+(``python -m asl.train``), the record file and its config-hash cache, lr_from, a sweep with a
+baseline point, the paired report and its figures."""
 
 from __future__ import annotations
 
@@ -42,12 +43,14 @@ def test_micro_study(tmp_path, capsys):
     root = tmp_path / "reports" / "micro"
     text = (root / "report.md").read_text()
     # main: 3 settings x 2 seeds; noisy: 4 more; sweep: its g4 point is main's asl run (same config hash)
-    assert len(list((root / "runs").glob("*/metrics.jsonl"))) == 12
-    assert not list((root / "runs").glob("*/last.pth"))  # finished runs keep best.pth only
+    records = [json.loads(line) for line in (root / "runs.jsonl").read_text().splitlines()]
+    assert len(records) == 12 and len({r["key"] for r in records}) == 12
+    assert all(len(r["epochs"]) == 2 and len(r["per_class_ap"]["ap"]) == 4 for r in records)
+    assert not list((root / "work").glob("*/last.pth"))  # finished runs keep best.pth only
     # adaptive gamma-: one value per optimizer step (24 images / batch 8 = 3 steps per epoch, 2 epochs)
     assert "Adaptive γ−: final" in text and (root / "main_gamma.png").exists()
-    ada = [p.parent for p in (root / "runs").glob("*/study_config.yaml") if "adaptive_asl" in p.read_text()]
-    recs = [json.loads(line) for line in (ada[0] / "metrics.jsonl").read_text().splitlines()]
+    ada = [r for r in records if r["config"]["loss"] == "adaptive_asl"]
+    recs = ada[0]["epochs"]
     assert [len(r["gamma_neg_steps"]) for r in recs] == [3, 3]
     assert recs[-1]["gamma_neg_steps"][-1] == pytest.approx(recs[-1]["gamma_neg"], abs=1e-4)
     assert "| asl | 0.002 | 2 |" in text and "| g0 | asl | 0.002 | 2 |" in text
@@ -55,12 +58,15 @@ def test_micro_study(tmp_path, capsys):
     assert "by class-frequency quartile" in text and "Change of each setting's advantage" in text
     for fig in ("main_curves.png", "noisy_curves.png", "sweep_sweep.png"):
         assert (root / fig).stat().st_size > 1000
-    noisy = [p for p in (root / "runs").glob("*/study_config.yaml") if "label_noise: 0.5" in p.read_text()]
+    noisy = [r for r in records if r["config"]["label_noise"] == 0.5]
     assert len(noisy) == 4
-    stamp = {p: p.stat().st_mtime for p in (root / "runs").glob("*/metrics.jsonl")}
+    stamp = (root / "runs.jsonl").stat().st_mtime_ns, (root / "runs.jsonl").read_bytes()
+    logs = {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/train.log")}
+    assert len(logs) == 12
     capsys.readouterr()
     assert cli.run(study.main, [str(spec)]) == 0  # finished runs are reused, not retrained
-    assert {p: p.stat().st_mtime for p in (root / "runs").glob("*/metrics.jsonl")} == stamp
+    assert ((root / "runs.jsonl").stat().st_mtime_ns, (root / "runs.jsonl").read_bytes()) == stamp
+    assert {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/train.log")} == logs
     # the quick profile is labelled and keeps only its experiments and seeds
     assert cli.run(study.main, [str(spec), "--quick", "--report-only"]) == 0
     quick = (tmp_path / "reports" / "micro_quick" / "report.md").read_text()

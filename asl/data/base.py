@@ -45,6 +45,8 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         name: for messages (dataset and split).
         max_bad_fraction: fraction of unreadable images that is tolerated ...
         max_bad_images: ... or this many, whichever is more (a small set survives a bad photo).
+        draft_size: training only: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding
+            when the image is that much larger (never below this side); None decodes in full.
 
     Yields:
         ``(image, target)``: transformed image, float32 (C,) target.
@@ -59,6 +61,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         name: str = "dataset",
         max_bad_fraction: float = 0.01,
         max_bad_images: int = 5,
+        draft_size: Optional[int] = None,
     ):
         targets = np.asarray(targets, dtype=np.float32)
         if targets.ndim != 2 or targets.shape[0] != len(paths) or targets.shape[1] != len(class_names):
@@ -73,7 +76,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         # Training only: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding when the
         # image is that much larger than the network input (it never goes below draft_size).
         # Evaluation keeps the full decode of the official validate.py.
-        self.draft_size: Optional[int] = None
+        self.draft_size = draft_size
         # One flag per sample in shared memory: DataLoader workers (forked or spawned) mark
         # the same table, so the main process can count them and each path is logged once.
         self._bad = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()

@@ -63,7 +63,7 @@ def create_coco(
     keep_unannotated: bool = False,
     max_bad_fraction: float = 0.01,
     max_bad_images: int = 5,
-    **_: object,
+    draft_size: Optional[int] = None,
 ) -> MultiLabelDataset:
     """Load a COCO split.
 
@@ -76,6 +76,7 @@ def create_coco(
         image_dir: the images of ``ann_file`` (default: ``root``).
         keep_unannotated: keep images without annotations as all-negative samples.
         max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
+        draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
     """
     root_p = Path(root)
     if ann_file:
@@ -113,4 +114,4 @@ def create_coco(
             raise DataError(f"{ann}: annotation refers to image id {img_id}, which has no 'images' entry")
         paths.append(str(images / info["file_name"]))
     return MultiLabelDataset(paths, targets, class_names, transform, name=name, max_bad_fraction=max_bad_fraction,
-                             max_bad_images=max_bad_images)
+                             max_bad_images=max_bad_images, draft_size=draft_size)

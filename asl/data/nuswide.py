@@ -54,7 +54,7 @@ def create_nuswide(
     image_dir: Optional[str] = None,
     max_bad_fraction: float = 0.01,
     max_bad_images: int = 5,
-    **_: object,
+    draft_size: Optional[int] = None,
 ) -> MultiLabelDataset:
     """Load a NUS-WIDE split.
 
@@ -65,6 +65,7 @@ def create_nuswide(
         ann_file: the split CSV (default ``ROOT/nus_wid_data.csv``).
         image_dir: image root, when not ``root``.
         max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
+        draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
     """
     root_p = check_exists(Path(root), "NUS-WIDE root")
     csv_path = check_exists(Path(ann_file) if ann_file else root_p / CSV_NAME, "NUS-WIDE split CSV")
@@ -79,4 +80,4 @@ def create_nuswide(
     images = Path(image_dir) if image_dir else root_p
     return MultiLabelDataset([str(images / p) for p, _, _ in selected], targets, class_names, transform,
                              name=f"nuswide {split}", max_bad_fraction=max_bad_fraction,
-                             max_bad_images=max_bad_images)
+                             max_bad_images=max_bad_images, draft_size=draft_size)

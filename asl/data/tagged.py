@@ -63,7 +63,7 @@ def create_tagged(
     seed: int = 0,
     max_bad_fraction: float = 0.01,
     max_bad_images: int = 5,
-    **_: object,
+    draft_size: Optional[int] = None,
 ) -> MultiLabelDataset:
     """Load a split of a tagged dataset.
 
@@ -74,6 +74,7 @@ def create_tagged(
         val_fraction: held-out fraction when the CSV has no split column.
         seed: seed of that split.
         max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
+        draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
     """
     csv_path = check_exists(_resolve_csv(Path(root)), "tagged dataset CSV")
     rows, has_split = read_tagged_csv(csv_path)
@@ -110,4 +111,4 @@ def create_tagged(
     paths = [str(base / image) for image, _, _ in selected]
     return MultiLabelDataset(paths, targets, class_names, transform, name=f"tagged {csv_path} [{split}]",
                              max_bad_fraction=max_bad_fraction,
-                             max_bad_images=max_bad_images)
+                             max_bad_images=max_bad_images, draft_size=draft_size)

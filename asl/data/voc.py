@@ -58,7 +58,7 @@ def create_voc(
     difficult: str = "ignore",
     max_bad_fraction: float = 0.01,
     max_bad_images: int = 5,
-    **_: object,
+    draft_size: Optional[int] = None,
 ) -> MultiLabelDataset:
     """Load a VOC split.
 
@@ -69,6 +69,7 @@ def create_voc(
         voc_year: ``2007`` or ``2012`` (default: 2007 if present, else 2012).
         difficult: ``ignore`` (-1), ``positive`` or ``negative`` for difficult-only classes.
         max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
+        draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
     """
     if difficult not in DIFFICULT:
         raise DataError(f"difficult must be one of {', '.join(DIFFICULT)}, got {difficult!r}")
@@ -93,4 +94,4 @@ def create_voc(
     paths = [str(year_dir / "JPEGImages" / f"{i}.jpg") for i in ids]
     return MultiLabelDataset(paths, targets, list(VOC_CLASSES), transform, name=f"voc {year_dir.name} {split}",
                              max_bad_fraction=max_bad_fraction,
-                             max_bad_images=max_bad_images)
+                             max_bad_images=max_bad_images, draft_size=draft_size)

@@ -1,0 +1,189 @@
+"""Tag images with a trained checkpoint (``infer.py``, ``asl-infer``, ``python -m asl.infer``).
+
+    python infer.py --model-path runs/demo/best.pth --pic-path pics/demo.png
+    python infer.py --model_path MS_COCO_TRresNet_L_448_86.6.pth --pic_path pics/ --json
+    python infer.py --model-path runs/demo/best.pth --pic-path 'photos/*.jpg' --top-k 5 --save-image out.png
+
+Threshold: --th, else the checkpoint's calibrated per-class thresholds
+(validate.py --calibrate), else the official 0.7 (0.995 for --dataset_type OpenImages).
+A plain timm state dict runs with --model-name (class count from its head) and
+--class-names FILE (else the classes are numbered).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import cli
+from .config import INFER, OFFICIAL_INFER_THRESHOLDS, Config, check_values, default_image_size, fields_for, load_config
+from .errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def collect_images(specs: List[str]) -> List[Path]:
+    """Files, folders (their images, sorted) and glob patterns, in the order given."""
+    paths: List[Path] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(f"no images in folder {spec}")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        elif glob.has_magic(spec):
+            found = sorted(Path(f) for f in glob.glob(spec) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(f"no images match {spec}")
+            paths += found
+        else:
+            raise DataError(f"image not found: {spec}")
+    return paths
+
+
+def load_image(path: Path):
+    from .data.base import UNREADABLE, Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except UNREADABLE as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__})") from None
+
+
+def check_save_image(path: str, overwrite: bool) -> Path:
+    """``--save-image``: a format PIL writes (by its extension), a new file in a writable folder."""
+    from PIL import Image
+
+    from .runtime import writable_file
+
+    Image.init()
+    dest = Path(path)
+    if dest.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"--save-image {path}: unknown picture format {dest.suffix or '(no extension)'!r}; "
+                          f"use .png or .jpg")
+    return writable_file(dest, "--save-image", overwrite)
+
+
+def draw_labels(img, labels, dest: Path) -> None:
+    """Save ``img`` with its labels written in its top-left corner (PIL, no window)."""
+    from PIL import ImageDraw
+
+    img = img.copy()
+    if max(img.size) < 256:  # tiny images get enlarged so the text stays legible
+        scale = 256 / max(img.size)
+        img = img.resize((round(img.width * scale), round(img.height * scale)))
+    draw = ImageDraw.Draw(img)
+    lines = [f"{lab['label']} {lab['score']:.2f}" for lab in labels] or ["(no label)"]
+    y = 4
+    for line in lines:
+        box = draw.textbbox((4, y), line)
+        draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(0, 0, 0))
+        draw.text((4, y), line, fill=(255, 255, 0))
+        y = box[3] + 6
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img.save(dest)
+
+
+def tag_images(cfg: Config) -> List[Dict[str, Any]]:
+    """Tag the pictures ``cfg.pic_path`` names with the checkpoint ``cfg.model_path``; print them.
+
+    Threshold: ``cfg.th``, else the checkpoint's calibrated per-class thresholds, else the
+    official one of ``cfg.dataset_type`` (``OFFICIAL_INFER_THRESHOLDS``). Input size:
+    ``cfg.image_size``, else the checkpoint's, else the model's official size.
+
+    Returns:
+        ``[{"image": path, "labels": [{"label": name, "score": s}, ...]}]``, highest score first.
+    """
+    check_values(cfg, fields_for(INFER))
+    if not cfg.model_path:
+        raise ConfigError("pass --model-path CHECKPOINT")
+    if not cfg.pic_path:
+        raise ConfigError("pass --pic-path IMAGE [IMAGE|DIR|GLOB ...]")
+    if cfg.save_image:
+        check_save_image(cfg.save_image, cfg.overwrite)
+    paths = collect_images(cfg.pic_path)
+
+    import torch
+
+    from .checkpoint import check_num_classes, load_checkpoint, model_from_checkpoint, read_class_names
+    from .data.transforms import build_infer_transform
+    from .models import check_image_size
+    from .runtime import resolve_device
+
+    ckpt = load_checkpoint(cfg.model_path)
+    model, info = model_from_checkpoint(ckpt, cfg.model_name, path=cfg.model_path)
+    check_num_classes(cfg.num_classes, info["num_classes"], cfg.model_path)
+    # --class-names: the outputs' names, in order (a file without names, or with wrong ones)
+    names = read_class_names(cfg.class_names, info["num_classes"]) if cfg.class_names else info["class_names"]
+    size = cfg.image_size if cfg.image_size is not None else info["image_size"] or default_image_size(
+        info["model_name"])
+    check_image_size(info["model_name"], size)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    transform = build_infer_transform(size, info["mean"], info["std"])  # the official infer.py's resize
+    if cfg.th is not None:
+        thresholds = torch.full((info["num_classes"],), float(cfg.th))
+    elif info["thresholds"] is not None and cfg.dataset_type is None:
+        thresholds = torch.tensor(info["thresholds"], dtype=torch.float32)
+    else:
+        thresholds = torch.full((info["num_classes"],), OFFICIAL_INFER_THRESHOLDS[cfg.dataset_type or "ms_coco"])
+
+    results = []
+    first_img = None
+    with torch.inference_mode():
+        for start in range(0, len(paths), cfg.batch_size):
+            batch = paths[start:start + cfg.batch_size]
+            imgs = [load_image(p) for p in batch]
+            if first_img is None:
+                first_img = imgs[0]
+            scores = torch.sigmoid(model(torch.stack([transform(im) for im in imgs]).to(device)).float()).cpu()
+            for p, s in zip(batch, scores):
+                keep = torch.nonzero(s > thresholds).flatten().tolist()  # strict, as the official infer.py
+                labels = sorted(({"label": names[k], "score": round(float(s[k]), 4)} for k in keep),
+                                key=lambda d: -d["score"])
+                if cfg.top_k:
+                    labels = labels[: cfg.top_k]
+                results.append({"image": str(p), "labels": labels})
+
+    if cfg.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            tags = ", ".join(f"{lab['label']} ({lab['score']:.2f})" for lab in r["labels"]) or "(no label)"
+            print(f"{r['image']}: {tags}")
+    if cfg.save_image:
+        try:
+            draw_labels(first_img, results[0]["labels"], Path(cfg.save_image))
+        except OSError as e:  # checked writable before any work; a full disk can still fail here
+            raise ConfigError(f"cannot write --save-image {cfg.save_image}: {e.strerror or e}") from None
+        if not cfg.json:
+            print(f"labelled picture -> {cfg.save_image}")
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = cli.build_parser(cli.prog("infer"), __doc__.split("\n\n")[0], cli.INFER_FIELDS,
+                              defaults=Config(batch_size=64),
+                              notes={"image_size": "the checkpoint's, else the model's official size",
+                                     "model_name": "the checkpoint's"})
+    config_path, flags = cli.parse_flags(parser, argv)
+    cfg = load_config(config_path, flags)
+    cli.setup_logging(verbose=False)
+    tag_images(cfg)
+    return 0
+
+
+def console() -> None:
+    """The ``asl-infer`` entry point."""
+    sys.exit(cli.run(main))
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,338 @@
+"""A training run as a library call: ``fit(cfg) -> RunResult``.
+
+The shape of torchvision's ``references/classification/train.py`` and DeiT's ``main.py``, with
+the epoch loop in a library: ``fit`` checks the config (one ``error:`` line before any work,
+see :mod:`asl.runtime`), builds the data, model, loss, optimizer, schedule, EMA and AMP scaler
+from it, resumes a ``last.pth`` when asked, and then runs the epochs: train
+(:func:`asl.engine.train_one_epoch`), evaluate the model and its EMA, append the epoch's record,
+keep the better of the two as ``best.pth`` and everything a resume needs as ``last.pth``
+(:class:`asl.checkpoint.RunState`). SIGTERM / SIGINT save ``last.pth`` at the next step and end
+the run; the previous handlers are back when ``fit`` returns. Under ``torchrun`` every rank
+calls ``fit``; rank 0 writes the files.
+
+    from asl.config import load_config
+    from asl.trainer import fit
+
+    result = fit(load_config("configs/demo.yaml", {"epochs": 2, "output": "runs/try"}))
+    print(result.best["mAP"], result.best_checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .checkpoint import (
+    RunState,
+    check_resume,
+    load_init_checkpoint,
+    load_resume_checkpoint,
+    make_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_checkpoint,
+)
+from .config import Config, dump_config
+from .data.base import split_warnings
+from .distributed import EpochSampler, ShardSampler, all_true, broadcast_buffers, gather_rows, init_distributed
+from .engine import (
+    amp_dtype_for,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    get_rng_state,
+    seed_everything,
+    set_rng_state,
+    train_one_epoch,
+)
+from .errors import ConfigError
+from .factory import dataset_from_config, loader_for, loss_from_config, prepare_data
+from .files import atomic_write
+from .losses import AdaptiveAsymmetricLoss
+from .models import create_model, data_config
+from .runtime import StopSignal, check_output_dir, check_training, resolve_device, resolve_training
+
+log = logging.getLogger(__name__)
+
+__all__ = ["fit", "RunResult"]
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run leaves.
+
+    Attributes:
+        output: the run's folder.
+        best: ``{"mAP": ..., "epoch": ..., "selected": "model" | "ema"}`` (``mAP`` -1 when no
+            epoch finished).
+        history: one record per finished epoch, as in ``metrics.jsonl``.
+        stopped_by: the signal's name when SIGTERM / SIGINT ended the run early (``last.pth``
+            holds its state), else None.
+        signum: that signal's number (0 when none).
+        early_stopped: ``patience`` epochs passed without a better mAP.
+        is_main: this process wrote the files (rank 0 under torchrun; always in a single process).
+    """
+
+    output: Path
+    best: Dict[str, Any]
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    stopped_by: Optional[str] = None
+    signum: int = 0
+    early_stopped: bool = False
+    is_main: bool = True
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 128 + the signal's number (the shell's convention for a signal-ended process)."""
+        return 128 + self.signum if self.signum else 0
+
+    @property
+    def best_checkpoint(self) -> Optional[Path]:
+        return self.output / "best.pth" if self.best.get("mAP", -1.0) >= 0 else None
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.output / "last.pth"
+
+
+def fit(cfg: Config) -> RunResult:
+    """Train, evaluate every epoch, keep the best and the last state.
+
+    Args:
+        cfg: a training config (``asl.runtime.prepare_training`` builds it from a command line);
+            unset fields are resolved (model, input size, output folder) and every value, name
+            and file is checked before anything is read or written.
+
+    Returns:
+        :class:`RunResult`.
+
+    Raises:
+        ASLError: bad input (config, data, checkpoint): the command line prints it as one line.
+    """
+    cfg = check_training(resolve_training(cfg))
+    resume_ckpt = None
+    if cfg.resume:
+        resume_ckpt = load_resume_checkpoint(cfg.resume)
+        check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume)
+    out = Path(cfg.output)
+    check_output_dir(out, cfg.overwrite, cfg.resume)
+    run = _Run(cfg, out, resume_ckpt)
+    with StopSignal() as stop:  # the previous handlers come back when fit returns
+        return run.loop(stop)
+
+
+class _Run:
+    """The objects of one run and its epoch loop (``fit``'s body)."""
+
+    def __init__(self, cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]]):
+        self.cfg, self.out = cfg, out
+        self.dist, device = init_distributed(resolve_device(cfg.device))
+        self.device = device
+        self.main = self.dist.is_main  # only it writes files (logging is already rank 0 only)
+        if self.main and (out / "metrics.jsonl").exists() and not cfg.resume:
+            (out / "metrics.jsonl").unlink()  # an --overwrite run replaces the earlier one's record
+        seed_everything(cfg.seed)
+        self.amp_dtype = amp_dtype_for(device, cfg.amp)
+
+        self.loss_fn = loss_from_config(cfg).to(device)  # a bad loss setting fails before any data is read
+        # Data first: the class count sizes the head; mean/std come from the model's timm config.
+        mean, std = data_config(cfg.model_name)
+        prepare_data(cfg)
+        self.train_ds = dataset_from_config(cfg, train=True, mean=mean, std=std)
+        self.val_ds = dataset_from_config(cfg, train=False, mean=mean, std=std)
+        log.info("%s\n%s", self.train_ds.summary(), self.val_ds.summary())
+        for warning in split_warnings(self.train_ds, self.val_ds):
+            log.warning("warning: %s", warning)
+        if resume_ckpt is not None:
+            check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, self.train_ds.class_names)
+        model = create_model(cfg.model_name, self.train_ds.num_classes)
+        init = cfg.init_checkpoint or cfg.model_path
+        if init:
+            load_init_checkpoint(model, init)
+        if cfg.sync_bn and self.dist.enabled:
+            if device.type != "cuda":
+                raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU implementation)")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+
+        self.sampler = EpochSampler(len(self.train_ds), cfg.seed, self.dist.rank, self.dist.world_size)
+        self.train_loader = loader_for(self.train_ds, cfg, train=True, device=device, sampler=self.sampler)
+        val_sampler = ShardSampler(len(self.val_ds), self.dist.rank, self.dist.world_size) if self.dist.enabled \
+            else None
+        self.val_loader = loader_for(self.val_ds, cfg, train=False, device=device, sampler=val_sampler)
+        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, cfg.lr, cfg.epochs,
+                                         max(len(self.train_loader) // cfg.accum_steps, 1), cfg.pct_start)
+        self.ema = None
+        if cfg.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
+        net = model  # what the steps run: DDP under torchrun; EMA and checkpoints use the bare model
+        if self.dist.enabled:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            net = torch.compile(net)
+        self.net = net
+
+        self.state = RunState()
+        if resume_ckpt is not None:
+            self.state = restore_training_state(resume_ckpt, model, self.optimizer, self.scheduler, self.ema,
+                                                self.scaler, self.loss_fn)
+            log.info("resumed from %s at epoch %d%s", cfg.resume, self.state.next_epoch,
+                     f", step {self.state.step_in_epoch}" if self.state.mid_epoch else "")
+            if not self.state.mid_epoch and self.state.rng is not None:
+                set_rng_state(self.state.rng)  # mid-epoch: train_one_epoch restores them once its iterator exists
+        if self.main:
+            dump_config(cfg, out / "config.yaml")
+        self.meta = dict(model_name=cfg.model_name, class_names=self.train_ds.class_names,
+                         image_size=cfg.image_size, mean=mean, std=std, config=cfg.to_dict())
+        self.adaptive = isinstance(self.loss_fn, AdaptiveAsymmetricLoss)
+        self.history: List[Dict[str, Any]] = []
+        if cfg.resume and (out / "metrics.jsonl").exists():
+            # records of epochs the resumed state has finished (a record written after the last
+            # state was saved belongs to an epoch that is trained again)
+            self.history = [r for r in (json.loads(line) for line in
+                                        (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+                                        if line.strip()) if r["epoch"] < self.state.next_epoch]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_last(self, epoch: int, step_in_epoch: int = 0, partial: Optional[Dict[str, Any]] = None) -> None:
+        """Everything a resume needs, RNG states last (nothing may draw after them)."""
+        if not self.main:
+            return
+        self.state.epoch, self.state.step_in_epoch, self.state.partial = epoch, step_in_epoch, partial
+        self.state.rng = get_rng_state()
+        save_checkpoint(training_checkpoint(self.state, self.model, optimizer=self.optimizer,
+                                            scheduler=self.scheduler, ema=self.ema, scaler=self.scaler,
+                                            loss_fn=self.loss_fn, **self.meta), self.out / "last.pth")
+
+    # ------------------------------------------------------------------ the loop
+
+    def loop(self, stop: StopSignal) -> RunResult:
+        cfg, state = self.cfg, self.state
+        self.stop = stop
+        start = state.next_epoch
+        end = min(cfg.stop_epoch or cfg.epochs, cfg.epochs)
+        log.info("training %s on %s for %d epochs (schedule %d), %s, loss %s, %d steps/epoch", cfg.model_name,
+                 self.device, end - start, cfg.epochs, "AMP " + str(self.amp_dtype) if self.amp_dtype else "fp32",
+                 self.loss_fn.__class__.__name__, len(self.train_loader))
+        result = RunResult(self.out, state.best, self.history, is_main=self.main)
+        for epoch in range(start, end):
+            t0 = time.perf_counter()
+            resume = state.epoch_resume() if epoch == start else None
+            done_before = resume["step"] if resume else 0
+            self.sampler.set_epoch(epoch, done_before * cfg.batch_size)
+            # adaptive ASL: gamma- after every step (the study's settling analysis)
+            self.epoch, self.done_before, self.gamma_trace = epoch, done_before, []
+            stats = train_one_epoch(
+                self.net, self.train_loader, self.loss_fn, self.optimizer, self.device, scheduler=self.scheduler,
+                ema=self.ema, scaler=self.scaler, amp_dtype=self.amp_dtype, grad_clip=cfg.grad_clip, epoch=epoch,
+                global_step=state.global_step, print_freq=cfg.print_freq, channels_last=cfg.channels_last,
+                max_nonfinite=cfg.max_nonfinite, on_step=self.on_step, resume=resume,
+                all_finite=(lambda ok: all_true(ok, self.dist)) if self.dist.enabled else None,
+                accum_steps=cfg.accum_steps)
+            state.global_step = stats["global_step"]
+            if stats["interrupted"]:
+                log.warning("stopped by %s; state saved: resume with --resume %s", stop.name or "a signal",
+                            self.out / "last.pth")
+                result.stopped_by, result.signum, result.best = stop.name, stop.signum, state.best
+                return result
+            rec = self.evaluate_epoch(epoch, stats, t0, self.gamma_trace)
+            self.history.append(rec)
+            self.save_last(epoch)
+            if cfg.patience and epoch - state.best.get("epoch", epoch) >= cfg.patience:
+                log.info("early stop: no better mAP for %d epochs (best %.2f at epoch %d)", cfg.patience,
+                         state.best["mAP"], state.best["epoch"])
+                result.early_stopped = True
+                break
+            if stop.received:
+                log.warning("stopped by %s after epoch %d; resume with --resume %s", stop.name, epoch,
+                            self.out / "last.pth")
+                result.stopped_by, result.signum, result.best = stop.name, stop.signum, state.best
+                return result
+        if self.dist.enabled:
+            torch.distributed.destroy_process_group()
+        result.best = state.best
+        return result
+
+    def on_step(self, step: int, partial: Dict[str, Any]) -> bool:
+        """After every optimizer step: record gamma-, save last.pth when asked (``checkpoint_every``)
+        or when a signal came; True ends the epoch (the signal's stop)."""
+        cfg, state = self.cfg, self.state
+        state.global_step = step
+        if self.adaptive:
+            self.gamma_trace.append(round(self.loss_fn.gamma_neg, 4))
+        in_epoch = self.done_before + partial["steps"]
+        stop_now = self.stop.received
+        if self.dist.enabled:  # every rank stops at the same step, or the others would hang
+            stop_now = not all_true(not stop_now, self.dist)
+        if stop_now or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                        and in_epoch < len(self.train_loader) + self.done_before):
+            self.save_last(self.epoch, in_epoch, partial)
+        return stop_now
+
+    def evaluate_epoch(self, epoch: int, stats: Dict[str, Any], t0: float, gamma_trace: List[float]) -> Dict:
+        """Evaluate the model and its EMA, write the epoch's record, keep the better one as best.pth."""
+        state, ema = self.state, self.ema
+        gather = (lambda rows: gather_rows(rows, len(self.val_ds), self.dist)) if self.dist.enabled else None
+        for m in (self.model, ema.module if ema else None):
+            if m is not None:
+                broadcast_buffers(m, self.dist)  # ranks evaluate (and rank 0 saves) one model
+        ev = evaluate(self.model, self.val_loader, self.device, amp_dtype=self.amp_dtype, desc="val", gather=gather)
+        ev_ema = (evaluate(ema.module, self.val_loader, self.device, amp_dtype=self.amp_dtype, desc="val ema",
+                           gather=gather) if ema else None)
+        pos, neg = ev["targets"] == 1, ev["targets"] == 0
+        rec = {"epoch": epoch, "train_loss": stats["train_loss"], "mAP": ev["mAP"],
+               "mAP_ema": ev_ema["mAP"] if ev_ema else None, "lr": stats["lr"],
+               "seconds": time.perf_counter() - t0, "images_per_s": stats["images_per_s"],
+               "data_time": stats["data_time"], "nonfinite_steps": stats["nonfinite_steps"],
+               "bad_images": stats["bad_images"] + ev["bad_images"],
+               # mean validation probability of positive and of negative labels (paper Sec. 2.6)
+               "p_pos": float(ev["scores"][pos].mean()) if pos.any() else None,
+               "p_neg": float(ev["scores"][neg].mean()) if neg.any() else None}
+        if self.adaptive:
+            rec.update(gamma_neg=self.loss_fn.gamma_neg, delta_p=self.loss_fn.delta_p, gamma_neg_steps=gamma_trace)
+        if self.main:
+            atomic_write(self.out / "metrics.jsonl",
+                         "".join(json.dumps(r) + "\n" for r in [*self.history, rec]))
+            write_per_class_ap(self.out / "per_class_ap.json", epoch, self.train_ds.class_names, ev, ev_ema)
+        log.info("epoch %d: loss %.4f  mAP %.2f  mAP(EMA) %s  %.0fs%s", epoch, rec["train_loss"], rec["mAP"],
+                 f"{rec['mAP_ema']:.2f}" if ev_ema else "-", rec["seconds"],
+                 f"  ({rec['bad_images']} unreadable images skipped)" if rec["bad_images"] else "")
+
+        use_ema = ev_ema is not None and ev_ema["mAP"] > ev["mAP"]
+        current = max(ev["mAP"], ev_ema["mAP"] if ev_ema else -1.0)
+        if current > state.best["mAP"]:
+            state.best = {"mAP": current, "epoch": epoch, "selected": "ema" if use_ema else "model"}
+            if self.main:
+                save_checkpoint(make_checkpoint(ema.module if use_ema else self.model, epoch=epoch,
+                                                selected=state.best["selected"], mAP=current, **self.meta),
+                                self.out / "best.pth")
+        if self.main:
+            from .plots import plot_training_curves
+
+            plot_training_curves([*self.history, rec], self.out / "curves.png")
+        return rec
+
+
+def write_per_class_ap(path: Path, epoch: int, class_names, ev: Dict[str, Any], ev_ema: Optional[Dict]) -> None:
+    """The latest epoch's AP per class, plain and EMA (read by the study's frequency analysis)."""
+
+    def ap(e):
+        return None if e is None else [None if v != v else round(float(v), 5) for v in e["per_class_ap"]]
+
+    atomic_write(path, json.dumps({"epoch": epoch, "class_names": list(class_names), "ap": ap(ev),
+                                   "ap_ema": ap(ev_ema)}))

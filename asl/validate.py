@@ -1,0 +1,184 @@
+"""Evaluate a checkpoint: mAP (official definition) and CP/CR/CF1/F_C/OP/OR/OF1
+(``validate.py``, ``asl-validate``, ``python -m asl.validate``).
+
+Settings follow the checkpoint's own config when it has one, else the official
+validate.py (COCO, 448 px, threshold 0.8; the defaults below); flags override both.
+The checkpoint's classes are matched to the dataset's by name: the same classes in
+another order are remapped, other names are an error.
+
+    python validate.py --model-path runs/demo/best.pth
+    python validate.py data/coco --dataset coco --model-path models_local/MS_COCO_TRresNet_L_448_86.6.pth
+    python validate.py data/mytags --dataset tagged --model-path resnet18_state_dict.pth --model-name resnet18 \\
+        --class-names data/mytags/classes.txt
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from . import cli
+from .checkpoint import (
+    check_num_classes,
+    load_checkpoint,
+    match_classes,
+    model_from_checkpoint,
+    read_class_names,
+    save_checkpoint,
+)
+from .config import (
+    FIELDS,
+    OFFICIAL_VALIDATE,
+    VALIDATE,
+    Config,
+    check_values,
+    default_image_size,
+    fields_for,
+    from_dict,
+    load_config,
+)
+from .data import DATASET_OPTIONS, DATASETS
+from .data.base import split_warnings
+from .engine import amp_dtype_for, evaluate
+from .errors import ConfigError
+from .factory import check_dataset_options, dataset_from_config, loader_for, prepare_data
+from .files import atomic_write
+from .metrics import calibrate_thresholds, mAP, multilabel_metrics
+from .models import SelectOutputs, check_image_size
+from .runtime import cap_workers, resolve_device, writable_dir, writable_file
+
+log = logging.getLogger(__name__)
+OUTPUT_FILES = ("metrics.json", "scores.npy", "targets.npy", "calibrated.pth")
+
+def base_config(ckpt: dict, info: dict, dataset: Optional[str] = None) -> Config:
+    """The checkpoint's training config, or the official validate.py defaults (``OFFICIAL_VALIDATE``).
+
+    Args:
+        dataset: the dataset asked for (``--dataset``), when given: the checkpoint's options of
+            another dataset described its training data and are dropped.
+    """
+    saved = ckpt.get("config")
+    if isinstance(saved, dict):
+        keep = {k: v for k, v in saved.items() if k in FIELDS and k != "output"}
+        if dataset is not None and dataset != keep.get("dataset"):
+            keep = {k: v for k, v in keep.items()
+                    if k not in DATASET_OPTIONS or k in DATASETS[dataset].options}
+        return from_dict(keep, source="checkpoint config")
+    return Config(**OFFICIAL_VALIDATE, image_size=info.get("image_size") or default_image_size(info["model_name"]))
+
+
+def format_metrics(m: dict) -> str:
+    """CP CR CF1 (the papers' harmonic mean) F_C (the official printout's mean per-class F1) OP OR OF1."""
+    return "  ".join(f"{k} {m[k]:.2f}" for k in ("CP", "CR", "CF1", "F_C", "OP", "OR", "OF1"))
+
+
+def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any]:
+    """Evaluate the checkpoint a command line names; print and return its metrics.
+
+    Settings are layered: the checkpoint's training config (else the official defaults) <-
+    ``--config`` <- flags. Every value and file is checked before the data is read.
+
+    Returns:
+        the metrics dict (``metrics.json``): ``mAP``, CP ... OF1, ``num_images``, ``per_class_ap``,
+        ``calibrated`` when asked.
+    """
+    given = load_config(config_path, flags)  # what the command line sets; None where it leaves unset
+    check_values(given, fields_for(VALIDATE))  # before the checkpoint is even read
+    model_path = given.model_path
+    if not model_path:
+        raise ConfigError("pass --model-path CHECKPOINT")
+    output = given.output  # only where asked: never into the training run's folder by default
+    if output:
+        out = writable_dir(Path(output))
+        for name in OUTPUT_FILES if given.calibrate else OUTPUT_FILES[:3]:
+            writable_file(out / name, "--output", given.overwrite)
+    elif given.calibrate:
+        writable_file(Path(model_path).with_suffix(".calibrated.pth"), "--calibrate's checkpoint (beside the model)",
+                      given.overwrite)
+    ckpt = load_checkpoint(model_path)
+    model, info = model_from_checkpoint(ckpt, given.model_name, path=model_path)
+    names, named = info["class_names"], info["named"]
+    if given.class_names:  # the outputs' names, in order: for files without names, or with wrong ones
+        names, named = read_class_names(given.class_names, info["num_classes"]), True
+    base = base_config(ckpt, info)
+    cfg = load_config(config_path, flags, base=base)
+    if cfg.dataset != base.dataset:  # scored on another dataset than it was trained on
+        cfg = load_config(config_path, flags, base=base_config(ckpt, info, cfg.dataset))
+    if cfg.image_size is None:
+        cfg = dataclasses.replace(cfg, image_size=info["image_size"] or default_image_size(info["model_name"]))
+    check_values(cfg, fields_for(VALIDATE))
+    check_dataset_options(cfg)
+    check_image_size(info["model_name"], cfg.image_size)
+    cfg = cap_workers(cfg)
+    check_num_classes(cfg.num_classes, info["num_classes"], model_path)
+    device = resolve_device(cfg.device)
+    prepare_data(cfg)
+    ds = dataset_from_config(cfg, train=False, mean=info["mean"], std=info["std"])
+    order = match_classes(names, ds.class_names, named, path=model_path)
+    if order is not None:
+        log.info("the checkpoint lists the dataset's classes in another order: outputs matched by name")
+        model = SelectOutputs(model, order)
+    if not named:
+        log.warning("warning: %s has no class names; its outputs are taken in the dataset's order (pass "
+                    "--class-names FILE to check them)", model_path)
+    model.to(device)
+    log.info("%s", ds.summary())
+    for warning in split_warnings(None, ds):
+        log.warning("warning: %s", warning)
+    ev = evaluate(model, loader_for(ds, cfg, train=False, device=device), device,
+                  amp_dtype=amp_dtype_for(device, cfg.amp))
+    scores, targets = ev["scores"], ev["targets"]
+    metrics = {"mAP": ev["mAP"], **multilabel_metrics(targets, scores, cfg.thre), "num_images": ev["num_images"],
+               "bad_images": ev["bad_images"]}
+    if (targets == -1).any():
+        # ev["mAP"] already leaves unknown labels out; this is the official code's reading (-1 as negative).
+        metrics["mAP_unknown_as_negative"] = mAP(targets, scores)
+    metrics["per_class_ap"] = {n: (None if np.isnan(a) else float(100 * a))
+                               for n, a in zip(ds.class_names, ev["per_class_ap"])}
+    print(f"mAP {metrics['mAP']:.2f}  {format_metrics(metrics)}  "
+          f"(threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)")
+
+    if cfg.calibrate:
+        thr = calibrate_thresholds(targets, scores)  # in the dataset's class order
+        cal = multilabel_metrics(targets, scores, thr)
+        metrics["calibrated"] = cal
+        print(f"calibrated per-class thresholds: {format_metrics(cal)}")
+        per_output = np.empty_like(thr)
+        per_output[order if order is not None else slice(None)] = thr  # back to the model's output order
+        dest = Path(output) / "calibrated.pth" if output else Path(model_path).with_suffix(".calibrated.pth")
+        save_checkpoint(dict(ckpt, thresholds=[float(t) for t in per_output]), dest)
+        print(f"calibrated checkpoint -> {dest}")
+    if output:
+        out = Path(output)
+        atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
+        atomic_write(out / "scores.npy", writer=lambda f: np.save(f, scores))
+        atomic_write(out / "targets.npy", writer=lambda f: np.save(f, targets))
+        print(f"metrics -> {out / 'metrics.json'}")
+    return metrics
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = cli.build_parser(cli.prog("validate"), __doc__.rsplit("\n\n", 1)[0], cli.VALIDATE_FIELDS,
+                              positional_data=True, defaults=Config(**OFFICIAL_VALIDATE),
+                              notes={"output": "none: nothing is written",
+                                     "model_name": "the checkpoint's", "image_size": "the checkpoint's, else the "
+                                     "model's official size (TResNet-M 224, L/XL 448)"})
+    config_path, flags = cli.parse_flags(parser, argv)
+    cli.setup_logging()
+    validate(config_path, flags)
+    return 0
+
+
+def console() -> None:
+    """The ``asl-validate`` entry point."""
+    sys.exit(cli.run(main))
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,461 @@
+"""Checkpoints: every format the package reads or writes, atomic writes, ``weights_only=True`` reads.
+
+- The inference checkpoint (``best.pth``, CONTRACT.md section 3): a dict with the official keys
+  ``model`` (state dict), ``num_classes`` and ``idx_to_class`` ({int: name}), so the official
+  infer.py reads ours, plus ``model_name``, ``image_size``, ``mean``, ``std``, ``thresholds``
+  (optional), ``config`` and ``epoch`` (:func:`make_checkpoint`, :func:`model_from_checkpoint`).
+- The training state (``last.pth``): the same plus what a resume needs, described by
+  :class:`RunState` (:func:`training_checkpoint`, :func:`restore_training_state`).
+- The official layouts (inplace_abn TResNet, the Open Images bottleneck head), converted on read
+  (:func:`normalize_state_dict`), and init weights (:func:`load_init_checkpoint`).
+
+Every read goes through :func:`load_checkpoint`, which refuses a pickle that needs anything
+beyond tensors and plain containers; every write through :func:`save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .config import OFFICIAL_IMAGE_SIZE
+from .errors import CheckpointError
+from .files import atomic_write
+from .models import create_model, head_keys, unwrap_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["save_checkpoint", "make_checkpoint", "load_checkpoint", "state_dict_of", "model_from_checkpoint",
+           "normalize_state_dict", "detect_official_tresnet", "load_init_checkpoint", "RunState",
+           "training_checkpoint", "restore_training_state", "load_resume_checkpoint", "check_resume",
+           "check_num_classes"]
+
+# Official ASL files carry no model name: the stem width tells the TResNet variant.
+TRESNET_BY_STEM_WIDTH = {64: "tresnet_m", 76: "tresnet_l", 83: "tresnet_xl"}
+_BOTTLENECK_KEY = "head.fc.embedding_generator.0.weight"
+
+
+def strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Keys without the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+
+def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
+    """Initialize ``model`` from a local checkpoint (ImageNet or another run's weights).
+
+    Keys must match; the classifier head is dropped when its shape differs (a different
+    class count), and the dropped keys are logged and returned.
+
+    Args:
+        model: the freshly created model.
+        path: a ``.pth`` file holding a state dict or a dict with ``model`` / ``state_dict``.
+
+    Returns:
+        ``{"dropped": [...], "missing": [...]}``.
+    """
+    # Official ASL files (inplace_abn layout) are converted to timm's layout first.
+    state = normalize_state_dict(state_dict_of(load_checkpoint(path, require_model=False), path))
+    own = model.state_dict()
+    dropped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    unexpected = [k for k in state if k not in own]
+    for k in dropped:
+        del state[k]
+    head = head_keys(model)
+    bad = [k for k in dropped if k not in head]
+    if bad or unexpected:
+        first = (bad or unexpected)[:3]
+        raise CheckpointError(
+            f"{path}: does not fit model ({len(bad)} shape mismatches outside the head, "
+            f"{len(unexpected)} unexpected keys; first: {', '.join(first)})")
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if [k for k in missing if k not in head]:
+        raise CheckpointError(f"{path}: lacks weights of the model, first: "
+                              f"{', '.join([k for k in missing if k not in head][:3])}")
+    model.load_state_dict(state, strict=False)
+    if dropped or missing:
+        log.info("init checkpoint %s: head not loaded (%s)", path, ", ".join(sorted(set(dropped + missing))))
+    return {"dropped": dropped, "missing": missing}
+
+
+def is_official_layout(state: Dict[str, torch.Tensor]) -> bool:
+    """The official inplace_abn layout: ``Sequential(conv, InPlaceABN)`` as ``conv1.0`` / ``conv1.1``."""
+    return "body.conv1.0.weight" in state and "body.conv1.conv.weight" not in state
+
+
+def detect_official_tresnet(state: Dict[str, torch.Tensor]) -> Tuple[Optional[str], Optional[int], str]:
+    """(timm model name, class count, head) of a TResNet state dict, either layout."""
+    stem = state.get("body.conv1.0.weight", state.get("body.conv1.conv.weight"))
+    name = TRESNET_BY_STEM_WIDTH.get(int(stem.shape[0])) if stem is not None else None
+    if _BOTTLENECK_KEY in state:
+        fc = state.get("head.fc.FC.weight")
+        return name, (int(fc.shape[0]) if fc is not None else None), "bottleneck"
+    fc = state.get("head.fc.weight")
+    return name, (int(fc.shape[0]) if fc is not None else None), "linear"
+
+
+def normalize_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Strip wrapper prefixes; convert the official inplace_abn TResNet layout to timm's with
+    ``timm.models.tresnet.checkpoint_filter_fn`` (InPlaceABN scales by |w| + eps)."""
+    state = strip_prefixes(state)
+    if is_official_layout(state):
+        from timm.models.tresnet import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, None)
+    return state
+
+
+def make_checkpoint(
+    model: nn.Module,
+    *,
+    model_name: str,
+    class_names: Sequence[str],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: Optional[Dict[str, Any]] = None,
+    epoch: Optional[int] = None,
+    thresholds: Optional[Sequence[float]] = None,
+    head: str = "linear",
+    **extra: Any,
+) -> Dict[str, Any]:
+    """The checkpoint dict of CONTRACT.md section 3 for ``model`` (unwrapped, on the CPU)."""
+    state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
+    ckpt: Dict[str, Any] = {
+        "model": state,
+        "num_classes": len(class_names),
+        "idx_to_class": {i: str(n) for i, n in enumerate(class_names)},
+        "model_name": model_name,
+        "image_size": int(image_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "config": config,
+        "epoch": epoch,
+        "head": head,
+    }
+    if thresholds is not None:
+        ckpt["thresholds"] = [float(t) for t in thresholds]
+    ckpt.update(extra)
+    return ckpt
+
+
+def save_checkpoint(ckpt: Dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically (:func:`asl.files.atomic_write`): a crash mid-write never leaves a
+    truncated checkpoint under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, writer=lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(path: str | os.PathLike, require_model: bool = True) -> Dict[str, Any]:
+    """Read a checkpoint with ``torch.load(..., weights_only=True)`` onto the CPU.
+
+    A missing file, a file that is not a checkpoint, or a pickle that would run code or
+    needs classes beyond tensors and containers raises :class:`CheckpointError`; nothing
+    from such a file is executed.
+
+    Args:
+        path: the ``.pth`` file.
+        require_model: the dict must hold a ``model`` (or ``state_dict``) state dict.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols on stderr; the verdict below is what counts.
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        reason = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), "unsafe content")
+        raise CheckpointError(f"{path}: refused, it needs more than tensors and containers to load "
+                              f"({reason[:160]}); nothing in it was run") from None
+    except Exception as e:  # noqa: BLE001
+        # Arbitrary bytes can fail anywhere inside the unpickler (IndexError, KeyError, ...);
+        # every such failure means the same thing to the user.
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+    if require_model:
+        state_dict_of(obj, path)
+    return obj
+
+
+def state_dict_of(obj: Any, path: Any = "checkpoint") -> Dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint (``model``, ``state_dict``, or the dict itself)."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no model state dict")
+    return obj
+
+
+def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:
+    """Class names from ``idx_to_class`` (keys may be ints or strings), else ``class_<k>``."""
+    idx = ckpt.get("idx_to_class") or {}
+    names = {int(k): str(v) for k, v in idx.items()} if isinstance(idx, dict) else {}
+    return [names.get(k, f"class_{k}") for k in range(num_classes)]
+
+
+def read_class_names(path: str | os.PathLike, num_classes: Optional[int] = None) -> list:
+    """Class names from a text file, one per line (blank lines skipped), e.g. a tagged set's
+    ``classes.txt``; their count must be ``num_classes`` when given."""
+    p = Path(path)
+    try:
+        names = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        raise CheckpointError(f"--class-names file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"--class-names {path}: cannot read it ({type(e).__name__})") from None
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"--class-names {path}: a name is listed twice")
+    if num_classes is not None and len(names) != num_classes:
+        raise CheckpointError(f"--class-names {path} lists {len(names)} names, the model has {num_classes} classes")
+    return names
+
+
+def match_classes(model_names: Sequence[str], data_names: Sequence[str], named: bool = True,
+                  path: Any = "checkpoint") -> Optional[list]:
+    """How the model's outputs map onto the dataset's classes, matched by name.
+
+    Args:
+        model_names: the checkpoint's class names, in output order.
+        data_names: the dataset's class names, in target order.
+        named: False when the checkpoint carries no names (a plain state dict): then only the
+            count is checked and outputs are taken in order.
+        path: for messages.
+
+    Returns:
+        None when output k is class k already; else the list ``order`` with
+        ``scores[:, order]`` in the dataset's class order (the same set in another order).
+
+    Raises:
+        CheckpointError: different counts, or names that differ (the first differences listed).
+    """
+    if len(model_names) != len(data_names):
+        raise CheckpointError(f"{path} has {len(model_names)} classes, the dataset {len(data_names)}")
+    if not named or list(model_names) == list(data_names):
+        return None
+    in_model, in_data = set(model_names), set(data_names)
+    only_model = [n for n in model_names if n not in in_data]
+    only_data = [n for n in data_names if n not in in_model]
+    if only_model or only_data:
+        def first(names):
+            return ", ".join(map(repr, names[:3])) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+        raise CheckpointError(f"{path} was trained on other classes than the dataset's: {len(only_model)} only in "
+                              f"the checkpoint ({first(only_model)}), {len(only_data)} only in the dataset "
+                              f"({first(only_data)}); if the checkpoint's names are wrong, pass the right ones with "
+                              f"--class-names FILE")
+    index = {n: k for k, n in enumerate(model_names)}
+    return [index[n] for n in data_names]
+
+
+def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None,
+                          path: Any = "checkpoint") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the model a checkpoint describes and load its weights strictly.
+
+    Args:
+        ckpt: a dict from :func:`load_checkpoint`.
+        model_name: overrides the checkpoint's ``model_name`` (needed for files without one).
+        path: for messages.
+
+    Returns:
+        (model in eval mode on the CPU, info dict with ``model_name``, ``num_classes``,
+        ``class_names`` (``class_<k>`` when the file has none, and then ``named`` is False),
+        ``image_size``, ``mean``, ``std``, ``thresholds``, ``config``).
+    """
+    raw = strip_prefixes(state_dict_of(ckpt, path))
+    detected, detected_classes, head = detect_official_tresnet(raw)
+    head = ckpt.get("head") or head
+    state = normalize_state_dict(raw)
+    name = model_name or ckpt.get("model_name") or detected
+    if not name:
+        raise CheckpointError(f"{path}: names no model; pass --model-name")
+    num_classes = ckpt.get("num_classes", detected_classes)
+    if num_classes is None:
+        num_classes = _head_size(name, state)  # a plain timm state dict: the head's row count
+    if not isinstance(num_classes, int):
+        raise CheckpointError(f"{path}: has no 'num_classes'")
+    model = create_model(name, num_classes, head=head)
+    own = model.state_dict()
+    problems = []
+    for k, v in state.items():
+        if k not in own:
+            problems.append(f"unexpected key {k}")
+        elif tuple(v.shape) != tuple(own[k].shape):
+            problems.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    # BatchNorm's step counter is not in inplace_abn files and carries no weights.
+    problems += [f"missing key {k}" for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if problems:
+        raise CheckpointError(f"{path}: does not fit {name} with {num_classes} classes "
+                              f"({len(problems)} problems; first: {'; '.join(problems[:3])})")
+    model.load_state_dict(state, strict=False)  # every key was checked above
+    model.eval()
+    from .models import data_config
+
+    mean, std = data_config(model)
+    info = {
+        "model_name": name,
+        "num_classes": num_classes,
+        "class_names": class_names_of(ckpt, num_classes),
+        "named": bool(ckpt.get("idx_to_class")),
+        "image_size": ckpt.get("image_size") or OFFICIAL_IMAGE_SIZE.get(name),
+        "head": head,
+        "mean": tuple(ckpt.get("mean") or mean),
+        "std": tuple(ckpt.get("std") or std),
+        "thresholds": ckpt.get("thresholds"),
+        "config": ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None,
+    }
+    return model, info
+
+
+def _head_size(name: str, state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """Rows of the classifier weight in ``state`` for timm model ``name`` (None if absent).
+    The model is built on the ``meta`` device only to learn the head's keys."""
+    with torch.device("meta"):
+        probe = create_model(name, 1)
+    weights = [k for k in head_keys(probe) if k in state and state[k].ndim >= 2]
+    return int(state[weights[0]].shape[0]) if weights else None
+
+
+def check_num_classes(expected: Optional[int], actual: int, what: str) -> None:
+    """``--num-classes`` (the official flag), when given, must be the model's or the data's count."""
+    from .errors import ConfigError
+
+    if expected is not None and expected != actual:
+        raise ConfigError(f"--num-classes {expected} but {what} has {actual} classes")
+
+
+# --------------------------------------------------------------------------- training state
+
+
+@dataclass
+class RunState:
+    """Where a training run stands: the counters a ``last.pth`` holds beside the objects' states.
+
+    Attributes:
+        epoch: the epoch this state belongs to: finished (``step_in_epoch == 0``) or in progress.
+        global_step: optimizer steps taken since the start of the run.
+        best: the best validation result so far, ``{"mAP": -1.0}`` before any (else with
+            ``epoch`` and ``selected``: ``model`` or ``ema``).
+        step_in_epoch: batches of ``epoch`` already trained (a mid-epoch checkpoint), else 0.
+        partial: the running loss sums of that epoch (``train_one_epoch``'s resume stats).
+        rng: Python, numpy and torch RNG states (``asl.engine.get_rng_state``), taken last.
+    """
+
+    epoch: int = -1
+    global_step: int = 0
+    best: Dict[str, Any] = field(default_factory=lambda: {"mAP": -1.0})
+    step_in_epoch: int = 0
+    partial: Optional[Dict[str, Any]] = None
+    rng: Optional[Dict[str, Any]] = None
+
+    @property
+    def mid_epoch(self) -> bool:
+        return bool(self.step_in_epoch)
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch to train next: the one in progress, else the one after the last finished."""
+        return self.epoch if self.mid_epoch else self.epoch + 1
+
+    def epoch_resume(self) -> Optional[Dict[str, Any]]:
+        """``train_one_epoch``'s ``resume`` argument for a mid-epoch state, else None."""
+        if not self.mid_epoch:
+            return None
+        return {"partial": self.partial, "rng": self.rng, "step": self.step_in_epoch}
+
+
+def training_checkpoint(state: RunState, model: nn.Module, *, optimizer, scheduler, ema=None, scaler=None,
+                        loss_fn: Optional[nn.Module] = None, **meta: Any) -> Dict[str, Any]:
+    """The ``last.pth`` dict: the inference checkpoint of ``model`` plus everything a resume needs.
+
+    Args:
+        state: the run's counters.
+        model: the bare model (unwrapped).
+        optimizer, scheduler, ema, scaler: their ``state_dict()`` is saved (``ema``: its module's).
+        loss_fn: a loss with state (adaptive gamma-) keeps it in its own ``state_dict()``.
+        **meta: :func:`make_checkpoint`'s keyword arguments (model name, classes, size, ...).
+    """
+    loss_state = dict(loss_fn.state_dict()) if loss_fn is not None else None
+    return make_checkpoint(
+        model, epoch=state.epoch, global_step=state.global_step, best=state.best,
+        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+        ema=ema.module.state_dict() if ema is not None else None,
+        scaler=scaler.state_dict() if scaler is not None else None, loss_state=loss_state or None,
+        step_in_epoch=state.step_in_epoch, partial=state.partial, rng=state.rng, **meta)
+
+
+def restore_training_state(ckpt: Dict[str, Any], model: nn.Module, optimizer, scheduler, ema=None, scaler=None,
+                           loss_fn: Optional[nn.Module] = None) -> RunState:
+    """Load a ``last.pth`` into the run's objects and return its :class:`RunState`.
+
+    RNG states are not applied here: at an epoch boundary the trainer restores ``state.rng``
+    before the next epoch; mid-epoch, ``train_one_epoch`` restores them once the loader's
+    iterator exists (``state.epoch_resume()``).
+    """
+    try:
+        unwrap_model(model).load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # what check_resume cannot see (e.g. a different head)
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+        raise CheckpointError(f"the resume checkpoint does not fit this model: {first[:200]}") from None
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.module.load_state_dict(ckpt["ema"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    loss_state = ckpt.get("loss_state")
+    if loss_state and loss_fn is not None:
+        if "_extra_state" not in loss_state and "gamma_neg" in loss_state:
+            loss_state = {"_extra_state": dict(loss_state)}  # a last.pth written before losses kept their state
+        loss_fn.load_state_dict(loss_state)
+    return RunState(epoch=int(ckpt["epoch"]), global_step=int(ckpt.get("global_step", 0)),
+                    best=ckpt.get("best") or {"mAP": -1.0}, step_in_epoch=int(ckpt.get("step_in_epoch") or 0),
+                    partial=ckpt.get("partial"), rng=ckpt.get("rng"))
+
+
+def load_resume_checkpoint(path: str) -> dict:
+    """A ``last.pth`` to resume from; anything else is refused before any work starts."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("optimizer", "scheduler", "epoch") if ckpt.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it, it lacks {', '.join(missing)} (resume from a last.pth)")
+    return ckpt
+
+
+def check_resume(ckpt: Dict[str, Any], model_name: str, image_size: int, path: str,
+                 class_names: Optional[Sequence[str]] = None) -> None:
+    """Refuse a resume checkpoint that does not describe this run, naming what differs:
+    the model, the image size and (once the data is read) the classes."""
+    diffs = []
+    if ckpt.get("model_name") and ckpt["model_name"] != model_name:
+        diffs.append(f"model {ckpt['model_name']} vs {model_name}")
+    if ckpt.get("image_size") and int(ckpt["image_size"]) != image_size:
+        diffs.append(f"image size {ckpt['image_size']} vs {image_size}")
+    if class_names is not None:
+        have = class_names_of(ckpt, int(ckpt.get("num_classes") or 0))
+        if have != list(class_names):
+            diffs.append(f"{len(have)} classes vs {len(class_names)}" if len(have) != len(class_names)
+                         else "the class names or their order")
+    if diffs:
+        raise CheckpointError(f"--resume {path} was saved by another run ({'; '.join(diffs)}, "
+                              f"checkpoint vs this run); resume with the settings it was trained with, or start "
+                              f"a new --output")

@@ -1,0 +1,156 @@
+"""The argument parsers of train, validate and infer, generated from the config schema.
+
+Every flag is a :class:`asl.config.Config` field; its spellings, help and the commands that
+read it are declared on the field (``asl.config.setting``), nowhere else. Hyphen and underscore spellings
+both work (``--model-path`` and ``--model_path``), as do the official
+repository's names (``--input_size``, ``--pic_path``, ``-b``, ``-j``, ``--th``).
+Only flags given on the command line override the YAML config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from .config import INFER, TRAIN, VALIDATE, Config, _base_type, fields_for, flags_of, help_of, load_config
+from .errors import ASLError, ConfigError
+
+# Each command's flags, generated from the schema (asl.config: a field's flags, help and commands).
+TRAIN_FIELDS = fields_for(TRAIN)
+VALIDATE_FIELDS = fields_for(VALIDATE)
+INFER_FIELDS = fields_for(INFER)
+
+
+def prog(command: str) -> str:
+    """The program name in usage lines: ``asl-train`` when run as the console script, else ``train.py``."""
+    return f"asl-{command}" if os.path.basename(sys.argv[0] or "").startswith("asl-") else f"{command}.py"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one ``error:`` line (exit 2), not usage text."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
+def _twins(flags: Iterable[str]) -> List[str]:
+    """The underscore / hyphen twins of ``flags`` that are not among them (``--model_path``)."""
+    out: List[str] = []
+    for f in flags:
+        if f.startswith("--"):
+            for v in ("--" + f[2:].replace("-", "_"), "--" + f[2:].replace("_", "-")):
+                if v not in flags and v not in out:
+                    out.append(v)
+    return out
+
+
+def build_parser(prog: str, description: str, fields: Sequence[str], positional_data: bool = False,
+                 defaults: Optional[Config] = None, notes: Optional[Dict[str, str]] = None,
+                 epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """An argparse parser for ``fields``; values it returns override the config.
+
+    Each flag is listed once in ``--help`` (its underscore twin is accepted but not listed), with
+    the default that will run: ``notes[field]`` where given, else the value in ``defaults``.
+    """
+    p = _Parser(prog=prog, description=description, epilog=epilog, argument_default=argparse.SUPPRESS,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", help="YAML config file (flags override it)")
+    if positional_data:
+        p.add_argument("data_root_pos", nargs="?", metavar="DATA_ROOT", help="dataset folder")
+    defaults = defaults if defaults is not None else Config()
+    notes = notes or {}
+    for name in fields:
+        flags, help_text = flags_of(name), help_of(name)
+        typ, optional, is_list = _base_type(name)
+        default = notes.get(name, repr(getattr(defaults, name)))
+        kwargs = dict(dest=name, metavar=name.upper())
+        if typ is bool:
+            kwargs = dict(dest=name, action=argparse.BooleanOptionalAction)
+        elif is_list:
+            kwargs.update(nargs="+", type=typ)
+        else:
+            kwargs["type"] = typ
+        unset = getattr(defaults, name) is None and "(unset:" in help_text and name not in notes
+        shown = help_text if "(default:" in help_text or unset else f"{help_text} (default: {default})"
+        p.add_argument(*flags, help=shown, **kwargs)
+        twins = _twins(flags)
+        if twins:
+            p.add_argument(*twins, help=argparse.SUPPRESS, **kwargs)
+    if epilog is None:
+        p.epilog = "Underscore spellings of every flag (--model_path, --input_size, ...) work too."
+    return p
+
+
+def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
+    """(``--config`` path or None, {field: value} of the flags actually given)."""
+    ns = vars(parser.parse_args(argv))
+    config_path = ns.pop("config", None)
+    pos = ns.pop("data_root_pos", None)
+    if pos is not None:
+        ns.setdefault("data_root", pos)
+    return config_path, ns
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
+               base: Optional[Config] = None) -> Config:
+    """Parse flags, then defaults (or ``base``) <- ``--config`` YAML <- flags."""
+    config_path, overrides = parse_flags(parser, argv)
+    return load_config(config_path, overrides, base=base)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Plain messages to whatever ``sys.stderr`` is when a record is emitted."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; sys.stderr is read at each emit
+        pass
+
+
+def setup_logging(verbose: bool = True) -> None:
+    """The command's logging: plain messages on stderr, INFO (WARNING when not ``verbose``);
+    only the main process logs under torchrun. Called once by each command-line entry point;
+    the library never configures logging. Calling it again only sets the level."""
+    rank = int(os.environ.get("RANK", "0"))
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        root.addHandler(_StderrHandler())
+    root.setLevel(logging.INFO if (verbose and rank == 0) else logging.WARNING)
+
+
+def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
+    """Call a script's main; bad input becomes one ``error: ...`` line and exit code 2."""
+    try:
+        rc = int(main(argv) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as a message at interpreter exit
+        return rc
+    except ASLError as e:
+        text = str(e)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``infer.py ... | head -1``): stop quietly, as Unix tools do.
+        # Python flushes stdout again at exit, so point it at /dev/null first.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 128 + 13  # SIGPIPE
+    if "Original Traceback" in text:
+        # Raised in a DataLoader worker: torch wraps it in the worker's traceback text;
+        # the user's message is the last line, after the exception's class name.
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    msg = " ".join(text.split())  # one line, whatever the message held
+    print(f"error: {msg}", file=sys.stderr)
+    return 2

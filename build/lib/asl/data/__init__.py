@@ -1,0 +1,90 @@
+"""Dataset registry: ``create_dataset(name, root, split, transform, **options)``.
+
+Every dataset yields ``(image, target)`` with ``target`` float32 (C,) in {0, 1}
+or -1 (unknown) and exposes ``class_names``. Each declares the options it reads
+(:class:`DatasetSpec`); an option given for another dataset is an error, never
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from ..errors import ConfigError, DataError
+from .base import MultiLabelDataset
+from .transforms import build_transform
+
+__all__ = ["create_dataset", "DATASETS", "DatasetSpec", "MultiLabelDataset", "build_transform", "default_splits",
+           "COMMON_OPTIONS", "DATASET_OPTIONS", "unread_options"]
+
+# Options every dataset takes (asl.data.base.MultiLabelDataset's).
+COMMON_OPTIONS = ("max_bad_fraction", "max_bad_images", "draft_size")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset's factory, its default splits and the options it reads (besides the common ones).
+
+    ``factory`` is ``"module:function"`` inside ``asl.data``, imported on first use (so that
+    ``python -m asl.data.demo`` runs its module once)."""
+
+    factory: str
+    train_split: str
+    eval_split: str
+    options: Tuple[str, ...] = ()
+
+    def build(self, *args: Any, **kwargs: Any) -> MultiLabelDataset:
+        module, func = self.factory.split(":")
+        return getattr(importlib.import_module(f".{module}", __name__), func)(*args, **kwargs)
+
+
+DATASETS: Dict[str, DatasetSpec] = {
+    # train2014 / val2014, or the 2017 pair when only it exists
+    "coco": DatasetSpec("coco:create_coco", "train", "val", ("ann_file", "image_dir", "keep_unannotated")),
+    "voc": DatasetSpec("voc:create_voc", "trainval", "test", ("voc_year", "difficult")),
+    "nuswide": DatasetSpec("nuswide:create_nuswide", "train", "val", ("ann_file", "image_dir")),
+    "tagged": DatasetSpec("tagged:create_tagged", "train", "val", ("val_fraction", "seed")),
+    "demo": DatasetSpec("demo:create_demo", "train", "val", ("demo_classes",)),
+}
+# Every dataset-specific option (a config field of the same name, except ``seed``, the split's).
+DATASET_OPTIONS = tuple(sorted({o for s in DATASETS.values() for o in s.options} - {"seed"}))
+
+
+def _spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def default_splits(name: str):
+    """(training split, evaluation split) of a dataset, as train.py and validate.py use them."""
+    spec = _spec(name)
+    return spec.train_split, spec.eval_split
+
+
+def unread_options(name: str, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> list:
+    """The dataset options in ``values`` set away from ``defaults`` that dataset ``name`` does not read."""
+    spec = _spec(name)
+    return [o for o in DATASET_OPTIONS if o not in spec.options and values.get(o, defaults[o]) != defaults[o]]
+
+
+def create_dataset(name: str, root: str, split: str, transform: Optional[Callable] = None,
+                   **options: Any) -> MultiLabelDataset:
+    """Build a dataset split by name.
+
+    Args:
+        name: a key of ``DATASETS``.
+        root: the dataset's folder (or file, for a tagged CSV).
+        split: split name (``train``, ``val``, ...).
+        transform: PIL image -> tensor.
+        **options: the common options (``max_bad_fraction``, ``max_bad_images``, ``draft_size``)
+            and those the dataset declares; any other raises :class:`ConfigError`.
+    """
+    spec = _spec(name)
+    unknown = sorted(set(options) - set(COMMON_OPTIONS) - set(spec.options))
+    if unknown:
+        raise ConfigError(f"dataset {name} does not take {', '.join(unknown)} (it reads "
+                          f"{', '.join(COMMON_OPTIONS + spec.options)})")
+    return spec.build(root, split=split, transform=transform, **options)

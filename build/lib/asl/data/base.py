@@ -1,0 +1,193 @@
+"""The dataset every loader builds: image paths, a precomputed label matrix, class names."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+# What opening an image can raise when the file is not a readable image: PIL's errors, and its
+# guard against decompression bombs (a small file declaring billions of pixels).
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+def _first(paths, k: int = 3) -> str:
+    paths = list(paths)
+    return ", ".join(paths[:k]) + (f" (+{len(paths) - k} more)" if len(paths) > k else "")
+
+
+class MultiLabelDataset(torch.utils.data.Dataset):
+    """Images with multi-hot targets; labels are a precomputed (N, C) matrix.
+
+    An image that cannot be read (missing, truncated, corrupt, a decompression bomb) is
+    skipped: it is logged once with its path, counted in ``bad_images``, and the next readable
+    sample is returned in its place, so an epoch goes on. Missing files are found when the
+    dataset is built (a stat per path) and listed then. More than
+    ``max(max_bad_images, max_bad_fraction x N)`` bad images stops with a :class:`DataError`.
+    A path listed twice is reported (a duplicate row weighs its image twice).
+
+    Args:
+        paths: image paths, one per sample.
+        targets: (N, C) float32, 1 positive, 0 negative, -1 unknown.
+        class_names: C names.
+        transform: PIL image -> tensor.
+        name: for messages (dataset and split).
+        max_bad_fraction: fraction of unreadable images that is tolerated ...
+        max_bad_images: ... or this many, whichever is more (a small set survives a bad photo).
+        draft_size: training only: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding
+            when the image is that much larger (never below this side); None decodes in full.
+
+    Yields:
+        ``(image, target)``: transformed image, float32 (C,) target.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: np.ndarray,
+        class_names: Sequence[str],
+        transform: Optional[Callable] = None,
+        name: str = "dataset",
+        max_bad_fraction: float = 0.01,
+        max_bad_images: int = 5,
+        draft_size: Optional[int] = None,
+    ):
+        targets = np.asarray(targets, dtype=np.float32)
+        if targets.ndim != 2 or targets.shape[0] != len(paths) or targets.shape[1] != len(class_names):
+            raise ValueError("targets must be (len(paths), len(class_names))")
+        self.paths: List[str] = [str(p) for p in paths]
+        self.targets = targets
+        self.class_names = list(class_names)
+        self.transform = transform
+        self.name = name
+        self.max_bad_fraction = max_bad_fraction
+        self.tolerated = max(int(max_bad_images), int(max_bad_fraction * len(self.paths)))
+        # Training only: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding when the
+        # image is that much larger than the network input (it never goes below draft_size).
+        # Evaluation keeps the full decode of the official validate.py.
+        self.draft_size = draft_size
+        # One flag per sample in shared memory: DataLoader workers (forked or spawned) mark
+        # the same table, so the main process can count them and each path is logged once.
+        self._bad = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
+        missing = [i for i, p in enumerate(self.paths) if not os.path.isfile(p)]
+        if missing:
+            self._bad[missing] = 1
+            log.warning("%s: %d of %d images are missing and will be skipped: %s", name, len(missing),
+                        len(self.paths), _first(self.paths[i] for i in missing))
+            self._check_limit(self.paths[missing[-1]])
+        counts = Counter(self.paths)
+        if len(counts) < len(self.paths):
+            log.warning("%s: %d rows repeat an image listed before (it weighs twice): %s", name,
+                        len(self.paths) - len(counts), _first(p for p, k in counts.items() if k > 1))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load_image(self, index: int) -> Image.Image:
+        with Image.open(self.paths[index]) as img:
+            if self.draft_size:
+                img.draft("RGB", (self.draft_size, self.draft_size))
+            return img.convert("RGB")
+
+    def __getitem__(self, index: int):
+        n = len(self.paths)
+        for attempt in range(n):
+            i = (index + attempt) % n
+            if self._bad[i]:  # known bad (missing, or failed before): no second try
+                continue
+            try:
+                img = self.load_image(i)
+            except UNREADABLE as e:
+                self._record_bad(i, e)
+                continue
+            if self.transform is not None:
+                img = self.transform(img)
+            return img, torch.from_numpy(self.targets[i])
+        raise DataError(f"{self.name}: no readable image at all")
+
+    @property
+    def bad_images(self) -> List[str]:
+        """Paths found unreadable so far, by any process."""
+        return [self.paths[i] for i in torch.nonzero(self._bad).flatten().tolist()]
+
+    @property
+    def bad_count(self) -> int:
+        return int(self._bad.sum())
+
+    def _record_bad(self, i: int, e: Exception) -> None:
+        path = self.paths[i]
+        if not self._bad[i]:
+            self._bad[i] = 1
+            log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
+        self._check_limit(path)
+
+    def _check_limit(self, last: str) -> None:
+        count = self.bad_count
+        if count > self.tolerated:
+            raise DataError(
+                f"{self.name}: {count} of {len(self.paths)} images are missing or unreadable (more than "
+                f"{self.tolerated}: --max-bad-images / --max-bad-fraction raise the limit); last: {last}")
+
+    def summary(self) -> str:
+        """One paragraph: images, classes, label cardinality, rarest and commonest classes."""
+        t = self.targets
+        pos = (t == 1).sum(0)
+        card = float((t == 1).sum(1).mean()) if len(t) else 0.0
+        order = np.argsort(pos, kind="stable")
+        rare = ", ".join(f"{self.class_names[k]} ({int(pos[k])})" for k in order[:3])
+        common = ", ".join(f"{self.class_names[k]} ({int(pos[k])})" for k in order[::-1][:3])
+        unknown = int((t == -1).sum())
+        return (f"{self.name}: {len(self)} images, {self.num_classes} classes, "
+                f"{card:.2f} labels/image ({100 * card / max(self.num_classes, 1):.1f}% positive)"
+                + (f", {unknown} unknown labels" if unknown else "")
+                + f"; rarest: {rare}; most common: {common}")
+
+
+# Below this many images a validation mAP moves by whole points from one image to the next.
+SMALL_EVAL_SET = 50
+
+
+def split_warnings(train: Optional[MultiLabelDataset], evaluation: MultiLabelDataset) -> List[str]:
+    """What a user should know before trusting the validation mAP: images that are in both
+    splits (a leak: the score is optimistic) and an evaluation split too small to rank models."""
+    out = []
+    if train is not None:
+        both = sorted(set(map(os.path.realpath, train.paths)) & set(map(os.path.realpath, evaluation.paths)))
+        if both:
+            out.append(f"{len(both)} images are in both the training and the evaluation split, so the validation "
+                       f"mAP is optimistic: {_first(both)}")
+    if len(evaluation) < SMALL_EVAL_SET:
+        out.append(f"{evaluation.name} has only {len(evaluation)} images: its mAP is noisy (one image can move it "
+                   f"by points); hold out more images to compare runs")
+    return out
+
+
+def multi_hot(tag_lists: Sequence[Sequence[str]], class_names: Sequence[str]) -> np.ndarray:
+    """(N, C) float32 targets, 1 where a sample's tag list names the class."""
+    index = {c: k for k, c in enumerate(class_names)}
+    targets = np.zeros((len(tag_lists), len(class_names)), dtype=np.float32)
+    for i, tags in enumerate(tag_lists):
+        for t in tags:
+            targets[i, index[t]] = 1.0
+    return targets
+
+
+def check_exists(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{what} not found: {path}")
+    return path

@@ -1,0 +1,114 @@
+"""Custom tagged data: ``labels.csv`` with ``image,labels[,split]``.
+
+Paths are relative to the CSV; labels are ``|``-separated tag names (empty = no
+label). Without a split column a seeded random split holds out ``val_fraction``
+of the images for validation. An optional ``classes.txt`` beside the CSV (one
+name per line) fixes the class order; otherwise classes are the sorted tags.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from ..errors import DataError
+from .base import MultiLabelDataset, check_exists, multi_hot
+
+SPLITS = ("train", "val", "test")
+
+
+def _resolve_csv(root: Path) -> Path:
+    return root / "labels.csv" if root.is_dir() else root
+
+
+def read_tagged_csv(csv_path: Path):
+    """Parse the CSV into (rows of (image, [tags], split or None), has_split)."""
+    rows = []
+    try:
+        # utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which is not part of 'image'
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{csv_path}: empty file")
+            header = [h.strip().lower() for h in header]
+            if header[:2] != ["image", "labels"] or len(header) > 3 or (len(header) == 3 and header[2] != "split"):
+                raise DataError(f"{csv_path}: header must be 'image,labels[,split]', got {','.join(header)!r}")
+            has_split = len(header) == 3
+            for line_no, rec in enumerate(reader, start=2):
+                if not rec:
+                    continue
+                if len(rec) != len(header):
+                    raise DataError(f"{csv_path}:{line_no}: expected {len(header)} fields, got {len(rec)}")
+                tags = [t.strip() for t in rec[1].split("|") if t.strip()]
+                split = rec[2].strip() if has_split else None
+                if split is not None and split not in SPLITS:
+                    raise DataError(f"{csv_path}:{line_no}: unknown split {split!r} (expected {'/'.join(SPLITS)})")
+                rows.append((rec[0].strip(), tags, split))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{csv_path}: not a UTF-8 text file ({e.reason})") from None
+    except csv.Error as e:
+        raise DataError(f"{csv_path}: malformed CSV ({e})") from None
+    return rows, has_split
+
+
+def create_tagged(
+    root: str,
+    split: str = "train",
+    transform: Optional[Callable] = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_bad_fraction: float = 0.01,
+    max_bad_images: int = 5,
+    draft_size: Optional[int] = None,
+) -> MultiLabelDataset:
+    """Load a split of a tagged dataset.
+
+    Args:
+        root: the folder holding ``labels.csv``, or the CSV itself.
+        split: ``train``, ``val`` or ``test``.
+        transform: PIL image -> tensor.
+        val_fraction: held-out fraction when the CSV has no split column.
+        seed: seed of that split.
+        max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
+        draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
+    """
+    csv_path = check_exists(_resolve_csv(Path(root)), "tagged dataset CSV")
+    rows, has_split = read_tagged_csv(csv_path)
+    if not rows:
+        raise DataError(f"{csv_path}: no images listed")
+    classes_file = csv_path.parent / "classes.txt"
+    if classes_file.exists():
+        class_names: List[str] = [c.strip() for c in classes_file.read_text(encoding="utf-8-sig").splitlines()
+                                  if c.strip()]
+        known = set(class_names)
+        for image, tags, _ in rows:
+            for t in tags:
+                if t not in known:
+                    raise DataError(f"{csv_path}: tag {t!r} of {image} is not in {classes_file}")
+    else:
+        class_names = sorted({t for _, tags, _ in rows for t in tags})
+    if not class_names:
+        raise DataError(f"{csv_path}: no labels at all")
+
+    if has_split:
+        selected = [r for r in rows if r[2] == split]
+    else:
+        if split == "test":
+            raise DataError(f"{csv_path}: has no split column, so no 'test' split")
+        rng = np.random.default_rng(seed)
+        is_val = np.zeros(len(rows), dtype=bool)
+        is_val[rng.permutation(len(rows))[: int(round(val_fraction * len(rows)))]] = True
+        selected = [r for r, v in zip(rows, is_val) if v == (split == "val")]
+    if not selected:
+        raise DataError(f"{csv_path}: split {split!r} is empty")
+
+    targets = multi_hot([tags for _, tags, _ in selected], class_names)
+    base = csv_path.parent
+    paths = [str(base / image) for image, _, _ in selected]
+    return MultiLabelDataset(paths, targets, class_names, transform, name=f"tagged {csv_path} [{split}]",
+                             max_bad_fraction=max_bad_fraction,
+                             max_bad_images=max_bad_images, draft_size=draft_size)

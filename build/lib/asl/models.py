@@ -1,0 +1,136 @@
+"""Models: any timm backbone with a multi-label head. This module builds models and loads no
+file: every checkpoint format, init weights included, lives in :mod:`asl.checkpoint`."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError
+
+__all__ = ["create_model", "data_config", "unwrap_model", "check_image_size", "head_keys", "SelectOutputs"]
+
+
+class BottleneckHead(nn.Module):
+    """The official Open Images head: Linear(features -> 512) then Linear(512 -> classes), no
+    activation between; the attribute names match the official state dict
+    (``head.fc.embedding_generator.0``, ``head.fc.FC``).
+
+    Shapes: (N, features) -> (N, num_classes).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, bottleneck: int = 512):
+        super().__init__()
+        self.embedding_generator = nn.Sequential(nn.Linear(in_features, bottleneck))
+        self.FC = nn.Linear(bottleneck, num_classes)
+
+    def forward(self, x):
+        return self.FC(self.embedding_generator(x))
+
+
+HEADS = ("linear", "bottleneck")
+
+
+class SelectOutputs(nn.Module):
+    """``model``'s logits in another class order: output k is ``model``'s output ``order[k]``
+    (a checkpoint scored against a dataset that lists the same classes in another order).
+
+    Shapes: (N, ...) -> (N, len(order)).
+    """
+
+    def __init__(self, model: nn.Module, order):
+        super().__init__()
+        self.model = model
+        self.register_buffer("order", torch.as_tensor(list(order), dtype=torch.long), persistent=False)
+
+    def forward(self, x):
+        return self.model(x).index_select(1, self.order)
+
+
+def create_model(name: str, num_classes: int, head: str = "linear", **kwargs) -> nn.Module:
+    """A timm model with ``num_classes`` logits, without downloading anything.
+
+    Args:
+        name: any timm model name (``resnet10t``, ``tresnet_m``, ``tresnet_l``, ...).
+        num_classes: size of the classifier head.
+        head: ``linear`` (timm's) or ``bottleneck`` (the official Open Images head, 512 wide).
+        **kwargs: passed to ``timm.create_model`` (``drop_rate``, ...).
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown model name {name!r}{hint}")
+    if head not in HEADS:
+        raise ConfigError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if head == "bottleneck":
+        fc = model.get_classifier()
+        if not isinstance(fc, nn.Linear) or not hasattr(model, "head") or getattr(model.head, "fc", None) is not fc:
+            raise ConfigError(f"the bottleneck head needs a model with head.fc (TResNet); {name} has none")
+        model.head.fc = BottleneckHead(fc.in_features, num_classes)
+    return model
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    """Refuse an input side the model cannot take: below its total stride (the last feature
+    map would be empty), or other than its size when timm marks the input size as fixed (ViT).
+    The model is built on the ``meta`` device: no memory, no weights, a fraction of a second."""
+    with torch.device("meta"):
+        model = create_model(name, 1)  # an unknown name raises the ConfigError with suggestions
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    if pcfg.get("fixed_input_size") and image_size != pcfg["input_size"][-1]:
+        raise ConfigError(f"--image-size {image_size}: {name} takes {pcfg['input_size'][-1]} px inputs only")
+    try:
+        stride = int(model.feature_info[-1]["reduction"])
+    except (AttributeError, TypeError, KeyError, IndexError):
+        stride = 32  # a model that does not declare its stride: the common CNN downsampling
+    if image_size < stride:
+        raise ConfigError(f"--image-size {image_size} is below {stride}, the smallest input {name} takes "
+                          f"(its total stride)")
+
+
+def data_config(model_or_name) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) a model expects, from its timm config; (0, 0, 0) / (1, 1, 1) for TResNet.
+
+    Args:
+        model_or_name: a model, or a timm model name (read from timm's registry, nothing built).
+    """
+    import timm
+
+    if isinstance(model_or_name, str):
+        if not timm.is_model(model_or_name):
+            create_model(model_or_name, 1)  # raises the ConfigError with suggestions
+        pcfg = timm.models.get_pretrained_cfg(model_or_name)
+        if pcfg is None:
+            from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+            return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+        mean, std = pcfg.mean, pcfg.std
+    else:
+        cfg = timm.data.resolve_model_data_config(unwrap_model(model_or_name))
+        mean, std = cfg["mean"], cfg["std"]
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def head_keys(model: nn.Module) -> set:
+    """State-dict keys of the classifier (timm's ``get_classifier``)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        return set()
+    names = {id(p): n for n, p in model.state_dict(keep_vars=True).items()}
+    return {names[id(p)] for p in head.state_dict(keep_vars=True).values() if id(p) in names}

@@ -1,0 +1,46 @@
+"""Figures, drawn with matplotlib's Agg backend (imported on first use, never at import)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List
+
+from .files import atomic_write
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: List[Dict], path: str | os.PathLike) -> Path:
+    """``curves.png``: train loss, mAP of the plain and EMA model, learning rate, per epoch.
+
+    Args:
+        history: the ``metrics.jsonl`` records (``epoch``, ``train_loss``, ``mAP``, ``mAP_ema``, ``lr``).
+        path: output PNG.
+    """
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [r["train_loss"] for r in history], marker="o")
+    axes[0].set_title("train loss")
+    axes[1].plot(epochs, [r["mAP"] for r in history], marker="o", label="model")
+    if any(r.get("mAP_ema") is not None for r in history):
+        axes[1].plot(epochs, [r.get("mAP_ema") for r in history], marker="s", label="EMA")
+    axes[1].set_title("validation mAP (%)")
+    axes[1].legend()
+    axes[2].plot(epochs, [r["lr"] for r in history], marker="o")
+    axes[2].set_title("learning rate (end of epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = atomic_write(path, writer=lambda f: fig.savefig(f, format="png", dpi=90))
+    plt.close(fig)
+    return path

@@ -1,0 +1,48 @@
+"""Train a multi-label classifier with the Asymmetric Loss (``train.py``, ``asl-train``,
+``python -m asl.train``).
+
+With no argument it trains the built-in demo (configs/demo.yaml) on the CPU.
+Without --config, flags apply over configs/finetune.yaml, the fine-tuning base
+for your own data (the defaults below), or over configs/demo.yaml when no
+--dataset (or --dataset demo) is given. With --config, over that file.
+A run writes into --output (default runs/<name of the data folder>), which must
+be new or empty, or hold the run that --resume continues.
+
+    python train.py
+    python train.py --config configs/demo.yaml --loss bce --output runs/demo_bce
+    python train.py data/mytags --dataset tagged --model-name resnet18 --epochs 20
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from . import cli
+from .runtime import prepare_training, train_help_notes
+from .trainer import fit
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse a training command line, run :func:`asl.trainer.fit`, report where the result is."""
+    defaults, notes = train_help_notes()
+    parser = cli.build_parser(cli.prog("train"), __doc__.rsplit("\n\n", 1)[0], cli.TRAIN_FIELDS,
+                              positional_data=True, defaults=defaults, notes=notes)
+    config_path, flags = cli.parse_flags(parser, argv)
+    cli.setup_logging()
+    result = fit(prepare_training(config_path, flags))  # every value, name and file checked first
+    if result.stopped_by:
+        print(f"stopped by {result.stopped_by}; resume with --resume {result.last_checkpoint}", file=sys.stderr)
+    elif result.is_main and result.best_checkpoint is not None and result.best.get("epoch") is not None:
+        print(f"best mAP {result.best['mAP']:.2f} at epoch {result.best['epoch']} ({result.best['selected']} "
+              f"weights) -> {result.best_checkpoint}")
+    return result.exit_code
+
+
+def console() -> None:
+    """The ``asl-train`` entry point."""
+    sys.exit(cli.run(main))
+
+
+if __name__ == "__main__":
+    console()

@@ -1,0 +1,171 @@
+"""The package's shape (docs/architecture.md): the import graph has no circle, no module of
+asl/ imports a top-level script, files are written by one helper, the parsers are generated from
+the config schema, and the installed package carries its commands and base configs."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from asl import cli, config
+from asl.files import atomic_write
+
+from .conftest import REPO
+
+PACKAGE = REPO / "asl"
+SCRIPTS = {"train", "validate", "infer", "export"}
+
+
+def _module_name(path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path):
+    """Every module of ``asl`` (or top-level name) that ``path`` imports, at module level or inside a
+    function (a lazy import dodges nothing: it is still an edge)."""
+    mod = _module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [f"{target}.{a.name}" for a in node.names]
+            out.update(n for n in names if (PACKAGE.parent / (n.replace(".", "/") + ".py")).exists()
+                       or (PACKAGE.parent / n.replace(".", "/") / "__init__.py").exists())
+            out.add(target)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def _graph():
+    mods = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: {t for t in _imports(p) if t in mods and t != m} for m, p in mods.items()}
+    return mods, graph
+
+
+def test_import_graph_has_no_circle():
+    _, graph = _graph()
+    # a package's __init__ re-exporting its own modules is not a dependency between rooms
+    graph = {m: {t for t in ts if not (m.startswith(t + ".") and t in graph)} for m, ts in graph.items()}
+    state, cycles = {}, []
+
+    def visit(m, stack):
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t, stack + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+    # the circle the review found: models must not reach back into checkpoint
+    assert "asl.checkpoint" not in graph["asl.models"] and "asl.models" in graph["asl.checkpoint"]
+
+
+def test_no_module_of_the_package_imports_a_top_level_script():
+    mods, _ = _graph()
+    for m, p in mods.items():
+        bad = {t for t in _imports(p) if t.split(".")[0] in SCRIPTS}
+        assert not bad, (m, bad)
+        assert "train.py\"" not in p.read_text(encoding="utf-8").replace("'", '"'), m  # no script started by path
+
+
+def test_files_are_written_by_one_helper():
+    for p in PACKAGE.rglob("*.py"):
+        text = p.read_text(encoding="utf-8")
+        if p.name == "files.py":
+            continue
+        # demo.py swaps a whole generated folder into place (a directory, not a file)
+        allowed = 1 if p.name == "demo.py" else 0
+        assert text.count("os.replace(") == allowed, p
+        assert ".write_text(" not in text or p.name == "demo.py", p  # demo writes into its private temp folder
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    dest = tmp_path / "x.bin"
+    atomic_write(dest, b"old")
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(dest, writer=broken)
+    assert dest.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+    atomic_write(dest, "né")
+    assert dest.read_text(encoding="utf-8") == "né"
+    assert oct(dest.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def test_parsers_are_generated_from_the_schema():
+    assert not hasattr(cli, "FLAGS")  # no second list of flags
+    for command, fields in (("train", cli.TRAIN_FIELDS), ("validate", cli.VALIDATE_FIELDS),
+                            ("infer", cli.INFER_FIELDS)):
+        assert fields == config.fields_for(command)
+        parser = cli.build_parser(command, "", fields)
+        dests = {a.dest for a in parser._actions}
+        assert set(fields) <= dests
+        for name in fields:  # each field's own spellings, from its metadata
+            for flag in config.flags_of(name):
+                assert flag in parser._option_string_actions, (command, flag)
+    # a setting only YAML could set before is a flag now, with its range from the schema
+    cfg = cli.parse_args(cli.build_parser("t", "", cli.TRAIN_FIELDS), ["--focal-gamma", "3", "--pct-start", "0.3"])
+    assert cfg.focal_gamma == 3.0 and cfg.pct_start == 0.3
+    assert config.RANGES["pct_start"][1] == "in (0, 1)"
+    # "unset" is representable: what validate / infer take from the checkpoint is None until resolved
+    assert config.Config().model_name is None and config.Config().image_size is None
+    # the official defaults live in one place
+    assert config.default_image_size("tresnet_l") == 448 and config.default_image_size("tresnet_m") == 224
+    assert config.default_image_size("resnet50") == 224
+    # result fields: where a run writes, how often it logs, its workers do not change its result
+    assert {"output", "workers", "print_freq", "resume", "overwrite"}.isdisjoint(config.RESULT_FIELDS)
+    assert {"lr", "loss", "seed", "image_size", "ema_warmup"} <= set(config.RESULT_FIELDS)
+
+
+def test_commands_run_from_the_package():
+    for module in ("asl.train", "asl.validate", "asl.infer", "asl.study"):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
+                              cwd=REPO)
+        assert proc.returncode == 0 and "usage:" in proc.stdout, (module, proc.stderr)
+
+
+def test_wheel_ships_the_commands_and_base_configs(tmp_path):
+    pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("asl-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry = next(n for n in names if n.endswith("entry_points.txt"))
+        scripts = z.read(entry).decode()
+    assert {"asl/configs/demo.yaml", "asl/configs/finetune.yaml", "asl/trainer.py", "asl/study.py"} <= names
+    for script, target in (("asl-train", "asl.train:console"), ("asl-validate", "asl.validate:console"),
+                           ("asl-infer", "asl.infer:console"), ("asl-study", "asl.study:console")):
+        assert f"{script} = {target}" in scripts
+    assert not [n for n in names if n.split("/")[0] in {"train.py", "validate.py", "infer.py", "tests"}]
