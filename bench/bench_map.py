@@ -23,32 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.official import official_map  # noqa: E402
+
 SHAPES = [((40137, 80), 0.036), ((4952, 20), 0.07), ((83898, 81), 0.024), ((20000, 1000), 0.01)]
-
-
-def official_average_precision(output, target):
-    """The official ``average_precision`` of one class, transcribed."""
-    epsilon = 1e-8
-    indices = output.argsort()[::-1]
-    total_count_ = np.cumsum(np.ones((len(output), 1)))
-    target_ = target[indices]
-    ind = target_ == 1
-    pos_count_ = np.cumsum(ind)
-    total = pos_count_[-1]
-    pos_count_[np.logical_not(ind)] = 0
-    pp = pos_count_ / total_count_
-    precision_at_i_ = np.sum(pp)
-    return precision_at_i_ / (total + epsilon)
-
-
-def official_map(targs, preds):
-    """The official ``mAP`` loop over classes, transcribed."""
-    if np.size(preds) == 0:
-        return 0
-    ap = np.zeros((preds.shape[1]))
-    for k in range(preds.shape[1]):
-        ap[k] = official_average_precision(preds[:, k], targs[:, k])
-    return 100 * ap.mean()
 
 
 def main(argv=None) -> None:

@@ -173,3 +173,48 @@ def _tolerant(tmp_path):
     f = tmp_path / "tolerant.yaml"
     f.write_text("max_bad_fraction: 0.5\nprint_freq: 0\n")
     return f
+
+
+def test_each_dataset_declares_the_options_it_reads(tmp_path, capsys):
+    import train
+
+    # every option a dataset declares is a config field, and the factories take no catch-all
+    from asl.config import FIELDS
+    from asl.data import DATASET_OPTIONS, DATASETS
+    from asl.errors import ConfigError
+
+    assert set(DATASET_OPTIONS) <= set(FIELDS)
+    root = make_voc(tmp_path / "voc")
+    with pytest.raises(ConfigError, match="dataset voc does not take ann_file"):
+        create_dataset("voc", str(root), "test", ann_file="x.json")
+    assert create_dataset("voc", str(root), "test", voc_year="2007", difficult="positive").num_classes == 20
+    assert DATASETS["coco"].options == ("ann_file", "image_dir", "keep_unannotated")
+    # on the command line: an option of another dataset is one error line before any work
+    out = tmp_path / "out"
+    rc = cli.run(train.main, [str(root), "--dataset", "voc", "--model-name", "test_resnet", "--image-size", "32",
+                              "--keep-unannotated", "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --keep-unannotated True is not read by "
+                                                           "--dataset voc (it is a coco option)")
+    assert not out.exists()
+    rc = cli.run(train.main, [str(root), "--dataset", "tagged", "--voc-year", "2012", "--output", str(out)])
+    assert rc == 2 and "--voc-year '2012' is not read by --dataset tagged" in capsys.readouterr().err
+
+
+def test_the_demo_is_generated_by_an_explicit_step_only(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    root = tmp_path / "demo"
+    with pytest.raises(DataError, match="python -m asl.data.demo"):
+        create_dataset("demo", str(root), "train", demo_classes=10)
+    assert not root.exists()  # building a dataset reads; it never writes
+    proc = subprocess.run([sys.executable, "-m", "asl.data.demo", str(root), "--classes", "10"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "RuntimeWarning" not in proc.stderr, proc.stderr
+    ds = create_dataset("demo", str(root), "val", demo_classes=10)
+    assert ds.num_classes == 10 and len(ds) == 1000
+    with pytest.raises(DataError, match="holds the 10-class demo"):
+        create_dataset("demo", str(root), "val", demo_classes=80)

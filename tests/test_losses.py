@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from asl import functional as AF
 from asl.losses import AdaptiveAsymmetricLoss, ASLSingleLabel, AsymmetricLoss, AsymmetricLossOptimized, build_loss
+from bench.official import official_asymmetric_loss, official_single_label
 
 
 def reference(x, y, gamma_neg, gamma_pos, clip, eps=1e-8, detach=True, reduction="sum", smoothing=0.0,
@@ -152,23 +153,6 @@ def test_focal_special_case():
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def official_single_label(inputs, target, gamma_pos, gamma_neg, eps):
-    """The official ASLSingleLabel.forward, transcribed."""
-    num_classes = inputs.size()[-1]
-    log_preds = torch.log_softmax(inputs, dim=-1)
-    targets = torch.zeros_like(inputs).scatter_(1, target.long().unsqueeze(1), 1)
-    anti_targets = 1 - targets
-    xs_pos = torch.exp(log_preds)
-    xs_neg = 1 - xs_pos
-    xs_pos = xs_pos * targets
-    xs_neg = xs_neg * anti_targets
-    w = torch.pow(1 - xs_pos - xs_neg, gamma_pos * targets + gamma_neg * anti_targets)
-    log_preds = log_preds * w
-    if eps > 0:
-        targets = targets.mul(1 - eps).add(eps / num_classes)
-    return -(targets.mul(log_preds)).sum(-1).mean()
-
-
 def test_single_label():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(10, 6, generator=g, dtype=torch.float64) * 2
@@ -287,22 +271,6 @@ def test_build_loss_names_and_errors():
         build_loss("nope")
     with pytest.raises(ValueError):
         AsymmetricLoss(reduction="avg")
-
-
-def official_asymmetric_loss(x, y, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8, detach=True):
-    """The official ``AsymmetricLoss.forward`` operations (shared/reference, 1), with its global
-    grad-mode toggle scoped."""
-    xs_pos = torch.sigmoid(x)
-    xs_neg = 1 - xs_pos
-    if clip is not None and clip > 0:
-        xs_neg = (xs_neg + clip).clamp(max=1)
-    loss = y * torch.log(xs_pos.clamp(min=eps)) + (1 - y) * torch.log(xs_neg.clamp(min=eps))
-    if gamma_neg > 0 or gamma_pos > 0:
-        with torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
-            pt = xs_pos * y + xs_neg * (1 - y)
-            w = torch.pow(1 - pt, gamma_pos * y + gamma_neg * (1 - y))
-        loss = loss * w
-    return -loss.sum()
 
 
 def test_soft_targets_equal_the_official_loss():

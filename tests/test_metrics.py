@@ -8,24 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from asl.metrics import average_precision, calibrate_thresholds, mAP, map_and_ap, mAP_known, multilabel_metrics
-
-
-def official_average_precision(output, target):
-    """The official average_precision, transcribed from its definition (shared/reference, 2):
-    ``argsort()[::-1]`` is numpy's default (unstable) sort, reversed."""
-    indices = output.argsort()[::-1]
-    total_count_ = np.cumsum(np.ones((len(output), 1)))
-    target_ = target[indices]
-    ind = target_ == 1
-    pos_count_ = np.cumsum(ind)
-    total = pos_count_[-1]
-    pos_count_[np.logical_not(ind)] = 0
-    pp = pos_count_ / total_count_
-    return np.sum(pp) / (total + 1e-8)
-
-
-def official_map(targs, preds):
-    return 100 * np.mean([official_average_precision(preds[:, k], targs[:, k]) for k in range(preds.shape[1])])
+from bench.official import official_map
 
 
 def _tie_free(n, c, frac, seed):

@@ -146,3 +146,73 @@ def test_sweep_interaction_and_trend_lines_pair_by_seed():
     assert "`b` at p1: +3.00" in inter and "`b` at p2: +6.00" in inter
     trend = " ".join(study._trend_lines(e, chosen, baseline="a"))
     assert "`a` -1.000" in trend and "`b` +2.000" in trend and "gain over `a`: `b` +3.000" in trend
+
+
+def test_cache_key_covers_the_result_and_outlives_new_fields(tmp_path):
+    from asl.config import Config, load_config
+
+    cfg = load_config(str(REPO / "configs" / "demo.yaml"))
+    key = study.config_key(cfg)
+    # where a run writes, how often it logs, how many loader workers: the same run
+    same = cfg.__class__(**{**cfg.to_dict(), "output": "x", "workers": 0, "print_freq": 7, "overwrite": True})
+    assert study.config_key(same) == key
+    assert study.config_key(cfg.__class__(**{**cfg.to_dict(), "lr": 3e-3})) != key
+    # a record written before a field existed (here: ema_warmup) keeps its key
+    store = study.RunStore(tmp_path / "runs.jsonl")
+    assert store.add(cfg, [{"epoch": 0, "mAP": 1.0}], None) == key
+    line = json.loads((tmp_path / "runs.jsonl").read_text())
+    del line["config"]["ema_warmup"]
+    (tmp_path / "runs.jsonl").write_text(json.dumps(line) + "\n")
+    again = study.RunStore(tmp_path / "runs.jsonl")
+    assert again.get(key)["epochs"] == [{"epoch": 0, "mAP": 1.0}] and len(again) == 1
+    assert Config().ema_warmup is False
+
+
+def test_old_run_folders_are_converted_not_retrained(tmp_path):
+    from asl.config import load_config
+
+    cfg = load_config(str(REPO / "configs" / "demo.yaml"), {"epochs": 2})
+    old = tmp_path / "runs"
+    for name, n_epochs in (("aaa", 2), ("bbb", 1)):  # bbb was interrupted after one epoch
+        d = old / name
+        d.mkdir(parents=True)
+        run_cfg = cfg.__class__(**{**cfg.to_dict(), "seed": len(name) + n_epochs, "output": str(d)})
+        study.dump_config(run_cfg, d / "study_config.yaml")
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "mAP": 10.0 + e}) + "\n"
+                                                 for e in range(n_epochs)))
+        (d / "per_class_ap.json").write_text(json.dumps({"epoch": n_epochs - 1, "class_names": ["a", "b"],
+                                                         "ap": [0.5, None], "ap_ema": None}))
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    store = study.RunStore(tmp_path / "runs.jsonl")
+    assert study.import_run_folders(old, store) == (1, 1)
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before  # nothing in them changed
+    (rec,) = list(study.RunStore(tmp_path / "runs.jsonl"))
+    assert [e["mAP"] for e in rec["epochs"]] == [10.0, 11.0]
+    assert rec["per_class_ap"] == {"epoch": 1, "ap": [0.5, None], "ap_ema": None}
+    assert rec["key"] == study.config_key(load_config(str(old / "aaa" / "study_config.yaml")))
+
+
+def test_the_converted_demo_records_regenerate_the_quick_report(tmp_path, monkeypatch):
+    """reports/demo/runs.jsonl (the 206 runs converted from reports/demo/runs/<hash>/) gives the
+    quick profile's report as committed, table for table, with nothing to train."""
+    monkeypatch.chdir(REPO)  # the study's paths (configs/demo.yaml, data/demo) are the repository's
+    spec = load_study_copy(tmp_path)
+    assert cli.run(study.main, [str(spec), "--quick", "--dry-run"]) == 0
+    assert cli.run(study.main, [str(spec), "--quick", "--report-only"]) == 0
+    made = (tmp_path / "reports" / "demo_quick" / "report.md").read_text(encoding="utf-8")
+    committed = (REPO / "reports" / "demo_quick" / "report.md").read_text(encoding="utf-8")
+    assert made.replace(str(spec), "configs/study_demo.yaml") == committed
+
+
+def load_study_copy(tmp_path):
+    import shutil
+
+    import yaml
+
+    raw = yaml.safe_load((REPO / "configs" / "study_demo.yaml").read_text(encoding="utf-8"))
+    raw["output"] = str(tmp_path / "reports")
+    (tmp_path / "reports" / "demo").mkdir(parents=True)
+    shutil.copy(REPO / "reports" / "demo" / "runs.jsonl", tmp_path / "reports" / "demo" / "runs.jsonl")
+    spec = tmp_path / "study_demo.yaml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return spec
