@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: mAP (official definition) and CP/CR/CF1/F_C/OP/OR/OF1.
 
 Settings follow the checkpoint's own config when it has one, else the official
-validate.py (COCO, 448 px, threshold 0.8; the defaults below); flags override both.
+validate.py (COCO, the model's official size: 448 for TResNet-L/XL, 224 for M and others;
+threshold 0.8; the defaults below); flags override both.
 The checkpoint's classes are matched to the dataset's by name: the same classes in
 another order are remapped, other names are an error.
 

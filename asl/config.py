@@ -99,8 +99,8 @@ class DataConfig:
     val_split: Optional[str] = setting(None, "--val-split", "--split", help="evaluation split (default: the dataset's)")
     image_size: Optional[int] = setting(
         None, "--image-size", "--input-size", check=_ONE_UP, commands=(TRAIN, VALIDATE, INFER),
-        help="input side S; images are squish-resized to S x S (unset: the checkpoint's, else the model's "
-             "official size)")  # and >= the model's minimum: asl.models.check_image_size
+        help="input side S; images are squish-resized to S x S (unset: validate / infer take the checkpoint's; "
+             "else the model's official size, TResNet-L/XL 448, others 224)")  # >= asl.models.check_image_size
     batch_size: int = setting(64, "--batch-size", "-b", check=_ONE_UP, help="batch size",
                               commands=(TRAIN, VALIDATE, INFER))
     workers: int = setting(2, "--workers", "-j", check=_NONNEG, result=False,

@@ -1,4 +1,4 @@
-"""Tag images with a trained checkpoint (``infer.py``, ``asl-infer``, ``python -m asl.infer``).
+"""Tag images with a trained checkpoint.
 
     python infer.py --model-path runs/demo/best.pth --pic-path pics/demo.png
     python infer.py --model_path MS_COCO_TRresNet_L_448_86.6.pth --pic_path pics/ --json
@@ -8,6 +8,8 @@ Threshold: --th, else the checkpoint's calibrated per-class thresholds
 (validate.py --calibrate), else the official 0.7 (0.995 for --dataset_type OpenImages).
 A plain timm state dict runs with --model-name (class count from its head) and
 --class-names FILE (else the classes are numbered).
+
+The ``infer.py`` command; installed as ``asl-infer``, also ``python -m asl.infer``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Train a multi-label classifier with the Asymmetric Loss (``train.py``, ``asl-train``,
-``python -m asl.train``).
+"""Train a multi-label classifier with the Asymmetric Loss.
 
 With no argument it trains the built-in demo (configs/demo.yaml) on the CPU.
 Without --config, flags apply over configs/finetune.yaml, the fine-tuning base
@@ -11,6 +10,8 @@ be new or empty, or hold the run that --resume continues.
     python train.py
     python train.py --config configs/demo.yaml --loss bce --output runs/demo_bce
     python train.py data/mytags --dataset tagged --model-name resnet18 --epochs 20
+
+The ``train.py`` command; installed as ``asl-train``, also ``python -m asl.train``.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asl.data import build_transform, create_dataset  # noqa: E402
+from asl.data.demo import ensure_demo  # noqa: E402
 from asl.engine import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 from asl.losses import AsymmetricLoss  # noqa: E402
 from asl.models import create_model, data_config  # noqa: E402
@@ -102,14 +103,15 @@ def main(argv=None) -> None:
     print(f"{'run':>28} | {'minimal':>9} | {'engine':>9} | {'engine+EMA':>10} | {'engine/minimal':>14} | "
           f"{'engine+EMA/minimal':>18} | {'data wait':>10}")
     mean, std = data_config("resnet10t")
-    demo = create_dataset("demo", "data/demo", "train", build_transform(True, 64, mean, std))
+    ensure_demo("data/demo")  # the explicit generation step (once)
+    demo = create_dataset("demo", "data/demo", "train", build_transform(True, 64, mean, std), draft_size=64)
     bench("demo resnet10t 64px b64", "resnet10t", demo, 64, args.steps, args.reps, args.workers)
     if not args.skip_tresnet:
         from bench_data import make_coco_layout
 
         root = make_coco_layout(Path(args.coco_root), 2000)
-        ds = create_dataset("coco", str(root), "val2014", build_transform(True, 224, augment="cutout_randaugment"))
-        ds.draft_size = 224
+        ds = create_dataset("coco", str(root), "val2014", build_transform(True, 224, augment="cutout_randaugment"),
+                            draft_size=224)
         bench("tresnet_m 224px b16", "tresnet_m", ds, 16, max(args.steps // 4, 3), args.reps, args.workers)
 
 
