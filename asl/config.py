@@ -147,7 +147,8 @@ class ModelConfig:
     class_names: Optional[str] = setting(
         None, commands=(VALIDATE, INFER), result=False,
         help="the model's class names, one per line in output order (files without names or with wrong ones)")
-    channels_last: bool = setting(False, commands=(TRAIN,), help="channels_last memory format")
+    channels_last: Optional[bool] = setting(None, commands=(TRAIN,), result=False,
+                                            help="channels_last memory format (unset: on for CUDA, off on the CPU)")
     sync_bn: bool = setting(False, commands=(TRAIN,), help="SyncBatchNorm across processes under torchrun")
     compile: bool = setting(False, commands=(TRAIN,), help="torch.compile the model (first steps pay the compile)")
 

@@ -119,10 +119,17 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
         dist.broadcast(buf.data, src=0)
 
 
-def all_true(flag: bool, info: DistInfo) -> bool:
-    """True on every rank iff ``flag`` is True on every rank (so all take the same branch)."""
+def all_true(flag, info: DistInfo):
+    """True on every rank iff ``flag`` is True on every rank (so all take the same branch).
+
+    ``flag``: a bool (returns a bool), or a bool tensor on the device, reduced there without a
+    read-back (returns a bool tensor: the engine's ``defer_sync`` path)."""
     if not info.enabled:
         return flag
+    if torch.is_tensor(flag):
+        t = flag.to(device=_comm_device(), dtype=torch.int32).reshape(1)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.reshape(()).to(flag.device).bool()
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())

@@ -43,11 +43,23 @@ def amp_dtype_for(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """timm's optimizer factory; no weight decay on biases and 1-D parameters (as official)."""
+# timm names whose optimizer is torch's own Adam / AdamW / SGD, which have a fused implementation
+# (one kernel for all parameters, and a step skipped on the device: train_one_epoch's defer_sync).
+FUSED = ("adam", "adamw", "sgd", "nesterov", "momentum")
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                    fused: bool = False) -> torch.optim.Optimizer:
+    """timm's optimizer factory; no weight decay on biases and 1-D parameters (as official).
+
+    Args:
+        fused: torch's fused implementation where ``name`` has one (``FUSED``; the trainer asks
+            for it on CUDA); other names ignore it.
+    """
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, filter_bias_and_bn=True)
+    extra = {"fused": True} if fused and name.lower() in FUSED else {}
+    return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, filter_bias_and_bn=True, **extra)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
@@ -106,6 +118,49 @@ class NonFiniteLossError(ASLError):
     """Too many steps in a row had a NaN or infinite loss."""
 
 
+class _Deferred:
+    """``train_one_epoch``'s counters on the device (``defer_sync``): nothing here reads a value
+    back to the host except :meth:`check` and :meth:`partial`'s caller."""
+
+    def __init__(self, device: torch.device, loss_sum: float, skipped: int):
+        self.loss_sum = torch.tensor(float(loss_sum), device=device)
+        self.skipped = torch.tensor(float(skipped), device=device)
+        self.group_bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.streak = torch.zeros((), device=device)  # skipped optimizer steps in a row
+        self.worst = torch.zeros((), device=device)  # the longest streak since the last check
+        self.reported = int(skipped)
+
+    def add(self, loss: torch.Tensor, finite: torch.Tensor) -> None:
+        self.loss_sum += torch.where(finite, loss, torch.zeros_like(loss))
+        self.skipped += (~finite).float()
+        self.group_bad |= ~finite
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer step, skipped on the device when a micro-batch of the group was not finite."""
+        optimizer.grad_scale, optimizer.found_inf = None, self.group_bad.float()
+        try:
+            optimizer.step()
+        finally:
+            optimizer.found_inf = None
+        self.streak = (self.streak + 1) * self.group_bad
+        self.worst = torch.maximum(self.worst, self.streak)
+        self.group_bad = torch.zeros_like(self.group_bad)
+
+    def check(self, max_nonfinite: int, epoch: int, global_step: int) -> None:
+        worst, skipped = int(self.worst), int(self.skipped)  # the one read-back, every check_every steps
+        self.worst = self.streak.clone()
+        if skipped > self.reported:
+            log.warning("epoch %d: %d steps skipped up to step %d (the loss was not finite)", epoch,
+                        skipped - self.reported, global_step)
+            self.reported = skipped
+        if worst >= max_nonfinite:
+            raise NonFiniteLossError(f"the loss was not finite for {worst} steps in a row (epoch {epoch}, by step "
+                                     f"{global_step}); the last checkpoint is intact: lower --lr or check the data")
+
+    def partial(self, steps: int) -> Dict[str, Any]:
+        return {"loss_sum": self.loss_sum, "steps": steps, "skipped": self.skipped}
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
@@ -125,13 +180,18 @@ def train_one_epoch(
     max_nonfinite: int = 20,
     on_step: Optional[Callable[[int, Dict[str, Any]], bool]] = None,
     resume: Optional[Dict[str, Any]] = None,
-    all_finite: Optional[Callable[[bool], bool]] = None,
+    all_finite: Optional[Callable[[Any], Any]] = None,
     accum_steps: int = 1,
+    defer_sync: bool = False,
+    check_every: int = 25,
 ) -> Dict[str, Any]:
     """One pass over ``loader``: forward under autocast, float32 loss, step, schedule, EMA.
 
     A step whose loss is not finite is skipped (no update) and counted; ``max_nonfinite``
-    skipped optimizer steps in a row raise :class:`NonFiniteLossError`, before any further update.
+    skipped optimizer steps in a row raise :class:`NonFiniteLossError`, before any further update
+    (with ``defer_sync``: at the next check, up to ``check_every`` steps later). The schedule
+    follows the steps the optimizer took where a GradScaler skips them (fp16: the first steps,
+    an overflow); a step the non-finite guard skips advances it, as it advances the EMA.
 
     Args:
         on_step: called after every step with (global_step, partial stats); returning True
@@ -143,7 +203,14 @@ def train_one_epoch(
             divided by it, and a trailing incomplete group is dropped. Steps, the schedule, the
             EMA and ``on_step`` count optimizer steps; ``steps`` in the stats counts batches.
         all_finite: under DDP, agrees across ranks whether every rank's loss is finite, so all
-            skip the same steps (a rank alone skipping its backward would hang the others).
+            skip the same steps (a rank alone skipping its backward would hang the others). Takes
+            and returns a bool, or with ``defer_sync`` a bool tensor on the device.
+        defer_sync: no host synchronization per step (the CUDA path): the loss, its sums and the
+            non-finite flags stay on the device, every step runs its backward, and a non-finite
+            step is skipped by the optimizer itself (``found_inf``, which torch's fused Adam,
+            AdamW and SGD honour: the same skipped steps, moments and step counts as the default
+            path). Needs such an optimizer and no GradScaler. The loss is read at ``print_freq``
+            and the non-finite streak every ``check_every`` steps and at the end.
 
     Returns:
         dict with ``train_loss`` (mean over steps), ``lr`` (last), ``steps``, ``global_step``,
@@ -152,8 +219,11 @@ def train_one_epoch(
         ``interrupted``.
     """
     model.train()
+    if defer_sync and (scaler is not None or not getattr(optimizer, "_step_supports_amp_scaling", False)):
+        raise ValueError("defer_sync needs an optimizer that skips a step on the device (torch's fused Adam, "
+                         "AdamW or SGD) and no GradScaler")
     part = dict(resume["partial"]) if resume else {"loss_sum": 0.0, "steps": 0, "skipped": 0}
-    total_loss, steps, skipped = part["loss_sum"], part["steps"], part["skipped"]
+    total_loss, steps, skipped = float(part["loss_sum"]), int(part["steps"]), int(part["skipped"])
     images, in_a_row, interrupted = 0, 0, False
     data_time = compute_time = 0.0
     t_start = t_last = time.perf_counter()
@@ -166,6 +236,9 @@ def train_one_epoch(
     # divided by k for the same result.
     sum_loss = getattr(loss_fn, "reduction", "mean") == "sum"
     group_ok, in_group = True, 0
+    if defer_sync:  # the same counters, kept on the device
+        dev = _Deferred(device, total_loss, skipped)
+    loss_value = float("nan")
     optimizer.zero_grad(set_to_none=True)
     for images_b, targets in _progress(batches, f"epoch {epoch}", total=len(loader)):
         t_data = time.perf_counter()
@@ -182,30 +255,44 @@ def train_one_epoch(
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(images_b)
             loss = loss_fn(logits.float(), targets)
-            loss_value = float(loss.detach())
-            finite = math.isfinite(loss_value)
-            if all_finite is not None:
-                finite = all_finite(finite)
-            if finite:
-                scaled = loss if sum_loss else loss / accum_steps
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                total_loss += loss_value
+            if defer_sync:
+                finite_t = torch.isfinite(loss.detach())
+                if all_finite is not None:
+                    finite_t = all_finite(finite_t)
+                (loss if sum_loss else loss / accum_steps).backward()  # non-finite: skipped by the optimizer
+                dev.add(loss.detach(), finite_t)
             else:
-                group_ok = False
-                skipped += 1
-                log.warning("epoch %d step %d: loss is %s, step skipped", epoch, global_step, loss_value)
+                loss_value = float(loss.detach())
+                finite = math.isfinite(loss_value)
+                if all_finite is not None:
+                    finite = all_finite(finite)
+                if finite:
+                    scaled = loss if sum_loss else loss / accum_steps
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    total_loss += loss_value
+                else:
+                    group_ok = False
+                    skipped += 1
+                    log.warning("epoch %d step %d: loss is %s, step skipped", epoch, global_step, loss_value)
         steps += 1
         images += images_b.shape[0]
         if not last_of_group:
             continue
-        if group_ok:
+        took_step = True  # whether the schedule follows this step
+        if defer_sync:
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            dev.step(optimizer)
+        elif group_ok:
             in_a_row = 0
             if scaler is not None:
                 if grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scale = scaler.get_scale()
                 scaler.step(optimizer)
                 scaler.update()
+                took_step = scaler.get_scale() >= scale  # an overflow skips the step and lowers the scale
             else:
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -218,21 +305,30 @@ def train_one_epoch(
                                          f"check the data")
         optimizer.zero_grad(set_to_none=True)
         group_ok, in_group = True, 0
-        if scheduler is not None:
+        if scheduler is not None and took_step:
             scheduler.step()
         global_step += 1
         if ema is not None:
             ema.update(unwrap_model(model), step=global_step)
+        if defer_sync and global_step % max(check_every, 1) == 0:
+            dev.check(max_nonfinite, epoch, global_step)
         t_last = time.perf_counter()
         compute_time += t_last - t_data
         if print_freq and global_step % print_freq == 0:
+            if defer_sync:
+                loss_value = float(loss.detach())
             log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f img/s (data %.0f%%)", epoch, steps,
                      len(loader), loss_value, optimizer.param_groups[0]["lr"],
                      images / (t_last - t_start), 100 * data_time / max(t_last - t_start, 1e-9))
-        if on_step is not None and on_step(global_step, {"loss_sum": total_loss, "steps": steps,
-                                                         "skipped": skipped}):
-            interrupted = True
-            break
+        if on_step is not None:
+            partial = dev.partial(steps) if defer_sync else {"loss_sum": total_loss, "steps": steps,
+                                                             "skipped": skipped}
+            if on_step(global_step, partial):
+                interrupted = True
+                break
+    if defer_sync:
+        dev.check(max_nonfinite, epoch, global_step)
+        total_loss, skipped = float(dev.loss_sum), int(dev.skipped)
     elapsed = time.perf_counter() - t_start
     return {
         "train_loss": total_loss / max(steps - skipped, 1),
