@@ -181,11 +181,12 @@ def record_key(record: Dict[str, Any]) -> str:
 class RunStore:
     """A study's finished runs: ``runs.jsonl``, one JSON object per run, in the order they finished::
 
-        {"key": "...", "config": {the RESULT_FIELDS values}, "epochs": [the metrics.jsonl records],
+        {"config": {the RESULT_FIELDS values}, "epochs": [the metrics.jsonl records],
          "per_class_ap": {"epoch": ..., "ap": [...], "ap_ema": [...] or null}}
 
-    Records are looked up by :func:`record_key`, recomputed when the file is read, so a field
-    added to the config since a run was recorded (with its default) does not orphan it. Adding
+    Records are looked up by :func:`record_key`, computed from the config when the file is read
+    (no key is stored), so a field added to the config since a run was recorded (with its
+    default) does not orphan it. Adding
     rewrites the file atomically; parallel jobs (threads) add under a lock.
     """
 
@@ -219,14 +220,14 @@ class RunStore:
 
     def add(self, cfg: Config, epochs: List[Dict[str, Any]], per_class_ap: Optional[Dict[str, Any]]) -> str:
         """Record a finished run; returns its key."""
-        rec = {"key": config_key(cfg), "config": {k: getattr(cfg, k) for k in RESULT_FIELDS}, "epochs": epochs,
-               "per_class_ap": per_class_ap}
+        key = config_key(cfg)
+        rec = {"config": {k: getattr(cfg, k) for k in RESULT_FIELDS}, "epochs": epochs, "per_class_ap": per_class_ap}
         with self._lock:
             recs = self._load()
-            recs[rec["key"]] = rec
+            recs[key] = rec
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs.values()))
-        return rec["key"]
+        return key
 
 
 def read_run_folder(folder: Path) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, Any]]]:

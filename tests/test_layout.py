@@ -169,3 +169,14 @@ def test_wheel_ships_the_commands_and_base_configs(tmp_path):
                            ("asl-infer", "asl.infer:console"), ("asl-study", "asl.study:console")):
         assert f"{script} = {target}" in scripts
     assert not [n for n in names if n.split("/")[0] in {"train.py", "validate.py", "infer.py", "tests"}]
+
+
+def test_the_gpu_benchmark_runs_every_row_on_tiny_shapes(tmp_path):
+    """bench/bench_gpu.py is measured on a GPU; here its code paths run on the CPU (no figures)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu.py"), "--device", "cpu", "--tiny",
+                           "--steps", "4", "--reps", "1", "--no-compile", "--jpeg-images", "16", "--jpeg-steps", "2",
+                           "--workers", "0", "--coco-root", str(tmp_path / "coco")], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in ("official-style loop", "engine (default)", "engine + channels_last", "JPEGs", "(64, 80)"):
+        assert row in proc.stdout, row

@@ -44,7 +44,7 @@ def test_micro_study(tmp_path, capsys):
     text = (root / "report.md").read_text()
     # main: 3 settings x 2 seeds; noisy: 4 more; sweep: its g4 point is main's asl run (same config hash)
     records = [json.loads(line) for line in (root / "runs.jsonl").read_text().splitlines()]
-    assert len(records) == 12 and len({r["key"] for r in records}) == 12
+    assert len(records) == 12 and len({study.record_key(r) for r in records}) == 12
     assert all(len(r["epochs"]) == 2 and len(r["per_class_ap"]["ap"]) == 4 for r in records)
     assert not list((root / "work").glob("*/last.pth"))  # finished runs keep best.pth only
     # adaptive gamma-: one value per optimizer step (24 images / batch 8 = 3 steps per epoch, 2 epochs)
@@ -189,7 +189,7 @@ def test_old_run_folders_are_converted_not_retrained(tmp_path):
     (rec,) = list(study.RunStore(tmp_path / "runs.jsonl"))
     assert [e["mAP"] for e in rec["epochs"]] == [10.0, 11.0]
     assert rec["per_class_ap"] == {"epoch": 1, "ap": [0.5, None], "ap_ema": None}
-    assert rec["key"] == study.config_key(load_config(str(old / "aaa" / "study_config.yaml")))
+    assert study.record_key(rec) == study.config_key(load_config(str(old / "aaa" / "study_config.yaml")))
 
 
 def test_the_converted_demo_records_regenerate_the_quick_report(tmp_path, monkeypatch):
