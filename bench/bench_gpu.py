@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 import warnings
-from itertools import islice
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ from asl.data import build_transform, create_dataset  # noqa: E402
 from asl.engine import amp_dtype_for, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 from asl.losses import AsymmetricLoss  # noqa: E402
 from asl.models import create_model  # noqa: E402
+from bench.bench_train import Limited  # noqa: E402
 from bench.official import official_asymmetric_loss  # noqa: E402
 
 LOSS = dict(gamma_neg=4.0, gamma_pos=0.0, clip=0.05)
@@ -81,17 +81,6 @@ class Synthetic:
 
     def __iter__(self):
         return iter([(self.x, self.y)] * self.n)
-
-    def __len__(self):
-        return self.n
-
-
-class Limited:
-    def __init__(self, loader, n):
-        self.loader, self.n, self.dataset = loader, n, loader.dataset
-
-    def __iter__(self):
-        return islice(iter(self.loader), self.n)
 
     def __len__(self):
         return self.n
