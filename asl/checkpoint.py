@@ -30,6 +30,7 @@ from .config import OFFICIAL_IMAGE_SIZE
 from .errors import CheckpointError
 from .files import atomic_write
 from .models import create_model, head_keys, unwrap_model
+from .predict import read_class_names  # noqa: F401  (a names file: torch-free, for the ONNX path too)
 
 log = logging.getLogger(__name__)
 
@@ -211,23 +212,6 @@ def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:
     idx = ckpt.get("idx_to_class") or {}
     names = {int(k): str(v) for k, v in idx.items()} if isinstance(idx, dict) else {}
     return [names.get(k, f"class_{k}") for k in range(num_classes)]
-
-
-def read_class_names(path: str | os.PathLike, num_classes: Optional[int] = None) -> list:
-    """Class names from a text file, one per line (blank lines skipped), e.g. a tagged set's
-    ``classes.txt``; their count must be ``num_classes`` when given."""
-    p = Path(path)
-    try:
-        names = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        raise CheckpointError(f"--class-names file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"--class-names {path}: cannot read it ({type(e).__name__})") from None
-    if len(set(names)) != len(names):
-        raise CheckpointError(f"--class-names {path}: a name is listed twice")
-    if num_classes is not None and len(names) != num_classes:
-        raise CheckpointError(f"--class-names {path} lists {len(names)} names, the model has {num_classes} classes")
-    return names
 
 
 def match_classes(model_names: Sequence[str], data_names: Sequence[str], named: bool = True,

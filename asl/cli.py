@@ -15,13 +15,14 @@ import os
 import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from .config import INFER, TRAIN, VALIDATE, Config, _base_type, fields_for, flags_of, help_of, load_config
+from .config import EXPORT, INFER, TRAIN, VALIDATE, Config, _base_type, fields_for, flags_of, help_of, load_config
 from .errors import ASLError, ConfigError
 
 # Each command's flags, generated from the schema (asl.config: a field's flags, help and commands).
 TRAIN_FIELDS = fields_for(TRAIN)
 VALIDATE_FIELDS = fields_for(VALIDATE)
 INFER_FIELDS = fields_for(INFER)
+EXPORT_FIELDS = fields_for(EXPORT)
 
 
 def prog(command: str) -> str:

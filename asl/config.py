@@ -49,7 +49,7 @@ def default_image_size(model_name: Optional[str]) -> int:
 # commands that read it: the argument parsers of train / validate / infer are generated from
 # it (asl.cli), and YAML files, flags and checkpoints all go through ``from_dict``.
 
-TRAIN, VALIDATE, INFER = "train", "validate", "infer"
+TRAIN, VALIDATE, INFER, EXPORT = "train", "validate", "infer", "export"
 
 
 def setting(default: Any = None, *flags: str, help: str, check: Optional[Tuple[Callable[[Any], bool], str]] = None,
@@ -98,7 +98,7 @@ class DataConfig:
     train_split: Optional[str] = setting(None, help="training split (default: the dataset's)", commands=(TRAIN,))
     val_split: Optional[str] = setting(None, "--val-split", "--split", help="evaluation split (default: the dataset's)")
     image_size: Optional[int] = setting(
-        None, "--image-size", "--input-size", check=_ONE_UP, commands=(TRAIN, VALIDATE, INFER),
+        None, "--image-size", "--input-size", check=_ONE_UP, commands=(TRAIN, VALIDATE, INFER, EXPORT),
         help="input side S; images are squish-resized to S x S (unset: validate / infer take the checkpoint's; "
              "else the model's official size, TResNet-L/XL 448, others 224)")  # >= asl.models.check_image_size
     batch_size: int = setting(64, "--batch-size", "-b", check=_ONE_UP, help="batch size",
@@ -136,7 +136,7 @@ class DataConfig:
 class ModelConfig:
     """The network: which, how many outputs, which weights."""
 
-    COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE, INFER)
+    COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE, INFER, EXPORT)
     model_name: Optional[str] = setting(None, help=f"timm model name (unset: the checkpoint's; training: "
                                                    f"{DEFAULT_MODEL})")
     num_classes: Optional[int] = setting(None, check=_ONE_UP,
@@ -145,7 +145,7 @@ class ModelConfig:
     init_checkpoint: Optional[str] = setting(None, commands=(TRAIN,),
                                              help="weights to start from (head dropped when classes differ)")
     class_names: Optional[str] = setting(
-        None, commands=(VALIDATE, INFER), result=False,
+        None, commands=(VALIDATE, INFER, EXPORT), result=False,
         help="the model's class names, one per line in output order (files without names or with wrong ones)")
     channels_last: Optional[bool] = setting(None, commands=(TRAIN,), result=False,
                                             help="channels_last memory format (unset: on for CUDA, off on the CPU)")
@@ -205,13 +205,14 @@ class RunConfig:
     """Where a run writes, on what, how it reports and recovers."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN,)
-    output: Optional[str] = setting(None, "--output", "-o", commands=(TRAIN, VALIDATE), result=False,
-                                    help="output folder (train: runs/<name of the data folder>)")
+    output: Optional[str] = setting(None, "--output", "-o", commands=(TRAIN, VALIDATE, EXPORT), result=False,
+                                    help="output folder (train: runs/<name of the data folder>); export: the .onnx "
+                                         "file (unset: beside the checkpoint)")
     seed: int = setting(0, check=_range(lambda v: 0 <= v < 2**63, "in [0, 2^63)"), help="random seed")
-    device: str = setting("auto", commands=(TRAIN, VALIDATE, INFER), help="auto | cpu | cuda | cuda:N")
+    device: str = setting("auto", commands=(TRAIN, VALIDATE, INFER, EXPORT), help="auto | cpu | cuda | cuda:N")
     print_freq: int = setting(50, "--print-freq", "-p", check=_NONNEG, commands=(TRAIN, VALIDATE), result=False,
                               help="log every N steps")
-    overwrite: bool = setting(False, commands=(TRAIN, VALIDATE, INFER), result=False,
+    overwrite: bool = setting(False, commands=(TRAIN, VALIDATE, INFER, EXPORT), result=False,
                               help="replace what an earlier run or command wrote there (prefer a new --output)")
     checkpoint_every: int = setting(0, check=_NONNEG, result=False,
                                     help="also write last.pth every N steps (0: at epoch ends only)")
@@ -247,11 +248,25 @@ class InferConfig:
                                           help="official infer.py: MS-COCO (th 0.7) or OpenImages (th 0.995)")
 
 
-SECTIONS = (DataConfig, ModelConfig, LossConfig, OptimConfig, RunConfig, EvalConfig, InferConfig)
+@dataclass
+class ExportConfig:
+    """export.py: the ONNX file's form and its self-check."""
+
+    COMMANDS: ClassVar[Tuple[str, ...]] = (EXPORT,)
+    opset: int = setting(17, check=_range(lambda v: 13 <= v <= 21, "in [13, 21]"), result=False,
+                         help="ONNX opset")
+    dynamic_batch: bool = setting(False, result=False, help="a dynamic batch dimension (else batch 1)")
+    fp16: bool = setting(False, result=False, help="float16 weights (GPU runtimes); inputs and outputs stay float32")
+    sigmoid: bool = setting(True, result=False, help="output sigmoid scores (--no-sigmoid: logits)")
+    check: bool = setting(True, result=False,
+                          help="compare onnxruntime with PyTorch on generated pictures; fail on a difference")
+
+
+SECTIONS = (DataConfig, ModelConfig, LossConfig, OptimConfig, RunConfig, EvalConfig, InferConfig, ExportConfig)
 
 
 @dataclass
-class Config(InferConfig, EvalConfig, RunConfig, OptimConfig, LossConfig, ModelConfig, DataConfig):
+class Config(ExportConfig, InferConfig, EvalConfig, RunConfig, OptimConfig, LossConfig, ModelConfig, DataConfig):
     """Every setting of every command, flat: the form of YAML files and of a checkpoint's
     ``config``. A file may hold any of them; each command reads the fields it declares (the
     sections above, in their order)."""

@@ -7,7 +7,8 @@
 Threshold: --th, else the checkpoint's calibrated per-class thresholds
 (validate.py --calibrate), else the official 0.7 (0.995 for --dataset_type OpenImages).
 A plain timm state dict runs with --model-name (class count from its head) and
---class-names FILE (else the classes are numbered).
+--class-names FILE (else the classes are numbered). An exported model.onnx (export.py) runs on
+onnxruntime, without PyTorch (pip install -r requirements-infer.txt is enough).
 
 The ``infer.py`` command; installed as ``asl-infer``, also ``python -m asl.infer``.
 """
@@ -19,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
 
 from . import cli
 from .config import INFER, OFFICIAL_INFER_THRESHOLDS, Config, check_values, default_image_size, fields_for, load_config
@@ -50,13 +53,9 @@ def collect_images(specs: List[str]) -> List[Path]:
 
 
 def load_image(path: Path):
-    from .data.base import UNREADABLE, Image
+    from .images import load_rgb
 
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except UNREADABLE as e:
-        raise DataError(f"cannot read image {path} ({type(e).__name__})") from None
+    return load_rgb(path)
 
 
 def check_save_image(path: str, overwrite: bool) -> Path:
@@ -93,12 +92,72 @@ def draw_labels(img, labels, dest: Path) -> None:
     img.save(dest)
 
 
-def tag_images(cfg: Config) -> List[Dict[str, Any]]:
-    """Tag the pictures ``cfg.pic_path`` names with the checkpoint ``cfg.model_path``; print them.
+class _Model:
+    """What tagging needs from a model, PyTorch or ONNX: class names, calibrated thresholds (or
+    None), and ``scores(pictures) -> (N, C) float32``."""
 
-    Threshold: ``cfg.th``, else the checkpoint's calibrated per-class thresholds, else the
-    official one of ``cfg.dataset_type`` (``OFFICIAL_INFER_THRESHOLDS``). Input size:
-    ``cfg.image_size``, else the checkpoint's, else the model's official size.
+    names: List[str]
+    calibrated: Optional[List[float]]
+
+    def scores(self, images) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _TorchModel(_Model):
+    def __init__(self, cfg: Config):
+        import torch
+
+        from .checkpoint import check_num_classes, load_checkpoint, model_from_checkpoint, read_class_names
+        from .data.transforms import build_infer_transform
+        from .models import check_image_size
+        from .runtime import resolve_device
+
+        ckpt = load_checkpoint(cfg.model_path)
+        model, info = model_from_checkpoint(ckpt, cfg.model_name, path=cfg.model_path)
+        check_num_classes(cfg.num_classes, info["num_classes"], cfg.model_path)
+        # --class-names: the outputs' names, in order (a file without names, or with wrong ones)
+        self.names = read_class_names(cfg.class_names, info["num_classes"]) if cfg.class_names \
+            else info["class_names"]
+        size = cfg.image_size if cfg.image_size is not None else info["image_size"] or default_image_size(
+            info["model_name"])
+        check_image_size(info["model_name"], size)
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.transform = build_infer_transform(size, info["mean"], info["std"])  # the official infer.py's resize
+        self.calibrated = info["thresholds"]
+        self.torch = torch
+
+    def scores(self, images) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.stack([self.transform(im) for im in images]).to(self.device)
+            return torch.sigmoid(self.model(x).float()).cpu().numpy()
+
+
+class _OnnxModel(_Model):
+    """onnxruntime, numpy and Pillow only: this path imports neither torch nor timm."""
+
+    def __init__(self, cfg: Config):
+        from .predict import OnnxTagger, read_class_names
+
+        names = read_class_names(cfg.class_names) if cfg.class_names else None
+        self.tagger = OnnxTagger(cfg.model_path, device=cfg.device, image_size=cfg.image_size, class_names=names)
+        if cfg.num_classes is not None and cfg.num_classes != self.tagger.num_classes:
+            raise ConfigError(f"--num-classes {cfg.num_classes} but {cfg.model_path} has {self.tagger.num_classes} "
+                              f"classes")
+        self.names, self.calibrated = self.tagger.class_names, self.tagger.thresholds
+
+    def scores(self, images) -> np.ndarray:
+        return self.tagger.scores(images)
+
+
+def tag_images(cfg: Config) -> List[Dict[str, Any]]:
+    """Tag the pictures ``cfg.pic_path`` names with ``cfg.model_path`` (a checkpoint, or an
+    exported ``.onnx`` model run by onnxruntime without PyTorch); print them.
+
+    Threshold: ``cfg.th``, else the model's calibrated per-class thresholds, else the official
+    one of ``cfg.dataset_type`` (``OFFICIAL_INFER_THRESHOLDS``). Input size: ``cfg.image_size``,
+    else the model's, else its official size.
 
     Returns:
         ``[{"image": path, "labels": [{"label": name, "score": s}, ...]}]``, highest score first.
@@ -111,48 +170,29 @@ def tag_images(cfg: Config) -> List[Dict[str, Any]]:
     if cfg.save_image:
         check_save_image(cfg.save_image, cfg.overwrite)
     paths = collect_images(cfg.pic_path)
-
-    import torch
-
-    from .checkpoint import check_num_classes, load_checkpoint, model_from_checkpoint, read_class_names
-    from .data.transforms import build_infer_transform
-    from .models import check_image_size
-    from .runtime import resolve_device
-
-    ckpt = load_checkpoint(cfg.model_path)
-    model, info = model_from_checkpoint(ckpt, cfg.model_name, path=cfg.model_path)
-    check_num_classes(cfg.num_classes, info["num_classes"], cfg.model_path)
-    # --class-names: the outputs' names, in order (a file without names, or with wrong ones)
-    names = read_class_names(cfg.class_names, info["num_classes"]) if cfg.class_names else info["class_names"]
-    size = cfg.image_size if cfg.image_size is not None else info["image_size"] or default_image_size(
-        info["model_name"])
-    check_image_size(info["model_name"], size)
-    device = resolve_device(cfg.device)
-    model.to(device)
-    transform = build_infer_transform(size, info["mean"], info["std"])  # the official infer.py's resize
+    model = _OnnxModel(cfg) if Path(cfg.model_path).suffix.lower() == ".onnx" else _TorchModel(cfg)
+    n = len(model.names)
     if cfg.th is not None:
-        thresholds = torch.full((info["num_classes"],), float(cfg.th))
-    elif info["thresholds"] is not None and cfg.dataset_type is None:
-        thresholds = torch.tensor(info["thresholds"], dtype=torch.float32)
+        thresholds = np.full(n, cfg.th, dtype=np.float32)
+    elif model.calibrated is not None and cfg.dataset_type is None:
+        thresholds = np.asarray(model.calibrated, dtype=np.float32)
     else:
-        thresholds = torch.full((info["num_classes"],), OFFICIAL_INFER_THRESHOLDS[cfg.dataset_type or "ms_coco"])
+        thresholds = np.full(n, OFFICIAL_INFER_THRESHOLDS[cfg.dataset_type or "ms_coco"], dtype=np.float32)
 
     results = []
     first_img = None
-    with torch.inference_mode():
-        for start in range(0, len(paths), cfg.batch_size):
-            batch = paths[start:start + cfg.batch_size]
-            imgs = [load_image(p) for p in batch]
-            if first_img is None:
-                first_img = imgs[0]
-            scores = torch.sigmoid(model(torch.stack([transform(im) for im in imgs]).to(device)).float()).cpu()
-            for p, s in zip(batch, scores):
-                keep = torch.nonzero(s > thresholds).flatten().tolist()  # strict, as the official infer.py
-                labels = sorted(({"label": names[k], "score": round(float(s[k]), 4)} for k in keep),
-                                key=lambda d: -d["score"])
-                if cfg.top_k:
-                    labels = labels[: cfg.top_k]
-                results.append({"image": str(p), "labels": labels})
+    for start in range(0, len(paths), cfg.batch_size):
+        batch = paths[start:start + cfg.batch_size]
+        imgs = [load_image(p) for p in batch]
+        if first_img is None:
+            first_img = imgs[0]
+        for p, s in zip(batch, model.scores(imgs)):
+            keep = np.flatnonzero(s > thresholds).tolist()  # strict, as the official infer.py
+            labels = sorted(({"label": model.names[k], "score": round(float(s[k]), 4)} for k in keep),
+                            key=lambda d: -d["score"])
+            if cfg.top_k:
+                labels = labels[: cfg.top_k]
+            results.append({"image": str(p), "labels": labels})
 
     if cfg.json:
         print(json.dumps(results))

@@ -1,5 +1,6 @@
 """Evaluate a checkpoint: mAP (official definition) and CP/CR/CF1/F_C/OP/OR/OF1.
 
+An exported model.onnx (export.py) is run by onnxruntime on the same input tensors.
 Settings follow the checkpoint's own config when it has one, else the official
 validate.py (COCO, the model's official size: 448 for TResNet-L/XL, 224 for M and others;
 threshold 0.8; the defaults below); flags override both.
@@ -75,6 +76,32 @@ def base_config(ckpt: dict, info: dict, dataset: Optional[str] = None) -> Config
     return Config(**OFFICIAL_VALIDATE, image_size=info.get("image_size") or default_image_size(info["model_name"]))
 
 
+def torch_cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+def evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
+    """``asl.engine.evaluate``'s result for an exported model run by onnxruntime on the loader's
+    batches (the same preprocessing as the PyTorch path: the dataset's evaluation transform)."""
+    import time
+
+    from .metrics import map_and_ap
+
+    scores, targets = [], []
+    t0 = time.perf_counter()
+    for images, target in loader:
+        s = tagger.run(images.numpy())
+        scores.append(s[:, order] if order is not None else s)
+        targets.append(target.numpy())
+    elapsed = time.perf_counter() - t0
+    s, t = np.concatenate(scores), np.concatenate(targets)
+    m, ap = map_and_ap(t, s)
+    return {"mAP": m, "per_class_ap": ap, "scores": s, "targets": t, "num_images": len(s),
+            "images_per_s": len(s) / max(elapsed, 1e-9), "bad_images": getattr(loader.dataset, "bad_count", 0)}
+
+
 def format_metrics(m: dict) -> str:
     """CP CR CF1 (the papers' harmonic mean) F_C (the official printout's mean per-class F1) OP OR OF1."""
     return "  ".join(f"{k} {m[k]:.2f}" for k in ("CP", "CR", "CF1", "F_C", "OP", "OR", "OF1"))
@@ -103,8 +130,23 @@ def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any
     elif given.calibrate:
         writable_file(Path(model_path).with_suffix(".calibrated.pth"), "--calibrate's checkpoint (beside the model)",
                       given.overwrite)
-    ckpt = load_checkpoint(model_path)
-    model, info = model_from_checkpoint(ckpt, given.model_name, path=model_path)
+    onnx = Path(model_path).suffix.lower() == ".onnx"
+    if onnx:
+        if given.calibrate:
+            raise ConfigError("--calibrate writes a calibrated copy of a PyTorch checkpoint: run it on the .pth, then "
+                              "export that copy")
+        from .predict import OnnxTagger
+
+        model = OnnxTagger(model_path, device=given.device, image_size=given.image_size,
+                           class_names=read_class_names(given.class_names) if given.class_names else None)
+        saved = model.meta.get("config")  # the training config; the input size is the exported model's
+        ckpt = {"config": dict(saved, image_size=model.image_size) if isinstance(saved, dict) else None}
+        info = {"class_names": model.class_names, "named": True, "num_classes": model.num_classes,
+                "image_size": model.image_size, "model_name": model.meta.get("model_name"), "mean": model.mean,
+                "std": model.std}
+    else:
+        ckpt = load_checkpoint(model_path)
+        model, info = model_from_checkpoint(ckpt, given.model_name, path=model_path)
     names, named = info["class_names"], info["named"]
     if given.class_names:  # the outputs' names, in order: for files without names, or with wrong ones
         names, named = read_class_names(given.class_names, info["num_classes"]), True
@@ -116,25 +158,32 @@ def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any
         cfg = dataclasses.replace(cfg, image_size=info["image_size"] or default_image_size(info["model_name"]))
     check_values(cfg, fields_for(VALIDATE))
     check_dataset_options(cfg)
-    check_image_size(info["model_name"], cfg.image_size)
+    if not onnx:
+        check_image_size(info["model_name"], cfg.image_size)
+    elif cfg.image_size != model.image_size:
+        model = OnnxTagger(model_path, device=cfg.device, image_size=cfg.image_size, class_names=model.class_names)
     cfg = cap_workers(cfg)
     check_num_classes(cfg.num_classes, info["num_classes"], model_path)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if not onnx else None
     prepare_data(cfg)
     ds = dataset_from_config(cfg, train=False, mean=info["mean"], std=info["std"])
     order = match_classes(names, ds.class_names, named, path=model_path)
     if order is not None:
         log.info("the checkpoint lists the dataset's classes in another order: outputs matched by name")
-        model = SelectOutputs(model, order)
     if not named:
         log.warning("warning: %s has no class names; its outputs are taken in the dataset's order (pass "
                     "--class-names FILE to check them)", model_path)
-    model.to(device)
     log.info("%s", ds.summary())
     for warning in split_warnings(None, ds):
         log.warning("warning: %s", warning)
-    ev = evaluate(model, loader_for(ds, cfg, train=False, device=device), device,
-                  amp_dtype=amp_dtype_for(device, cfg.amp))
+    loader = loader_for(ds, cfg, train=False, device=device if not onnx else torch_cpu())
+    if onnx:  # onnxruntime on the same input tensors as the PyTorch path
+        ev = evaluate_onnx(model, loader, order)
+    else:
+        if order is not None:
+            model = SelectOutputs(model, order)
+        model.to(device)
+        ev = evaluate(model, loader, device, amp_dtype=amp_dtype_for(device, cfg.amp))
     scores, targets = ev["scores"], ev["targets"]
     metrics = {"mAP": ev["mAP"], **multilabel_metrics(targets, scores, cfg.thre), "num_images": ev["num_images"],
                "bad_images": ev["bad_images"]}

@@ -148,16 +148,22 @@ def test_parsers_are_generated_from_the_schema():
 
 
 def test_commands_run_from_the_package():
-    for module in ("asl.train", "asl.validate", "asl.infer", "asl.study"):
+    for module in ("asl.train", "asl.validate", "asl.infer", "asl.study", "asl.export"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
                               cwd=REPO)
         assert proc.returncode == 0 and "usage:" in proc.stdout, (module, proc.stderr)
 
 
 def test_wheel_ships_the_commands_and_base_configs(tmp_path):
+    import shutil
+
     pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
+    src = tmp_path / "src"  # a copy: an in-tree build would leave build/ and *.egg-info in the repository
+    shutil.copytree(REPO / "asl", src / "asl", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("asl-*.whl")
     with zipfile.ZipFile(wheel) as z:
@@ -166,7 +172,8 @@ def test_wheel_ships_the_commands_and_base_configs(tmp_path):
         scripts = z.read(entry).decode()
     assert {"asl/configs/demo.yaml", "asl/configs/finetune.yaml", "asl/trainer.py", "asl/study.py"} <= names
     for script, target in (("asl-train", "asl.train:console"), ("asl-validate", "asl.validate:console"),
-                           ("asl-infer", "asl.infer:console"), ("asl-study", "asl.study:console")):
+                           ("asl-infer", "asl.infer:console"), ("asl-study", "asl.study:console"),
+                           ("asl-export", "asl.export:console")):
         assert f"{script} = {target}" in scripts
     assert not [n for n in names if n.split("/")[0] in {"train.py", "validate.py", "infer.py", "tests"}]
 

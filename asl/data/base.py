@@ -10,16 +10,12 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import DataError
+from ..images import UNREADABLE
 
 log = logging.getLogger(__name__)
-
-
-# What opening an image can raise when the file is not a readable image: PIL's errors, and its
-# guard against decompression bombs (a small file declaring billions of pixels).
-UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
 
 def _first(paths, k: int = 3) -> str:
