@@ -837,7 +837,9 @@ def _gamma_figure(plt, root: Path, e: Experiment, chosen) -> List[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="study.py", description=__doc__.splitlines()[0])
+    from . import cli
+
+    ap = argparse.ArgumentParser(prog=cli.prog("study"), description=__doc__.splitlines()[0])
     ap.add_argument("study", help="study YAML, e.g. configs/study_demo.yaml")
     ap.add_argument("--quick", action="store_true", help="the YAML's quick profile (labelled as such)")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (threads split between them)")
