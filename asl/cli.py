@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -74,6 +75,8 @@ def build_parser(prog: str, description: str, fields: Sequence[str], positional_
             kwargs.update(nargs="+", type=typ)
         else:
             kwargs["type"] = typ
+        if name in notes:  # the command says what runs when it is unset: the schema's general note goes
+            help_text = re.sub(r" \(unset: [^)]*\)", "", help_text)
         unset = getattr(defaults, name) is None and "(unset:" in help_text and name not in notes
         shown = help_text if "(default:" in help_text or unset else f"{help_text} (default: {default})"
         p.add_argument(*flags, help=shown, **kwargs)
