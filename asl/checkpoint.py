@@ -36,8 +36,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["save_checkpoint", "make_checkpoint", "load_checkpoint", "state_dict_of", "model_from_checkpoint",
            "normalize_state_dict", "detect_official_tresnet", "load_init_checkpoint", "RunState",
-           "training_checkpoint", "restore_training_state", "load_resume_checkpoint", "check_resume",
-           "check_num_classes"]
+           "training_checkpoint", "restore_training_state", "load_resume_checkpoint", "check_resume"]
 
 # Official ASL files carry no model name: the stem width tells the TResNet variant.
 TRESNET_BY_STEM_WIDTH = {64: "tresnet_m", 76: "tresnet_l", 83: "tresnet_xl"}
@@ -317,14 +316,6 @@ def _head_size(name: str, state: Dict[str, torch.Tensor]) -> Optional[int]:
         probe = create_model(name, 1)
     weights = [k for k in head_keys(probe) if k in state and state[k].ndim >= 2]
     return int(state[weights[0]].shape[0]) if weights else None
-
-
-def check_num_classes(expected: Optional[int], actual: int, what: str) -> None:
-    """``--num-classes`` (the official flag), when given, must be the model's or the data's count."""
-    from .errors import ConfigError
-
-    if expected is not None and expected != actual:
-        raise ConfigError(f"--num-classes {expected} but {what} has {actual} classes")
 
 
 # --------------------------------------------------------------------------- training state

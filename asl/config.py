@@ -432,6 +432,12 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_num_classes(expected: Optional[int], actual: int, what: str) -> None:
+    """``--num-classes`` (the official flag), when given, must be the model's or the data's count."""
+    if expected is not None and expected != actual:
+        raise ConfigError(f"--num-classes {expected} but {what} has {actual} classes")
+
+
 def check_values(cfg: Config, fields: Iterable[str]) -> None:
     """Raise :class:`ConfigError` (one line) for the first value of ``fields`` out of range.
 

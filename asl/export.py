@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from . import cli
-from .config import EXPORT, Config, check_values, default_image_size, fields_for, load_config
+from .config import EXPORT, Config, check_num_classes, check_values, default_image_size, fields_for, load_config
 from .errors import ASLError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def export_onnx(cfg: Config) -> Dict[str, Any]:
     import numpy as np
     import torch
 
-    from .checkpoint import check_num_classes, load_checkpoint, model_from_checkpoint, read_class_names
+    from .checkpoint import load_checkpoint, model_from_checkpoint, read_class_names
     from .data.transforms import build_infer_transform
     from .files import atomic_write
     from .models import check_image_size

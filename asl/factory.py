@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .config import Config, flag_name
+from .config import Config, check_num_classes, flag_name
 from .data import DATASETS, build_transform, create_dataset, default_splits, unread_options
 from .errors import ConfigError
 from .losses import COMMON_LOSS_OPTIONS, LOSS_OPTIONS, build_loss
@@ -52,8 +52,6 @@ def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Se
                         max_bad_images=cfg.max_bad_images, draft_size=cfg.image_size if train else None, **options)
     if train and cfg.label_noise:
         flip_positives(ds, cfg.label_noise, cfg.seed)
-    from .checkpoint import check_num_classes
-
     check_num_classes(cfg.num_classes, ds.num_classes, ds.name)
     return ds
 

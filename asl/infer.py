@@ -24,8 +24,18 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import cli
-from .config import INFER, OFFICIAL_INFER_THRESHOLDS, Config, check_values, default_image_size, fields_for, load_config
+from .config import (
+    INFER,
+    OFFICIAL_INFER_THRESHOLDS,
+    Config,
+    check_num_classes,
+    check_values,
+    default_image_size,
+    fields_for,
+    load_config,
+)
 from .errors import ConfigError, DataError
+from .images import load_rgb
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -50,12 +60,6 @@ def collect_images(specs: List[str]) -> List[Path]:
         else:
             raise DataError(f"image not found: {spec}")
     return paths
-
-
-def load_image(path: Path):
-    from .images import load_rgb
-
-    return load_rgb(path)
 
 
 def check_save_image(path: str, overwrite: bool) -> Path:
@@ -107,7 +111,7 @@ class _TorchModel(_Model):
     def __init__(self, cfg: Config):
         import torch
 
-        from .checkpoint import check_num_classes, load_checkpoint, model_from_checkpoint, read_class_names
+        from .checkpoint import load_checkpoint, model_from_checkpoint, read_class_names
         from .data.transforms import build_infer_transform
         from .models import check_image_size
         from .runtime import resolve_device
@@ -142,9 +146,7 @@ class _OnnxModel(_Model):
 
         names = read_class_names(cfg.class_names) if cfg.class_names else None
         self.tagger = OnnxTagger(cfg.model_path, device=cfg.device, image_size=cfg.image_size, class_names=names)
-        if cfg.num_classes is not None and cfg.num_classes != self.tagger.num_classes:
-            raise ConfigError(f"--num-classes {cfg.num_classes} but {cfg.model_path} has {self.tagger.num_classes} "
-                              f"classes")
+        check_num_classes(cfg.num_classes, self.tagger.num_classes, cfg.model_path)
         self.names, self.calibrated = self.tagger.class_names, self.tagger.thresholds
 
     def scores(self, images) -> np.ndarray:
@@ -183,7 +185,7 @@ def tag_images(cfg: Config) -> List[Dict[str, Any]]:
     first_img = None
     for start in range(0, len(paths), cfg.batch_size):
         batch = paths[start:start + cfg.batch_size]
-        imgs = [load_image(p) for p in batch]
+        imgs = [load_rgb(p) for p in batch]
         if first_img is None:
             first_img = imgs[0]
         for p, s in zip(batch, model.scores(imgs)):

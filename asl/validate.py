@@ -28,7 +28,6 @@ import numpy as np
 
 from . import cli
 from .checkpoint import (
-    check_num_classes,
     load_checkpoint,
     match_classes,
     model_from_checkpoint,
@@ -40,6 +39,7 @@ from .config import (
     OFFICIAL_VALIDATE,
     VALIDATE,
     Config,
+    check_num_classes,
     check_values,
     default_image_size,
     fields_for,
@@ -74,12 +74,6 @@ def base_config(ckpt: dict, info: dict, dataset: Optional[str] = None) -> Config
                     if k not in DATASET_OPTIONS or k in DATASETS[dataset].options}
         return from_dict(keep, source="checkpoint config")
     return Config(**OFFICIAL_VALIDATE, image_size=info.get("image_size") or default_image_size(info["model_name"]))
-
-
-def torch_cpu():
-    import torch
-
-    return torch.device("cpu")
 
 
 def evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
@@ -176,7 +170,7 @@ def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any
     log.info("%s", ds.summary())
     for warning in split_warnings(None, ds):
         log.warning("warning: %s", warning)
-    loader = loader_for(ds, cfg, train=False, device=device if not onnx else torch_cpu())
+    loader = loader_for(ds, cfg, train=False, device=device or resolve_device("cpu"))
     if onnx:  # onnxruntime on the same input tensors as the PyTorch path
         ev = evaluate_onnx(model, loader, order)
     else:
