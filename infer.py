@@ -7,7 +7,8 @@ The command lives in the package, asl/infer.py (also installed as ``asl-infer``)
 import sys
 
 from asl import cli
-from asl.infer import main
+
+main = cli.command("infer")  # imported when called: a missing PyTorch is one error line
 
 __all__ = ["main"]
 

@@ -174,7 +174,18 @@ def load_checkpoint(path: str | os.PathLike, require_model: bool = True) -> Dict
     """
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}" if not p.exists() else
+                              f"{path} is a folder, not a checkpoint file")
+    kind = sniff_weights(p)
+    if kind == "safetensors":
+        obj = _load_safetensors(p)
+        if require_model:
+            state_dict_of(obj, path)
+        return obj
+    if kind == "onnx":
+        raise CheckpointError(f"{path} is an ONNX model (export.py's output), not a PyTorch checkpoint: name it "
+                              f".onnx and pass it to infer.py or validate.py; training starts from a .pth or "
+                              f".safetensors")
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols on stderr; the verdict below is what counts.
@@ -194,6 +205,35 @@ def load_checkpoint(path: str | os.PathLike, require_model: bool = True) -> Dict
     return obj
 
 
+def sniff_weights(path: Path) -> str:
+    """What a weights file is, from its first bytes: ``torch`` (a zip or a pickle), ``safetensors``
+    (an 8-byte header length, then a JSON header), ``onnx`` (a protobuf ModelProto), or ``unknown``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) >= 10 and head[8:10] in (b'{"', b"{ ", b"{\n") and int.from_bytes(head[:8], "little") > 0:
+        return "safetensors"
+    # ModelProto: field 1 (ir_version, tag 0x08), then the producer's name
+    if head[:1] == b"\x08" and any(w in head for w in (b"pytorch", b"onnx", b"tf2onnx", b"skl2onnx")):
+        return "onnx"
+    return "unknown"
+
+
+def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors (no code can run from this format)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(e)[:120]})") from None
+
+
 def state_dict_of(obj: Any, path: Any = "checkpoint") -> Dict[str, torch.Tensor]:
     """The state dict inside a checkpoint (``model``, ``state_dict``, or the dict itself)."""
     if isinstance(obj, dict):
@@ -204,6 +244,23 @@ def state_dict_of(obj: Any, path: Any = "checkpoint") -> Dict[str, torch.Tensor]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds no model state dict")
     return obj
+
+
+def with_thresholds(ckpt: Dict[str, Any], thresholds: Sequence[float], *, model_name: str,
+                    class_names: Sequence[str], image_size: int, mean: Sequence[float],
+                    std: Sequence[float]) -> Dict[str, Any]:
+    """A copy of ``ckpt`` carrying per-class ``thresholds`` that every command can load.
+
+    A checkpoint dict keeps all it had; a plain state dict (a timm model's weights alone) becomes
+    a checkpoint of :func:`make_checkpoint`'s form, with the model name, class names, size and
+    normalisation it was validated with (a state dict with one more key would load nowhere)."""
+    thresholds = [float(t) for t in thresholds]
+    if any(isinstance(ckpt.get(k), dict) for k in ("model", "state_dict", "model_state_dict")):
+        return dict(ckpt, thresholds=thresholds)
+    return {"model": state_dict_of(ckpt), "num_classes": len(class_names),
+            "idx_to_class": {i: str(n) for i, n in enumerate(class_names)}, "model_name": model_name,
+            "image_size": int(image_size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "thresholds": thresholds}
 
 
 def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:
@@ -265,6 +322,7 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
         ``image_size``, ``mean``, ``std``, ``thresholds``, ``config``).
     """
     raw = strip_prefixes(state_dict_of(ckpt, path))
+    check_stored_values(ckpt, path)
     detected, detected_classes, head = detect_official_tresnet(raw)
     head = ckpt.get("head") or head
     state = normalize_state_dict(raw)
@@ -274,7 +332,7 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
     num_classes = ckpt.get("num_classes", detected_classes)
     if num_classes is None:
         num_classes = _head_size(name, state)  # a plain timm state dict: the head's row count
-    if not isinstance(num_classes, int):
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
         raise CheckpointError(f"{path}: has no 'num_classes'")
     model = create_model(name, num_classes, head=head)
     own = model.state_dict()
@@ -307,6 +365,59 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
         "config": ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None,
     }
     return model, info
+
+
+# More outputs than any real label set (Open Images: 9,605): a bigger count is a damaged file, and
+# building its head would try to allocate gigabytes.
+MAX_CLASSES = 100_000
+
+
+def check_stored_values(ckpt: Dict[str, Any], path: Any = "checkpoint") -> None:
+    """The values a checkpoint describes its model with, checked before any is used: one
+    :class:`CheckpointError` line naming the first bad one (``num_classes: True``, ``10**8``,
+    ``image_size: "64"``, ``model_name: 5``, a ``mean`` that is not 3 numbers, a zero ``std``,
+    thresholds of the wrong length, ``idx_to_class`` keys that are not whole numbers)."""
+    from .predict import check_metadata
+
+    what = f"{path}:"
+    n = ckpt.get("num_classes")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CLASSES):
+        raise CheckpointError(f"{what} 'num_classes' must be a whole number in [1, {MAX_CLASSES}], got {n!r}")
+    name = ckpt.get("model_name")
+    if name is not None and not isinstance(name, str):
+        raise CheckpointError(f"{what} 'model_name' must be a timm model name, got {name!r}")
+    idx = ckpt.get("idx_to_class")
+    names = None
+    if idx is not None:
+        if not isinstance(idx, dict):
+            raise CheckpointError(f"{what} 'idx_to_class' must map output numbers to names")
+        try:
+            keys = sorted(int(k) for k in idx if not isinstance(k, bool) and str(k).strip().lstrip("-").isdigit())
+        except ValueError:
+            keys = []
+        if len(keys) != len(idx):
+            bad = next(k for k in idx if isinstance(k, bool) or not str(k).strip().lstrip("-").isdigit())
+            raise CheckpointError(f"{what} 'idx_to_class' key {bad!r} is not an output number")
+        names = [str(v) for _, v in sorted(((int(k), v) for k, v in idx.items()))]
+        if n is not None and keys and not 0 <= keys[0] <= keys[-1] < n:
+            raise CheckpointError(f"{what} 'idx_to_class' names outputs outside 0..{n - 1}")
+    thresholds = _as_list(ckpt.get("thresholds"))
+    if thresholds is not None and n is not None and (not isinstance(thresholds, list) or len(thresholds) != n):
+        raise CheckpointError(f"{what} 'thresholds' must hold one value per class ({n}), got "
+                              f"{len(thresholds) if isinstance(thresholds, list) else repr(thresholds)}")
+    meta = {"class_names": names, "image_size": ckpt.get("image_size"), "mean": _as_list(ckpt.get("mean")),
+            "std": _as_list(ckpt.get("std")), "thresholds": thresholds if n is None or names is None or
+            len(names) == n else None}
+    check_metadata(meta, what=what)
+    if thresholds is not None and meta["thresholds"] is None:
+        check_metadata({"thresholds": thresholds}, what=what)
+
+
+def _as_list(v: Any) -> Any:
+    """Tuples and tensors of numbers as lists (the forms a checkpoint may hold them in)."""
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    return list(v) if isinstance(v, tuple) else v
 
 
 def _head_size(name: str, state: Dict[str, torch.Tensor]) -> Optional[int]:
@@ -416,11 +527,27 @@ def load_resume_checkpoint(path: str) -> dict:
     return ckpt
 
 
+# Settings the optimizer, schedule, EMA and loss states of a last.pth were built with: a resume
+# with another value would crash (the schedule's step count, the optimizer's state keys) or
+# silently keep the old one (the learning rate lives in the optimizer's state).
+RESUME_FIXED = ("epochs", "batch_size", "accum_steps", "optimizer", "lr", "weight_decay", "pct_start", "ema",
+                "ema_decay", "ema_warmup", "loss")
+
+
 def check_resume(ckpt: Dict[str, Any], model_name: str, image_size: int, path: str,
-                 class_names: Optional[Sequence[str]] = None) -> None:
+                 class_names: Optional[Sequence[str]] = None, config: Any = None) -> None:
     """Refuse a resume checkpoint that does not describe this run, naming what differs:
-    the model, the image size and (once the data is read) the classes."""
+    the model, the image size, the settings of ``RESUME_FIXED`` (with ``config``, the run's
+    resolved config) and (once the data is read) the classes."""
     diffs = []
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    if config is not None:
+        for name in RESUME_FIXED:
+            if name in saved:
+                old, new = saved[name], getattr(config, name)
+                if (str(old).lower() if isinstance(old, str) else old) != \
+                        (str(new).lower() if isinstance(new, str) else new):
+                    diffs.append(f"--{name.replace('_', '-')} {old!r} vs {new!r}")
     if ckpt.get("model_name") and ckpt["model_name"] != model_name:
         diffs.append(f"model {ckpt['model_name']} vs {model_name}")
     if ckpt.get("image_size") and int(ckpt["image_size"]) != image_size:

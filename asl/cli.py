@@ -10,6 +10,7 @@ Only flags given on the command line override the YAML config.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -132,29 +133,129 @@ def setup_logging(verbose: bool = True) -> None:
     root.setLevel(logging.INFO if (verbose and rank == 0) else logging.WARNING)
 
 
+# Packages a command may find missing, and what to install (the ONNX tagging path needs only onnxruntime).
+_MISSING = {
+    "torch": "PyTorch", "torchvision": "PyTorch", "timm": "PyTorch",
+}
+_INSTALL = {
+    "PyTorch": "this command needs PyTorch (torch, torchvision, timm) here: pip install -r requirements.txt; "
+               "tagging pictures with an exported .onnx model needs only onnxruntime "
+               "(pip install -r requirements-infer.txt, then infer.py --model-path model.onnx)",
+    "onnxruntime": "running an .onnx model needs onnxruntime: pip install -r requirements-infer.txt",
+    "onnx": "exporting needs onnx and onnxruntime: pip install -r requirements-export.txt",
+    "pycocotools": "COCO annotations are read with pycocotools: pip install -r requirements.txt",
+    "jax": "asl.jax needs JAX: pip install -r requirements-jax.txt",
+}
+
+
+def missing_package(e: ImportError) -> Optional[str]:
+    """The install hint for an ImportError of a known optional dependency, else None."""
+    top = (e.name or "").split(".")[0]
+    what = _MISSING.get(top, top)
+    return _INSTALL.get(what)
+
+
+def command(module: str) -> Callable[[Optional[Sequence[str]]], Optional[int]]:
+    """The ``main`` of ``asl.<module>``, imported when called, so that a missing PyTorch is one
+    ``error:`` line of :func:`run` rather than a traceback at import."""
+
+    def main(argv: Optional[Sequence[str]] = None) -> Optional[int]:
+        import importlib
+
+        return importlib.import_module(f"asl.{module}").main(argv)
+
+    return main
+
+
+def _write_error(text: str) -> None:
+    try:
+        print(text, file=sys.stderr)
+    except (OSError, ValueError, AttributeError):  # stderr closed as well: nothing left to tell
+        pass
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is not None:  # None where the command started with its stdout closed
+        sys.stdout.flush()  # a closed pipe or a full disk shows here, not at interpreter exit
+
+
 def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
-    """Call a script's main; bad input becomes one ``error: ...`` line and exit code 2."""
+    """Call a script's main; bad input becomes one ``error: ...`` line and exit code 2.
+
+    Standard output that cannot encode a class name (an ASCII-only terminal) gets it escaped
+    (``\\u00e9``) for this call; a full or closed standard output is one error line."""
+    stdout, errors = sys.stdout, getattr(sys.stdout, "errors", None)
+    if errors == "strict" and hasattr(stdout, "reconfigure"):
+        stdout.reconfigure(errors="backslashreplace")
     try:
         rc = int(main(argv) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, not as a message at interpreter exit
+        _flush_stdout()
         return rc
     except ASLError as e:
         text = str(e)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", 0)
+        _write_error("interrupted" + (f" by {e.signame}" if signum else ""))
+        return 128 + signum if signum else 130
     except BrokenPipeError:
         # The reader went away (``infer.py ... | head -1``): stop quietly, as Unix tools do.
         # Python flushes stdout again at exit, so point it at /dev/null first.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
+        _silence_stdout()
         return 128 + 13  # SIGPIPE
+    except ImportError as e:
+        hint = missing_package(e)
+        if hint is None:
+            raise
+        text = f"{hint} ({e})"
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EBADF, errno.EDQUOT, errno.EIO) or stdout is None \
+                or getattr(e, "filename", None):
+            raise
+        _silence_stdout()
+        text = f"cannot write to standard output: {e.strerror or e}"
+    finally:
+        if errors == "strict" and hasattr(stdout, "reconfigure"):
+            try:
+                stdout.reconfigure(errors=errors)
+            except (OSError, ValueError):
+                pass
     if "Original Traceback" in text:
         # Raised in a DataLoader worker: torch wraps it in the worker's traceback text;
         # the user's message is the last line, after the exception's class name.
         text = text.strip().splitlines()[-1].split(": ", 1)[-1]
     msg = " ".join(text.split())  # one line, whatever the message held
-    print(f"error: {msg}", file=sys.stderr)
+    _write_error(f"error: {msg}")
     return 2
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null: Python flushes it again at exit."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def console(module: str) -> None:
+    """A console script: ``asl-<module>`` (its main imported under :func:`run`)."""
+    sys.exit(run(command(module)))
+
+
+def train_console() -> None:
+    console("train")
+
+
+def validate_console() -> None:
+    console("validate")
+
+
+def infer_console() -> None:
+    console("infer")
+
+
+def export_console() -> None:
+    console("export")
+
+
+def study_console() -> None:
+    console("study")

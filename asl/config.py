@@ -9,7 +9,9 @@ file is valid for each of them; each script reads the fields it needs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,9 @@ from .files import atomic_write
 DEFAULT_MODEL = "resnet10t"  # training without a model name: small, learns the demo from scratch on a CPU
 OFFICIAL_IMAGE_SIZE = {"tresnet_m": 224, "tresnet_l": 448, "tresnet_xl": 448}  # the official checkpoints'
 DEFAULT_IMAGE_SIZE = 224  # other models
+# The largest input side any command accepts: the zoo's largest is 640; past this one batch of
+# one picture would take tens of GiB (100000 px: a MemoryError after every check had passed).
+MAX_IMAGE_SIZE = 4096
 OFFICIAL_THRE = 0.8  # validate.py: threshold of CP/CR/CF1/OP/OR/OF1
 OFFICIAL_INFER_THRESHOLDS = {"ms_coco": 0.7, "coco": 0.7, "openimages": 0.995}  # infer.py by --dataset-type
 OFFICIAL_VALIDATE = {"dataset": "coco", "data_root": ".", "batch_size": 16, "workers": 2}  # validate.py's flags
@@ -98,7 +103,9 @@ class DataConfig:
     train_split: Optional[str] = setting(None, help="training split (default: the dataset's)", commands=(TRAIN,))
     val_split: Optional[str] = setting(None, "--val-split", "--split", help="evaluation split (default: the dataset's)")
     image_size: Optional[int] = setting(
-        None, "--image-size", "--input-size", check=_ONE_UP, commands=(TRAIN, VALIDATE, INFER, EXPORT),
+        None, "--image-size", "--input-size",
+        check=_range(lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"in [1, {MAX_IMAGE_SIZE}]"),
+        commands=(TRAIN, VALIDATE, INFER, EXPORT),
         help="input side S; images are squish-resized to S x S (unset: validate / infer take the checkpoint's; "
              "else the model's official size, TResNet-L/XL 448, others 224)")  # >= asl.models.check_image_size
     batch_size: int = setting(64, "--batch-size", "-b", check=_ONE_UP, help="batch size",
@@ -118,11 +125,16 @@ class DataConfig:
     # Dataset options: each dataset declares which it reads (asl.data.DATASETS); one set for
     # another dataset is an error, not silently dropped.
     val_fraction: float = setting(0.2, check=_OPEN_UNIT,
-                                  help="tagged: held-out fraction when labels.csv has no split column")
+                                  help="tagged: held-out fraction when labels.csv has no split column; coco: of "
+                                       "--ann-file's images when no --val-ann-file is given")
     ann_file: Optional[str] = setting(
         None, help="coco: a COCO-format JSON, nuswide: the split CSV, outside the standard layout")
     image_dir: Optional[str] = setting(None, help="coco, nuswide: the images of --ann-file")
     keep_unannotated: bool = setting(False, help="coco: keep images without annotations as all-negative")
+    val_ann_file: Optional[str] = setting(
+        None, help="coco: the evaluation split's COCO JSON beside --ann-file (unset: --val-fraction of --ann-file's "
+                   "images are held out, seeded)")
+    val_image_dir: Optional[str] = setting(None, help="coco: the images of --val-ann-file (unset: --image-dir)")
     voc_year: Optional[str] = setting(None, help="voc: 2007 or 2012 (default: 2007 if present)",
                                       choices=("2007", "2012"))
     difficult: str = setting("ignore", help="voc: difficult-only classes are ignore (-1), positive or negative",
@@ -360,13 +372,59 @@ def _coerce_scalar(name: str, typ, value: Any) -> Any:
 
 def from_dict(values: Mapping[str, Any], base: Optional[Config] = None, source: str = "config") -> Config:
     """A Config with ``values`` applied over ``base`` (defaults when None); unknown keys rejected."""
+    odd = [k for k in values if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{source}: keys must be setting names, got {odd[0]!r} (a YAML key such as 1:, null: or "
+                          f"true: is not a name)")
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     cfg = dataclasses.replace(base) if base is not None else Config()
     for k, v in values.items():
-        setattr(cfg, k, coerce(k, v))
+        try:
+            v = coerce(k, v)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        if k in PATH_FIELDS and source != "flags":  # the shell expands ~ in flags; YAML does not
+            v = [os.path.expanduser(x) for x in v] if isinstance(v, list) else (
+                os.path.expanduser(v) if isinstance(v, str) else v)
+        setattr(cfg, k, v)
     return cfg
+
+
+# Fields naming files or folders: a leading ~ in a YAML file means the home folder, as in a shell.
+PATH_FIELDS = ("data_root", "ann_file", "image_dir", "val_ann_file", "val_image_dir", "model_path", "init_checkpoint",
+               "class_names", "output",
+               "resume", "pic_path", "save_image")
+
+
+@functools.lru_cache(maxsize=1)
+def _unique_key_loader():
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                hashable = key in seen
+            except TypeError:
+                hashable = False
+            if hashable:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            try:
+                seen.add(key)
+            except TypeError:
+                pass
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
@@ -377,7 +435,7 @@ def load_yaml(path: str) -> Dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_unique_key_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -15,3 +15,17 @@ class DataError(ASLError):
 
 class CheckpointError(ASLError):
     """A missing, unreadable, unsafe or mismatching checkpoint."""
+
+
+class OutputError(ASLError):
+    """An output that cannot be written: a full disk, a read-only or unwritable folder."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second SIGTERM / SIGINT: stop now; the command exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signum)
+        self.signum, self.signame = signum, signal.Signals(signum).name

@@ -132,6 +132,15 @@ def graph_report(model_proto) -> Dict[str, Any]:
 
 
 def export_onnx(cfg: Config) -> Dict[str, Any]:
+    """Export ``cfg.model_path`` to ``cfg.output`` (:func:`_export_onnx`); a folder it creates for
+    the output is removed again when it fails."""
+    from .runtime import removed_on_error
+
+    with removed_on_error(*([Path(cfg.output).parent] if cfg.output else [])):
+        return _export_onnx(cfg)
+
+
+def _export_onnx(cfg: Config) -> Dict[str, Any]:
     """Export ``cfg.model_path`` to ``cfg.output`` (see the module docstring).
 
     Returns:
@@ -179,10 +188,16 @@ def export_onnx(cfg: Config) -> Dict[str, Any]:
         # the TorchScript exporter's deprecation notice (timm's onnx_export.py uses it too) and tracer notes
         warnings.simplefilter("ignore")
         with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=cfg.opset, input_names=["images"],
-                              output_names=["scores" if cfg.sigmoid else "logits"], do_constant_folding=True,
-                              dynamic_axes={"images": {0: "batch"}, ("scores" if cfg.sigmoid else "logits"):
-                                            {0: "batch"}} if cfg.dynamic_batch else None)
+            try:
+                torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=cfg.opset, input_names=["images"],
+                                  output_names=["scores" if cfg.sigmoid else "logits"], do_constant_folding=True,
+                                  dynamic_axes={"images": {0: "batch"}, ("scores" if cfg.sigmoid else "logits"):
+                                                {0: "batch"}} if cfg.dynamic_batch else None)
+            except Exception as e:  # noqa: BLE001  (the exporter raises its own classes: an op with no form here)
+                why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+                raise ExportError(f"{info['model_name']} cannot be exported at --opset {cfg.opset} "
+                                  f"({type(e).__name__}: {why}); try a newer opset (the default, 17, or up to 21)") \
+                    from None
     proto = onnx.load_from_string(buf.getvalue())
     meta = {"asl_format": "1", "model_name": info["model_name"], "class_names": json.dumps(list(names)),
             "image_size": str(size), "mean": json.dumps(list(info["mean"])), "std": json.dumps(list(info["std"])),
@@ -208,7 +223,13 @@ def export_onnx(cfg: Config) -> Dict[str, Any]:
             want = net(batch).numpy()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        session = ort.InferenceSession(data, opts, providers=providers(cfg.device if cfg.device != "auto" else "cpu"))
+        try:
+            session = ort.InferenceSession(data, opts,
+                                           providers=providers(cfg.device if cfg.device != "auto" else "cpu"))
+        except Exception as e:  # noqa: BLE001  (onnxruntime's own unexported classes)
+            why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ExportError(f"onnxruntime cannot load the graph exported at --opset {cfg.opset} ({why}); try "
+                              f"another --opset; {dest} was not written") from None
         got = np.concatenate([session.run(None, {"images": batch[i:i + 1].numpy()})[0] for i in range(len(batch))]) \
             if not cfg.dynamic_batch else session.run(None, {"images": batch.numpy()})[0]
         diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())

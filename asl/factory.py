@@ -94,7 +94,9 @@ def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None)
         ds,
         batch_size=cfg.batch_size,
         sampler=sampler,
-        drop_last=train and len(ds) > cfg.batch_size,
+        # a short last batch is dropped when there are full ones (BatchNorm and a batch of one);
+        # counted per process: under torchrun the sampler holds this rank's share
+        drop_last=train and len(sampler if sampler is not None else ds) > cfg.batch_size,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.workers > 0,

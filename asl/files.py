@@ -8,12 +8,18 @@ the temporary file is renamed over the target (``os.replace`` is atomic on POSIX
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Union
+from typing import BinaryIO, Callable, Iterable, List, Optional, Union
 
-__all__ = ["atomic_write"]
+from .errors import OutputError
+
+__all__ = ["atomic_write", "remove_stale_temporaries", "output_error"]
+
+# Errors that say the output cannot take the file (not a bug): one error line, no traceback.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 
 def _umask() -> int:
@@ -48,19 +54,66 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str, None] = 
     if (data is None) == (writer is None):
         raise TypeError("atomic_write takes data or writer, not both or neither")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise output_error(path, e) from None
+    f = None
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            f = _Recording(raw)
             if writer is not None:
                 writer(f)
             else:
                 f.write(data.encode(encoding) if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.chmod(tmp, _MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # torch.save turns the file's OSError into a RuntimeError: the recorded one says what happened
+        cause = f.error if f is not None and f.error is not None else e
+        if isinstance(cause, OSError) and cause.errno in _OUTPUT_ERRNOS:
+            raise output_error(path, cause) from None
         raise
     return path
+
+
+def output_error(path: Union[str, os.PathLike], e: OSError) -> OutputError:
+    """The one-line error for an output that cannot be written (full disk, read-only folder)."""
+    return OutputError(f"cannot write {path}: {e.strerror or e}")
+
+
+class _Recording:
+    """A binary file that remembers the OSError its ``write`` raised (``torch.save`` hides it)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f, self.error = f, None
+
+    def write(self, b) -> int:
+        try:
+            return self._f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def remove_stale_temporaries(folder: Union[str, os.PathLike], names: Iterable[str]) -> List[Path]:
+    """Remove the temporary files :func:`atomic_write` left for ``names`` in ``folder`` when a
+    process was killed mid-write (``.<name>.<random>.tmp``); nothing else is touched.
+
+    Returns:
+        the paths removed.
+    """
+    folder, removed = Path(folder), []
+    for name in names:
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+                removed.append(tmp)
+    return removed

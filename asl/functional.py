@@ -24,7 +24,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["asymmetric_loss", "asl_single_label", "REDUCTIONS"]
+__all__ = ["asymmetric_loss", "asl_single_label", "check_targets", "REDUCTIONS"]
 
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
 
@@ -35,6 +35,22 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     # fp16/bf16 are computed in float32 (eps=1e-8 rounds to 0 in half precision,
     # official issue #53); float64 stays float64 so gradcheck can verify the math.
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_targets(targets: torch.Tensor) -> None:
+    """Labels are in [0, 1] (soft allowed) or -1 (unknown); anything else is a ValueError.
+
+    Checked on CPU tensors only: on an accelerator the test would wait for the device at every
+    step (a host synchronization), so there the contract is the caller's.
+    """
+    if targets.device.type != "cpu" or targets.dtype == torch.bool or not targets.numel():
+        return
+    t = targets if targets.is_floating_point() else targets.to(torch.float32)
+    bad = ~(((t >= 0) & (t <= 1)) | (t == -1))  # NaN fails both tests
+    if bool(bad.any()):
+        value = t[bad][0].item()
+        raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {value!r} "
+                         f"({int(bad.sum())} such values)")
 
 
 def _prepare_targets(targets: torch.Tensor, dtype: torch.dtype, label_smoothing: float):
@@ -232,9 +248,10 @@ def _forward(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, ep
               weight.to(dtype) if weight is not None else None)
     out, grad = _run(x.contiguous(), y.contiguous(), known, o, reduction, need_grad)
     scale = _reduce_scale(reduction, logits.shape[0] if logits.dim() else 1, known, x.numel())
+    if grad is not None:
+        grad = grad.reshape(logits.shape)  # (N, *) logits get their gradient in their own shape
     if scale is None:
         out = out.reshape(logits.shape)
-        grad = grad.reshape(logits.shape) if grad is not None else None
     elif scale != 1.0:
         out = out * scale
     return out, grad, scale
@@ -347,9 +364,11 @@ def asymmetric_loss(
     smoothing take the element formula above with autograd.
 
     Args:
-        logits: (N, C) logits of any float dtype; computed in float32 (float64 stays float64).
-        targets: (N, C) bool/int/float, values in [0, 1] (soft allowed) or -1 for unknown,
-            which contributes neither loss nor gradient.
+        logits: (N, C), or (N, *) with classes last, logits of any float dtype; computed in
+            float32 (float64 stays float64). An empty batch gives 0.
+        targets: the logits' shape, bool/int/float, values in [0, 1] (soft allowed) or -1 for
+            unknown, which contributes neither loss nor gradient; any other value is a ValueError
+            (checked on CPU tensors; on an accelerator the check would cost a host synchronization).
         gamma_neg: focusing parameter of negatives (gamma-).
         gamma_pos: focusing parameter of positives (gamma+).
         clip: probability margin m of the asymmetric clipping (Sec. 2.3).
@@ -369,6 +388,10 @@ def asymmetric_loss(
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError("label_smoothing must be in [0, 1)")
+    check_targets(targets)
+    if logits.numel() == 0:  # an empty batch: no loss, and a gradient of the right (empty) shape
+        zero = logits.to(_compute_dtype(logits)).sum() * 0.0
+        return zero.expand(logits.shape) if reduction == "none" else zero
     if weight is not None:
         weight = _as_tensor(weight, logits.device)
     if pos_weight is not None:

@@ -35,9 +35,7 @@ from .config import (
     load_config,
 )
 from .errors import ConfigError, DataError
-from .images import load_rgb
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from .images import IMAGE_EXTENSIONS, load_rgb
 
 
 def collect_images(specs: List[str]) -> List[Path]:
@@ -46,14 +44,18 @@ def collect_images(specs: List[str]) -> List[Path]:
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+            # regular files only: a FIFO named .jpg would block the reader forever
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
             if not found:
                 raise DataError(f"no images in folder {spec}")
             paths += found
         elif p.is_file():
             paths.append(p)
+        elif p.exists():
+            raise DataError(f"{spec} is not a regular file (a pipe or a device), so it is not read as an image")
         elif glob.has_magic(spec):
-            found = sorted(Path(f) for f in glob.glob(spec) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(Path(f) for f in glob.glob(spec)
+                           if Path(f).suffix.lower() in IMAGE_EXTENSIONS and Path(f).is_file())
             if not found:
                 raise DataError(f"no images match {spec}")
             paths += found
@@ -70,9 +72,12 @@ def check_save_image(path: str, overwrite: bool) -> Path:
 
     Image.init()
     dest = Path(path)
-    if dest.suffix.lower() not in Image.registered_extensions():
+    fmt = Image.registered_extensions().get(dest.suffix.lower())
+    if fmt is None:
         raise ConfigError(f"--save-image {path}: unknown picture format {dest.suffix or '(no extension)'!r}; "
                           f"use .png or .jpg")
+    if fmt not in Image.SAVE:  # PIL reads PSD, FITS, XPM, CUR, BLP, ... but cannot write them
+        raise ConfigError(f"--save-image {path}: Pillow reads {fmt} pictures but cannot write them; use .png or .jpg")
     return writable_file(dest, "--save-image", overwrite)
 
 
@@ -146,6 +151,7 @@ class _OnnxModel(_Model):
 
         names = read_class_names(cfg.class_names) if cfg.class_names else None
         self.tagger = OnnxTagger(cfg.model_path, device=cfg.device, image_size=cfg.image_size, class_names=names)
+        self.tagger.check_model_name(cfg.model_name)
         check_num_classes(cfg.num_classes, self.tagger.num_classes, cfg.model_path)
         self.names, self.calibrated = self.tagger.class_names, self.tagger.thresholds
 
@@ -154,6 +160,14 @@ class _OnnxModel(_Model):
 
 
 def tag_images(cfg: Config) -> List[Dict[str, Any]]:
+    """Tag pictures (:func:`_tag_images`); a folder created for ``--save-image`` is removed again on failure."""
+    from .runtime import removed_on_error
+
+    with removed_on_error(*([Path(cfg.save_image).parent] if cfg.save_image else [])):
+        return _tag_images(cfg)
+
+
+def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
     """Tag the pictures ``cfg.pic_path`` names with ``cfg.model_path`` (a checkpoint, or an
     exported ``.onnx`` model run by onnxruntime without PyTorch); print them.
 
@@ -181,11 +195,19 @@ def tag_images(cfg: Config) -> List[Dict[str, Any]]:
     else:
         thresholds = np.full(n, OFFICIAL_INFER_THRESHOLDS[cfg.dataset_type or "ms_coco"], dtype=np.float32)
 
-    results = []
+    results, bad = [], []
     first_img = None
     for start in range(0, len(paths), cfg.batch_size):
-        batch = paths[start:start + cfg.batch_size]
-        imgs = [load_rgb(p) for p in batch]
+        batch, imgs = [], []
+        for p in paths[start:start + cfg.batch_size]:
+            try:
+                imgs.append(load_rgb(p))
+            except DataError as e:  # one bad picture (a macOS ._photo.jpg) is named; the rest are tagged
+                bad.append((str(p), str(e)))
+                continue
+            batch.append(p)
+        if not batch:
+            continue
         if first_img is None:
             first_img = imgs[0]
         for p, s in zip(batch, model.scores(imgs)):
@@ -196,6 +218,13 @@ def tag_images(cfg: Config) -> List[Dict[str, Any]]:
                 labels = labels[: cfg.top_k]
             results.append({"image": str(p), "labels": labels})
 
+    if not results:
+        raise DataError(bad[0][1] if len(bad) == 1 else f"none of the {len(paths)} pictures could be read "
+                                                         f"(first: {bad[0][1]})")
+    for _, why in bad:
+        print(f"warning: skipped: {why}", file=sys.stderr)
+    if bad:
+        print(f"warning: {len(bad)} of {len(paths)} pictures were unreadable and skipped", file=sys.stderr)
     if cfg.json:
         print(json.dumps(results))
     else:

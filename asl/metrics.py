@@ -41,6 +41,23 @@ __all__ = [
 ]
 
 
+def check_targets(targs: np.ndarray) -> None:
+    """Labels are in [0, 1] or -1 (unknown); anything else (-2, 2, NaN) is a ValueError."""
+    if targs.dtype == bool or not targs.size:
+        return
+    t = targs.astype(np.float64, copy=False)
+    bad = ~(((t >= 0) & (t <= 1)) | (t == -1))
+    if bad.any():
+        raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {t[bad][0]!r} ({int(bad.sum())} such "
+                         f"values)")
+
+
+def _targets(a) -> np.ndarray:
+    t = _to_numpy(a)
+    check_targets(t)
+    return t
+
+
 def _to_numpy(a) -> np.ndarray:
     if hasattr(a, "detach"):  # torch tensor, without importing torch here
         a = a.detach().cpu()
@@ -72,6 +89,10 @@ def _class_ap(scores: np.ndarray, pos: np.ndarray, valid: Optional[np.ndarray]):
     n_pos = pos_scores.size
     if n_pos == 0:
         return 0.0, 0
+    if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
+        # NaN scores: numpy sorts them last, so the official reversed argsort ranks them first
+        # (a NaN negative is ranked above every positive); the same argsort gives the same value.
+        return _official_sum(scores, pos), n_pos
     neg = ~pos
     neg_scores = scores[neg]
     ps = np.sort(pos_scores)[::-1]  # positives' scores in rank order
@@ -89,11 +110,17 @@ def _class_ap(scores: np.ndarray, pos: np.ndarray, valid: Optional[np.ndarray]):
         # rank this class exactly as the official code does (the same argsort on the same values).
         # Summed as the official code sums (over all N ranks, zeros between the positives), so
         # the value is the official one to the last bit.
-        hit = pos[np.argsort(scores)[::-1]]
-        pp = np.where(hit, np.cumsum(hit), 0) / np.arange(1, hit.size + 1, dtype=np.float64)
-        return float(np.sum(pp)), n_pos
+        return _official_sum(scores, pos), n_pos
     j = np.arange(1, n_pos + 1, dtype=np.float64)
     return float(np.sum(j / (j + before))), n_pos
+
+
+def _official_sum(scores: np.ndarray, pos: np.ndarray) -> float:
+    """The official code's sum of precisions: its ranking (``argsort()[::-1]``), summed over all N
+    ranks with zeros between the positives, so the value is the official one to the last bit."""
+    hit = pos[np.argsort(scores)[::-1]]
+    pp = np.where(hit, np.cumsum(hit), 0) / np.arange(1, hit.size + 1, dtype=np.float64)
+    return float(np.sum(pp))
 
 
 def _per_class(targs: np.ndarray, preds: np.ndarray, ignore_index: Optional[float]):
@@ -133,7 +160,7 @@ def average_precision(targs, preds, ignore_index: Optional[float] = -1) -> np.nd
     Returns:
         (C,) float64 in [0, 1]; ``nan`` for a class without positives.
     """
-    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    targs, preds = _targets(targs), _to_numpy(preds)
     _check_shapes(targs, preds)
     return _ap(*_per_class(targs, preds, ignore_index))
 
@@ -155,13 +182,16 @@ def mAP(targs, preds) -> float:
 
     ``mAP = 100 * mean_k AP_k`` with ``AP_k = sum_j precision@rank(j) / (P_k + 1e-8)``;
     a class without positives counts as 0 (it stays in the mean), every target other
-    than 1 counts as negative (as the official code). Ties are ranked stably.
+    than 1 counts as negative (as the official code). Tied and NaN scores are ranked as the official
+    code ranks them (its ``argsort()[::-1]`` on the same values): such a class gets the official
+    value to the last bit; a tie-free class agrees with it to ~1e-14 (the same sum, in another
+    order). Targets outside [0, 1] other than -1 raise ``ValueError``.
 
     Args:
         targs: (N, C) targets, numpy or torch.
         preds: (N, C) scores, numpy or torch.
     """
-    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    targs, preds = _targets(targs), _to_numpy(preds)
     if preds.size == 0:
         return 0.0
     _check_shapes(targs, preds)
@@ -193,7 +223,7 @@ def map_and_ap(targs, preds, ignore_index: Optional[float] = -1):
     Returns:
         (mAP in percent, (C,) float64 AP in [0, 1] with ``nan`` for a class without positives).
     """
-    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    targs, preds = _targets(targs), _to_numpy(preds)
     _check_shapes(targs, preds)
     if preds.size == 0:
         return 0.0, np.full(preds.shape[1] if preds.ndim == 2 else 0, np.nan)
@@ -247,7 +277,7 @@ def multilabel_metrics(targs, preds, threshold=0.5, ignore_index: Optional[float
     Returns:
         dict with keys CP, CR, CF1, F_C, OP, OR, OF1.
     """
-    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    targs, preds = _targets(targs), _to_numpy(preds)
     _check_shapes(targs, preds)
     pred_pos = predicted(preds, threshold)
     pos = targs == 1
@@ -285,7 +315,7 @@ def calibrate_thresholds(targs, preds, candidates: Optional[Sequence[float]] = N
     Returns:
         (C,) float64 thresholds.
     """
-    targs, preds = _to_numpy(targs), _to_numpy(preds)
+    targs, preds = _targets(targs), _to_numpy(preds)
     _check_shapes(targs, preds)
     n, c = preds.shape
     out = np.ones(c, dtype=np.float64)

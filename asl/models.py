@@ -93,6 +93,23 @@ def check_image_size(name: str, image_size: int) -> None:
                           f"(its total stride)")
 
 
+def check_batch_trainable(name: str, image_size: int, batch: int) -> None:
+    """Refuse a training batch BatchNorm cannot normalize: one value per channel (a batch of one
+    picture where a feature map is 1 x 1, e.g. after global pooling). Checked with one forward
+    on the ``meta`` device (no memory, no weights), before any work."""
+    with torch.device("meta"):
+        model = create_model(name, 1)
+        model.train()
+        try:
+            model(torch.empty(batch, 3, image_size, image_size))
+        except ValueError as e:
+            if "more than 1 value per channel" not in str(e):
+                raise
+            raise ConfigError(f"a training batch of {batch} picture{'s' if batch > 1 else ''} cannot train {name} at "
+                              f"{image_size} px: BatchNorm needs more than one value per channel; use --batch-size 2 "
+                              f"or more (and a training split of at least 2 images)") from None
+
+
 def data_config(model_or_name) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """(mean, std) a model expects, from its timm config; (0, 0, 0) / (1, 1, 1) for TResNet.
 

@@ -25,7 +25,8 @@ from PIL import Image
 
 from .errors import CheckpointError, ConfigError
 
-__all__ = ["OnnxTagger", "METADATA", "read_metadata", "preprocess", "read_class_names"]
+__all__ = ["OnnxTagger", "METADATA", "read_metadata", "preprocess", "read_class_names", "check_metadata",
+           "check_class_names"]
 
 # metadata_props keys written by asl.export (values are strings; JSON where structured)
 METADATA = {
@@ -51,10 +52,13 @@ def read_class_names(path: str | os.PathLike, num_classes: Optional[int] = None)
         names = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
     except FileNotFoundError:
         raise CheckpointError(f"--class-names file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"--class-names {path}: cannot read it ({type(e).__name__})") from None
-    if len(set(names)) != len(names):
-        raise CheckpointError(f"--class-names {path}: a name is listed twice")
+    except IsADirectoryError:
+        raise CheckpointError(f"--class-names {path} is a folder, not a file of names") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"--class-names {path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise CheckpointError(f"--class-names {path}: cannot read it ({e.strerror or type(e).__name__})") from None
+    check_class_names(names, f"--class-names {path}")
     if num_classes is not None and len(names) != num_classes:
         raise CheckpointError(f"--class-names {path} lists {len(names)} names, the model has {num_classes} classes")
     return names
@@ -71,10 +75,72 @@ def read_metadata(session) -> Dict[str, Any]:
             except ValueError:
                 raise CheckpointError(f"metadata {key!r} is not JSON: {value[:60]!r}") from None
         elif key == "image_size":
-            out[key] = int(value)
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise CheckpointError(f"metadata 'image_size' is not a whole number: {value[:60]!r}") from None
         else:
             out[key] = value
-    return out
+    return check_metadata(out)
+
+
+def _numbers(v: Any, n: Optional[int] = None) -> bool:
+    return (isinstance(v, list) and (n is None or len(v) == n)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x == x for x in v))
+
+
+def check_metadata(meta: Dict[str, Any], what: str = "metadata", unique: bool = False) -> Dict[str, Any]:
+    """The values a model file describes itself with, checked: class names (distinct strings),
+    the input size (in ``[1, MAX_IMAGE_SIZE]``), mean / std (3 numbers, std non-zero) and one
+    threshold per class in [0, 1]. One :class:`CheckpointError` line names the first bad value.
+
+    Args:
+        meta: the values, by their metadata key.
+        what: where they come from, for messages.
+        unique: class names must also be distinct.
+    """
+    from .config import MAX_IMAGE_SIZE
+
+    names = meta.get("class_names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{what} 'class_names' must be a list of names")
+        # A model's names are reported, not matched, so a name given twice (the Open Images list
+        # has some) is kept; a dataset's names must be distinct (asl.data.base).
+        check_class_names(names, f"{what} 'class_names'", unique=unique)
+    size = meta.get("image_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE):
+        raise CheckpointError(f"{what} 'image_size' must be a whole number in [1, {MAX_IMAGE_SIZE}], got {size!r}")
+    for key in ("mean", "std"):
+        if meta.get(key) is not None and not _numbers(meta[key], 3):
+            raise CheckpointError(f"{what} {key!r} must be a list of 3 numbers, got {meta[key]!r}")
+    if meta.get("std") is not None and any(v == 0 for v in meta["std"]):
+        raise CheckpointError(f"{what} 'std' holds a 0 (every input would divide by zero): {meta['std']!r}")
+    thr = meta.get("thresholds")
+    if thr is not None:
+        n = len(names) if isinstance(names, list) else None
+        if not _numbers(thr, n) or not all(0 <= t <= 1 for t in thr):
+            raise CheckpointError(f"{what} 'thresholds' must be {n if n is not None else 'one'} number"
+                                  f"{'s' if n != 1 else ''} in [0, 1] (one per class)")
+    return meta
+
+
+def check_class_names(names: Sequence[str], what: str, unique: bool = True) -> List[str]:
+    """Class names as every dataset and model file must hold them: non-empty, on one line each (no
+    newline, tab or NUL), without surrounding spaces, and (``unique``) each listed once."""
+    seen, dup = set(), []
+    for n in names:
+        if not isinstance(n, str) or not n.strip():
+            raise CheckpointError(f"{what}: a class name is empty")
+        if any(ch in n for ch in "\n\r\t\x00") or n != n.strip():
+            raise CheckpointError(f"{what}: class name {n!r} holds a newline, tab, NUL or surrounding spaces")
+        if n in seen:
+            dup.append(n)
+        seen.add(n)
+    if dup and unique:
+        raise CheckpointError(f"{what}: {len(dup)} class name{'s are' if len(dup) > 1 else ' is'} listed twice "
+                              f"({', '.join(map(repr, dup[:3]))}); each class needs one name of its own")
+    return list(names)
 
 
 def preprocess(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -165,6 +231,14 @@ class OnnxTagger:
         self.std = tuple(self.meta.get("std") or (1.0, 1.0, 1.0))
         self.outputs_scores = self.meta.get("output") == "scores"
         self.thresholds = self.meta.get("thresholds")
+
+    def check_model_name(self, model_name: Optional[str]) -> None:
+        """An exported model is its own graph: a ``--model-name`` other than the one it was exported
+        from is refused, not silently ignored."""
+        stored = self.meta.get("model_name")
+        if model_name and model_name != stored:
+            raise ConfigError(f"--model-name {model_name} does not apply to {self.path}: an exported model is its own "
+                              f"graph (exported from {stored or 'an unnamed model'}); drop --model-name")
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         return preprocess(img, self.image_size, self.mean, self.std)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -21,7 +22,7 @@ from .config import (
     fields_for,
     load_config,
 )
-from .errors import ConfigError
+from .errors import ConfigError, Interrupted
 
 # The base configs ship inside the package (configs/demo.yaml and configs/finetune.yaml in the
 # source tree point here), so an installed `asl-train` finds them.
@@ -98,7 +99,7 @@ def check_training(cfg: Config) -> Config:
     if cfg.dataset == "demo":
         from .data.demo import check_demo_folder
 
-        check_demo_folder(Path(cfg.data_root))  # a user's folder given without --dataset: say so first
+        check_demo_folder(Path(cfg.data_root), cfg.demo_classes)  # a user's folder without --dataset: say so first
     elif not Path(cfg.data_root).exists():
         raise ConfigError(f"data folder not found: {cfg.data_root}")
     init = cfg.init_checkpoint or cfg.model_path
@@ -141,22 +142,119 @@ def writable_file(path: Path, flag: str, overwrite: bool) -> Path:
     return path
 
 
-def check_output_dir(out: Path, overwrite: bool, resume: Optional[str] = None) -> None:
+# A run's own files besides RUN_FILES: its lock and marker, and the probes and temporaries of its writes.
+RUN_LOCK = ".asl-run.lock"
+# Names that say a folder is a dataset, not a run's output.
+DATASET_MARKERS = ("labels.csv", "classes.txt", "demo.json", "annotations", "images", "JPEGImages",
+                   "train2014", "val2014", "train2017", "val2017")
+
+
+def _is_run_own(name: str) -> bool:
+    """A file every run may find in its folder: its lock, a rank's writability probe, a temporary
+    file of an interrupted atomic write of a run file."""
+    if name == RUN_LOCK or name.startswith(PROBE):
+        return True
+    return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
+
+
+def _data_folder(data_root: str) -> Path:
+    root = Path(data_root).expanduser()
+    return (root.parent if root.suffix.lower() in (".csv", ".json", ".txt") else root).resolve()
+
+
+def check_output_dir(out: Path, overwrite: bool, resume: Optional[str] = None,
+                     data_root: Optional[str] = None) -> bool:
     """A run writes only into a fresh (or empty) folder, or the folder of the run it resumes.
 
     Anything else in the folder, an earlier run's ``best.pth`` alone included, is refused unless
-    ``overwrite``: the message suggests a new ``--output`` first. The folder is created and
-    proved writable."""
-    # Another rank's writability probe (torchrun: every rank checks the folder) is not a run's file.
-    held = sorted(p.name for p in out.iterdir() if not p.name.startswith(PROBE)) if out.is_dir() else []
+    ``overwrite``; ``overwrite`` replaces only what a run wrote (a folder holding other files, a
+    dataset above all, is refused). The output is never the dataset's folder, inside it, or a
+    folder the dataset is inside. The folder is created and proved writable.
+
+    Returns:
+        whether this call created the folder (a command that then fails removes it again).
+    """
+    if data_root is not None:
+        data, target = _data_folder(data_root), out.expanduser().resolve()
+        if target == data or data in target.parents or target in data.parents:
+            where = "the" if target == data else "inside the" if data in target.parents else "a folder holding the"
+            raise ConfigError(f"--output {out} is {where} dataset folder {data_root}: a run never writes into its "
+                              f"data; choose another --output")
+    held = sorted(p.name for p in out.iterdir() if not _is_run_own(p.name)) if out.is_dir() else []
     own = resume is not None and Path(resume).resolve().parent == out.resolve()
-    if held and not (overwrite or own):
-        what = "a run" if any(f in held for f in RUN_FILES) else "files"
+    if held and not own:
+        foreign = [n for n in held if n not in RUN_FILES]
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        hint = f", resume it with --resume {out / 'last.pth'}" if "last.pth" in held and not resume else ""
-        raise ConfigError(f"{out} already holds {what} ({shown}); choose a new --output{hint}, or pass --overwrite "
-                          f"to replace it")
+        if foreign:
+            kind = "a dataset" if any(n in DATASET_MARKERS for n in held) else "files no run wrote"
+            raise ConfigError(f"{out} holds {kind} ({shown}), not a run's output: choose a new --output "
+                              f"(--overwrite replaces only a run's own files)")
+        if not overwrite:
+            hint = f", resume it with --resume {out / 'last.pth'}" if "last.pth" in held and not resume else ""
+            raise ConfigError(f"{out} already holds a run ({shown}); choose a new --output{hint}, or pass "
+                              f"--overwrite to replace it")
+    created = not out.exists()
     writable_dir(out)
+    return created
+
+
+@contextlib.contextmanager
+def removed_on_error(*paths: Path):
+    """Folders this block creates (``paths`` and their missing parents) are removed again, when
+    still empty, if the block raises: a command that fails leaves no empty output folder behind."""
+    missing = []
+    for path in paths:
+        p = Path(path).absolute()
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+    try:
+        yield
+    except BaseException:
+        for p in sorted(set(missing), key=lambda q: len(q.parts), reverse=True):
+            remove_if_empty(p)
+        raise
+
+
+def remove_if_empty(out: Path) -> None:
+    """Remove a folder a failed command created, when nothing but its lock is in it."""
+    try:
+        if (out / RUN_LOCK).is_file() and [p.name for p in out.iterdir()] == [RUN_LOCK]:
+            (out / RUN_LOCK).unlink()
+        out.rmdir()  # only ever succeeds on an empty folder
+    except OSError:
+        pass
+
+
+class RunLock:
+    """An exclusive lock on a run's output folder (``.asl-run.lock``, ``flock``), held while the run
+    writes: a second run into the same folder is refused, and the lock goes with its process, so
+    a killed run leaves no stale lock behind. The file also marks the folder as a run's."""
+
+    def __init__(self, out: Path):
+        self.path = out / RUN_LOCK
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"cannot write into --output {out}: {e.strerror or e}") from None
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock (Windows): exclusive creation is the lock
+            pass
+        except OSError:
+            other = os.pread(self.fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(self.fd)
+            raise ConfigError(f"another run is writing into {out}{f' (pid {other})' if other else ''}: wait for it "
+                              f"to end, or choose another --output") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode("ascii"), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
 
 
 class StopSignal:
@@ -168,12 +266,28 @@ class StopSignal:
 
     def __init__(self):
         self.signum, self.name = 0, ""
+        self._saving, self._pending = 0, False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame) -> None:
-        if self.signum:  # a second signal: stop now
-            raise KeyboardInterrupt
+        if self.signum:  # a second signal: stop now, but never in the middle of writing a file
+            if self._saving:
+                self._pending = True
+                return
+            raise Interrupted(self.signum)
         self.signum, self.name = signum, signal.Signals(signum).name
+
+    @contextlib.contextmanager
+    def saving(self):
+        """A second signal inside this block waits for its end (a checkpoint is written whole)."""
+        self._saving += 1
+        try:
+            yield
+        finally:
+            self._saving -= 1
+            if not self._saving and self._pending:
+                self._pending = False
+                raise Interrupted(self.signum)
 
     @property
     def received(self) -> bool:

@@ -91,9 +91,13 @@ class Study:
 
 def _strict(cls, raw: Dict[str, Any], where: str):
     names = {f.name for f in dataclasses.fields(cls)} - {"is_quick", "runs_name"}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(set(map(str, raw)) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    required = [f.name for f in dataclasses.fields(cls) if f.name in names and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and f.name not in raw]
+    if required:
+        raise ConfigError(f"{where}: missing key{'s' if len(required) > 1 else ''} {', '.join(required)}")
     try:
         return cls(**raw)
     except TypeError as e:
@@ -364,7 +368,8 @@ class _Launcher:
         if self.stopping:
             return run, -1, 0.0
         run.dir.mkdir(parents=True, exist_ok=True)
-        cfg_file = run.dir / "study_config.yaml"
+        # the launcher's own files sit beside the run's folder: the folder holds the run's files alone
+        cfg_file = run.dir.parent / f"{run.dir.name}.yaml"
         dump_config(run.cfg, cfg_file)
         argv = [sys.executable, "-m", "asl.train", "--config", str(cfg_file)]
         argv += ["--resume", str(run.dir / "last.pth")] if (run.dir / "last.pth").exists() else ["--overwrite"]
@@ -373,7 +378,7 @@ class _Launcher:
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
                    PYTHONPATH=path)
         t0 = time.perf_counter()
-        with open(run.dir / "train.log", "a", encoding="utf-8") as logf:
+        with open(run_log(run), "a", encoding="utf-8") as logf:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
             self.procs[proc.pid] = proc
             rc = proc.wait()
@@ -387,6 +392,11 @@ class _Launcher:
                 proc.send_signal(signal.SIGTERM)  # train.py saves last.pth at its next step
         for proc in list(self.procs.values()):
             proc.wait()
+
+
+def run_log(run: Run) -> Path:
+    """The training log of a run, beside its folder (``work/<key>.log``)."""
+    return run.dir.parent / f"{run.dir.name}.log"
 
 
 def execute(runs: List[Run], jobs: int) -> None:
@@ -407,7 +417,7 @@ def execute(runs: List[Run], jobs: int) -> None:
     try:
         for run, rc, sec in pool.map(launcher, todo):
             if rc != 0:
-                tail = (run.dir / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+                tail = run_log(run).read_text(encoding="utf-8", errors="replace").strip().splitlines()
                 raise ConfigError(f"run {run.dir} failed ({rc}): {tail[-1] if tail else 'no output'}")
             epochs, ap = read_run_folder(run.dir)
             run.store.add(run.cfg, epochs, ap)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +53,21 @@ from .engine import (
     set_rng_state,
     train_one_epoch,
 )
-from .errors import ConfigError
+from .errors import ASLError, ConfigError, DataError
 from .factory import dataset_from_config, loader_for, loss_from_config, prepare_data
-from .files import atomic_write
+from .files import atomic_write, remove_stale_temporaries
 from .losses import AdaptiveAsymmetricLoss
-from .models import create_model, data_config
-from .runtime import StopSignal, check_output_dir, check_training, resolve_device, resolve_training
+from .models import check_batch_trainable, create_model, data_config
+from .runtime import (
+    RUN_FILES,
+    RunLock,
+    StopSignal,
+    check_output_dir,
+    check_training,
+    remove_if_empty,
+    resolve_device,
+    resolve_training,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +130,38 @@ def fit(cfg: Config) -> RunResult:
     resume_ckpt = None
     if cfg.resume:
         resume_ckpt = load_resume_checkpoint(cfg.resume)
-        check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume)
+        check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, config=cfg)
     out = Path(cfg.output)
-    check_output_dir(out, cfg.overwrite, cfg.resume)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes (and holds the lock)
+    lock = None
+    created = check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)
+    try:
+        if main:
+            lock = RunLock(out)  # a second run into this folder is refused here ...
+            check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)  # ... or here, if it finished
+            for tmp in remove_stale_temporaries(out, RUN_FILES):
+                log.info("removed %s, left by an interrupted write", tmp)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     benchmark = torch.backends.cudnn.benchmark
     try:
-        run = _Run(cfg, out, resume_ckpt)
+        try:
+            run = _Run(cfg, out, resume_ckpt)
+        except ASLError:
+            if created:  # a failed start leaves no empty folder behind
+                if lock is not None:
+                    lock.release()
+                    lock = None
+                remove_if_empty(out)
+            raise
         with StopSignal() as stop:  # the previous handlers come back when fit returns
             return run.loop(stop)
     finally:
         torch.backends.cudnn.benchmark = benchmark  # set for this run's fixed-size inputs only
+        if lock is not None:
+            lock.release()
 
 
 class _Run:
@@ -164,6 +196,10 @@ class _Run:
             log.warning("warning: %s", warning)
         if resume_ckpt is not None:
             check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, self.train_ds.class_names)
+        per_rank = -(-len(self.train_ds) // self.dist.world_size)
+        smallest = cfg.batch_size if per_rank > cfg.batch_size else per_rank  # later batches of one are dropped
+        if smallest == 1 or cfg.batch_size == 1:
+            check_batch_trainable(cfg.model_name, cfg.image_size, 1)
         model = create_model(cfg.model_name, self.train_ds.num_classes)
         init = cfg.init_checkpoint or cfg.model_path
         if init:
@@ -219,9 +255,7 @@ class _Run:
         if cfg.resume and (out / "metrics.jsonl").exists():
             # records of epochs the resumed state has finished (a record written after the last
             # state was saved belongs to an epoch that is trained again)
-            self.history = [r for r in (json.loads(line) for line in
-                                        (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-                                        if line.strip()) if r["epoch"] < self.state.next_epoch]
+            self.history = [r for r in read_metrics(out / "metrics.jsonl") if r["epoch"] < self.state.next_epoch]
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -234,9 +268,10 @@ class _Run:
             partial["skipped"] = int(partial["skipped"])
         self.state.epoch, self.state.step_in_epoch, self.state.partial = epoch, step_in_epoch, partial
         self.state.rng = get_rng_state()
-        save_checkpoint(training_checkpoint(self.state, self.model, optimizer=self.optimizer,
+        with self.stop.saving():  # a second Ctrl-C waits for the file to be whole
+            save_checkpoint(training_checkpoint(self.state, self.model, optimizer=self.optimizer,
                                             scheduler=self.scheduler, ema=self.ema, scaler=self.scaler,
-                                            loss_fn=self.loss_fn, **self.meta), self.out / "last.pth")
+                                                loss_fn=self.loss_fn, **self.meta), self.out / "last.pth")
 
     # ------------------------------------------------------------------ the loop
 
@@ -337,14 +372,28 @@ class _Run:
         if current > state.best["mAP"]:
             state.best = {"mAP": current, "epoch": epoch, "selected": "ema" if use_ema else "model"}
             if self.main:
-                save_checkpoint(make_checkpoint(ema.module if use_ema else self.model, epoch=epoch,
-                                                selected=state.best["selected"], mAP=current, **self.meta),
-                                self.out / "best.pth")
+                with self.stop.saving():
+                    save_checkpoint(make_checkpoint(ema.module if use_ema else self.model, epoch=epoch,
+                                                    selected=state.best["selected"], mAP=current, **self.meta),
+                                    self.out / "best.pth")
         if self.main:
             from .plots import plot_training_curves
 
             plot_training_curves([*self.history, rec], self.out / "curves.png")
         return rec
+
+
+def read_metrics(path: Path) -> List[Dict[str, Any]]:
+    """The epoch records of a run's ``metrics.jsonl``; a damaged file is one :class:`DataError` line."""
+    try:
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); move it away to resume without the "
+                        f"earlier epochs' records") from None
+    if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
+        raise DataError(f"{path} holds a line that is not an epoch record; move it away to resume without the "
+                        f"earlier epochs' records")
+    return records
 
 
 def write_per_class_ap(path: Path, epoch: int, class_names, ev: Dict[str, Any], ev_ema: Optional[Dict]) -> None:

@@ -33,6 +33,7 @@ from .checkpoint import (
     model_from_checkpoint,
     read_class_names,
     save_checkpoint,
+    with_thresholds,
 )
 from .config import (
     FIELDS,
@@ -54,7 +55,7 @@ from .factory import check_dataset_options, dataset_from_config, loader_for, pre
 from .files import atomic_write
 from .metrics import calibrate_thresholds, mAP, multilabel_metrics
 from .models import SelectOutputs, check_image_size
-from .runtime import cap_workers, resolve_device, writable_dir, writable_file
+from .runtime import cap_workers, removed_on_error, resolve_device, writable_dir, writable_file
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("metrics.json", "scores.npy", "targets.npy", "calibrated.pth")
@@ -102,6 +103,14 @@ def format_metrics(m: dict) -> str:
 
 
 def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any]:
+    """Evaluate the checkpoint a command line names (:func:`_validate`); a folder it creates for
+    ``--output`` is removed again when it fails."""
+    given = load_config(config_path, flags)
+    with removed_on_error(*([Path(given.output)] if given.output else [])):
+        return _validate(config_path, flags)
+
+
+def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any]:
     """Evaluate the checkpoint a command line names; print and return its metrics.
 
     Settings are layered: the checkpoint's training config (else the official defaults) <-
@@ -133,6 +142,7 @@ def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any
 
         model = OnnxTagger(model_path, device=given.device, image_size=given.image_size,
                            class_names=read_class_names(given.class_names) if given.class_names else None)
+        model.check_model_name(given.model_name)
         saved = model.meta.get("config")  # the training config; the input size is the exported model's
         ckpt = {"config": dict(saved, image_size=model.image_size) if isinstance(saved, dict) else None}
         info = {"class_names": model.class_names, "named": True, "num_classes": model.num_classes,
@@ -150,6 +160,11 @@ def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any
         cfg = load_config(config_path, flags, base=base_config(ckpt, info, cfg.dataset))
     if cfg.image_size is None:
         cfg = dataclasses.replace(cfg, image_size=info["image_size"] or default_image_size(info["model_name"]))
+        if not info["image_size"]:
+            log.warning("warning: %s names no input size: validating at %d px, the default of %s (pass --image-size "
+                        "to use the size it was trained at)", model_path, cfg.image_size, info["model_name"])
+    if cfg.dataset == "coco" and given.ann_file and not given.val_ann_file and given.val_split is None:
+        cfg = dataclasses.replace(cfg, val_split="all")  # the file named here is scored whole
     check_values(cfg, fields_for(VALIDATE))
     check_dataset_options(cfg)
     if not onnx:
@@ -179,6 +194,10 @@ def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any
         model.to(device)
         ev = evaluate(model, loader, device, amp_dtype=amp_dtype_for(device, cfg.amp))
     scores, targets = ev["scores"], ev["targets"]
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        log.warning("warning: %d of %d scores are not finite (NaN or inf): the model's output is broken, and the "
+                    "metrics rank NaN first as the official code does", bad, scores.size)
     metrics = {"mAP": ev["mAP"], **multilabel_metrics(targets, scores, cfg.thre), "num_images": ev["num_images"],
                "bad_images": ev["bad_images"]}
     if (targets == -1).any():
@@ -197,7 +216,8 @@ def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any
         per_output = np.empty_like(thr)
         per_output[order if order is not None else slice(None)] = thr  # back to the model's output order
         dest = Path(output) / "calibrated.pth" if output else Path(model_path).with_suffix(".calibrated.pth")
-        save_checkpoint(dict(ckpt, thresholds=[float(t) for t in per_output]), dest)
+        save_checkpoint(with_thresholds(ckpt, per_output, model_name=info["model_name"], class_names=names,
+                                        image_size=cfg.image_size, mean=info["mean"], std=info["std"]), dest)
         print(f"calibrated checkpoint -> {dest}")
     if output:
         out = Path(output)

@@ -171,9 +171,9 @@ def test_wheel_ships_the_commands_and_base_configs(tmp_path):
         entry = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = z.read(entry).decode()
     assert {"asl/configs/demo.yaml", "asl/configs/finetune.yaml", "asl/trainer.py", "asl/study.py"} <= names
-    for script, target in (("asl-train", "asl.train:console"), ("asl-validate", "asl.validate:console"),
-                           ("asl-infer", "asl.infer:console"), ("asl-study", "asl.study:console"),
-                           ("asl-export", "asl.export:console")):
+    for script, target in (("asl-train", "asl.cli:train_console"), ("asl-validate", "asl.cli:validate_console"),
+                           ("asl-infer", "asl.cli:infer_console"), ("asl-study", "asl.cli:study_console"),
+                           ("asl-export", "asl.cli:export_console")):
         assert f"{script} = {target}" in scripts
     assert not [n for n in names if n.split("/")[0] in {"train.py", "validate.py", "infer.py", "tests"}]
 

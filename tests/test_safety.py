@@ -301,7 +301,8 @@ def test_resume_of_another_run_names_the_difference(trained_run, tmp_path, capsy
     one_error(rc, err, "model test_resnet vs resnet10t")
     assert err == [err[-1]]
     three = make_tagged(tmp_path / "three", classes=("cat", "dog", "sky"))
-    rc, _, err = call("train", [three, "--dataset", "tagged", *TINY, "--resume", last, "--output", tmp_path / "b"],
+    same = [*TINY[:-4], "--epochs", "2", "--lr", "3e-3", "--ema-decay", "0.9", "--seed", "1", "--workers", "0"]
+    rc, _, err = call("train", [three, "--dataset", "tagged", *same, "--resume", last, "--output", tmp_path / "b"],
                       capsys)
     one_error(rc, err, "4 classes vs 3")
     assert "Traceback" not in "\n".join(err) and len(err[-1]) < 400

@@ -61,12 +61,12 @@ def test_micro_study(tmp_path, capsys):
     noisy = [r for r in records if r["config"]["label_noise"] == 0.5]
     assert len(noisy) == 4
     stamp = (root / "runs.jsonl").stat().st_mtime_ns, (root / "runs.jsonl").read_bytes()
-    logs = {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/train.log")}
+    logs = {p: p.stat().st_mtime_ns for p in (root / "work").glob("*.log")}
     assert len(logs) == 12
     capsys.readouterr()
     assert cli.run(study.main, [str(spec)]) == 0  # finished runs are reused, not retrained
     assert ((root / "runs.jsonl").stat().st_mtime_ns, (root / "runs.jsonl").read_bytes()) == stamp
-    assert {p: p.stat().st_mtime_ns for p in (root / "work").glob("*/train.log")} == logs
+    assert {p: p.stat().st_mtime_ns for p in (root / "work").glob("*.log")} == logs
     # the quick profile is labelled and keeps only its experiments and seeds
     assert cli.run(study.main, [str(spec), "--quick", "--report-only"]) == 0
     quick = (tmp_path / "reports" / "micro_quick" / "report.md").read_text()
@@ -82,15 +82,16 @@ def test_interrupted_run_resumes(tmp_path):
     # a run stopped after its first epoch: last.pth and one metrics line
     cfg = run.cfg.__class__(**{**run.cfg.to_dict(), "epochs": 2, "stop_epoch": 1})
     run.dir.mkdir(parents=True)
-    study.dump_config(cfg, run.dir / "stop.yaml")
+    stop_yaml = run.dir.parent / "stop.yaml"  # beside the run's folder, which holds the run's files alone
+    study.dump_config(cfg, stop_yaml)
     import train
 
-    assert cli.run(train.main, ["--config", str(run.dir / "stop.yaml"), "--overwrite"]) == 0
+    assert cli.run(train.main, ["--config", str(stop_yaml), "--overwrite"]) == 0
     assert len(run.records()) == 1 and not run.done()
     study.execute([run], jobs=1)
     recs = run.records()
     assert [r["epoch"] for r in recs] == [0, 1]
-    assert "resumed from" in (run.dir / "train.log").read_text()
+    assert "resumed from" in study.run_log(run).read_text()
 
 
 def test_settle_fraction():

@@ -42,7 +42,9 @@ class DatasetSpec:
 
 DATASETS: Dict[str, DatasetSpec] = {
     # train2014 / val2014, or the 2017 pair when only it exists
-    "coco": DatasetSpec("coco:create_coco", "train", "val", ("ann_file", "image_dir", "keep_unannotated")),
+    "coco": DatasetSpec("coco:create_coco", "train", "val", ("ann_file", "image_dir", "keep_unannotated",
+                                                             "val_ann_file", "val_image_dir", "val_fraction",
+                                                             "seed")),
     "voc": DatasetSpec("voc:create_voc", "trainval", "test", ("voc_year", "difficult")),
     "nuswide": DatasetSpec("nuswide:create_nuswide", "train", "val", ("ann_file", "image_dir")),
     "tagged": DatasetSpec("tagged:create_tagged", "train", "val", ("val_fraction", "seed")),

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DataError
-from ..images import UNREADABLE
+from ..errors import CheckpointError, DataError
+from ..images import load_rgb
+from ..predict import check_class_names
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         targets = np.asarray(targets, dtype=np.float32)
         if targets.ndim != 2 or targets.shape[0] != len(paths) or targets.shape[1] != len(class_names):
             raise ValueError("targets must be (len(paths), len(class_names))")
+        try:  # one rule for every dataset: distinct names, each on one line
+            check_class_names(list(class_names), f"{name}: class names")
+        except CheckpointError as e:
+            raise DataError(str(e)) from None
         self.paths: List[str] = [str(p) for p in paths]
         self.targets = targets
         self.class_names = list(class_names)
@@ -95,10 +100,8 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def load_image(self, index: int) -> Image.Image:
-        with Image.open(self.paths[index]) as img:
-            if self.draft_size:
-                img.draft("RGB", (self.draft_size, self.draft_size))
-            return img.convert("RGB")
+        """The picture of sample ``index`` as a viewer shows it (:func:`asl.images.load_rgb`)."""
+        return load_rgb(self.paths[index], self.draft_size)
 
     def __getitem__(self, index: int):
         n = len(self.paths)
@@ -108,7 +111,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
                 continue
             try:
                 img = self.load_image(i)
-            except UNREADABLE as e:
+            except DataError as e:
                 self._record_bad(i, e)
                 continue
             if self.transform is not None:
@@ -129,7 +132,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         path = self.paths[i]
         if not self._bad[i]:
             self._bad[i] = 1
-            log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
+            log.warning("skipping unreadable image %s (%s)", path, str(e).rsplit("(", 1)[-1].rstrip(")"))
         self._check_limit(path)
 
     def _check_limit(self, last: str) -> None:
@@ -167,6 +170,10 @@ def split_warnings(train: Optional[MultiLabelDataset], evaluation: MultiLabelDat
         if both:
             out.append(f"{len(both)} images are in both the training and the evaluation split, so the validation "
                        f"mAP is optimistic: {_first(both)}")
+    empty = [n for n, k in zip(evaluation.class_names, (evaluation.targets == 1).sum(0)) if k == 0]
+    if empty:
+        out.append(f"{len(empty)} of {evaluation.num_classes} classes have no positive in {evaluation.name} "
+                   f"({_first(empty)}): the official mAP counts each as AP 0")
     if len(evaluation) < SMALL_EVAL_SET:
         out.append(f"{evaluation.name} has only {len(evaluation)} images: its mAP is noisy (one image can move it "
                    f"by points); hold out more images to compare runs")
@@ -187,3 +194,22 @@ def check_exists(path: Path, what: str) -> Path:
     if not path.exists():
         raise DataError(f"{what} not found: {path}")
     return path
+
+
+def check_file(path: Path, what: str) -> Path:
+    """``path`` exists and is a file (not a folder): else one :class:`DataError` line."""
+    check_exists(path, what)
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a folder, not a file")
+    return path
+
+
+def read_text(path: Path, what: str) -> str:
+    """A dataset's text file (UTF-8, a byte-order mark accepted), or one :class:`DataError` line."""
+    check_file(path, what)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file (save it as UTF-8)") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -26,17 +27,64 @@ from .base import MultiLabelDataset, check_exists
 SPLITS = ("train2014", "val2014", "train2017", "val2017")
 
 
-def _load_coco(ann_file: Path):
-    from pycocotools.coco import COCO
-
+def _read_annotations(ann_file: Path) -> dict:
+    """The COCO JSON, checked before pycocotools indexes it: a byte-order mark is accepted (as the
+    CSV reader does); duplicate image ids, category ids or category names, and images without a
+    usable ``file_name``, are one :class:`DataError` line (pycocotools would silently drop an image
+    or rename a class)."""
+    if ann_file.is_dir():
+        raise DataError(f"{ann_file} is a folder, not a COCO annotation file (pass the .json file)")
     try:
-        # pycocotools prints its progress on stdout; keep the command line's output clean.
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(ann_file))
+        data = json.loads(ann_file.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise DataError(f"{ann_file}: malformed JSON (line {e.lineno}: {e.msg})") from None
     except UnicodeDecodeError:
         raise DataError(f"{ann_file}: not a UTF-8 JSON file") from None
+    except OSError as e:
+        raise DataError(f"{ann_file}: cannot read it ({e.strerror or e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("categories", []), list) or not isinstance(data.get("annotations", []), list):
+        raise DataError(f"{ann_file}: not a COCO annotation file (expected 'images', 'annotations' and 'categories' "
+                        f"lists)")
+    if not all(isinstance(x, dict) for key in ("images", "categories", "annotations") for x in data.get(key, [])):
+        raise DataError(f"{ann_file}: not a COCO annotation file (an entry of 'images', 'annotations' or "
+                        f"'categories' is not an object)")
+
+    def duplicates(values):
+        return [v for v, k in Counter(values).items() if k > 1]
+
+    for key, what in (("images", "image"), ("categories", "category")):
+        ids = [x.get("id") for x in data.get(key, [])]
+        if any(i is None or isinstance(i, (dict, list)) for i in ids):
+            raise DataError(f"{ann_file}: an entry of '{key}' has no usable 'id'")
+        dup = duplicates(ids)
+        if dup:
+            raise DataError(f"{ann_file}: {len(dup)} {what} id{'s are' if len(dup) > 1 else ' is'} listed twice "
+                            f"(first: {dup[0]!r}); each {what} needs an id of its own")
+    names = [str(c.get("name", c["id"])) for c in data.get("categories", [])]
+    dup = duplicates(names)
+    if dup:
+        raise DataError(f"{ann_file}: {len(dup)} category name{'s are' if len(dup) > 1 else ' is'} listed twice "
+                        f"({', '.join(map(repr, dup[:3]))}): two outputs of one name cannot be told apart; merge "
+                        f"or rename them")
+    for img in data["images"]:
+        name = img.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{ann_file}: image id {img['id']!r} has no file name ('file_name': {name!r})")
+    return data
+
+
+def _load_coco(ann_file: Path):
+    from pycocotools.coco import COCO
+
+    data = _read_annotations(ann_file)
+    try:
+        # pycocotools prints its progress on stdout; keep the command line's output clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO()
+            coco.dataset = data
+            coco.createIndex()
+        return coco
     except (KeyError, TypeError, AssertionError) as e:
         raise DataError(f"{ann_file}: not a COCO annotation file ({type(e).__name__}: {e})") from None
 
@@ -61,6 +109,10 @@ def create_coco(
     ann_file: Optional[str] = None,
     image_dir: Optional[str] = None,
     keep_unannotated: bool = False,
+    val_ann_file: Optional[str] = None,
+    val_image_dir: Optional[str] = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
     max_bad_fraction: float = 0.01,
     max_bad_images: int = 5,
     draft_size: Optional[int] = None,
@@ -70,19 +122,35 @@ def create_coco(
     Args:
         root: the COCO folder (holding ``annotations/`` and the image folders).
         split: ``train2014``, ``val2014``, ``train2017``, ``val2017``, or ``train`` / ``val``
-            (the year found on disk, 2014 first). Ignored when ``ann_file`` is given.
+            (the year found on disk, 2014 first). With ``ann_file``: ``train`` / ``val`` (``val``
+            reads ``val_ann_file`` when given, else both are a seeded split of ``ann_file``), or
+            ``all`` (every image of ``ann_file``).
         transform: PIL image -> tensor.
-        ann_file: a COCO-format JSON to use instead of the standard layout.
+        ann_file: a COCO-format JSON to use instead of the standard layout (a labeling tool's export).
         image_dir: the images of ``ann_file`` (default: ``root``).
         keep_unannotated: keep images without annotations as all-negative samples.
+        val_ann_file: the evaluation split's COCO JSON, beside ``ann_file``.
+        val_image_dir: its images (default: ``image_dir``, else ``root``).
+        val_fraction: without ``val_ann_file``, the fraction of ``ann_file``'s images held out for
+            evaluation (seeded; never the training images).
+        seed: the seed of that split.
         max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
         draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
     """
     root_p = Path(root)
+    holdout = None  # (is this split the held-out part?) for a seeded split of one ann_file
     if ann_file:
-        ann = check_exists(Path(ann_file), "COCO annotation file")
-        images = Path(image_dir) if image_dir else root_p
-        name = f"coco {ann}"
+        evaluation = split not in ("train", "all") and not split.startswith("train")
+        if evaluation and val_ann_file:
+            ann = check_exists(Path(val_ann_file), "COCO annotation file (--val-ann-file)")
+            images = Path(val_image_dir or image_dir or root_p)
+        else:
+            ann = check_exists(Path(ann_file), "COCO annotation file")
+            images = Path(image_dir) if image_dir else root_p
+            if split != "all" and not val_ann_file:
+                holdout = evaluation
+        name = f"coco {ann}" + ("" if holdout is None else f" [{'held-out ' if holdout else ''}"
+                                                             f"{'val' if holdout else 'train'}]")
     else:
         check_exists(root_p, "COCO root")
         split = resolve_split(root_p, split, train=True)
@@ -98,15 +166,25 @@ def create_coco(
     if keep_unannotated:
         annotated = set(img_ids)
         img_ids += [i for i in coco.imgs if i not in annotated]
+    if holdout is not None:
+        # the tagged format's rule: a seeded permutation, round(val_fraction x N) images held out
+        rng = np.random.default_rng(seed)
+        is_val = np.zeros(len(img_ids), dtype=bool)
+        is_val[rng.permutation(len(img_ids))[: int(round(val_fraction * len(img_ids)))]] = True
+        img_ids = [i for i, v in zip(img_ids, is_val) if v == holdout]
     if not img_ids:
-        raise DataError(f"{ann}: split is empty (no annotated images)")
+        raise DataError(f"{ann}: split is empty (no annotated images"
+                        + (f" in the {'held-out' if holdout else 'training'} part: adjust --val-fraction, or pass "
+                           f"--val-ann-file)" if holdout is not None else ")"))
     row = {img_id: r for r, img_id in enumerate(img_ids)}
     targets = np.zeros((len(img_ids), len(class_names)), dtype=np.float32)
     for a in coco.dataset.get("annotations", []):
         cid = a.get("category_id")
         if cid not in cat_index:
             raise DataError(f"{ann}: annotation {a.get('id')} has unknown category id {cid}")
-        targets[row[a["image_id"]], cat_index[cid]] = 1.0
+        r = row.get(a.get("image_id"))
+        if r is not None:  # an image of the other part of a seeded split
+            targets[r, cat_index[cid]] = 1.0
     paths = []
     for img_id in img_ids:
         info = coco.imgs.get(img_id)

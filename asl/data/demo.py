@@ -13,18 +13,20 @@ demo runs through the real tagged loader. Deterministic given the seed.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..files import output_error
 from .tagged import create_tagged
 
 log = logging.getLogger(__name__)
@@ -40,10 +42,24 @@ COLOURS = {
     "orange": (255, 140, 0),
 }
 CLASS_NAMES = [f"{colour}_{digit}" for digit in range(10) for colour in COLOURS]
-VERSION = 1
+# 2: demo.json lists every file the generator wrote with its SHA-256 (the folder's manifest).
+VERSION = 2
+PARAMS = ("num_train", "num_val", "image_size", "seed", "num_classes")
 DEFAULTS = dict(num_train=4000, num_val=1000, image_size=64, seed=0, num_classes=80)
-# What a generated demo folder holds; demo.json is its marker.
-DEMO_FILES = {"labels.csv", "classes.txt", "demo.json", "images"}
+MARKER = "demo.json"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tree(root: Path) -> Dict[str, Path]:
+    """Every entry below ``root`` by its relative POSIX path (folders end with '/')."""
+    out = {}
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        out[rel + "/" if p.is_dir() and not p.is_symlink() else rel] = p
+    return out
 
 
 def _zipf_probs(num_classes: int, rng: np.random.Generator, exponent: float = 1.0) -> np.ndarray:
@@ -90,7 +106,7 @@ def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int =
     if num_classes % 10 or not 10 <= num_classes <= 80:
         raise ValueError("num_classes must be a multiple of 10 between 10 and 80")
     root = Path(root)
-    check_demo_folder(root)  # before any work: a folder that is not a demo is never replaced
+    check_demo_folder(root, replace=True)  # before any work: a folder that is not the demo is never replaced
     log.info("generating the demo dataset into %s (once, a few seconds)", root)
     n_colours = num_classes // 10
     names = [f"{colour}_{digit}" for digit in range(10) for colour in list(COLOURS)[:n_colours]]
@@ -102,8 +118,11 @@ def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int =
     sources = {"val": perm[:n_src_val], "train": perm[n_src_val:]}
     class_probs = _zipf_probs(num_classes, rng)
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
+    except OSError as e:
+        raise output_error(root, e) from None
     try:
         rows = []
         for split, count in (("train", num_train), ("val", num_val)):
@@ -119,13 +138,17 @@ def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int =
             w.writerow(["image", "labels", "split"])
             w.writerows(rows)
         (tmp / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+        files = {rel: _sha256(p) for rel, p in sorted(_tree(tmp).items()) if not rel.endswith("/")}
         meta = dict(version=VERSION, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                    num_classes=num_classes)
-        (tmp / "demo.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+                    num_classes=num_classes, files=files)
+        (tmp / MARKER).write_text(json.dumps(meta, indent=0), encoding="utf-8")
         if root.exists():
-            check_demo_folder(root)  # again, just before the swap
-            shutil.rmtree(root)  # an earlier demo (its marker, nothing but its own files), or an empty folder
+            check_demo_folder(root, replace=True)  # again, just before the swap
+            shutil.rmtree(root)  # the demo exactly as generated (every file in its manifest), or an empty folder
         os.replace(tmp, root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(root, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -135,39 +158,67 @@ def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int =
 def read_marker(root: Path) -> Optional[dict]:
     """The parameters in ``root/demo.json``, or None where there is no readable marker."""
     try:
-        meta = json.loads((root / "demo.json").read_text(encoding="utf-8"))
+        meta = json.loads((root / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
 
 
-def check_demo_folder(root: Path) -> None:
-    """Refuse to (re)generate the demo into ``root`` unless it is missing, empty, or a demo
-    folder (its marker ``demo.json`` and nothing but the demo's own files): the demo never
-    deletes or overwrites a user's folder."""
+def _params(meta: Optional[dict]) -> Optional[dict]:
+    return None if meta is None else {k: meta.get(k) for k in PARAMS}
+
+
+def _changes(root: Path, meta: dict) -> list:
+    """What in ``root`` is not the demo as generated: files added, removed or changed since."""
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        return [f"{MARKER} lists no files (written by an older version)"]
+    tree = _tree(root)
+    listed = set(files) | {MARKER}
+    extra = sorted(rel for rel in tree if rel not in listed
+                   and not (rel.endswith("/") and any(f.startswith(rel) for f in files)))
+    changed = sorted(rel for rel, digest in files.items()
+                     if rel not in tree or not tree[rel].is_file() or _sha256(tree[rel]) != digest)
+    return [f"{rel} added" for rel in extra] + [f"{rel} changed or removed" for rel in changed]
+
+
+def check_demo_folder(root: Path, num_classes: Optional[int] = None, replace: bool = False) -> None:
+    """Refuse a folder the demo would write into unless it is missing, empty, or the demo exactly
+    as the generator wrote it: every file below it listed in its ``demo.json`` with an unchanged
+    SHA-256, nothing added. The demo never deletes or overwrites a user's file.
+
+    Args:
+        root: the demo's folder.
+        num_classes: the demo asked for: an identical demo (same parameters) is used as it is
+            and never rewritten, so only a different one is checked file by file.
+        replace: the folder is about to be replaced (check it file by file).
+    """
     if not root.exists():
         return
     if not root.is_dir():
         raise DataError(f"{root} is a file, not the demo's folder; for your own data pass --dataset tagged")
-    held = sorted(p.name for p in root.iterdir())
-    if not held:
+    if not any(root.iterdir()):
         return
-    if read_marker(root) is None:
-        raise DataError(f"{root} is not the built-in demo (no demo.json) and was left untouched: for your own "
+    meta = read_marker(root)
+    if meta is None:
+        raise DataError(f"{root} is not the built-in demo (no {MARKER}) and was left untouched: for your own "
                         f"labels.csv pass --dataset tagged (or coco, voc, nuswide)")
-    foreign = [n for n in held if n not in DEMO_FILES]
-    if foreign:
-        raise DataError(f"{root} holds the demo and other files ({', '.join(foreign[:3])}), so it is not "
-                        f"regenerated: move them out, or pass another --data-root for the demo")
+    if not replace and (num_classes is None or _params(meta) == dict(DEFAULTS, num_classes=num_classes)):
+        return  # used as it is: nothing is written
+    changes = _changes(root, meta)
+    if changes:
+        raise DataError(f"{root} holds the demo and other files or changes ({', '.join(changes[:3])}"
+                        f"{', ...' if len(changes) > 3 else ''}), so it is not regenerated: move them out, or pass "
+                        f"another --data-root for the demo")
 
 
 def ensure_demo(root: str | os.PathLike, **params) -> Path:
     """Generate the demo into ``root`` unless an identical one (same parameters) is there.
 
-    ``root`` must be missing, empty or an earlier demo (:func:`generate_demo` checks it first)."""
+    ``root`` must be missing, empty or the demo as generated (:func:`check_demo_folder`)."""
     root = Path(root)
     want = dict(DEFAULTS, **params)
-    if read_marker(root) == dict(version=VERSION, **want) and (root / "labels.csv").is_file():
+    if _params(read_marker(root)) == want and (root / "labels.csv").is_file():
         return root
     return generate_demo(root, **want)
 

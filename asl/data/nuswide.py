@@ -41,6 +41,8 @@ def read_nuswide_csv(csv_path: Path):
                 rows.append((rec[0].strip(), [x.strip() for x in labels], rec[2].strip()))
     except UnicodeDecodeError:
         raise DataError(f"{csv_path}: not a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise DataError(f"{csv_path} is a folder, not the split CSV") from None
     except csv.Error as e:
         raise DataError(f"{csv_path}: malformed CSV ({e})") from None
     return rows

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ..errors import DataError
-from .base import MultiLabelDataset, check_exists, multi_hot
+from .base import MultiLabelDataset, check_file, multi_hot, read_text
 
 SPLITS = ("train", "val", "test")
 
@@ -50,6 +50,8 @@ def read_tagged_csv(csv_path: Path):
                 rows.append((rec[0].strip(), tags, split))
     except UnicodeDecodeError as e:
         raise DataError(f"{csv_path}: not a UTF-8 text file ({e.reason})") from None
+    except IsADirectoryError:
+        raise DataError(f"{csv_path} is a folder, not a labels file") from None
     except csv.Error as e:
         raise DataError(f"{csv_path}: malformed CSV ({e})") from None
     return rows, has_split
@@ -76,13 +78,13 @@ def create_tagged(
         max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
         draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
     """
-    csv_path = check_exists(_resolve_csv(Path(root)), "tagged dataset CSV")
+    csv_path = check_file(_resolve_csv(Path(root)), "tagged dataset CSV")
     rows, has_split = read_tagged_csv(csv_path)
     if not rows:
         raise DataError(f"{csv_path}: no images listed")
     classes_file = csv_path.parent / "classes.txt"
     if classes_file.exists():
-        class_names: List[str] = [c.strip() for c in classes_file.read_text(encoding="utf-8-sig").splitlines()
+        class_names: List[str] = [c.strip() for c in read_text(classes_file, "classes file").splitlines()
                                   if c.strip()]
         known = set(class_names)
         for image, tags, _ in rows:
@@ -104,7 +106,11 @@ def create_tagged(
         is_val[rng.permutation(len(rows))[: int(round(val_fraction * len(rows)))]] = True
         selected = [r for r, v in zip(rows, is_val) if v == (split == "val")]
     if not selected:
-        raise DataError(f"{csv_path}: split {split!r} is empty")
+        held = int(round(val_fraction * len(rows)))
+        hint = (f" ({len(rows)} images, --val-fraction {val_fraction} holds out {held}: add images, change "
+                f"--val-fraction, or give labels.csv a split column)") if not has_split else \
+            " (no row of labels.csv names it in its split column)"
+        raise DataError(f"{csv_path}: split {split!r} is empty{hint}")
 
     targets = multi_hot([tags for _, tags, _ in selected], class_names)
     base = csv_path.parent

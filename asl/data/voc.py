@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import DataError
-from .base import MultiLabelDataset, check_exists
+from .base import MultiLabelDataset, check_exists, read_text
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -75,7 +75,7 @@ def create_voc(
         raise DataError(f"difficult must be one of {', '.join(DIFFICULT)}, got {difficult!r}")
     year_dir = find_year_dir(check_exists(Path(root), "VOC root"), voc_year)
     split_file = check_exists(year_dir / "ImageSets" / "Main" / f"{split}.txt", f"VOC split '{split}'")
-    ids = [ln.strip().split()[0] for ln in split_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    ids = [ln.strip().split()[0] for ln in read_text(split_file, "VOC split file").splitlines() if ln.strip()]
     if not ids:
         raise DataError(f"{split_file}: split {split!r} is empty")
     index = {c: k for k, c in enumerate(VOC_CLASSES)}
