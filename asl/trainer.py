@@ -53,7 +53,7 @@ from .engine import (
     set_rng_state,
     train_one_epoch,
 )
-from .errors import ASLError, ConfigError, DataError
+from .errors import ConfigError, DataError
 from .factory import dataset_from_config, loader_for, loss_from_config, prepare_data
 from .files import atomic_write, remove_stale_temporaries
 from .losses import AdaptiveAsymmetricLoss
@@ -64,7 +64,7 @@ from .runtime import (
     StopSignal,
     check_output_dir,
     check_training,
-    remove_if_empty,
+    removed_on_error,
     resolve_device,
     resolve_training,
 )
@@ -132,30 +132,22 @@ def fit(cfg: Config) -> RunResult:
         resume_ckpt = load_resume_checkpoint(cfg.resume)
         check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, config=cfg)
     out = Path(cfg.output)
+    with removed_on_error(out):  # a start that fails leaves no empty folder behind
+        return _fit(cfg, out, resume_ckpt)
+
+
+def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]]) -> RunResult:
+    """Claim the output folder (checked, locked), build the run, train it."""
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes (and holds the lock)
-    lock = None
-    created = check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)
+    check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)
+    lock = RunLock(out) if main else None  # a second run into this folder is refused here ...
+    benchmark = torch.backends.cudnn.benchmark
     try:
         if main:
-            lock = RunLock(out)  # a second run into this folder is refused here ...
             check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)  # ... or here, if it finished
             for tmp in remove_stale_temporaries(out, RUN_FILES):
                 log.info("removed %s, left by an interrupted write", tmp)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    benchmark = torch.backends.cudnn.benchmark
-    try:
-        try:
-            run = _Run(cfg, out, resume_ckpt)
-        except ASLError:
-            if created:  # a failed start leaves no empty folder behind
-                if lock is not None:
-                    lock.release()
-                    lock = None
-                remove_if_empty(out)
-            raise
+        run = _Run(cfg, out, resume_ckpt)
         with StopSignal() as stop:  # the previous handlers come back when fit returns
             return run.loop(stop)
     finally:

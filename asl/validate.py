@@ -160,8 +160,8 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         cfg = load_config(config_path, flags, base=base_config(ckpt, info, cfg.dataset))
     if cfg.image_size is None:
         cfg = dataclasses.replace(cfg, image_size=info["image_size"] or default_image_size(info["model_name"]))
-        if not info["image_size"]:
-            log.warning("warning: %s names no input size: validating at %d px, the default of %s (pass --image-size "
+    if not info["image_size"] and given.image_size is None and not (ckpt.get("config") or {}).get("image_size"):
+        log.warning("warning: %s names no input size: validating at %d px, the default of %s (pass --image-size "
                         "to use the size it was trained at)", model_path, cfg.image_size, info["model_name"])
     if cfg.dataset == "coco" and given.ann_file and not given.val_ann_file and given.val_split is None:
         cfg = dataclasses.replace(cfg, val_split="all")  # the file named here is scored whole

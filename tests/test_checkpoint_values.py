@@ -1,0 +1,86 @@
+"""asl.checkpoint: odd values inside a checkpoint, files of another kind named .pth, calibrated
+copies of plain state dicts, stored configs with bad values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.test_safety import call, one_error
+
+ODD = [
+    ({"num_classes": True}, "'num_classes' must be a whole number"),
+    ({"num_classes": 10**8}, "'num_classes' must be a whole number in [1, 100000]"),
+    ({"image_size": "64"}, "'image_size' must be a whole number"),
+    ({"thresholds": [0.5, 0.5]}, "'thresholds' must hold one value per class (4)"),
+    ({"model_name": 5}, "'model_name' must be a timm model name"),
+    ({"mean": "abc"}, "'mean' must be a list of 3 numbers"),
+    ({"std": [0.0, 1.0, 1.0]}, "'std' holds a 0"),
+    ({"idx_to_class": {"a": "cat", "1": "dog", "2": "sky", "3": "tree"}}, "'idx_to_class' key 'a'"),
+]
+
+
+@pytest.mark.parametrize("change,fragment", ODD, ids=[next(iter(c)) + str(i) for i, (c, _) in enumerate(ODD)])
+def test_odd_values_inside_a_checkpoint_are_one_error_line(change, fragment, trained_run, tmp_path, capsys):
+    ckpt = torch.load(trained_run["out"] / "best.pth", weights_only=True)
+    torch.save(dict(ckpt, **change), tmp_path / "odd.pth")
+    pic = trained_run["data"] / "img" / "0000.png"
+    for script, argv in (("infer", ["--pic-path", pic]), ("export", ["--output", tmp_path / "x.onnx"])):
+        rc, _, err = call(script, ["--model-path", tmp_path / "odd.pth", *argv], capsys)
+        one_error(rc, err, fragment)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_bad_value_in_a_stored_config_says_it_came_from_the_checkpoint(trained_run, tmp_path, capsys):
+    ckpt = torch.load(trained_run["out"] / "best.pth", weights_only=True)
+    torch.save(dict(ckpt, config=dict(ckpt["config"], lr="fast")), tmp_path / "c.pth")
+    rc, _, err = call("validate", [trained_run["data"], "--model-path", tmp_path / "c.pth"], capsys)
+    one_error(rc, err, "checkpoint config: config key 'lr' expects float, got 'fast'")
+
+
+def test_an_onnx_or_safetensors_file_named_pth_is_told_for_what_it_is(trained_run, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from asl.checkpoint import load_checkpoint
+
+    onnx_file = tmp_path / "model.onnx"
+    rc, _, err = call("export", ["--model-path", trained_run["out"] / "best.pth", "--output", onnx_file], capsys)
+    assert rc == 0, err
+    (tmp_path / "model.pth").write_bytes(onnx_file.read_bytes())
+    rc, _, err = call("infer", ["--model-path", tmp_path / "model.pth", "--pic-path",
+                                trained_run["data"] / "img" / "0000.png"], capsys)
+    one_error(rc, err, "is an ONNX model")
+    assert "unsafe" not in err[-1] and "name it .onnx" in err[-1]
+    state = torch.load(trained_run["out"] / "best.pth", weights_only=True)["model"]
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "weights.pth")  # safetensors, misnamed
+    loaded = load_checkpoint(tmp_path / "weights.pth")
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    rc, _, err = call("train", [trained_run["data"], "--dataset", "tagged", "--model-name", "test_resnet",
+                                "--image-size", "32", "--epochs", "1", "--workers", "0", "--init-checkpoint",
+                                tmp_path / "weights.pth", "--output", tmp_path / "run"], capsys)
+    assert rc == 0, err
+
+
+def test_calibrating_a_plain_state_dict_writes_a_checkpoint_every_command_loads(trained_run, tmp_path, capsys):
+    state = torch.load(trained_run["out"] / "best.pth", weights_only=True)["model"]
+    torch.save(state, tmp_path / "plain.pth")
+    names = tmp_path / "classes.txt"
+    names.write_text("cat\ndog\nsky\ntree\n")
+    common = [trained_run["data"], "--dataset", "tagged", "--model-path", tmp_path / "plain.pth", "--model-name",
+              "test_resnet", "--class-names", names, "--workers", "0"]
+    rc, _, err = call("validate", common, capsys)
+    assert rc == 0 and any("names no input size: validating at 224 px" in ln for ln in err), err  # said, not silent
+    rc, _, err = call("validate", [trained_run["data"], "--dataset", "tagged", "--model-path", tmp_path / "plain.pth",
+                                   "--model-name", "test_resnet", "--image-size", "32", "--class-names", names,
+                                   "--calibrate", "--workers", "0"], capsys)
+    assert rc == 0, err
+    cal = tmp_path / "plain.calibrated.pth"
+    ckpt = torch.load(cal, weights_only=True)
+    assert ckpt["model_name"] == "test_resnet" and ckpt["image_size"] == 32 and len(ckpt["thresholds"]) == 4
+    assert [ckpt["idx_to_class"][i] for i in range(4)] == ["cat", "dog", "sky", "tree"]
+    rc, out, err = call("infer", ["--model-path", cal, "--pic-path", trained_run["data"] / "img" / "0000.png",
+                                  "--json"], capsys)
+    assert rc == 0, err
+    rc, _, err = call("validate", [trained_run["data"], "--dataset", "tagged", "--model-path", cal, "--workers", "0"],
+                      capsys)
+    assert rc == 0, err

@@ -1,0 +1,65 @@
+"""asl.images: pictures read as a viewer shows them, the same way for training, infer.py and ONNX."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asl.errors import DataError
+from asl.images import load_rgb
+
+
+def test_16_bit_grey_png_and_tiff_are_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024).astype(np.uint16)  # 0 .. 64512
+    for name in ("g16.png", "g16.tif"):
+        Image.fromarray(ramp).save(tmp_path / name)
+        with Image.open(tmp_path / name) as raw:
+            assert raw.mode.startswith("I")  # what PIL hands over: 16-bit values
+            clipped = np.asarray(raw.convert("RGB"))[..., 0]
+        assert (clipped == 255).mean() > 0.9  # the bug: convert("RGB") clips it all white
+        got = np.asarray(load_rgb(tmp_path / name))
+        assert got.shape == (8, 8, 3) and (got[..., 0] == got[..., 2]).all()
+        np.testing.assert_array_equal(got[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
+
+
+def test_float_tiff_in_unit_range_is_not_black(tmp_path):
+    a = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(a, mode="F").save(tmp_path / "f.tif")
+    got = np.asarray(load_rgb(tmp_path / "f.tif"))[..., 0]
+    np.testing.assert_array_equal(got, np.rint(a * 255).astype(np.uint8))
+    assert got.max() == 255
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    arr = np.zeros((10, 30, 3), np.uint8)
+    arr[:, :10] = (255, 0, 0)  # red on the left of a landscape picture
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a portrait phone photo stored sideways
+    img.save(tmp_path / "p.jpg", exif=exif, quality=95)
+    got = load_rgb(tmp_path / "p.jpg")
+    assert got.size == (10, 30)  # shown portrait, as a viewer shows it
+    top = np.asarray(got)[:5].astype(int)
+    assert top[..., 0].mean() > 200 and top[..., 1].mean() < 60  # the red band is on top after the rotation
+
+
+def test_fuzzed_dds_is_unreadable_not_a_crash(tmp_path):
+    bad = tmp_path / "x.dds"
+    # a DDS header with an unsupported pixel format: PIL raises NotImplementedError
+    header = bytearray(b"DDS " + (124).to_bytes(4, "little") + bytes(120))
+    header[76:80] = (32).to_bytes(4, "little")  # pixel-format size
+    header[80:84] = (0x4).to_bytes(4, "little")  # DDPF_FOURCC
+    header[84:88] = b"ZZZZ"
+    bad.write_bytes(bytes(header) + bytes(64))
+    with pytest.raises(DataError, match="cannot read image"):
+        load_rgb(bad)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        load_rgb(fifo)

@@ -1,0 +1,181 @@
+"""Where commands write (asl.files, asl.runtime): never into a user's folder, one run per folder,
+a full disk or read-only folder is one error line, no temporary or empty folder left behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from asl import cli
+from asl.errors import ConfigError, Interrupted, OutputError
+from asl.files import atomic_write, remove_stale_temporaries
+from asl.runtime import RunLock, StopSignal, check_output_dir
+from tests.conftest import REPO, make_tagged
+from tests.test_safety import TINY, call, one_error, tree_digest
+
+
+def test_a_run_never_writes_into_its_data_folder(tmp_path, capsys):
+    data = make_tagged(tmp_path / "D", n_train=8, n_val=4)
+    (data / "config.yaml").write_text("mine: 1\n")
+    (data / "metrics.jsonl").write_text('{"mine": 1}\n')
+    before = tree_digest(data)
+    for output in (data, data / "runs" / "x"):
+        for extra in ([], ["--overwrite"]):
+            rc, _, err = call("train", [data, "--dataset", "tagged", *TINY, "--output", output, *extra], capsys)
+            one_error(rc, err, "a run never writes into its data")
+    assert tree_digest(data) == before and not (data / "runs").exists()
+
+
+def test_overwrite_replaces_only_a_runs_own_files(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("mine: 1\n")
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="no run wrote"):
+        check_output_dir(mine, overwrite=True)
+    (mine / "notes.txt").unlink()
+    (mine / "labels.csv").write_text("image,labels\n")
+    with pytest.raises(ConfigError, match="holds a dataset"):
+        check_output_dir(mine, overwrite=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("config.yaml", "metrics.jsonl", "best.pth", ".last.pth.abc123.tmp", ".asl-run.lock"):
+        (run / f).write_text("x")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        check_output_dir(run, overwrite=False)
+    check_output_dir(run, overwrite=True)  # a run's own files: replaced on request
+
+
+def test_two_runs_into_one_folder_the_second_is_refused(tmp_path):
+    data = make_tagged(tmp_path / "d", n_train=64, n_val=16)
+    out = tmp_path / "out"
+    argv = [sys.executable, str(REPO / "train.py"), str(data), "--dataset", "tagged", *TINY[:-4], "--epochs", "3",
+            "--workers", "0", "--output", str(out)]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    deadline = time.time() + 120
+    while not (out / "config.yaml").exists() and time.time() < deadline:  # the first is training
+        time.sleep(0.2)
+    assert (out / "config.yaml").exists()
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert second.returncode == 2 and lines[-1].startswith("error: "), second.stderr
+    assert "another run is writing" in lines[-1] or "already holds a run" in lines[-1]
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 3  # the first run's files, intact
+
+
+def test_the_lock_is_exclusive_and_goes_with_its_holder(tmp_path):
+    lock = RunLock(tmp_path)
+    with pytest.raises(ConfigError, match=f"another run is writing into {tmp_path} \\(pid {os.getpid()}\\)"):
+        RunLock(tmp_path)
+    lock.release()
+    RunLock(tmp_path).release()  # free again; a killed holder's lock is dropped by the kernel the same way
+
+
+def _full_disk(monkeypatch, after: int = 0):
+    """Writes through atomic_write fail with ENOSPC once ``after`` bytes are written."""
+    import asl.files as files
+
+    real = files._Recording.write
+    written = {"n": 0}
+
+    def write(self, b):
+        written["n"] += len(b)
+        if written["n"] > after:
+            self.error = OSError(errno.ENOSPC, "No space left on device")
+            raise self.error
+        return real(self, b)
+
+    monkeypatch.setattr(files._Recording, "write", write)
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import torch
+
+    from asl.checkpoint import save_checkpoint
+
+    _full_disk(monkeypatch, after=100)
+    with pytest.raises(OutputError, match="No space left on device"):
+        atomic_write(tmp_path / "a.txt", "x" * 1000)
+    with pytest.raises(OutputError, match="cannot write .*last.pth: No space left on device"):
+        save_checkpoint({"model": {"w": torch.zeros(1000)}}, tmp_path / "last.pth")  # torch wraps it in RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_read_only_folder_is_one_error_line(tmp_path, monkeypatch):
+    import tempfile
+
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(OutputError, match="Read-only file system"):
+        atomic_write(tmp_path / "a.txt", "x")
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    from asl.data.demo import generate_demo
+
+    with pytest.raises(OutputError, match="cannot write .*demo: Read-only file system"):
+        generate_demo(tmp_path / "demo", num_train=2, num_val=2)
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed_in_the_runs_folder_only(tmp_path):
+    (tmp_path / ".last.pth.k2j3.tmp").write_text("half")
+    (tmp_path / ".best.pth.zz.tmp").write_text("half")
+    (tmp_path / ".photo.jpg.x.tmp").write_text("not ours")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    removed = remove_stale_temporaries(tmp_path, ("last.pth", "best.pth"))
+    assert sorted(p.name for p in removed) == [".best.pth.zz.tmp", ".last.pth.k2j3.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".photo.jpg.x.tmp", "notes.tmp"]
+
+
+def test_a_resumed_run_removes_what_a_killed_save_left(trained_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(trained_run["out"], out)
+    (out / ".last.pth.dead01.tmp").write_bytes(b"half a checkpoint")
+    rc, _, err = call("train", [trained_run["data"], "--dataset", "tagged", *TINY[:-4], "--epochs", "2", "--lr",
+                                "3e-3", "--ema-decay", "0.9", "--seed", "1", "--workers", "0", "--resume",
+                                out / "last.pth", "--output", out], capsys)
+    assert rc == 0, err
+    assert not (out / ".last.pth.dead01.tmp").exists()
+
+
+def test_a_failed_start_leaves_no_empty_folder(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "labels.csv").write_text("image,labels\n")  # no images listed
+    rc, _, err = call("train", [tmp_path / "d", "--dataset", "tagged", *TINY, "--output", tmp_path / "new" / "run"],
+                      capsys)
+    one_error(rc, err, "no images listed")
+    assert not (tmp_path / "new").exists()
+    rc, _, err = call("validate", ["--model-path", tmp_path / "missing.pth", "--output", tmp_path / "val"], capsys)
+    one_error(rc, err, "checkpoint not found")
+    assert not (tmp_path / "val").exists()
+
+
+def test_a_second_signal_waits_for_the_file_being_written_then_exits_128_plus_n():
+    previous = signal.getsignal(signal.SIGTERM)
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.received and stop.name == "SIGTERM"
+        with pytest.raises(Interrupted) as info:
+            with stop.saving():
+                os.kill(os.getpid(), signal.SIGTERM)  # a second one while a checkpoint is written ...
+                finished = True  # ... does not cut the write short
+        assert finished and info.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+    def main(argv):
+        raise Interrupted(signal.SIGTERM)
+
+    assert cli.run(main) == 128 + signal.SIGTERM
