@@ -194,7 +194,7 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
                                   dynamic_axes={"images": {0: "batch"}, ("scores" if cfg.sigmoid else "logits"):
                                                 {0: "batch"}} if cfg.dynamic_batch else None)
             except Exception as e:  # noqa: BLE001  (the exporter raises its own classes: an op with no form here)
-                why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+                why = str(e).strip().splitlines()[0][:240] if str(e).strip() else ""
                 raise ExportError(f"{info['model_name']} cannot be exported at --opset {cfg.opset} "
                                   f"({type(e).__name__}: {why}); try a newer opset (the default, 17, or up to 21)") \
                     from None

@@ -76,7 +76,15 @@ def check_save_image(path: str, overwrite: bool) -> Path:
     if fmt is None:
         raise ConfigError(f"--save-image {path}: unknown picture format {dest.suffix or '(no extension)'!r}; "
                           f"use .png or .jpg")
-    if fmt not in Image.SAVE:  # PIL reads PSD, FITS, XPM, CUR, BLP, ... but cannot write them
+    writes = fmt in Image.SAVE  # PIL reads PSD, FITS, XPM, CUR, ... but cannot write them
+    if writes:
+        import io
+
+        try:  # and some it writes only in other modes than RGB (BLP: palette pictures)
+            Image.new("RGB", (8, 8)).save(io.BytesIO(), format=fmt)
+        except (OSError, ValueError, KeyError):
+            writes = False
+    if not writes:
         raise ConfigError(f"--save-image {path}: Pillow reads {fmt} pictures but cannot write them; use .png or .jpg")
     return writable_file(dest, "--save-image", overwrite)
 

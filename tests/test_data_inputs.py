@@ -12,6 +12,7 @@ from asl.data import create_dataset
 from asl.data.base import split_warnings
 from asl.errors import DataError
 from tests.conftest import make_coco, make_tagged, make_voc
+from tests.test_images import fuzzed_dds
 
 
 def _coco(root, edit):
@@ -140,7 +141,7 @@ def test_a_one_image_tagged_set_names_val_fraction(tmp_path):
 
 def test_an_unreadable_picture_inside_a_dataset_is_skipped_and_named(tmp_path, caplog):
     data = make_tagged(tmp_path / "t", n_train=8, n_val=2)
-    (data / "img" / "0001.png").write_bytes(b"DDS " + bytes(124))  # fuzzed header
+    fuzzed_dds(data / "img" / "0001.png")  # a fuzzed DDS file under a .png name
     ds = create_dataset("tagged", str(data), "train")
     with caplog.at_level(logging.WARNING):
         items = [ds[i] for i in range(len(ds))]

@@ -46,16 +46,19 @@ def test_exif_orientation_is_applied(tmp_path):
     assert top[..., 0].mean() > 200 and top[..., 1].mean() < 60  # the red band is on top after the rotation
 
 
-def test_fuzzed_dds_is_unreadable_not_a_crash(tmp_path):
-    bad = tmp_path / "x.dds"
-    # a DDS header with an unsupported pixel format: PIL raises NotImplementedError
+def fuzzed_dds(path):
+    """A DDS header with an unsupported pixel format: PIL raises NotImplementedError, not OSError."""
     header = bytearray(b"DDS " + (124).to_bytes(4, "little") + bytes(120))
     header[76:80] = (32).to_bytes(4, "little")  # pixel-format size
     header[80:84] = (0x4).to_bytes(4, "little")  # DDPF_FOURCC
     header[84:88] = b"ZZZZ"
-    bad.write_bytes(bytes(header) + bytes(64))
+    path.write_bytes(bytes(header) + bytes(64))
+    return path
+
+
+def test_fuzzed_dds_is_unreadable_not_a_crash(tmp_path):
     with pytest.raises(DataError, match="cannot read image"):
-        load_rgb(bad)
+        load_rgb(fuzzed_dds(tmp_path / "x.dds"))
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path):
