@@ -31,9 +31,11 @@ def test_coco_official_semantics(tmp_path):
 
 def test_coco_format_json_from_a_labeling_tool(tmp_path):
     root = make_coco(tmp_path / "coco", split="val2017")
-    ds = create_dataset("coco", str(tmp_path), "train", ann_file=str(root / "annotations/instances_val2017.json"),
-                        image_dir=str(root / "val2017"))
+    kw = dict(ann_file=str(root / "annotations/instances_val2017.json"), image_dir=str(root / "val2017"))
+    ds = create_dataset("coco", str(tmp_path), "all", **kw)
     assert len(ds) == 3 and ds.class_names == ["kite", "person", "toothbrush"]
+    train, val = (create_dataset("coco", str(tmp_path), s, **kw) for s in ("train", "val"))  # a seeded split
+    assert (len(train), len(val)) == (2, 1) and sorted(train.paths + val.paths) == sorted(ds.paths)
     assert create_dataset("coco", str(root), "val").name == "coco val2017"  # 2017 when only it exists
 
 
@@ -188,7 +190,8 @@ def test_each_dataset_declares_the_options_it_reads(tmp_path, capsys):
     with pytest.raises(ConfigError, match="dataset voc does not take ann_file"):
         create_dataset("voc", str(root), "test", ann_file="x.json")
     assert create_dataset("voc", str(root), "test", voc_year="2007", difficult="positive").num_classes == 20
-    assert DATASETS["coco"].options == ("ann_file", "image_dir", "keep_unannotated")
+    assert DATASETS["coco"].options == ("ann_file", "image_dir", "keep_unannotated", "val_ann_file", "val_image_dir",
+                                        "val_fraction", "seed")
     # on the command line: an option of another dataset is one error line before any work
     out = tmp_path / "out"
     rc = cli.run(train.main, [str(root), "--dataset", "voc", "--model-name", "test_resnet", "--image-size", "32",

@@ -57,13 +57,13 @@ def test_two_runs_into_one_folder_the_second_is_refused(tmp_path):
     out = tmp_path / "out"
     argv = [sys.executable, str(REPO / "train.py"), str(data), "--dataset", "tagged", *TINY[:-4], "--epochs", "3",
             "--workers", "0", "--output", str(out)]
-    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while not (out / "config.yaml").exists() and time.time() < deadline:  # the first is training
         time.sleep(0.2)
     assert (out / "config.yaml").exists()
-    second = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
