@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .config import OFFICIAL_IMAGE_SIZE
+from .config import OFFICIAL_IMAGE_SIZE, zoo_image_size
 from .errors import CheckpointError
 from .files import atomic_write
 from .models import create_model, head_keys, unwrap_model
@@ -357,7 +357,7 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
         "num_classes": num_classes,
         "class_names": class_names_of(ckpt, num_classes),
         "named": bool(ckpt.get("idx_to_class")),
-        "image_size": ckpt.get("image_size") or OFFICIAL_IMAGE_SIZE.get(name),
+        "image_size": ckpt.get("image_size") or zoo_image_size(path) or OFFICIAL_IMAGE_SIZE.get(name.split(".")[0]),
         "head": head,
         "mean": tuple(ckpt.get("mean") or mean),
         "std": tuple(ckpt.get("std") or std),

@@ -32,18 +32,31 @@ OFFICIAL_INFER_THRESHOLDS = {"ms_coco": 0.7, "coco": 0.7, "openimages": 0.995}  
 OFFICIAL_VALIDATE = {"dataset": "coco", "data_root": ".", "batch_size": 16, "workers": 2}  # validate.py's flags
 
 
+# The official model zoo's files and the input side their published mAP was measured at: the
+# NUS-WIDE file at 240 (65.2; 64.0 at 448), the XL COCO file at 640 (its name says so).
+ZOO_IMAGE_SIZE = {"ms_coco_trresnet_m_224_81.8": 224, "ms_coco_trresnet_l_448_86.6": 448,
+                  "ms_coco_tresnet_xl_640_88.4": 640, "pascal_voc_tresnet_xl_448_96.0": 448,
+                  "nus_wide_trresnet_l_448_65.2": 240, "open_imagesv6_trresnet_l_448": 448}
+
+
+def zoo_image_size(path: Any) -> Optional[int]:
+    """The size the model zoo measured an official file at, by its file name (None for others)."""
+    return ZOO_IMAGE_SIZE.get(Path(str(path)).stem.lower()) if path else None
+
+
 def default_image_size(model_name: Optional[str]) -> int:
     """The input side a model runs at when nothing says otherwise: the official checkpoints'
     size for TResNet (M 224, L/XL 448), the fixed size of a model that takes one size only (ViT),
     else 224."""
-    if model_name in OFFICIAL_IMAGE_SIZE:
-        return OFFICIAL_IMAGE_SIZE[model_name]
+    arch = model_name.split(".", 1)[0] if model_name else model_name  # tresnet_m.miil_in21k: tresnet_m
+    if arch in OFFICIAL_IMAGE_SIZE:
+        return OFFICIAL_IMAGE_SIZE[arch]
     if model_name:
         try:
             import timm
 
             pcfg = timm.models.get_pretrained_cfg(model_name) if timm.is_model(model_name) else None
-        except ImportError:
+        except (ImportError, RuntimeError):  # RuntimeError: a tag timm does not know (checked later)
             pcfg = None
         if pcfg is not None and getattr(pcfg, "fixed_input_size", False):
             return int(pcfg.input_size[-1])
@@ -154,8 +167,13 @@ class ModelConfig:
     num_classes: Optional[int] = setting(None, check=_ONE_UP,
                                          help="number of classes (checked against the dataset / checkpoint)")
     model_path: Optional[str] = setting(None, help="checkpoint to evaluate or run (train.py: as --init-checkpoint)")
-    init_checkpoint: Optional[str] = setting(None, commands=(TRAIN,),
-                                             help="weights to start from (head dropped when classes differ)")
+    init_checkpoint: Optional[str] = setting(
+        None, "--init-checkpoint", "--pretrained-path", commands=(TRAIN,),
+        help="a weights file to start from: .safetensors, .pth / .bin state dicts, our checkpoints, official ASL / "
+             "ImageNet-21K files (the classifier is replaced when the class count differs)")
+    pretrained: bool = setting(False, commands=(TRAIN,),
+                               help="start from timm's pretrained weights of --model-name NAME[.TAG], from the "
+                                    "Hugging Face Hub cache (downloaded once; HF_HUB_OFFLINE=1 uses the cache only)")
     class_names: Optional[str] = setting(
         None, commands=(VALIDATE, INFER, EXPORT), result=False,
         help="the model's class names, one per line in output order (files without names or with wrong ones)")
@@ -230,6 +248,9 @@ class RunConfig:
                                     help="also write last.pth every N steps (0: at epoch ends only)")
     max_nonfinite: int = setting(20, check=_ONE_UP, help="stop after this many non-finite losses in a row")
     resume: Optional[str] = setting(None, result=False, help="checkpoint to resume from (a run's last.pth)")
+    dry_run: bool = setting(False, result=False,
+                            help="resolve and check everything (config, pretrained weights, data, output folder), "
+                                 "print the plan, train nothing")
 
 
 @dataclass

@@ -309,7 +309,9 @@ def train_one_epoch(
             scheduler.step()
         global_step += 1
         if ema is not None:
-            ema.update(unwrap_model(model), step=global_step)
+            # without warm-up the official EMA: the constant decay from the first step (timm's
+            # ModelEmaV3 given a step copies the weights at step 1); with it, timm's schedule
+            ema.update(unwrap_model(model), step=global_step if getattr(ema, "use_warmup", False) else None)
         if defer_sync and global_step % max(check_every, 1) == 0:
             dev.check(max_nonfinite, epoch, global_step)
         t_last = time.perf_counter()

@@ -3,7 +3,7 @@ file: every checkpoint format, init weights included, lives in :mod:`asl.checkpo
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -49,13 +49,18 @@ class SelectOutputs(nn.Module):
         return self.model(x).index_select(1, self.order)
 
 
-def create_model(name: str, num_classes: int, head: str = "linear", **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int, head: str = "linear", pretrained_file: Optional[str] = None,
+                 **kwargs) -> nn.Module:
     """A timm model with ``num_classes`` logits, without downloading anything.
 
     Args:
-        name: any timm model name (``resnet10t``, ``tresnet_m``, ``tresnet_l``, ...).
+        name: any timm model name, with or without its pretrained tag (``resnet10t``,
+            ``tresnet_m.miil_in21k``, ...).
         num_classes: size of the classifier head.
         head: ``linear`` (timm's) or ``bottleneck`` (the official Open Images head, 512 wide).
+        pretrained_file: timm's pretrained weights for ``name``, a local file
+            (:func:`asl.pretrained.resolve_pretrained`); loaded by timm, which adapts the first
+            convolution and drops the classifier when the class count differs (21K -> 80).
         **kwargs: passed to ``timm.create_model`` (``drop_rate``, ...).
     """
     import timm
@@ -66,7 +71,19 @@ def create_model(name: str, num_classes: int, head: str = "linear", **kwargs) ->
         raise ConfigError(f"unknown model name {name!r}{hint}")
     if head not in HEADS:
         raise ConfigError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if "." in name:
+        try:
+            timm.models.get_pretrained_cfg(name)
+        except RuntimeError:  # timm: "Invalid pretrained tag"
+            arch, tag = name.split(".", 1)
+            tags = timm.list_pretrained(f"{arch}.*")
+            raise ConfigError(f"{name} names no pretrained weights timm knows (no tag {tag!r} for {arch}; its tags: "
+                              f"{', '.join(tags[:6])}{' ...' if len(tags) > 6 else ''})") from None
+    if pretrained_file is not None:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)),
+                                  num_classes=num_classes, **kwargs)
+    else:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     if head == "bottleneck":
         fc = model.get_classifier()
         if not isinstance(fc, nn.Linear) or not hasattr(model, "head") or getattr(model.head, "fc", None) is not fc:

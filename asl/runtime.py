@@ -103,9 +103,12 @@ def check_training(cfg: Config) -> Config:
     elif not Path(cfg.data_root).exists():
         raise ConfigError(f"data folder not found: {cfg.data_root}")
     init = cfg.init_checkpoint or cfg.model_path
+    if init and cfg.pretrained:
+        raise ConfigError(f"--pretrained (timm's weights of {cfg.model_name}) and --pretrained-path {init} both name "
+                          f"a start: keep one (--no-pretrained to start from the file)")
     if init and not Path(init).is_file():
-        raise ConfigError(f"--init-checkpoint {init} not found (nothing is downloaded: save the weights there "
-                          f"first; see the README, 'Your own tagged images')")
+        raise ConfigError(f"--pretrained-path {init} not found" + (" (it is a folder)" if Path(init).is_dir() else "")
+                          + "; for timm's weights of the model pass --pretrained instead")
     if cfg.resume and not Path(cfg.resume).is_file():
         raise ConfigError(f"--resume {cfg.resume} not found")
     return cap_workers(cfg)
@@ -114,6 +117,9 @@ def check_training(cfg: Config) -> Config:
 def prepare_training(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
     """The training config of a command line (base <- ``--config`` <- flags), resolved and
     checked (:func:`resolve_training`, :func:`check_training`)."""
+    if not config_path and (flags.get("init_checkpoint") or flags.get("model_path")) and "pretrained" not in flags:
+        # a weights file given on the command line is the start: the fine-tuning base's timm weights step aside
+        flags = {**flags, "pretrained": False}
     return check_training(resolve_training(load_config(config_path, flags, base=train_base(config_path, flags))))
 
 
@@ -199,21 +205,28 @@ def check_output_dir(out: Path, overwrite: bool, resume: Optional[str] = None,
 
 
 @contextlib.contextmanager
-def removed_on_error(*paths: Path):
+def removed_on_error(*paths: Path, always: bool = False):
     """Folders this block creates (``paths`` and their missing parents) are removed again, when
-    still empty, if the block raises: a command that fails leaves no empty output folder behind."""
+    still empty, if the block raises (``always``: also when it ends well, as a dry run): a command
+    that fails leaves no empty output folder behind."""
     missing = []
     for path in paths:
         p = Path(path).absolute()
         while not p.exists() and p != p.parent:
             missing.append(p)
             p = p.parent
+
+    def clean():
+        for p in sorted(set(missing), key=lambda q: len(q.parts), reverse=True):
+            remove_if_empty(p)
+
     try:
         yield
     except BaseException:
-        for p in sorted(set(missing), key=lambda q: len(q.parts), reverse=True):
-            remove_if_empty(p)
+        clean()
         raise
+    if always:
+        clean()
 
 
 def remove_if_empty(out: Path) -> None:

@@ -58,6 +58,7 @@ from .factory import dataset_from_config, loader_for, loss_from_config, prepare_
 from .files import atomic_write, remove_stale_temporaries
 from .losses import AdaptiveAsymmetricLoss
 from .models import check_batch_trainable, create_model, data_config
+from .pretrained import resolve_pretrained
 from .runtime import (
     RUN_FILES,
     RunLock,
@@ -132,7 +133,7 @@ def fit(cfg: Config) -> RunResult:
         resume_ckpt = load_resume_checkpoint(cfg.resume)
         check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, config=cfg)
     out = Path(cfg.output)
-    with removed_on_error(out):  # a start that fails leaves no empty folder behind
+    with removed_on_error(out, always=cfg.dry_run):  # a start that fails (or a dry run) leaves no empty folder
         return _fit(cfg, out, resume_ckpt)
 
 
@@ -147,7 +148,13 @@ def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]]) -> RunRe
             check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)  # ... or here, if it finished
             for tmp in remove_stale_temporaries(out, RUN_FILES):
                 log.info("removed %s, left by an interrupted write", tmp)
-        run = _Run(cfg, out, resume_ckpt)
+        # the pretrained start, before any data is read: downloaded once, or one error line offline
+        source = resolve_pretrained(cfg.model_name) if cfg.pretrained and not cfg.resume else None
+        run = _Run(cfg, out, resume_ckpt, source)
+        if cfg.dry_run:  # everything resolved and checked: say what would run, write nothing
+            print(run.plan)
+            print(f"dry run: nothing trained or written; without --dry-run the run writes into {out}")
+            return RunResult(out, run.state.best, [], is_main=run.main)
         with StopSignal() as stop:  # the previous handlers come back when fit returns
             return run.loop(stop)
     finally:
@@ -159,7 +166,7 @@ def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]]) -> RunRe
 class _Run:
     """The objects of one run and its epoch loop (``fit``'s body)."""
 
-    def __init__(self, cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]]):
+    def __init__(self, cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], source=None):
         self.cfg, self.out = cfg, out
         self.dist, device = init_distributed(resolve_device(cfg.device))
         self.device = device
@@ -172,7 +179,7 @@ class _Run:
         if cuda:
             torch.backends.cudnn.benchmark = True
         self.main = self.dist.is_main  # only it writes files (logging is already rank 0 only)
-        if self.main and (out / "metrics.jsonl").exists() and not cfg.resume:
+        if self.main and (out / "metrics.jsonl").exists() and not cfg.resume and not cfg.dry_run:
             (out / "metrics.jsonl").unlink()  # an --overwrite run replaces the earlier one's record
         seed_everything(cfg.seed)
         self.amp_dtype = amp_dtype_for(device, cfg.amp)
@@ -184,7 +191,7 @@ class _Run:
         self.train_ds = dataset_from_config(cfg, train=True, mean=mean, std=std)
         self.val_ds = dataset_from_config(cfg, train=False, mean=mean, std=std)
         log.info("%s\n%s", self.train_ds.summary(), self.val_ds.summary())
-        for warning in split_warnings(self.train_ds, self.val_ds):
+        for warning in split_warnings(self.train_ds, self.val_ds) + count_warnings(cfg, self.train_ds, self.val_ds):
             log.warning("warning: %s", warning)
         if resume_ckpt is not None:
             check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, self.train_ds.class_names)
@@ -192,7 +199,10 @@ class _Run:
         smallest = cfg.batch_size if per_rank > cfg.batch_size else per_rank  # later batches of one are dropped
         if smallest == 1 or cfg.batch_size == 1:
             check_batch_trainable(cfg.model_name, cfg.image_size, 1)
-        model = create_model(cfg.model_name, self.train_ds.num_classes)
+        model = create_model(cfg.model_name, self.train_ds.num_classes,
+                             pretrained_file=str(source.file) if source is not None else None)
+        if source is not None:
+            log.info("pretrained start: %s", source.describe())
         init = cfg.init_checkpoint or cfg.model_path
         if init:
             load_init_checkpoint(model, init)
@@ -204,6 +214,8 @@ class _Run:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
+        self.plan = recipe(cfg, source, mean, std, self.train_ds, self.val_ds)
+        log.info("%s", self.plan)
 
         self.sampler = EpochSampler(len(self.train_ds), cfg.seed, self.dist.rank, self.dist.world_size)
         self.train_loader = loader_for(self.train_ds, cfg, train=True, device=device, sampler=self.sampler)
@@ -238,7 +250,7 @@ class _Run:
                      f", step {self.state.step_in_epoch}" if self.state.mid_epoch else "")
             if not self.state.mid_epoch and self.state.rng is not None:
                 set_rng_state(self.state.rng)  # mid-epoch: train_one_epoch restores them once its iterator exists
-        if self.main:
+        if self.main and not cfg.dry_run:
             dump_config(cfg, out / "config.yaml")
         self.meta = dict(model_name=cfg.model_name, class_names=self.train_ds.class_names,
                          image_size=cfg.image_size, mean=mean, std=std, config=cfg.to_dict())
@@ -373,6 +385,47 @@ class _Run:
 
             plot_training_curves([*self.history, rec], self.out / "curves.png")
         return rec
+
+
+# The official annotated-image counts (images with at least one annotation: what the official
+# loader keeps). Another count means another split, and a number that cannot be compared.
+COCO_COUNTS = {"train2014": 82_081, "val2014": 40_137, "train2017": 117_266, "val2017": 4_952}
+
+
+def count_warnings(cfg: Config, train_ds, val_ds) -> List[str]:
+    """A COCO split of the standard layout whose image count is not the official one."""
+    out = []
+    if cfg.dataset != "coco" or cfg.ann_file or cfg.keep_unannotated:
+        return out
+    for ds in (train_ds, val_ds):
+        split = ds.name.split()[-1]
+        want = COCO_COUNTS.get(split)
+        if want is not None and len(ds) != want:
+            out.append(f"{ds.name} has {len(ds):,} annotated images, the official split {want:,}: its mAP is not "
+                       f"comparable with the published numbers (a partial download, or another split)")
+    return out
+
+
+def recipe(cfg: Config, source, mean, std, train_ds, val_ds) -> str:
+    """The resolved recipe in one block: what a run will train from, on what, how."""
+    start = source.describe() if source is not None else (
+        f"weights file {cfg.init_checkpoint or cfg.model_path}" if (cfg.init_checkpoint or cfg.model_path) else
+        f"--resume {cfg.resume}" if cfg.resume else "random weights (no --pretrained)")
+    stop = f", stopped after {cfg.stop_epoch}" if cfg.stop_epoch and cfg.stop_epoch < cfg.epochs else ""
+    loss = cfg.loss + (f" (gamma- {cfg.gamma_neg:g}, gamma+ {cfg.gamma_pos:g}, clip {cfg.clip:g})"
+                       if cfg.loss in ("asl", "asl_optimized", "adaptive_asl") else "")
+    return "\n".join([
+        "recipe:",
+        f"  model       {cfg.model_name}, start: {start}",
+        f"  input       {cfg.image_size} px ({cfg.resize}), mean {tuple(round(m, 4) for m in mean)}, "
+        f"std {tuple(round(s, 4) for s in std)}, augment {cfg.augment}",
+        f"  data        {cfg.dataset} {cfg.data_root}: train {len(train_ds):,} images, val {len(val_ds):,}, "
+        f"{train_ds.num_classes} classes",
+        f"  optimizer   {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, OneCycle over {cfg.epochs} epochs"
+        f"{stop}, batch {cfg.batch_size}" + (f" x {cfg.accum_steps} accumulated" if cfg.accum_steps > 1 else "")
+        + (f", EMA {cfg.ema_decay:g}" if cfg.ema else ""),
+        f"  loss        {loss}",
+    ])
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:

@@ -46,6 +46,7 @@ from .config import (
     fields_for,
     from_dict,
     load_config,
+    zoo_image_size,
 )
 from .data import DATASET_OPTIONS, DATASETS
 from .data.base import split_warnings
@@ -160,6 +161,12 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         cfg = load_config(config_path, flags, base=base_config(ckpt, info, cfg.dataset))
     if cfg.image_size is None:
         cfg = dataclasses.replace(cfg, image_size=info["image_size"] or default_image_size(info["model_name"]))
+    expected = zoo_image_size(model_path) or (ckpt.get("image_size") if not onnx else model.image_size)
+    if expected and cfg.image_size != expected:
+        log.warning("warning: validating at %d px, but %s %s at %d px: the number will differ from that one "
+                    "(pass --image-size %d to measure it)", cfg.image_size, model_path,
+                    "was scored by the model zoo" if zoo_image_size(model_path) else "was trained", expected,
+                    expected)
     if not info["image_size"] and given.image_size is None and not (ckpt.get("config") or {}).get("image_size"):
         log.warning("warning: %s names no input size: validating at %d px, the default of %s (pass --image-size "
                         "to use the size it was trained at)", model_path, cfg.image_size, info["model_name"])
@@ -182,6 +189,9 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
     if not named:
         log.warning("warning: %s has no class names; its outputs are taken in the dataset's order (pass "
                     "--class-names FILE to check them)", model_path)
+    log.info("validating %s at %d px (%s), mean %s, std %s", info["model_name"] or model_path, cfg.image_size,
+             "--image-size" if given.image_size else "the checkpoint's" if info.get("image_size") else "the default",
+             tuple(round(float(m), 4) for m in info["mean"]), tuple(round(float(s), 4) for s in info["std"]))
     log.info("%s", ds.summary())
     for warning in split_warnings(None, ds):
         log.warning("warning: %s", warning)

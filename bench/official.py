@@ -82,3 +82,68 @@ def official_single_label(inputs, target, gamma_pos, gamma_neg, eps):
     if eps > 0:
         targets = targets.mul(1 - eps).add(eps / num_classes)
     return -(targets.mul(log_preds)).sum(-1).mean()
+
+
+def official_add_weight_decay(model, weight_decay=1e-4, skip_list=()):
+    """The official ``add_weight_decay``: no decay on 1-D parameters and biases."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if len(param.shape) == 1 or name.endswith(".bias") or name in skip_list:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+class OfficialModelEma(torch.nn.Module):
+    """The official ``ModelEma`` (timm's first EMA): ``e = decay e + (1 - decay) m`` over the state dict."""
+
+    def __init__(self, model, decay=0.9997):
+        import copy
+
+        super().__init__()
+        self.module = copy.deepcopy(model)
+        self.module.eval()
+        self.decay = decay
+
+    def update(self, model):
+        with torch.no_grad():
+            for ema_v, model_v in zip(self.module.state_dict().values(), model.state_dict().values()):
+                ema_v.copy_(self.decay * ema_v + (1.0 - self.decay) * model_v)
+
+
+def official_train(model, batches, lr=1e-4, epochs=80, stop_epoch=40, weight_decay=1e-4, ema_decay=0.9997,
+                   gamma_neg=4, gamma_pos=0, clip=0.05):
+    """The official ``train.py`` loop (shared/reference, its recipe): Adam over ``add_weight_decay``
+    groups, OneCycle (pct_start 0.2) over ``epochs`` x ``len(batches)`` steps, ``if epoch >
+    Stop_epoch: break`` (so ``stop_epoch + 1`` epochs train), summed ASL on float logits,
+    ``model.zero_grad()``, step, scheduler step, EMA update. On the CPU: no autocast, no scaler.
+
+    Args:
+        model: the model, in its initial state (trained in place).
+        batches: one epoch's ``[(images, targets), ...]``, the same every epoch.
+
+    Returns:
+        (model, ema module, the learning rate of each step).
+    """
+    ema = OfficialModelEma(model, ema_decay)
+    optimizer = torch.optim.Adam(params=official_add_weight_decay(model, weight_decay), lr=lr, weight_decay=0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, steps_per_epoch=len(batches),
+                                                    epochs=epochs, pct_start=0.2)
+    lrs = []
+    model.train()
+    for epoch in range(epochs):
+        if epoch > stop_epoch:
+            break
+        for images, target in batches:
+            output = model(images).float()
+            loss = official_asymmetric_loss(output, target, gamma_neg, gamma_pos, clip)
+            model.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+            ema.update(model)
+    return model, ema.module, lrs

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,11 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+# No test reaches the network, and none sees the machine's own Hugging Face cache: a test that
+# needs pretrained weights lays out a cache of its own (tests/test_pretrained.py).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="asl-test-hf-cache-")
 
 
 def make_tagged(root: Path, n_train: int = 48, n_val: int = 24, size: int = 32, seed: int = 0,
@@ -52,7 +59,7 @@ def trained_run(tmp_path_factory):
     out = base / "out"
     rc = cli.run(train.main, [str(data), "--dataset", "tagged", "--model-name", "test_resnet", "--image-size", "32",
                               "--batch-size", "16", "--epochs", "2", "--lr", "3e-3", "--workers", "0",
-                              "--output", str(out), "--ema-decay", "0.9", "--seed", "1"])
+                              "--output", str(out), "--ema-decay", "0.9", "--seed", "1", "--no-pretrained"])
     assert rc == 0
     return {"data": data, "out": out}
 

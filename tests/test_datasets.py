@@ -144,7 +144,8 @@ def test_train_one_epoch_per_format(tmp_path, fmt):
     else:
         root = make_nuswide(tmp_path / "nus")
     out = tmp_path / "out"
-    rc = cli.run(train.main, [str(root), "--dataset", fmt, "--model-name", "test_resnet", "--image-size", "64",
+    rc = cli.run(train.main, [str(root), "--dataset", fmt, "--no-pretrained",
+                              "--model-name", "test_resnet", "--image-size", "64",
                               "--batch-size", "2", "--epochs", "1", "--workers", "0", "--output", str(out),
                               "--augment", "cutout_randaugment"])
     assert rc == 0
@@ -157,14 +158,16 @@ def test_corrupt_images_are_counted_across_workers(tmp_path):
     make_coco(root, split="val2014")
     (root / "train2014/COCO_train2014_000000000022.jpg").write_bytes(b"\xff\xd8\xff truncated")
     out = tmp_path / "out"
-    proc = run_script("train.py", root, "--dataset", "coco", "--model-name", "test_resnet", "--image-size", "32",
+    proc = run_script("train.py", root, "--dataset", "coco", "--no-pretrained",
+                      "--model-name", "test_resnet", "--image-size", "32",
                       "--batch-size", "2", "--epochs", "1", "--workers", "2", "--output", out,
                       "--keep-unannotated", "--config", _tolerant(tmp_path))  # 4 images: a batch per worker
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["bad_images"] == 1
     assert proc.stderr.count("COCO_train2014_000000000022.jpg") >= 1
-    assert_one_line_error(run_script("train.py", root, "--dataset", "coco", "--model-name", "test_resnet",
+    assert_one_line_error(run_script("train.py", root, "--dataset", "coco", "--no-pretrained",
+                                     "--model-name", "test_resnet",
                                      "--image-size", "32", "--epochs", "1", "--workers", "2", "--batch-size",
                                      "2", "--keep-unannotated", "--max-bad-images", "0", "--output",
                                      tmp_path / "strict"), "unreadable",
@@ -194,7 +197,8 @@ def test_each_dataset_declares_the_options_it_reads(tmp_path, capsys):
                                         "val_fraction", "seed")
     # on the command line: an option of another dataset is one error line before any work
     out = tmp_path / "out"
-    rc = cli.run(train.main, [str(root), "--dataset", "voc", "--model-name", "test_resnet", "--image-size", "32",
+    rc = cli.run(train.main, [str(root), "--dataset", "voc", "--no-pretrained",
+                              "--model-name", "test_resnet", "--image-size", "32",
                               "--keep-unannotated", "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: --keep-unannotated True is not read by "

@@ -68,7 +68,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(REPO / "train.py"), str(data), "--dataset", "voc",
-           "--model-name", "test_resnet", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
+           "--no-pretrained", "--model-name", "test_resnet", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
            "--workers", "0", "--output", str(out), "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -103,7 +103,8 @@ def test_train_bad_inputs(trained_run, tmp_path):
                                      "--output", tmp_path / "a"), "unknown model name")
     assert_one_line_error(run_script("train.py", data, "--dataset", "tagged", "--loss", "hinge",
                                      "--output", tmp_path / "b"), "unknown loss")
-    assert_one_line_error(run_script("train.py", data, "--dataset", "tagged", "--model-name", "test_resnet",
+    assert_one_line_error(run_script("train.py", data, "--dataset", "tagged", "--no-pretrained",
+                                     "--model-name", "test_resnet",
                                      "--resume", trained_run["out"] / "best.pth", "--output", tmp_path / "c"),
                           "cannot resume")
     assert_one_line_error(run_script("train.py", tmp_path / "nowhere", "--dataset", "tagged",

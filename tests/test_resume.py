@@ -18,7 +18,8 @@ from .conftest import REPO, make_tagged
 
 
 def _args(data, out, *extra):
-    return [str(data), "--dataset", "tagged", "--model-name", "test_resnet", "--image-size", "32", "--batch-size",
+    return [str(data), "--dataset", "tagged", "--no-pretrained",
+            "--model-name", "test_resnet", "--image-size", "32", "--batch-size",
             "4", "--epochs", "3", "--workers", "0", "--augment", "cutout_randaugment", "--lr", "2e-3", "--seed", "3",
             "--checkpoint-every", "5", "--ema-decay", "0.9", "--output", str(out), *map(str, extra)]
 

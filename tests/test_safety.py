@@ -30,7 +30,8 @@ from asl.errors import ConfigError, DataError
 
 from .conftest import REPO, make_tagged
 
-TINY = ["--model-name", "test_resnet", "--image-size", "32", "--batch-size", "16", "--epochs", "1", "--workers", "0"]
+TINY = ["--no-pretrained", "--model-name", "test_resnet", "--image-size", "32", "--batch-size", "16", "--epochs", "1",
+        "--workers", "0"]
 
 
 def call(script: str, argv, capsys):
@@ -195,7 +196,8 @@ def test_missing_init_weights_fail_before_the_data_is_read(tmp_path, capsys):
     data = make_tagged(tmp_path / "d", 4, 2)
     rc, _, err = call("train", [data, "--dataset", "tagged", "--init-checkpoint", tmp_path / "resnet18_imagenet.pth",
                                 "--output", tmp_path / "o"], capsys)
-    one_error(rc, err, "nothing is downloaded")
+    one_error(rc, err, "--pretrained-path")
+    assert "not found" in err[-1]
     assert err == [err[-1]]  # nothing logged: no dataset summary came before the error
 
 
