@@ -34,9 +34,21 @@ from .predict import read_class_names  # noqa: F401  (a names file: torch-free, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["save_checkpoint", "make_checkpoint", "load_checkpoint", "state_dict_of", "model_from_checkpoint",
-           "normalize_state_dict", "detect_official_tresnet", "load_init_checkpoint", "RunState",
-           "training_checkpoint", "restore_training_state", "load_resume_checkpoint", "check_resume"]
+__all__ = [
+    "save_checkpoint",
+    "make_checkpoint",
+    "load_checkpoint",
+    "state_dict_of",
+    "model_from_checkpoint",
+    "normalize_state_dict",
+    "detect_official_tresnet",
+    "load_init_checkpoint",
+    "RunState",
+    "training_checkpoint",
+    "restore_training_state",
+    "load_resume_checkpoint",
+    "check_resume",
+]
 
 # Official ASL files carry no model name: the stem width tells the TResNet variant.
 TRESNET_BY_STEM_WIDTH = {64: "tresnet_m", 76: "tresnet_l", 83: "tresnet_xl"}
@@ -49,10 +61,9 @@ def strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     for k, v in state.items():
         for prefix in ("module.", "_orig_mod."):
             while k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
-
 
 
 def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
@@ -81,11 +92,13 @@ def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
         first = (bad or unexpected)[:3]
         raise CheckpointError(
             f"{path}: does not fit model ({len(bad)} shape mismatches outside the head, "
-            f"{len(unexpected)} unexpected keys; first: {', '.join(first)})")
+            f"{len(unexpected)} unexpected keys; first: {', '.join(first)})"
+        )
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if [k for k in missing if k not in head]:
-        raise CheckpointError(f"{path}: lacks weights of the model, first: "
-                              f"{', '.join([k for k in missing if k not in head][:3])}")
+        raise CheckpointError(
+            f"{path}: lacks weights of the model, first: {', '.join([k for k in missing if k not in head][:3])}"
+        )
     model.load_state_dict(state, strict=False)
     if dropped or missing:
         log.info("init checkpoint %s: head not loaded (%s)", path, ", ".join(sorted(set(dropped + missing))))
@@ -174,8 +187,9 @@ def load_checkpoint(path: str | os.PathLike, require_model: bool = True) -> Dict
     """
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}" if not p.exists() else
-                              f"{path} is a folder, not a checkpoint file")
+        raise CheckpointError(
+            f"checkpoint not found: {path}" if not p.exists() else f"{path} is a folder, not a checkpoint file"
+        )
     kind = sniff_weights(p)
     if kind == "safetensors":
         obj = _load_safetensors(p)
@@ -183,9 +197,11 @@ def load_checkpoint(path: str | os.PathLike, require_model: bool = True) -> Dict
             state_dict_of(obj, path)
         return obj
     if kind == "onnx":
-        raise CheckpointError(f"{path} is an ONNX model (export.py's output), not a PyTorch checkpoint: name it "
-                              f".onnx and pass it to infer.py or validate.py; training starts from a .pth or "
-                              f".safetensors")
+        raise CheckpointError(
+            f"{path} is an ONNX model (export.py's output), not a PyTorch checkpoint: name it "
+            f".onnx and pass it to infer.py or validate.py; training starts from a .pth or "
+            f".safetensors"
+        )
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols on stderr; the verdict below is what counts.
@@ -194,8 +210,10 @@ def load_checkpoint(path: str | os.PathLike, require_model: bool = True) -> Dict
     except pickle.UnpicklingError as e:
         text = str(e)
         reason = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), "unsafe content")
-        raise CheckpointError(f"{path}: refused, it needs more than tensors and containers to load "
-                              f"({reason[:160]}); nothing in it was run") from None
+        raise CheckpointError(
+            f"{path}: refused, it needs more than tensors and containers to load "
+            f"({reason[:160]}); nothing in it was run"
+        ) from None
     except Exception as e:  # noqa: BLE001
         # Arbitrary bytes can fail anywhere inside the unpickler (IndexError, KeyError, ...);
         # every such failure means the same thing to the user.
@@ -246,9 +264,16 @@ def state_dict_of(obj: Any, path: Any = "checkpoint") -> Dict[str, torch.Tensor]
     return obj
 
 
-def with_thresholds(ckpt: Dict[str, Any], thresholds: Sequence[float], *, model_name: str,
-                    class_names: Sequence[str], image_size: int, mean: Sequence[float],
-                    std: Sequence[float]) -> Dict[str, Any]:
+def with_thresholds(
+    ckpt: Dict[str, Any],
+    thresholds: Sequence[float],
+    *,
+    model_name: str,
+    class_names: Sequence[str],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Dict[str, Any]:
     """A copy of ``ckpt`` carrying per-class ``thresholds`` that every command can load.
 
     A checkpoint dict keeps all it had; a plain state dict (a timm model's weights alone) becomes
@@ -257,10 +282,16 @@ def with_thresholds(ckpt: Dict[str, Any], thresholds: Sequence[float], *, model_
     thresholds = [float(t) for t in thresholds]
     if any(isinstance(ckpt.get(k), dict) for k in ("model", "state_dict", "model_state_dict")):
         return dict(ckpt, thresholds=thresholds)
-    return {"model": state_dict_of(ckpt), "num_classes": len(class_names),
-            "idx_to_class": {i: str(n) for i, n in enumerate(class_names)}, "model_name": model_name,
-            "image_size": int(image_size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-            "thresholds": thresholds}
+    return {
+        "model": state_dict_of(ckpt),
+        "num_classes": len(class_names),
+        "idx_to_class": {i: str(n) for i, n in enumerate(class_names)},
+        "model_name": model_name,
+        "image_size": int(image_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "thresholds": thresholds,
+    }
 
 
 def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:
@@ -270,8 +301,9 @@ def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:
     return [names.get(k, f"class_{k}") for k in range(num_classes)]
 
 
-def match_classes(model_names: Sequence[str], data_names: Sequence[str], named: bool = True,
-                  path: Any = "checkpoint") -> Optional[list]:
+def match_classes(
+    model_names: Sequence[str], data_names: Sequence[str], named: bool = True, path: Any = "checkpoint"
+) -> Optional[list]:
     """How the model's outputs map onto the dataset's classes, matched by name.
 
     Args:
@@ -296,19 +328,23 @@ def match_classes(model_names: Sequence[str], data_names: Sequence[str], named: 
     only_model = [n for n in model_names if n not in in_data]
     only_data = [n for n in data_names if n not in in_model]
     if only_model or only_data:
+
         def first(names):
             return ", ".join(map(repr, names[:3])) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
 
-        raise CheckpointError(f"{path} was trained on other classes than the dataset's: {len(only_model)} only in "
-                              f"the checkpoint ({first(only_model)}), {len(only_data)} only in the dataset "
-                              f"({first(only_data)}); if the checkpoint's names are wrong, pass the right ones with "
-                              f"--class-names FILE")
+        raise CheckpointError(
+            f"{path} was trained on other classes than the dataset's: {len(only_model)} only in "
+            f"the checkpoint ({first(only_model)}), {len(only_data)} only in the dataset "
+            f"({first(only_data)}); if the checkpoint's names are wrong, pass the right ones with "
+            f"--class-names FILE"
+        )
     index = {n: k for k, n in enumerate(model_names)}
     return [index[n] for n in data_names]
 
 
-def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None,
-                          path: Any = "checkpoint") -> Tuple[nn.Module, Dict[str, Any]]:
+def model_from_checkpoint(
+    ckpt: Dict[str, Any], model_name: Optional[str] = None, path: Any = "checkpoint"
+) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights strictly.
 
     Args:
@@ -345,8 +381,10 @@ def model_from_checkpoint(ckpt: Dict[str, Any], model_name: Optional[str] = None
     # BatchNorm's step counter is not in inplace_abn files and carries no weights.
     problems += [f"missing key {k}" for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if problems:
-        raise CheckpointError(f"{path}: does not fit {name} with {num_classes} classes "
-                              f"({len(problems)} problems; first: {'; '.join(problems[:3])})")
+        raise CheckpointError(
+            f"{path}: does not fit {name} with {num_classes} classes "
+            f"({len(problems)} problems; first: {'; '.join(problems[:3])})"
+        )
     model.load_state_dict(state, strict=False)  # every key was checked above
     model.eval()
     from .models import data_config
@@ -403,11 +441,17 @@ def check_stored_values(ckpt: Dict[str, Any], path: Any = "checkpoint") -> None:
             raise CheckpointError(f"{what} 'idx_to_class' names outputs outside 0..{n - 1}")
     thresholds = _as_list(ckpt.get("thresholds"))
     if thresholds is not None and n is not None and (not isinstance(thresholds, list) or len(thresholds) != n):
-        raise CheckpointError(f"{what} 'thresholds' must hold one value per class ({n}), got "
-                              f"{len(thresholds) if isinstance(thresholds, list) else repr(thresholds)}")
-    meta = {"class_names": names, "image_size": ckpt.get("image_size"), "mean": _as_list(ckpt.get("mean")),
-            "std": _as_list(ckpt.get("std")), "thresholds": thresholds if n is None or names is None or
-            len(names) == n else None}
+        raise CheckpointError(
+            f"{what} 'thresholds' must hold one value per class ({n}), got "
+            f"{len(thresholds) if isinstance(thresholds, list) else repr(thresholds)}"
+        )
+    meta = {
+        "class_names": names,
+        "image_size": ckpt.get("image_size"),
+        "mean": _as_list(ckpt.get("mean")),
+        "std": _as_list(ckpt.get("std")),
+        "thresholds": thresholds if n is None or names is None or len(names) == n else None,
+    }
     check_metadata(meta, what=what)
     if thresholds is not None and meta["thresholds"] is None:
         check_metadata({"thresholds": thresholds}, what=what)
@@ -469,8 +513,17 @@ class RunState:
         return {"partial": self.partial, "rng": self.rng, "step": self.step_in_epoch}
 
 
-def training_checkpoint(state: RunState, model: nn.Module, *, optimizer, scheduler, ema=None, scaler=None,
-                        loss_fn: Optional[nn.Module] = None, **meta: Any) -> Dict[str, Any]:
+def training_checkpoint(
+    state: RunState,
+    model: nn.Module,
+    *,
+    optimizer,
+    scheduler,
+    ema=None,
+    scaler=None,
+    loss_fn: Optional[nn.Module] = None,
+    **meta: Any,
+) -> Dict[str, Any]:
     """The ``last.pth`` dict: the inference checkpoint of ``model`` plus everything a resume needs.
 
     Args:
@@ -482,15 +535,31 @@ def training_checkpoint(state: RunState, model: nn.Module, *, optimizer, schedul
     """
     loss_state = dict(loss_fn.state_dict()) if loss_fn is not None else None
     return make_checkpoint(
-        model, epoch=state.epoch, global_step=state.global_step, best=state.best,
-        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+        model,
+        epoch=state.epoch,
+        global_step=state.global_step,
+        best=state.best,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
         ema=ema.module.state_dict() if ema is not None else None,
-        scaler=scaler.state_dict() if scaler is not None else None, loss_state=loss_state or None,
-        step_in_epoch=state.step_in_epoch, partial=state.partial, rng=state.rng, **meta)
+        scaler=scaler.state_dict() if scaler is not None else None,
+        loss_state=loss_state or None,
+        step_in_epoch=state.step_in_epoch,
+        partial=state.partial,
+        rng=state.rng,
+        **meta,
+    )
 
 
-def restore_training_state(ckpt: Dict[str, Any], model: nn.Module, optimizer, scheduler, ema=None, scaler=None,
-                           loss_fn: Optional[nn.Module] = None) -> RunState:
+def restore_training_state(
+    ckpt: Dict[str, Any],
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    ema=None,
+    scaler=None,
+    loss_fn: Optional[nn.Module] = None,
+) -> RunState:
     """Load a ``last.pth`` into the run's objects and return its :class:`RunState`.
 
     RNG states are not applied here: at an epoch boundary the trainer restores ``state.rng``
@@ -513,9 +582,14 @@ def restore_training_state(ckpt: Dict[str, Any], model: nn.Module, optimizer, sc
         if "_extra_state" not in loss_state and "gamma_neg" in loss_state:
             loss_state = {"_extra_state": dict(loss_state)}  # a last.pth written before losses kept their state
         loss_fn.load_state_dict(loss_state)
-    return RunState(epoch=int(ckpt["epoch"]), global_step=int(ckpt.get("global_step", 0)),
-                    best=ckpt.get("best") or {"mAP": -1.0}, step_in_epoch=int(ckpt.get("step_in_epoch") or 0),
-                    partial=ckpt.get("partial"), rng=ckpt.get("rng"))
+    return RunState(
+        epoch=int(ckpt["epoch"]),
+        global_step=int(ckpt.get("global_step", 0)),
+        best=ckpt.get("best") or {"mAP": -1.0},
+        step_in_epoch=int(ckpt.get("step_in_epoch") or 0),
+        partial=ckpt.get("partial"),
+        rng=ckpt.get("rng"),
+    )
 
 
 def load_resume_checkpoint(path: str) -> dict:
@@ -530,12 +604,29 @@ def load_resume_checkpoint(path: str) -> dict:
 # Settings the optimizer, schedule, EMA and loss states of a last.pth were built with: a resume
 # with another value would crash (the schedule's step count, the optimizer's state keys) or
 # silently keep the old one (the learning rate lives in the optimizer's state).
-RESUME_FIXED = ("epochs", "batch_size", "accum_steps", "optimizer", "lr", "weight_decay", "pct_start", "ema",
-                "ema_decay", "ema_warmup", "loss")
+RESUME_FIXED = (
+    "epochs",
+    "batch_size",
+    "accum_steps",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "pct_start",
+    "ema",
+    "ema_decay",
+    "ema_warmup",
+    "loss",
+)
 
 
-def check_resume(ckpt: Dict[str, Any], model_name: str, image_size: int, path: str,
-                 class_names: Optional[Sequence[str]] = None, config: Any = None) -> None:
+def check_resume(
+    ckpt: Dict[str, Any],
+    model_name: str,
+    image_size: int,
+    path: str,
+    class_names: Optional[Sequence[str]] = None,
+    config: Any = None,
+) -> None:
     """Refuse a resume checkpoint that does not describe this run, naming what differs:
     the model, the image size, the settings of ``RESUME_FIXED`` (with ``config``, the run's
     resolved config) and (once the data is read) the classes."""
@@ -545,8 +636,9 @@ def check_resume(ckpt: Dict[str, Any], model_name: str, image_size: int, path: s
         for name in RESUME_FIXED:
             if name in saved:
                 old, new = saved[name], getattr(config, name)
-                if (str(old).lower() if isinstance(old, str) else old) != \
-                        (str(new).lower() if isinstance(new, str) else new):
+                if (str(old).lower() if isinstance(old, str) else old) != (
+                    str(new).lower() if isinstance(new, str) else new
+                ):
                     diffs.append(f"--{name.replace('_', '-')} {old!r} vs {new!r}")
     if ckpt.get("model_name") and ckpt["model_name"] != model_name:
         diffs.append(f"model {ckpt['model_name']} vs {model_name}")
@@ -555,9 +647,14 @@ def check_resume(ckpt: Dict[str, Any], model_name: str, image_size: int, path: s
     if class_names is not None:
         have = class_names_of(ckpt, int(ckpt.get("num_classes") or 0))
         if have != list(class_names):
-            diffs.append(f"{len(have)} classes vs {len(class_names)}" if len(have) != len(class_names)
-                         else "the class names or their order")
+            diffs.append(
+                f"{len(have)} classes vs {len(class_names)}"
+                if len(have) != len(class_names)
+                else "the class names or their order"
+            )
     if diffs:
-        raise CheckpointError(f"--resume {path} was saved by another run ({'; '.join(diffs)}, "
-                              f"checkpoint vs this run); resume with the settings it was trained with, or start "
-                              f"a new --output")
+        raise CheckpointError(
+            f"--resume {path} was saved by another run ({'; '.join(diffs)}, "
+            f"checkpoint vs this run); resume with the settings it was trained with, or start "
+            f"a new --output"
+        )

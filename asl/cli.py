@@ -50,16 +50,27 @@ def _twins(flags: Iterable[str]) -> List[str]:
     return out
 
 
-def build_parser(prog: str, description: str, fields: Sequence[str], positional_data: bool = False,
-                 defaults: Optional[Config] = None, notes: Optional[Dict[str, str]] = None,
-                 epilog: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str,
+    description: str,
+    fields: Sequence[str],
+    positional_data: bool = False,
+    defaults: Optional[Config] = None,
+    notes: Optional[Dict[str, str]] = None,
+    epilog: Optional[str] = None,
+) -> argparse.ArgumentParser:
     """An argparse parser for ``fields``; values it returns override the config.
 
     Each flag is listed once in ``--help`` (its underscore twin is accepted but not listed), with
     the default that will run: ``notes[field]`` where given, else the value in ``defaults``.
     """
-    p = _Parser(prog=prog, description=description, epilog=epilog, argument_default=argparse.SUPPRESS,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", "-c", help="YAML config file (flags override it)")
     if positional_data:
         p.add_argument("data_root_pos", nargs="?", metavar="DATA_ROOT", help="dataset folder")
@@ -99,8 +110,9 @@ def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] =
     return config_path, ns
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
-               base: Optional[Config] = None) -> Config:
+def parse_args(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, base: Optional[Config] = None
+) -> Config:
     """Parse flags, then defaults (or ``base``) <- ``--config`` YAML <- flags."""
     config_path, overrides = parse_flags(parser, argv)
     return load_config(config_path, overrides, base=base)
@@ -135,12 +147,14 @@ def setup_logging(verbose: bool = True) -> None:
 
 # Packages a command may find missing, and what to install (the ONNX tagging path needs only onnxruntime).
 _MISSING = {
-    "torch": "PyTorch", "torchvision": "PyTorch", "timm": "PyTorch",
+    "torch": "PyTorch",
+    "torchvision": "PyTorch",
+    "timm": "PyTorch",
 }
 _INSTALL = {
     "PyTorch": "this command needs PyTorch (torch, torchvision, timm) here: pip install -r requirements.txt; "
-               "tagging pictures with an exported .onnx model needs only onnxruntime "
-               "(pip install -r requirements-infer.txt, then infer.py --model-path model.onnx)",
+    "tagging pictures with an exported .onnx model needs only onnxruntime "
+    "(pip install -r requirements-infer.txt, then infer.py --model-path model.onnx)",
     "onnxruntime": "running an .onnx model needs onnxruntime: pip install -r requirements-infer.txt",
     "onnx": "exporting needs onnx and onnxruntime: pip install -r requirements-export.txt",
     "pycocotools": "COCO annotations are read with pycocotools: pip install -r requirements.txt",
@@ -208,8 +222,11 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
             raise
         text = f"{hint} ({e})"
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EBADF, errno.EDQUOT, errno.EIO) or stdout is None \
-                or getattr(e, "filename", None):
+        if (
+            e.errno not in (errno.ENOSPC, errno.EBADF, errno.EDQUOT, errno.EIO)
+            or stdout is None
+            or getattr(e, "filename", None)
+        ):
             raise
         _silence_stdout()
         text = f"cannot write to standard output: {e.strerror or e}"

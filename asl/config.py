@@ -34,9 +34,14 @@ OFFICIAL_VALIDATE = {"dataset": "coco", "data_root": ".", "batch_size": 16, "wor
 
 # The official model zoo's files and the input side their published mAP was measured at: the
 # NUS-WIDE file at 240 (65.2; 64.0 at 448), the XL COCO file at 640 (its name says so).
-ZOO_IMAGE_SIZE = {"ms_coco_trresnet_m_224_81.8": 224, "ms_coco_trresnet_l_448_86.6": 448,
-                  "ms_coco_tresnet_xl_640_88.4": 640, "pascal_voc_tresnet_xl_448_96.0": 448,
-                  "nus_wide_trresnet_l_448_65.2": 240, "open_imagesv6_trresnet_l_448": 448}
+ZOO_IMAGE_SIZE = {
+    "ms_coco_trresnet_m_224_81.8": 224,
+    "ms_coco_trresnet_l_448_86.6": 448,
+    "ms_coco_tresnet_xl_640_88.4": 640,
+    "pascal_voc_tresnet_xl_448_96.0": 448,
+    "nus_wide_trresnet_l_448_65.2": 240,
+    "open_imagesv6_trresnet_l_448": 448,
+}
 
 
 def zoo_image_size(path: Any) -> Optional[int]:
@@ -70,9 +75,16 @@ def default_image_size(model_name: Optional[str]) -> int:
 TRAIN, VALIDATE, INFER, EXPORT = "train", "validate", "infer", "export"
 
 
-def setting(default: Any = None, *flags: str, help: str, check: Optional[Tuple[Callable[[Any], bool], str]] = None,
-            choices: Optional[Tuple[str, ...]] = None, commands: Optional[Tuple[str, ...]] = None,
-            result: bool = True, default_factory: Optional[Callable[[], Any]] = None):
+def setting(
+    default: Any = None,
+    *flags: str,
+    help: str,
+    check: Optional[Tuple[Callable[[Any], bool], str]] = None,
+    choices: Optional[Tuple[str, ...]] = None,
+    commands: Optional[Tuple[str, ...]] = None,
+    result: bool = True,
+    default_factory: Optional[Callable[[], Any]] = None,
+):
     """A config field with its command-line metadata.
 
     Args:
@@ -109,52 +121,90 @@ class DataConfig:
     """What to read and how: the dataset, its split, the input pipeline."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE)
-    dataset: str = setting("demo", help="coco | voc | nuswide | tagged | demo",
-                           choices=("coco", "voc", "nuswide", "tagged", "demo"))
-    data_root: str = setting("data/demo", "--data-root", "--data",
-                             help="dataset folder (also the positional DATA_ROOT)")
+    dataset: str = setting(
+        "demo", help="coco | voc | nuswide | tagged | demo", choices=("coco", "voc", "nuswide", "tagged", "demo")
+    )
+    data_root: str = setting(
+        "data/demo", "--data-root", "--data", help="dataset folder (also the positional DATA_ROOT)"
+    )
     train_split: Optional[str] = setting(None, help="training split (default: the dataset's)", commands=(TRAIN,))
     val_split: Optional[str] = setting(None, "--val-split", "--split", help="evaluation split (default: the dataset's)")
     image_size: Optional[int] = setting(
-        None, "--image-size", "--input-size",
+        None,
+        "--image-size",
+        "--input-size",
         check=_range(lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"in [1, {MAX_IMAGE_SIZE}]"),
         commands=(TRAIN, VALIDATE, INFER, EXPORT),
         help="input side S; images are squish-resized to S x S (unset: validate / infer take the checkpoint's; "
-             "else the model's official size, TResNet-L/XL 448, others 224)")  # >= asl.models.check_image_size
-    batch_size: int = setting(64, "--batch-size", "-b", check=_ONE_UP, help="batch size",
-                              commands=(TRAIN, VALIDATE, INFER))
-    workers: int = setting(2, "--workers", "-j", check=_NONNEG, result=False,
-                           help="data-loading worker processes (capped at the CPU cores)")
-    augment: str = setting("none", help="none | cutout | randaugment | cutout_randaugment", commands=(TRAIN,),
-                           choices=("none", "cutout", "randaugment", "cutout_randaugment"))
-    resize: str = setting("squish", help="squish (official Resize((S, S))) or crop (random-resized / center crop)",
-                          choices=("squish", "crop"))
-    label_noise: float = setting(0.0, check=_UNIT_OPEN_TOP, commands=(TRAIN,),
-                                 help="fraction of training positives flipped to negative (seeded; a study)")
-    max_bad_fraction: float = setting(0.01, check=_UNIT,
-                                      help="stop when more than this fraction of images is unreadable")
-    max_bad_images: int = setting(5, check=_NONNEG,
-                                  help="... and more than this many (so small sets survive a bad photo)")
+        "else the model's official size, TResNet-L/XL 448, others 224)",
+    )  # >= asl.models.check_image_size
+    batch_size: int = setting(
+        64, "--batch-size", "-b", check=_ONE_UP, help="batch size", commands=(TRAIN, VALIDATE, INFER)
+    )
+    workers: int = setting(
+        2,
+        "--workers",
+        "-j",
+        check=_NONNEG,
+        result=False,
+        help="data-loading worker processes (capped at the CPU cores)",
+    )
+    augment: str = setting(
+        "none",
+        help="none | cutout | randaugment | cutout_randaugment",
+        commands=(TRAIN,),
+        choices=("none", "cutout", "randaugment", "cutout_randaugment"),
+    )
+    resize: str = setting(
+        "squish",
+        help="squish (official Resize((S, S))) or crop (random-resized / center crop)",
+        choices=("squish", "crop"),
+    )
+    label_noise: float = setting(
+        0.0,
+        check=_UNIT_OPEN_TOP,
+        commands=(TRAIN,),
+        help="fraction of training positives flipped to negative (seeded; a study)",
+    )
+    max_bad_fraction: float = setting(
+        0.01, check=_UNIT, help="stop when more than this fraction of images is unreadable"
+    )
+    max_bad_images: int = setting(
+        5, check=_NONNEG, help="... and more than this many (so small sets survive a bad photo)"
+    )
     # Dataset options: each dataset declares which it reads (asl.data.DATASETS); one set for
     # another dataset is an error, not silently dropped.
-    val_fraction: float = setting(0.2, check=_OPEN_UNIT,
-                                  help="tagged: held-out fraction when labels.csv has no split column; coco: of "
-                                       "--ann-file's images when no --val-ann-file is given")
+    val_fraction: float = setting(
+        0.2,
+        check=_OPEN_UNIT,
+        help="tagged: held-out fraction when labels.csv has no split column; coco: of "
+        "--ann-file's images when no --val-ann-file is given",
+    )
     ann_file: Optional[str] = setting(
-        None, help="coco: a COCO-format JSON, nuswide: the split CSV, outside the standard layout")
+        None, help="coco: a COCO-format JSON, nuswide: the split CSV, outside the standard layout"
+    )
     image_dir: Optional[str] = setting(None, help="coco, nuswide: the images of --ann-file")
     keep_unannotated: bool = setting(False, help="coco: keep images without annotations as all-negative")
     val_ann_file: Optional[str] = setting(
-        None, help="coco: the evaluation split's COCO JSON beside --ann-file (unset: --val-fraction of --ann-file's "
-                   "images are held out, seeded)")
+        None,
+        help="coco: the evaluation split's COCO JSON beside --ann-file (unset: --val-fraction of --ann-file's "
+        "images are held out, seeded)",
+    )
     val_image_dir: Optional[str] = setting(None, help="coco: the images of --val-ann-file (unset: --image-dir)")
-    voc_year: Optional[str] = setting(None, help="voc: 2007 or 2012 (default: 2007 if present)",
-                                      choices=("2007", "2012"))
-    difficult: str = setting("ignore", help="voc: difficult-only classes are ignore (-1), positive or negative",
-                             choices=("ignore", "positive", "negative"))
-    demo_classes: int = setting(80, commands=(TRAIN,),
-                                check=_range(lambda v: v % 10 == 0 and 10 <= v <= 80, "a multiple of 10 in [10, 80]"),
-                                help="demo: 80, or 10/20/40 for the denser variants of the sparsity study")
+    voc_year: Optional[str] = setting(
+        None, help="voc: 2007 or 2012 (default: 2007 if present)", choices=("2007", "2012")
+    )
+    difficult: str = setting(
+        "ignore",
+        help="voc: difficult-only classes are ignore (-1), positive or negative",
+        choices=("ignore", "positive", "negative"),
+    )
+    demo_classes: int = setting(
+        80,
+        commands=(TRAIN,),
+        check=_range(lambda v: v % 10 == 0 and 10 <= v <= 80, "a multiple of 10 in [10, 80]"),
+        help="demo: 80, or 10/20/40 for the denser variants of the sparsity study",
+    )
 
 
 @dataclass
@@ -162,23 +212,36 @@ class ModelConfig:
     """The network: which, how many outputs, which weights."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE, INFER, EXPORT)
-    model_name: Optional[str] = setting(None, help=f"timm model name (unset: the checkpoint's; training: "
-                                                   f"{DEFAULT_MODEL})")
-    num_classes: Optional[int] = setting(None, check=_ONE_UP,
-                                         help="number of classes (checked against the dataset / checkpoint)")
+    model_name: Optional[str] = setting(
+        None, help=f"timm model name (unset: the checkpoint's; training: {DEFAULT_MODEL})"
+    )
+    num_classes: Optional[int] = setting(
+        None, check=_ONE_UP, help="number of classes (checked against the dataset / checkpoint)"
+    )
     model_path: Optional[str] = setting(None, help="checkpoint to evaluate or run (train.py: as --init-checkpoint)")
     init_checkpoint: Optional[str] = setting(
-        None, "--init-checkpoint", "--pretrained-path", commands=(TRAIN,),
+        None,
+        "--init-checkpoint",
+        "--pretrained-path",
+        commands=(TRAIN,),
         help="a weights file to start from: .safetensors, .pth / .bin state dicts, our checkpoints, official ASL / "
-             "ImageNet-21K files (the classifier is replaced when the class count differs)")
-    pretrained: bool = setting(False, commands=(TRAIN,),
-                               help="start from timm's pretrained weights of --model-name NAME[.TAG], from the "
-                                    "Hugging Face Hub cache (downloaded once; HF_HUB_OFFLINE=1 uses the cache only)")
+        "ImageNet-21K files (the classifier is replaced when the class count differs)",
+    )
+    pretrained: bool = setting(
+        False,
+        commands=(TRAIN,),
+        help="start from timm's pretrained weights of --model-name NAME[.TAG], from the "
+        "Hugging Face Hub cache (downloaded once; HF_HUB_OFFLINE=1 uses the cache only)",
+    )
     class_names: Optional[str] = setting(
-        None, commands=(VALIDATE, INFER, EXPORT), result=False,
-        help="the model's class names, one per line in output order (files without names or with wrong ones)")
-    channels_last: Optional[bool] = setting(None, commands=(TRAIN,), result=False,
-                                            help="channels_last memory format (unset: on for CUDA, off on the CPU)")
+        None,
+        commands=(VALIDATE, INFER, EXPORT),
+        result=False,
+        help="the model's class names, one per line in output order (files without names or with wrong ones)",
+    )
+    channels_last: Optional[bool] = setting(
+        None, commands=(TRAIN,), result=False, help="channels_last memory format (unset: on for CUDA, off on the CPU)"
+    )
     sync_bn: bool = setting(False, commands=(TRAIN,), help="SyncBatchNorm across processes under torchrun")
     compile: bool = setting(False, commands=(TRAIN,), help="torch.compile the model (first steps pay the compile)")
 
@@ -188,19 +251,24 @@ class LossConfig:
     """The training loss (asl.losses)."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN,)
-    loss: str = setting("asl", help="asl | asl_optimized | adaptive_asl | focal | bce",
-                        choices=("asl", "asl_optimized", "adaptive_asl", "focal", "bce"))
+    loss: str = setting(
+        "asl",
+        help="asl | asl_optimized | adaptive_asl | focal | bce",
+        choices=("asl", "asl_optimized", "adaptive_asl", "focal", "bce"),
+    )
     gamma_neg: float = setting(4.0, check=_NONNEG, help="ASL gamma-")
     gamma_pos: float = setting(0.0, check=_NONNEG, help="ASL gamma+")
     clip: float = setting(0.05, check=_UNIT_OPEN_TOP, help="ASL probability margin m")
     focal_gamma: float = setting(2.0, check=_NONNEG, help="focal: gamma")
     eps: float = setting(1e-8, check=_OPEN_UNIT, help="log clamp")
     disable_torch_grad_focal_loss: bool = setting(True, help="no gradient through the focusing weights (official)")
-    loss_reduction: str = setting("sum", help="sum (official) | mean | batchmean | none",
-                                  choices=("sum", "mean", "batchmean", "none"))
+    loss_reduction: str = setting(
+        "sum", help="sum (official) | mean | batchmean | none", choices=("sum", "mean", "batchmean", "none")
+    )
     label_smoothing: float = setting(0.0, check=_UNIT_OPEN_TOP, help="y <- y (1 - s) + s / 2")
-    delta_p_target: float = setting(0.1, check=_range(lambda v: -1 < v < 1, "in (-1, 1)"),
-                                    help="adaptive_asl: the target of delta_p")
+    delta_p_target: float = setting(
+        0.1, check=_range(lambda v: -1 < v < 1, "in (-1, 1)"), help="adaptive_asl: the target of delta_p"
+    )
     adaptive_lambda: float = setting(0.1, check=_NONNEG, help="adaptive_asl: step size of the gamma_neg update")
 
 
@@ -209,25 +277,29 @@ class OptimConfig:
     """Optimizer, schedule, EMA, precision."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN,)
-    optimizer: str = setting("adam", "--optimizer", "--opt",
-                             help="optimizer name from timm's factory (adam, adamw, sgd, ...)")
+    optimizer: str = setting(
+        "adam", "--optimizer", "--opt", help="optimizer name from timm's factory (adam, adamw, sgd, ...)"
+    )
     lr: float = setting(1e-4, check=_POS, help="learning rate (OneCycle maximum)")
-    weight_decay: float = setting(1e-4, "--weight-decay", "--wd", check=_NONNEG,
-                                  help="weight decay (not on biases and 1-D parameters)")
+    weight_decay: float = setting(
+        1e-4, "--weight-decay", "--wd", check=_NONNEG, help="weight decay (not on biases and 1-D parameters)"
+    )
     epochs: int = setting(80, check=_ONE_UP, help="planned epochs: the length of the OneCycle schedule")
-    stop_epoch: Optional[int] = setting(None, check=_ONE_UP,
-                                        help="stop after this many epochs of the planned schedule (official: 40 of 80)")
+    stop_epoch: Optional[int] = setting(
+        None, check=_ONE_UP, help="stop after this many epochs of the planned schedule (official: 40 of 80)"
+    )
     pct_start: float = setting(0.2, check=_OPEN_UNIT, help="OneCycle: warm-up fraction of the schedule")
     grad_clip: Optional[float] = setting(None, check=_POS, help="clip the gradient norm to this value")
-    accum_steps: int = setting(1, check=_ONE_UP,
-                               help="micro-batches per optimizer step (gradient accumulation)")
+    accum_steps: int = setting(1, check=_ONE_UP, help="micro-batches per optimizer step (gradient accumulation)")
     patience: int = setting(0, check=_NONNEG, help="early stopping: epochs without a better mAP (0: off)")
     ema: bool = setting(True, help="keep an EMA of the weights and validate it too")
     ema_decay: float = setting(0.9997, check=_UNIT_OPEN_TOP, help="EMA decay per step")
-    ema_warmup: bool = setting(False, help="EMA warm-up (timm ModelEmaV3): decay 1-(1+step)^(-2/3) up to "
-                                           "--ema-decay")
-    amp: bool = setting(True, commands=(TRAIN, VALIDATE),
-                        help="mixed precision on CUDA (bf16 where supported, else fp16); off on the CPU")
+    ema_warmup: bool = setting(False, help="EMA warm-up (timm ModelEmaV3): decay 1-(1+step)^(-2/3) up to --ema-decay")
+    amp: bool = setting(
+        True,
+        commands=(TRAIN, VALIDATE),
+        help="mixed precision on CUDA (bf16 where supported, else fp16); off on the CPU",
+    )
 
 
 @dataclass
@@ -235,22 +307,37 @@ class RunConfig:
     """Where a run writes, on what, how it reports and recovers."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN,)
-    output: Optional[str] = setting(None, "--output", "-o", commands=(TRAIN, VALIDATE, EXPORT), result=False,
-                                    help="output folder (train: runs/<name of the data folder>); export: the .onnx "
-                                         "file (unset: beside the checkpoint)")
+    output: Optional[str] = setting(
+        None,
+        "--output",
+        "-o",
+        commands=(TRAIN, VALIDATE, EXPORT),
+        result=False,
+        help="output folder (train: runs/<name of the data folder>); export: the .onnx "
+        "file (unset: beside the checkpoint)",
+    )
     seed: int = setting(0, check=_range(lambda v: 0 <= v < 2**63, "in [0, 2^63)"), help="random seed")
     device: str = setting("auto", commands=(TRAIN, VALIDATE, INFER, EXPORT), help="auto | cpu | cuda | cuda:N")
-    print_freq: int = setting(50, "--print-freq", "-p", check=_NONNEG, commands=(TRAIN, VALIDATE), result=False,
-                              help="log every N steps")
-    overwrite: bool = setting(False, commands=(TRAIN, VALIDATE, INFER, EXPORT), result=False,
-                              help="replace what an earlier run or command wrote there (prefer a new --output)")
-    checkpoint_every: int = setting(0, check=_NONNEG, result=False,
-                                    help="also write last.pth every N steps (0: at epoch ends only)")
+    print_freq: int = setting(
+        50, "--print-freq", "-p", check=_NONNEG, commands=(TRAIN, VALIDATE), result=False, help="log every N steps"
+    )
+    overwrite: bool = setting(
+        False,
+        commands=(TRAIN, VALIDATE, INFER, EXPORT),
+        result=False,
+        help="replace what an earlier run or command wrote there (prefer a new --output)",
+    )
+    checkpoint_every: int = setting(
+        0, check=_NONNEG, result=False, help="also write last.pth every N steps (0: at epoch ends only)"
+    )
     max_nonfinite: int = setting(20, check=_ONE_UP, help="stop after this many non-finite losses in a row")
     resume: Optional[str] = setting(None, result=False, help="checkpoint to resume from (a run's last.pth)")
-    dry_run: bool = setting(False, result=False,
-                            help="resolve and check everything (config, pretrained weights, data, output folder), "
-                                 "print the plan, train nothing")
+    dry_run: bool = setting(
+        False,
+        result=False,
+        help="resolve and check everything (config, pretrained weights, data, output folder), "
+        "print the plan, train nothing",
+    )
 
 
 @dataclass
@@ -258,10 +345,12 @@ class EvalConfig:
     """validate.py: thresholds of the label metrics, calibration."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (VALIDATE,)
-    thre: float = setting(OFFICIAL_THRE, check=_UNIT, result=False,
-                          help=f"threshold of CP/CR/CF1/OP/OR/OF1 (official {OFFICIAL_THRE})")
-    calibrate: bool = setting(False, result=False,
-                              help="fit per-class F1-optimal thresholds, save a calibrated checkpoint copy")
+    thre: float = setting(
+        OFFICIAL_THRE, check=_UNIT, result=False, help=f"threshold of CP/CR/CF1/OP/OR/OF1 (official {OFFICIAL_THRE})"
+    )
+    calibrate: bool = setting(
+        False, result=False, help="fit per-class F1-optimal thresholds, save a calibrated checkpoint copy"
+    )
 
 
 @dataclass
@@ -270,15 +359,23 @@ class InferConfig:
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (INFER,)
     pic_path: List[str] = setting(default_factory=list, result=False, help="images, folders or globs")
-    th: Optional[float] = setting(None, check=_UNIT, result=False,
-                                  help="score threshold (unset: the checkpoint's calibrated thresholds, else the "
-                                       "official one of --dataset-type)")
+    th: Optional[float] = setting(
+        None,
+        check=_UNIT,
+        result=False,
+        help="score threshold (unset: the checkpoint's calibrated thresholds, else the official one of --dataset-type)",
+    )
     top_k: Optional[int] = setting(None, check=_ONE_UP, result=False, help="report at most K labels per image")
     json: bool = setting(False, result=False, help="print one JSON list to stdout")
-    save_image: Optional[str] = setting(None, result=False,
-                                        help="write the (first) picture with its labels drawn on it")
-    dataset_type: Optional[str] = setting(None, result=False, choices=("ms_coco", "coco", "openimages"),
-                                          help="official infer.py: MS-COCO (th 0.7) or OpenImages (th 0.995)")
+    save_image: Optional[str] = setting(
+        None, result=False, help="write the (first) picture with its labels drawn on it"
+    )
+    dataset_type: Optional[str] = setting(
+        None,
+        result=False,
+        choices=("ms_coco", "coco", "openimages"),
+        help="official infer.py: MS-COCO (th 0.7) or OpenImages (th 0.995)",
+    )
 
 
 @dataclass
@@ -286,13 +383,13 @@ class ExportConfig:
     """export.py: the ONNX file's form and its self-check."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (EXPORT,)
-    opset: int = setting(17, check=_range(lambda v: 13 <= v <= 21, "in [13, 21]"), result=False,
-                         help="ONNX opset")
+    opset: int = setting(17, check=_range(lambda v: 13 <= v <= 21, "in [13, 21]"), result=False, help="ONNX opset")
     dynamic_batch: bool = setting(False, result=False, help="a dynamic batch dimension (else batch 1)")
     fp16: bool = setting(False, result=False, help="float16 weights (GPU runtimes); inputs and outputs stay float32")
     sigmoid: bool = setting(True, result=False, help="output sigmoid scores (--no-sigmoid: logits)")
-    check: bool = setting(True, result=False,
-                          help="compare onnxruntime with PyTorch on generated pictures; fail on a difference")
+    check: bool = setting(
+        True, result=False, help="compare onnxruntime with PyTorch on generated pictures; fail on a difference"
+    )
 
 
 SECTIONS = (DataConfig, ModelConfig, LossConfig, OptimConfig, RunConfig, EvalConfig, InferConfig, ExportConfig)
@@ -310,8 +407,9 @@ class Config(ExportConfig, InferConfig, EvalConfig, RunConfig, OptimConfig, Loss
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # field -> the commands that read it (its own list, else its section's)
-COMMANDS: Dict[str, Tuple[str, ...]] = {f.name: f.metadata["commands"] or sec.COMMANDS
-                                        for sec in SECTIONS for f in dataclasses.fields(sec)}
+COMMANDS: Dict[str, Tuple[str, ...]] = {
+    f.name: f.metadata["commands"] or sec.COMMANDS for sec in SECTIONS for f in dataclasses.fields(sec)
+}
 # The fields that can change what a training run computes (the study's cache key).
 RESULT_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata["result"] and TRAIN in COMMANDS[n])
 
@@ -395,8 +493,10 @@ def from_dict(values: Mapping[str, Any], base: Optional[Config] = None, source: 
     """A Config with ``values`` applied over ``base`` (defaults when None); unknown keys rejected."""
     odd = [k for k in values if not isinstance(k, str)]
     if odd:
-        raise ConfigError(f"{source}: keys must be setting names, got {odd[0]!r} (a YAML key such as 1:, null: or "
-                          f"true: is not a name)")
+        raise ConfigError(
+            f"{source}: keys must be setting names, got {odd[0]!r} (a YAML key such as 1:, null: or "
+            f"true: is not a name)"
+        )
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
@@ -407,16 +507,30 @@ def from_dict(values: Mapping[str, Any], base: Optional[Config] = None, source: 
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
         if k in PATH_FIELDS and source != "flags":  # the shell expands ~ in flags; YAML does not
-            v = [os.path.expanduser(x) for x in v] if isinstance(v, list) else (
-                os.path.expanduser(v) if isinstance(v, str) else v)
+            v = (
+                [os.path.expanduser(x) for x in v]
+                if isinstance(v, list)
+                else (os.path.expanduser(v) if isinstance(v, str) else v)
+            )
         setattr(cfg, k, v)
     return cfg
 
 
 # Fields naming files or folders: a leading ~ in a YAML file means the home folder, as in a shell.
-PATH_FIELDS = ("data_root", "ann_file", "image_dir", "val_ann_file", "val_image_dir", "model_path", "init_checkpoint",
-               "class_names", "output",
-               "resume", "pic_path", "save_image")
+PATH_FIELDS = (
+    "data_root",
+    "ann_file",
+    "image_dir",
+    "val_ann_file",
+    "val_image_dir",
+    "model_path",
+    "init_checkpoint",
+    "class_names",
+    "output",
+    "resume",
+    "pic_path",
+    "save_image",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -436,8 +550,7 @@ def _unique_key_loader():
             except TypeError:
                 hashable = False
             if hashable:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
-                                                        key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
             try:
                 seen.add(key)
             except TypeError:
@@ -470,8 +583,9 @@ def load_yaml(path: str) -> Dict[str, Any]:
     return data
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
-                base: Optional[Config] = None) -> Config:
+def load_config(
+    path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None, base: Optional[Config] = None
+) -> Config:
     """Defaults (or ``base``) <- YAML file <- overrides (flags)."""
     cfg = base if base is not None else Config()
     if path:
@@ -490,13 +604,15 @@ def dump_config(cfg: Config, path: str | Path) -> None:
 
 # --- value checks: every value a run reads is checked before any data is read or model built.
 
+
 def _finite(v) -> bool:
     return not isinstance(v, float) or math.isfinite(v)
 
 
 # Derived from the schema (no second list): field -> (test, what it must be); field -> names.
-RANGES: Dict[str, Tuple[Callable[[Any], bool], str]] = {n: f.metadata["check"] for n, f in FIELDS.items()
-                                                        if f.metadata["check"]}
+RANGES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    n: f.metadata["check"] for n, f in FIELDS.items() if f.metadata["check"]
+}
 # The optimizer is checked against timm's registry instead.
 CHOICES: Dict[str, Tuple[str, ...]] = {n: f.metadata["choices"] for n, f in FIELDS.items() if f.metadata["choices"]}
 
@@ -534,8 +650,10 @@ def check_values(cfg: Config, fields: Iterable[str]) -> None:
         if name in RANGES and not RANGES[name][0](value):
             raise ConfigError(f"{flag_name(name)} must be {RANGES[name][1]}, got {value!r}")
         if name in CHOICES and value not in CHOICES[name]:
-            raise ConfigError(f"unknown {name.replace('_', ' ')} {value!r}: {flag_name(name)} must be one of "
-                              f"{', '.join(CHOICES[name])}")
+            raise ConfigError(
+                f"unknown {name.replace('_', ' ')} {value!r}: {flag_name(name)} must be one of "
+                f"{', '.join(CHOICES[name])}"
+            )
     if "stop_epoch" in fields and cfg.stop_epoch is not None and cfg.stop_epoch > cfg.epochs:
         raise ConfigError(f"--stop-epoch {cfg.stop_epoch} is past the schedule's end (--epochs {cfg.epochs})")
     if "optimizer" in fields:
@@ -544,5 +662,7 @@ def check_values(cfg: Config, fields: Iterable[str]) -> None:
         known = list_optimizers()
         if cfg.optimizer.lower() not in known:
             close = [n for n in known if cfg.optimizer.lower() in n][:5]
-            raise ConfigError(f"--optimizer {cfg.optimizer!r} is not in timm's optimizer registry"
-                              + (f"; did you mean {', '.join(close)}?" if close else " (e.g. adam, adamw, sgd)"))
+            raise ConfigError(
+                f"--optimizer {cfg.optimizer!r} is not in timm's optimizer registry"
+                + (f"; did you mean {', '.join(close)}?" if close else " (e.g. adam, adamw, sgd)")
+            )

@@ -17,8 +17,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-__all__ = ["DistInfo", "init_distributed", "EpochSampler", "ShardSampler", "gather_rows", "all_true",
-           "broadcast_buffers"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "EpochSampler",
+    "ShardSampler",
+    "gather_rows",
+    "all_true",
+    "broadcast_buffers",
+]
 
 
 @dataclass
@@ -63,8 +70,9 @@ class EpochSampler(DistributedSampler):
     def __init__(self, n: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         # DistributedSampler seeds its generator with seed + epoch: seed x 100003 keeps the
         # orders of neighbouring seeds apart (seed 1 epoch 0 is not seed 0 epoch 1).
-        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed * 100_003,
-                         drop_last=False)
+        super().__init__(
+            range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed * 100_003, drop_last=False
+        )
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

@@ -24,8 +24,17 @@ from .models import unwrap_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["amp_dtype_for", "build_optimizer", "build_scheduler", "train_one_epoch", "evaluate", "seed_everything",
-           "get_rng_state", "set_rng_state", "NonFiniteLossError"]
+__all__ = [
+    "amp_dtype_for",
+    "build_optimizer",
+    "build_scheduler",
+    "train_one_epoch",
+    "evaluate",
+    "seed_everything",
+    "get_rng_state",
+    "set_rng_state",
+    "NonFiniteLossError",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -48,8 +57,9 @@ def amp_dtype_for(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
 FUSED = ("adam", "adamw", "sgd", "nesterov", "momentum")
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, fused: bool = False
+) -> torch.optim.Optimizer:
     """timm's optimizer factory; no weight decay on biases and 1-D parameters (as official).
 
     Args:
@@ -62,8 +72,9 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, filter_bias_and_bn=True, **extra)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int,
-                    pct_start: float = 0.2):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int, pct_start: float = 0.2
+):
     """OneCycle over the planned ``epochs`` (the official recipe plans 80, stops at 40).
 
     OneCycle divides by its warm-up length in steps, so a tiny run (a handful of steps) gets
@@ -75,8 +86,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, lr: float, epochs: int, st
             g["lr"] = lr
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     pct_start = min(max(pct_start, 2.0 / total), 1.0 - 2.0 / total)
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs,
-                                               steps_per_epoch=max(steps_per_epoch, 1), pct_start=pct_start)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=max(steps_per_epoch, 1), pct_start=pct_start
+    )
 
 
 def _progress(iterable, desc: str, total: Optional[int] = None):
@@ -93,8 +105,13 @@ def get_rng_state() -> Dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])),
+        "numpy": (
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -150,12 +167,18 @@ class _Deferred:
         worst, skipped = int(self.worst), int(self.skipped)  # the one read-back, every check_every steps
         self.worst = self.streak.clone()
         if skipped > self.reported:
-            log.warning("epoch %d: %d steps skipped up to step %d (the loss was not finite)", epoch,
-                        skipped - self.reported, global_step)
+            log.warning(
+                "epoch %d: %d steps skipped up to step %d (the loss was not finite)",
+                epoch,
+                skipped - self.reported,
+                global_step,
+            )
             self.reported = skipped
         if worst >= max_nonfinite:
-            raise NonFiniteLossError(f"the loss was not finite for {worst} steps in a row (epoch {epoch}, by step "
-                                     f"{global_step}); the last checkpoint is intact: lower --lr or check the data")
+            raise NonFiniteLossError(
+                f"the loss was not finite for {worst} steps in a row (epoch {epoch}, by step "
+                f"{global_step}); the last checkpoint is intact: lower --lr or check the data"
+            )
 
     def partial(self, steps: int) -> Dict[str, Any]:
         return {"loss_sum": self.loss_sum, "steps": steps, "skipped": self.skipped}
@@ -220,8 +243,10 @@ def train_one_epoch(
     """
     model.train()
     if defer_sync and (scaler is not None or not getattr(optimizer, "_step_supports_amp_scaling", False)):
-        raise ValueError("defer_sync needs an optimizer that skips a step on the device (torch's fused Adam, "
-                         "AdamW or SGD) and no GradScaler")
+        raise ValueError(
+            "defer_sync needs an optimizer that skips a step on the device (torch's fused Adam, "
+            "AdamW or SGD) and no GradScaler"
+        )
     part = dict(resume["partial"]) if resume else {"loss_sum": 0.0, "steps": 0, "skipped": 0}
     total_loss, steps, skipped = float(part["loss_sum"]), int(part["steps"]), int(part["skipped"])
     images, in_a_row, interrupted = 0, 0, False
@@ -300,9 +325,11 @@ def train_one_epoch(
         else:
             in_a_row += 1
             if in_a_row >= max_nonfinite:
-                raise NonFiniteLossError(f"the loss was not finite for {in_a_row} steps in a row (epoch {epoch}, "
-                                         f"step {global_step}); the last checkpoint is intact: lower --lr or "
-                                         f"check the data")
+                raise NonFiniteLossError(
+                    f"the loss was not finite for {in_a_row} steps in a row (epoch {epoch}, "
+                    f"step {global_step}); the last checkpoint is intact: lower --lr or "
+                    f"check the data"
+                )
         optimizer.zero_grad(set_to_none=True)
         group_ok, in_group = True, 0
         if scheduler is not None and took_step:
@@ -319,12 +346,18 @@ def train_one_epoch(
         if print_freq and global_step % print_freq == 0:
             if defer_sync:
                 loss_value = float(loss.detach())
-            log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f img/s (data %.0f%%)", epoch, steps,
-                     len(loader), loss_value, optimizer.param_groups[0]["lr"],
-                     images / (t_last - t_start), 100 * data_time / max(t_last - t_start, 1e-9))
+            log.info(
+                "epoch %d step %d/%d loss %.4f lr %.2e %.1f img/s (data %.0f%%)",
+                epoch,
+                steps,
+                len(loader),
+                loss_value,
+                optimizer.param_groups[0]["lr"],
+                images / (t_last - t_start),
+                100 * data_time / max(t_last - t_start, 1e-9),
+            )
         if on_step is not None:
-            partial = dev.partial(steps) if defer_sync else {"loss_sum": total_loss, "steps": steps,
-                                                             "skipped": skipped}
+            partial = dev.partial(steps) if defer_sync else {"loss_sum": total_loss, "steps": steps, "skipped": skipped}
             if on_step(global_step, partial):
                 interrupted = True
                 break

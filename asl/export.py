@@ -48,11 +48,11 @@ def _explicit_reflect_pad(x, pad: int):
 
     if pad == 0:
         return x
-    left = x[..., :, 1:pad + 1].flip(-1) if pad > 1 else x[..., :, 1:2]
-    right = x[..., :, -pad - 1:-1].flip(-1) if pad > 1 else x[..., :, -2:-1]
+    left = x[..., :, 1 : pad + 1].flip(-1) if pad > 1 else x[..., :, 1:2]
+    right = x[..., :, -pad - 1 : -1].flip(-1) if pad > 1 else x[..., :, -2:-1]
     x = torch.cat([left, x, right], dim=-1)
-    top = x[..., 1:pad + 1, :].flip(-2) if pad > 1 else x[..., 1:2, :]
-    bottom = x[..., -pad - 1:-1, :].flip(-2) if pad > 1 else x[..., -2:-1, :]
+    top = x[..., 1 : pad + 1, :].flip(-2) if pad > 1 else x[..., 1:2, :]
+    bottom = x[..., -pad - 1 : -1, :].flip(-2) if pad > 1 else x[..., -2:-1, :]
     return torch.cat([top, x, bottom], dim=-2)
 
 
@@ -162,8 +162,9 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
         import onnx
         import onnxruntime as ort
     except ImportError as e:
-        raise ConfigError(f"export needs onnx and onnxruntime ({e.name} is missing): pip install -r "
-                          f"requirements-export.txt") from None
+        raise ConfigError(
+            f"export needs onnx and onnxruntime ({e.name} is missing): pip install -r requirements-export.txt"
+        ) from None
     import numpy as np
     import torch
 
@@ -177,8 +178,9 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
     model, info = model_from_checkpoint(ckpt, cfg.model_name, path=cfg.model_path)
     check_num_classes(cfg.num_classes, info["num_classes"], cfg.model_path)
     names = read_class_names(cfg.class_names, info["num_classes"]) if cfg.class_names else info["class_names"]
-    size = cfg.image_size if cfg.image_size is not None else info["image_size"] or default_image_size(
-        info["model_name"])
+    size = (
+        cfg.image_size if cfg.image_size is not None else info["image_size"] or default_image_size(info["model_name"])
+    )
     check_image_size(info["model_name"], size)
     blurs = _rewrite_blur(model)
     net = _wrapped(model, cfg.sigmoid, cfg.fp16)
@@ -189,20 +191,37 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
         warnings.simplefilter("ignore")
         with torch.inference_mode(False), torch.no_grad():
             try:
-                torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=cfg.opset, input_names=["images"],
-                                  output_names=["scores" if cfg.sigmoid else "logits"], do_constant_folding=True,
-                                  dynamic_axes={"images": {0: "batch"}, ("scores" if cfg.sigmoid else "logits"):
-                                                {0: "batch"}} if cfg.dynamic_batch else None)
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    buf,
+                    dynamo=False,
+                    opset_version=cfg.opset,
+                    input_names=["images"],
+                    output_names=["scores" if cfg.sigmoid else "logits"],
+                    do_constant_folding=True,
+                    dynamic_axes={"images": {0: "batch"}, ("scores" if cfg.sigmoid else "logits"): {0: "batch"}}
+                    if cfg.dynamic_batch
+                    else None,
+                )
             except Exception as e:  # noqa: BLE001  (the exporter raises its own classes: an op with no form here)
                 why = str(e).strip().splitlines()[0][:240] if str(e).strip() else ""
-                raise ExportError(f"{info['model_name']} cannot be exported at --opset {cfg.opset} "
-                                  f"({type(e).__name__}: {why}); try a newer opset (the default, 17, or up to 21)") \
-                    from None
+                raise ExportError(
+                    f"{info['model_name']} cannot be exported at --opset {cfg.opset} "
+                    f"({type(e).__name__}: {why}); try a newer opset (the default, 17, or up to 21)"
+                ) from None
     proto = onnx.load_from_string(buf.getvalue())
-    meta = {"asl_format": "1", "model_name": info["model_name"], "class_names": json.dumps(list(names)),
-            "image_size": str(size), "mean": json.dumps(list(info["mean"])), "std": json.dumps(list(info["std"])),
-            "resize": "pil_squish", "output": "scores" if cfg.sigmoid else "logits",
-            "source": Path(cfg.model_path).name}
+    meta = {
+        "asl_format": "1",
+        "model_name": info["model_name"],
+        "class_names": json.dumps(list(names)),
+        "image_size": str(size),
+        "mean": json.dumps(list(info["mean"])),
+        "std": json.dumps(list(info["std"])),
+        "resize": "pil_squish",
+        "output": "scores" if cfg.sigmoid else "logits",
+        "source": Path(cfg.model_path).name,
+    }
     if info.get("thresholds") is not None:
         meta["thresholds"] = json.dumps([float(t) for t in info["thresholds"]])
     if info.get("config"):  # the training config: validate.py's defaults (dataset, split, size), as for the .pth
@@ -212,8 +231,10 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
         entry.key, entry.value = k, v
     report = graph_report(proto)
     if report["custom"] or report["reflect_pads"]:
-        raise ExportError(f"the graph breaks the export rules: custom ops {report['custom'][:3]}, reflect pads "
-                          f"{report['reflect_pads'][:3]}")
+        raise ExportError(
+            f"the graph breaks the export rules: custom ops {report['custom'][:3]}, reflect pads "
+            f"{report['reflect_pads'][:3]}"
+        )
     data = proto.SerializeToString()
     diff = None
     if cfg.check:
@@ -224,35 +245,52 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(data, opts,
-                                           providers=providers(cfg.device if cfg.device != "auto" else "cpu"))
+            session = ort.InferenceSession(
+                data, opts, providers=providers(cfg.device if cfg.device != "auto" else "cpu")
+            )
         except Exception as e:  # noqa: BLE001  (onnxruntime's own unexported classes)
             why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise ExportError(f"onnxruntime cannot load the graph exported at --opset {cfg.opset} ({why}); try "
-                              f"another --opset; {dest} was not written") from None
-        got = np.concatenate([session.run(None, {"images": batch[i:i + 1].numpy()})[0] for i in range(len(batch))]) \
-            if not cfg.dynamic_batch else session.run(None, {"images": batch.numpy()})[0]
+            raise ExportError(
+                f"onnxruntime cannot load the graph exported at --opset {cfg.opset} ({why}); try "
+                f"another --opset; {dest} was not written"
+            ) from None
+        got = (
+            np.concatenate([session.run(None, {"images": batch[i : i + 1].numpy()})[0] for i in range(len(batch))])
+            if not cfg.dynamic_batch
+            else session.run(None, {"images": batch.numpy()})[0]
+        )
         diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
-        print(f"onnxruntime vs PyTorch on {len(batch)} pictures: max |diff| {diff:.2e} "
-              f"(bound {TOLERANCE[cfg.fp16]:g})")
+        print(f"onnxruntime vs PyTorch on {len(batch)} pictures: max |diff| {diff:.2e} (bound {TOLERANCE[cfg.fp16]:g})")
         if not diff <= TOLERANCE[cfg.fp16]:
-            raise ExportError(f"onnxruntime's outputs differ from PyTorch's by {diff:.3g} (> {TOLERANCE[cfg.fp16]:g}); "
-                              f"{dest} was not written")
+            raise ExportError(
+                f"onnxruntime's outputs differ from PyTorch's by {diff:.3g} (> {TOLERANCE[cfg.fp16]:g}); "
+                f"{dest} was not written"
+            )
     atomic_write(dest, data)
     shape = "dynamic batch" if cfg.dynamic_batch else "batch 1"
     dtype = "float16" if cfg.fp16 else "float32"
-    print(f"{info['model_name']} ({len(names)} classes, {size} px, {shape}, {dtype} weights, {meta['output']}) "
-          f"-> {dest} "
-          f"({len(data) / 2**20:.1f} MiB, {report['nodes']} nodes, no custom op, no reflect padding"
-          + (f": {blurs} anti-aliasing blurs padded explicitly" if blurs else "") + ")")
+    print(
+        f"{info['model_name']} ({len(names)} classes, {size} px, {shape}, {dtype} weights, {meta['output']}) "
+        f"-> {dest} "
+        f"({len(data) / 2**20:.1f} MiB, {report['nodes']} nodes, no custom op, no reflect padding"
+        + (f": {blurs} anti-aliasing blurs padded explicitly" if blurs else "")
+        + ")"
+    )
     return {"output": dest, "max_abs_diff": diff, "graph": report, "metadata": meta, "blur_rewritten": blurs}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = cli.build_parser(cli.prog("export"), __doc__.split("\n\n")[0], cli.EXPORT_FIELDS,
-                              notes={"image_size": "the checkpoint's, else the model's official size",
-                                     "model_name": "the checkpoint's", "output": "the checkpoint's path, .onnx",
-                                     "device": "auto: the check runs on onnxruntime's CPU provider"})
+    parser = cli.build_parser(
+        cli.prog("export"),
+        __doc__.split("\n\n")[0],
+        cli.EXPORT_FIELDS,
+        notes={
+            "image_size": "the checkpoint's, else the model's official size",
+            "model_name": "the checkpoint's",
+            "output": "the checkpoint's path, .onnx",
+            "device": "auto: the check runs on onnxruntime's CPU provider",
+        },
+    )
     config_path, flags = cli.parse_flags(parser, argv)
     cli.setup_logging()
     export_onnx(load_config(config_path, flags))

@@ -25,8 +25,10 @@ def check_dataset_options(cfg: Config) -> None:
     if unread:
         owners = {o: [n for n, s in DATASETS.items() if o in s.options] for o in unread}
         o = unread[0]
-        raise ConfigError(f"{flag_name(o)} {getattr(cfg, o)!r} is not read by --dataset {cfg.dataset} (it is a "
-                          f"{'/'.join(owners[o])} option); remove it, or name the dataset it belongs to")
+        raise ConfigError(
+            f"{flag_name(o)} {getattr(cfg, o)!r} is not read by --dataset {cfg.dataset} (it is a "
+            f"{'/'.join(owners[o])} option); remove it, or name the dataset it belongs to"
+        )
 
 
 def prepare_data(cfg: Config) -> None:
@@ -39,17 +41,27 @@ def prepare_data(cfg: Config) -> None:
         ensure_demo(Path(cfg.data_root), num_classes=cfg.demo_classes)
 
 
-def dataset_from_config(cfg: Config, train: bool, mean: Sequence[float], std: Sequence[float],
-                        split: Optional[str] = None):
+def dataset_from_config(
+    cfg: Config, train: bool, mean: Sequence[float], std: Sequence[float], split: Optional[str] = None
+):
     """The training (``train=True``) or evaluation split named by ``cfg``."""
     train_split, eval_split = default_splits(cfg.dataset)
     split = split or ((cfg.train_split or train_split) if train else (cfg.val_split or eval_split))
-    transform = build_transform(train, cfg.image_size, mean, std, augment=cfg.augment if train else "none",
-                                resize=cfg.resize)
+    transform = build_transform(
+        train, cfg.image_size, mean, std, augment=cfg.augment if train else "none", resize=cfg.resize
+    )
     spec = DATASETS[cfg.dataset]
     options = {o: (0 if o == "seed" else getattr(cfg, o)) for o in spec.options}  # tagged splits with seed 0
-    ds = create_dataset(cfg.dataset, cfg.data_root, split, transform, max_bad_fraction=cfg.max_bad_fraction,
-                        max_bad_images=cfg.max_bad_images, draft_size=cfg.image_size if train else None, **options)
+    ds = create_dataset(
+        cfg.dataset,
+        cfg.data_root,
+        split,
+        transform,
+        max_bad_fraction=cfg.max_bad_fraction,
+        max_bad_images=cfg.max_bad_images,
+        draft_size=cfg.image_size if train else None,
+        **options,
+    )
     if train and cfg.label_noise:
         flip_positives(ds, cfg.label_noise, cfg.seed)
     check_num_classes(cfg.num_classes, ds.num_classes, ds.name)

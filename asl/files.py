@@ -37,8 +37,13 @@ def _umask() -> int:
 _MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp's own is 0600
 
 
-def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str, None] = None, *,
-                 writer: Optional[Callable[[BinaryIO], None]] = None, encoding: str = "utf-8") -> Path:
+def atomic_write(
+    path: Union[str, os.PathLike],
+    data: Union[bytes, str, None] = None,
+    *,
+    writer: Optional[Callable[[BinaryIO], None]] = None,
+    encoding: str = "utf-8",
+) -> Path:
     """Write ``data`` (bytes, or text in ``encoding``) or whatever ``writer(file)`` writes to ``path``.
 
     Args:

@@ -49,8 +49,7 @@ def check_targets(targets: torch.Tensor) -> None:
     bad = ~(((t >= 0) & (t <= 1)) | (t == -1))  # NaN fails both tests
     if bool(bad.any()):
         value = t[bad][0].item()
-        raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {value!r} "
-                         f"({int(bad.sum())} such values)")
+        raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {value!r} ({int(bad.sum())} such values)")
 
 
 def _prepare_targets(targets: torch.Tensor, dtype: torch.dtype, label_smoothing: float):
@@ -115,8 +114,9 @@ def _ipow(t: torch.Tensor, g: float) -> torch.Tensor:
 _CHUNK_ELEMS = 1 << 17
 
 
-def _kernel(x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: _Opts,
-            grad_out: Optional[torch.Tensor]) -> torch.Tensor:
+def _kernel(
+    x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: _Opts, grad_out: Optional[torch.Tensor]
+) -> torch.Tensor:
     """Element-wise loss of one chunk (R, C); writes dL/dx into grad_out when given.
 
     Returns ``l = neg + y (pos - neg)`` (= -L before class weights are applied: the caller
@@ -199,8 +199,7 @@ def _kernel(x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: 
     return loss
 
 
-def _run(x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: _Opts, reduction: str,
-         need_grad: bool):
+def _run(x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: _Opts, reduction: str, need_grad: bool):
     """Loss (reduced with the reduction's scale applied later) and dL/dx over row chunks."""
     n, c = x.shape
     grad = torch.empty_like(x) if need_grad else None
@@ -233,8 +232,9 @@ def _reduce_scale(reduction: str, n: int, known: Optional[torch.Tensor], numel: 
     return None
 
 
-def _forward(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach,
-             reduction, label_smoothing, need_grad):
+def _forward(
+    logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach, reduction, label_smoothing, need_grad
+):
     dtype = _compute_dtype(logits)
     c = logits.shape[-1] if logits.dim() else 1
     x = logits.detach()
@@ -243,9 +243,15 @@ def _forward(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, ep
     if x.dim() != 2:
         x, targets = x.reshape(-1, c), targets.reshape(-1, c)
     y, known = _prepare_targets(targets, dtype, label_smoothing)
-    o = _Opts(gamma_pos, gamma_neg, clip, eps, detach,
-              pos_weight.to(dtype) if pos_weight is not None else None,
-              weight.to(dtype) if weight is not None else None)
+    o = _Opts(
+        gamma_pos,
+        gamma_neg,
+        clip,
+        eps,
+        detach,
+        pos_weight.to(dtype) if pos_weight is not None else None,
+        weight.to(dtype) if weight is not None else None,
+    )
     out, grad = _run(x.contiguous(), y.contiguous(), known, o, reduction, need_grad)
     scale = _reduce_scale(reduction, logits.shape[0] if logits.dim() else 1, known, x.numel())
     if grad is not None:
@@ -265,10 +271,23 @@ class _FusedASL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach,
-                reduction, label_smoothing):
-        out, grad, scale = _forward(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps,
-                                    detach, reduction, label_smoothing, need_grad=True)
+    def forward(
+        ctx, logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach, reduction, label_smoothing
+    ):
+        out, grad, scale = _forward(
+            logits,
+            targets,
+            weight,
+            pos_weight,
+            gamma_pos,
+            gamma_neg,
+            clip,
+            eps,
+            detach,
+            reduction,
+            label_smoothing,
+            need_grad=True,
+        )
         ctx.save_for_backward(grad)
         ctx.in_dtype = logits.dtype
         ctx.scale = scale
@@ -295,8 +314,9 @@ def _is_soft(targets: torch.Tensor, label_smoothing: float) -> bool:
     return bool(((targets > 0) & (targets < 1)).any())
 
 
-def _soft_asl(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach, reduction,
-              label_smoothing) -> torch.Tensor:
+def _soft_asl(
+    logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach, reduction, label_smoothing
+) -> torch.Tensor:
     """The official element formula for any target y in [0, 1], with autograd.
 
     One focusing weight per element, ``w = (1 - pt)^(g+ y + g- (1 - y))`` with
@@ -399,14 +419,48 @@ def asymmetric_loss(
     gamma_pos, gamma_neg = float(gamma_pos), float(gamma_neg)
     clip = float(clip) if clip else None
     if _is_soft(targets, label_smoothing):
-        return _soft_asl(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps,
-                         bool(disable_torch_grad_focal_loss), reduction, label_smoothing)
+        return _soft_asl(
+            logits,
+            targets,
+            weight,
+            pos_weight,
+            gamma_pos,
+            gamma_neg,
+            clip,
+            eps,
+            bool(disable_torch_grad_focal_loss),
+            reduction,
+            label_smoothing,
+        )
     if torch.is_grad_enabled() and logits.requires_grad:
-        return _FusedASL.apply(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps,
-                               bool(disable_torch_grad_focal_loss), reduction, label_smoothing)
+        return _FusedASL.apply(
+            logits,
+            targets,
+            weight,
+            pos_weight,
+            gamma_pos,
+            gamma_neg,
+            clip,
+            eps,
+            bool(disable_torch_grad_focal_loss),
+            reduction,
+            label_smoothing,
+        )
     # No gradient wanted (evaluation): the value alone.
-    out, _, _ = _forward(logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps,
-                         True, reduction, label_smoothing, need_grad=False)
+    out, _, _ = _forward(
+        logits,
+        targets,
+        weight,
+        pos_weight,
+        gamma_pos,
+        gamma_neg,
+        clip,
+        eps,
+        True,
+        reduction,
+        label_smoothing,
+        need_grad=False,
+    )
     return out
 
 

@@ -26,13 +26,44 @@ __all__ = ["UNREADABLE", "IMAGE_EXTENSIONS", "load_rgb", "to_rgb"]
 # What decoding can raise when the file is not a readable picture. PIL's plugins raise more
 # than OSError on fuzzed input (DDS: NotImplementedError, TGA / ICO: struct.error, IndexError,
 # ZeroDivisionError, ...), and its guard against decompression bombs.
-UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, NotImplementedError,
-              SyntaxError, struct.error, IndexError, KeyError, TypeError, ZeroDivisionError, EOFError,
-              zlib.error, OverflowError, MemoryError)
+UNREADABLE = (
+    OSError,
+    UnidentifiedImageError,
+    ValueError,
+    Image.DecompressionBombError,
+    NotImplementedError,
+    SyntaxError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    EOFError,
+    zlib.error,
+    OverflowError,
+    MemoryError,
+)
 
 # File name endings a folder's pictures are found by (infer.py DIR).
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-                    ".pgm", ".pbm", ".pnm", ".dds", ".tga", ".ico"}
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+    ".dds",
+    ".tga",
+    ".ico",
+}
 
 
 def _grey_to_8bit(img: Image.Image) -> Image.Image:

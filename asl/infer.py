@@ -54,8 +54,9 @@ def collect_images(specs: List[str]) -> List[Path]:
         elif p.exists():
             raise DataError(f"{spec} is not a regular file (a pipe or a device), so it is not read as an image")
         elif glob.has_magic(spec):
-            found = sorted(Path(f) for f in glob.glob(spec)
-                           if Path(f).suffix.lower() in IMAGE_EXTENSIONS and Path(f).is_file())
+            found = sorted(
+                Path(f) for f in glob.glob(spec) if Path(f).suffix.lower() in IMAGE_EXTENSIONS and Path(f).is_file()
+            )
             if not found:
                 raise DataError(f"no images match {spec}")
             paths += found
@@ -74,8 +75,9 @@ def check_save_image(path: str, overwrite: bool) -> Path:
     dest = Path(path)
     fmt = Image.registered_extensions().get(dest.suffix.lower())
     if fmt is None:
-        raise ConfigError(f"--save-image {path}: unknown picture format {dest.suffix or '(no extension)'!r}; "
-                          f"use .png or .jpg")
+        raise ConfigError(
+            f"--save-image {path}: unknown picture format {dest.suffix or '(no extension)'!r}; use .png or .jpg"
+        )
     writes = fmt in Image.SAVE  # PIL reads PSD, FITS, XPM, CUR, ... but cannot write them
     if writes:
         import io
@@ -133,10 +135,12 @@ class _TorchModel(_Model):
         model, info = model_from_checkpoint(ckpt, cfg.model_name, path=cfg.model_path)
         check_num_classes(cfg.num_classes, info["num_classes"], cfg.model_path)
         # --class-names: the outputs' names, in order (a file without names, or with wrong ones)
-        self.names = read_class_names(cfg.class_names, info["num_classes"]) if cfg.class_names \
-            else info["class_names"]
-        size = cfg.image_size if cfg.image_size is not None else info["image_size"] or default_image_size(
-            info["model_name"])
+        self.names = read_class_names(cfg.class_names, info["num_classes"]) if cfg.class_names else info["class_names"]
+        size = (
+            cfg.image_size
+            if cfg.image_size is not None
+            else info["image_size"] or default_image_size(info["model_name"])
+        )
         check_image_size(info["model_name"], size)
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
@@ -207,7 +211,7 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
     first_img = None
     for start in range(0, len(paths), cfg.batch_size):
         batch, imgs = [], []
-        for p in paths[start:start + cfg.batch_size]:
+        for p in paths[start : start + cfg.batch_size]:
             try:
                 imgs.append(load_rgb(p))
             except DataError as e:  # one bad picture (a macOS ._photo.jpg) is named; the rest are tagged
@@ -220,15 +224,17 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
             first_img = imgs[0]
         for p, s in zip(batch, model.scores(imgs)):
             keep = np.flatnonzero(s > thresholds).tolist()  # strict, as the official infer.py
-            labels = sorted(({"label": model.names[k], "score": round(float(s[k]), 4)} for k in keep),
-                            key=lambda d: -d["score"])
+            labels = sorted(
+                ({"label": model.names[k], "score": round(float(s[k]), 4)} for k in keep), key=lambda d: -d["score"]
+            )
             if cfg.top_k:
                 labels = labels[: cfg.top_k]
             results.append({"image": str(p), "labels": labels})
 
     if not results:
-        raise DataError(bad[0][1] if len(bad) == 1 else f"none of the {len(paths)} pictures could be read "
-                                                         f"(first: {bad[0][1]})")
+        raise DataError(
+            bad[0][1] if len(bad) == 1 else f"none of the {len(paths)} pictures could be read (first: {bad[0][1]})"
+        )
     for _, why in bad:
         print(f"warning: skipped: {why}", file=sys.stderr)
     if bad:
@@ -250,10 +256,13 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = cli.build_parser(cli.prog("infer"), __doc__.split("\n\n")[0], cli.INFER_FIELDS,
-                              defaults=Config(batch_size=64),
-                              notes={"image_size": "the checkpoint's, else the model's official size",
-                                     "model_name": "the checkpoint's"})
+    parser = cli.build_parser(
+        cli.prog("infer"),
+        __doc__.split("\n\n")[0],
+        cli.INFER_FIELDS,
+        defaults=Config(batch_size=64),
+        notes={"image_size": "the checkpoint's, else the model's official size", "model_name": "the checkpoint's"},
+    )
     config_path, flags = cli.parse_flags(parser, argv)
     cfg = load_config(config_path, flags)
     cli.setup_logging(verbose=False)

@@ -83,16 +83,21 @@ class AsymmetricLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return AF.asymmetric_loss(
-            logits, targets,
-            gamma_neg=self.gamma_neg, gamma_pos=self.gamma_pos, clip=self.clip, eps=self.eps,
+            logits,
+            targets,
+            gamma_neg=self.gamma_neg,
+            gamma_pos=self.gamma_pos,
+            clip=self.clip,
+            eps=self.eps,
             disable_torch_grad_focal_loss=self.disable_torch_grad_focal_loss,
-            reduction=self.reduction, label_smoothing=self.label_smoothing,
-            weight=self.weight, pos_weight=self.pos_weight,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            weight=self.weight,
+            pos_weight=self.pos_weight,
         )
 
     def extra_repr(self) -> str:
-        return (f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, "
-                f"reduction={self.reduction!r}")
+        return f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, reduction={self.reduction!r}"
 
 
 class AsymmetricLossOptimized(AsymmetricLoss):
@@ -100,8 +105,15 @@ class AsymmetricLossOptimized(AsymmetricLoss):
     default differentiates through the focusing weights
     (``disable_torch_grad_focal_loss=False``). Both take the fused path."""
 
-    def __init__(self, gamma_neg: float = 4, gamma_pos: float = 1, clip: Optional[float] = 0.05,
-                 eps: float = 1e-8, disable_torch_grad_focal_loss: bool = False, **kwargs):
+    def __init__(
+        self,
+        gamma_neg: float = 4,
+        gamma_pos: float = 1,
+        clip: Optional[float] = 0.05,
+        eps: float = 1e-8,
+        disable_torch_grad_focal_loss: bool = False,
+        **kwargs,
+    ):
         super().__init__(gamma_neg, gamma_pos, clip, eps, disable_torch_grad_focal_loss, **kwargs)
 
 
@@ -130,8 +142,9 @@ class ASLSingleLabel(nn.Module):
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return AF.asl_single_label(logits, target, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg,
-                                   eps=self.eps, reduction=self.reduction)
+        return AF.asl_single_label(
+            logits, target, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, eps=self.eps, reduction=self.reduction
+        )
 
 
 class AdaptiveAsymmetricLoss(AsymmetricLoss):
@@ -164,8 +177,16 @@ class AdaptiveAsymmetricLoss(AsymmetricLoss):
         max_gamma_neg: upper bound of gamma_neg.
     """
 
-    def __init__(self, gamma_pos: float = 0, gamma_neg: float = 4, clip: Optional[float] = 0.05,
-                 delta_p_target: float = 0.1, lam: float = 0.1, max_gamma_neg: float = 20.0, **kwargs):
+    def __init__(
+        self,
+        gamma_pos: float = 0,
+        gamma_neg: float = 4,
+        clip: Optional[float] = 0.05,
+        delta_p_target: float = 0.1,
+        lam: float = 0.1,
+        max_gamma_neg: float = 20.0,
+        **kwargs,
+    ):
         super().__init__(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, **kwargs)
         self.delta_p_target = float(delta_p_target)
         self.lam = float(lam)
@@ -217,8 +238,12 @@ LOSS_OPTIONS = {
     "focal": {"focal_gamma": "gamma"},
     "bce": {},
 }
-COMMON_LOSS_OPTIONS = {"eps": "eps", "loss_reduction": "reduction", "label_smoothing": "label_smoothing",
-                       "disable_torch_grad_focal_loss": "disable_torch_grad_focal_loss"}
+COMMON_LOSS_OPTIONS = {
+    "eps": "eps",
+    "loss_reduction": "reduction",
+    "label_smoothing": "label_smoothing",
+    "disable_torch_grad_focal_loss": "disable_torch_grad_focal_loss",
+}
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:

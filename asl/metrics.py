@@ -48,8 +48,7 @@ def check_targets(targs: np.ndarray) -> None:
     t = targs.astype(np.float64, copy=False)
     bad = ~(((t >= 0) & (t <= 1)) | (t == -1))
     if bad.any():
-        raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {t[bad][0]!r} ({int(bad.sum())} such "
-                         f"values)")
+        raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {t[bad][0]!r} ({int(bad.sum())} such values)")
 
 
 def _targets(a) -> np.ndarray:
@@ -341,6 +340,7 @@ def calibrate_thresholds(targs, preds, candidates: Optional[Sequence[float]] = N
         last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
         f1 = np.where(last, 2 * tp / (npred + n_pos), -1.0)
         cut = s_sorted[int(np.argmax(f1))]
-        out[k] = float(np.nextafter(cut, -np.inf, dtype=cut.dtype) if np.issubdtype(cut.dtype, np.floating)
-                       else cut - 0.5)
+        out[k] = float(
+            np.nextafter(cut, -np.inf, dtype=cut.dtype) if np.issubdtype(cut.dtype, np.floating) else cut - 0.5
+        )
     return out

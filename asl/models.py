@@ -49,8 +49,9 @@ class SelectOutputs(nn.Module):
         return self.model(x).index_select(1, self.order)
 
 
-def create_model(name: str, num_classes: int, head: str = "linear", pretrained_file: Optional[str] = None,
-                 **kwargs) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, head: str = "linear", pretrained_file: Optional[str] = None, **kwargs
+) -> nn.Module:
     """A timm model with ``num_classes`` logits, without downloading anything.
 
     Args:
@@ -77,11 +78,18 @@ def create_model(name: str, num_classes: int, head: str = "linear", pretrained_f
         except RuntimeError:  # timm: "Invalid pretrained tag"
             arch, tag = name.split(".", 1)
             tags = timm.list_pretrained(f"{arch}.*")
-            raise ConfigError(f"{name} names no pretrained weights timm knows (no tag {tag!r} for {arch}; its tags: "
-                              f"{', '.join(tags[:6])}{' ...' if len(tags) > 6 else ''})") from None
+            raise ConfigError(
+                f"{name} names no pretrained weights timm knows (no tag {tag!r} for {arch}; its tags: "
+                f"{', '.join(tags[:6])}{' ...' if len(tags) > 6 else ''})"
+            ) from None
     if pretrained_file is not None:
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)),
-                                  num_classes=num_classes, **kwargs)
+        model = timm.create_model(
+            name,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(pretrained_file)),
+            num_classes=num_classes,
+            **kwargs,
+        )
     else:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     if head == "bottleneck":
@@ -106,8 +114,9 @@ def check_image_size(name: str, image_size: int) -> None:
     except (AttributeError, TypeError, KeyError, IndexError):
         stride = 32  # a model that does not declare its stride: the common CNN downsampling
     if image_size < stride:
-        raise ConfigError(f"--image-size {image_size} is below {stride}, the smallest input {name} takes "
-                          f"(its total stride)")
+        raise ConfigError(
+            f"--image-size {image_size} is below {stride}, the smallest input {name} takes (its total stride)"
+        )
 
 
 def check_batch_trainable(name: str, image_size: int, batch: int) -> None:
@@ -122,9 +131,11 @@ def check_batch_trainable(name: str, image_size: int, batch: int) -> None:
         except ValueError as e:
             if "more than 1 value per channel" not in str(e):
                 raise
-            raise ConfigError(f"a training batch of {batch} picture{'s' if batch > 1 else ''} cannot train {name} at "
-                              f"{image_size} px: BatchNorm needs more than one value per channel; use --batch-size 2 "
-                              f"or more (and a training split of at least 2 images)") from None
+            raise ConfigError(
+                f"a training batch of {batch} picture{'s' if batch > 1 else ''} cannot train {name} at "
+                f"{image_size} px: BatchNorm needs more than one value per channel; use --batch-size 2 "
+                f"or more (and a training split of at least 2 images)"
+            ) from None
 
 
 def data_config(model_or_name) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:

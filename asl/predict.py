@@ -25,8 +25,15 @@ from PIL import Image
 
 from .errors import CheckpointError, ConfigError
 
-__all__ = ["OnnxTagger", "METADATA", "read_metadata", "preprocess", "read_class_names", "check_metadata",
-           "check_class_names"]
+__all__ = [
+    "OnnxTagger",
+    "METADATA",
+    "read_metadata",
+    "preprocess",
+    "read_class_names",
+    "check_metadata",
+    "check_class_names",
+]
 
 # metadata_props keys written by asl.export (values are strings; JSON where structured)
 METADATA = {
@@ -85,8 +92,11 @@ def read_metadata(session) -> Dict[str, Any]:
 
 
 def _numbers(v: Any, n: Optional[int] = None) -> bool:
-    return (isinstance(v, list) and (n is None or len(v) == n)
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x == x for x in v))
+    return (
+        isinstance(v, list)
+        and (n is None or len(v) == n)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x == x for x in v)
+    )
 
 
 def check_metadata(meta: Dict[str, Any], what: str = "metadata", unique: bool = False) -> Dict[str, Any]:
@@ -120,8 +130,10 @@ def check_metadata(meta: Dict[str, Any], what: str = "metadata", unique: bool = 
     if thr is not None:
         n = len(names) if isinstance(names, list) else None
         if not _numbers(thr, n) or not all(0 <= t <= 1 for t in thr):
-            raise CheckpointError(f"{what} 'thresholds' must be {n if n is not None else 'one'} number"
-                                  f"{'s' if n != 1 else ''} in [0, 1] (one per class)")
+            raise CheckpointError(
+                f"{what} 'thresholds' must be {n if n is not None else 'one'} number"
+                f"{'s' if n != 1 else ''} in [0, 1] (one per class)"
+            )
     return meta
 
 
@@ -138,8 +150,10 @@ def check_class_names(names: Sequence[str], what: str, unique: bool = True) -> L
             dup.append(n)
         seen.add(n)
     if dup and unique:
-        raise CheckpointError(f"{what}: {len(dup)} class name{'s are' if len(dup) > 1 else ' is'} listed twice "
-                              f"({', '.join(map(repr, dup[:3]))}); each class needs one name of its own")
+        raise CheckpointError(
+            f"{what}: {len(dup)} class name{'s are' if len(dup) > 1 else ' is'} listed twice "
+            f"({', '.join(map(repr, dup[:3]))}); each class needs one name of its own"
+        )
     return list(names)
 
 
@@ -164,8 +178,9 @@ def providers(device: str = "auto") -> List[str]:
     have = ort.get_available_providers()
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in have:
-            raise ConfigError(f"device {device!r} asked for, but onnxruntime has no CUDA provider here "
-                              f"(install onnxruntime-gpu)")
+            raise ConfigError(
+                f"device {device!r} asked for, but onnxruntime has no CUDA provider here (install onnxruntime-gpu)"
+            )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "auto" and "CUDAExecutionProvider" in have:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -185,8 +200,9 @@ class OnnxTagger:
             names the flags that supply it).
     """
 
-    def __init__(self, path: str, device: str = "auto", image_size: Optional[int] = None,
-                 class_names: Optional[List[str]] = None):
+    def __init__(
+        self, path: str, device: str = "auto", image_size: Optional[int] = None, class_names: Optional[List[str]] = None
+    ):
         import onnxruntime as ort
 
         self.path = str(path)
@@ -197,14 +213,16 @@ class OnnxTagger:
         try:
             self.session = ort.InferenceSession(self.path, opts, providers=providers(device))
         except Exception as e:  # noqa: BLE001  (onnxruntime raises its own unexported classes)
-            raise CheckpointError(f"{path}: not a loadable ONNX model ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:160]})") from None
+            raise CheckpointError(
+                f"{path}: not a loadable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+            ) from None
         self.meta = read_metadata(self.session)
         inp = self.session.get_inputs()
         out = self.session.get_outputs()
         if len(inp) != 1 or len(out) < 1 or len(inp[0].shape) != 4:
-            raise CheckpointError(f"{path}: expected one image input (N, 3, S, S), found "
-                                  f"{[(i.name, i.shape) for i in inp]}")
+            raise CheckpointError(
+                f"{path}: expected one image input (N, 3, S, S), found {[(i.name, i.shape) for i in inp]}"
+            )
         self.input_name = inp[0].name
         shape = inp[0].shape
         fixed = shape[2] if isinstance(shape[2], int) else None
@@ -218,11 +236,14 @@ class OnnxTagger:
         if names is None:
             missing.append("the class names (pass --class-names FILE, one name per line in output order)")
         if missing:
-            raise CheckpointError(f"{path} carries no {' and no '.join(missing)}; a model exported by "
-                                  f"export.py has them in its metadata")
+            raise CheckpointError(
+                f"{path} carries no {' and no '.join(missing)}; a model exported by export.py has them in its metadata"
+            )
         if fixed is not None and self.image_size != fixed:
-            raise ConfigError(f"{path} takes {fixed} px inputs only (exported without a dynamic size); "
-                              f"got --image-size {self.image_size}")
+            raise ConfigError(
+                f"{path} takes {fixed} px inputs only (exported without a dynamic size); "
+                f"got --image-size {self.image_size}"
+            )
         if out_classes is not None and len(names) != out_classes:
             raise CheckpointError(f"{path} has {out_classes} outputs but {len(names)} class names")
         self.class_names = list(names)
@@ -237,8 +258,10 @@ class OnnxTagger:
         from is refused, not silently ignored."""
         stored = self.meta.get("model_name")
         if model_name and model_name != stored:
-            raise ConfigError(f"--model-name {model_name} does not apply to {self.path}: an exported model is its own "
-                              f"graph (exported from {stored or 'an unnamed model'}); drop --model-name")
+            raise ConfigError(
+                f"--model-name {model_name} does not apply to {self.path}: an exported model is its own "
+                f"graph (exported from {stored or 'an unnamed model'}); drop --model-name"
+            )
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         return preprocess(img, self.image_size, self.mean, self.std)
@@ -247,7 +270,7 @@ class OnnxTagger:
         """Scores (N, C) float32 in [0, 1] of preprocessed images (N, 3, S, S)."""
         if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
             # a model exported without --dynamic-batch: one call per fixed-size chunk
-            parts = [self.run(batch[i:i + self.fixed_batch]) for i in range(0, len(batch), self.fixed_batch)]
+            parts = [self.run(batch[i : i + self.fixed_batch]) for i in range(0, len(batch), self.fixed_batch)]
             return np.concatenate(parts)
         y = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
         y = y.astype(np.float32)

@@ -70,10 +70,15 @@ def _pretrained_cfg(name: str):
         cfg = None
     tags = [t for t in timm.list_pretrained(f"{arch}.*")]
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        known = f"its tags: {', '.join(tags[:6])}{' ...' if len(tags) > 6 else ''}" if tags else \
-            f"timm has no pretrained weights for {arch}"
-        raise ConfigError(f"--pretrained: {name} names no pretrained weights timm knows ({known}); pass "
-                          f"--pretrained-path FILE for weights of your own, or --no-pretrained")
+        known = (
+            f"its tags: {', '.join(tags[:6])}{' ...' if len(tags) > 6 else ''}"
+            if tags
+            else f"timm has no pretrained weights for {arch}"
+        )
+        raise ConfigError(
+            f"--pretrained: {name} names no pretrained weights timm knows ({known}); pass "
+            f"--pretrained-path FILE for weights of your own, or --no-pretrained"
+        )
     return cfg
 
 
@@ -88,8 +93,10 @@ def resolve_pretrained(name: str) -> PretrainedSource:
     cfg = _pretrained_cfg(name)
     tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
     if not cfg.hf_hub_id:
-        raise ConfigError(f"--pretrained: {tag}'s weights are not on the Hugging Face Hub (only at {cfg.url}); "
-                          f"download that file and pass it with --pretrained-path FILE")
+        raise ConfigError(
+            f"--pretrained: {tag}'s weights are not on the Hugging Face Hub (only at {cfg.url}); "
+            f"download that file and pass it with --pretrained-path FILE"
+        )
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -98,18 +105,23 @@ def resolve_pretrained(name: str) -> PretrainedSource:
     cache = hub_cache_dir()
     for filename in files:
         try:
-            path = hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache,
-                                   local_files_only=_offline())
+            path = hf_hub_download(
+                repo, filename, revision=revision or None, cache_dir=cache, local_files_only=_offline()
+            )
             return PretrainedSource(tag=tag, repo=repo, file=Path(path))
         except LocalEntryNotFoundError:
             continue  # not cached (offline), or no network: the next name, then the message below
         except EntryNotFoundError:
             continue  # the repository has no file of this name
         except (OSError, ValueError) as e:  # HTTP errors are OSErrors; a broken cache too
-            raise ConfigError(f"--pretrained {tag}: cannot fetch hf-hub:{repo} ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160] if str(e) else ''}); pass --pretrained-path FILE "
-                              f"instead") from None
+            raise ConfigError(
+                f"--pretrained {tag}: cannot fetch hf-hub:{repo} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160] if str(e) else ''}); pass --pretrained-path FILE "
+                f"instead"
+            ) from None
     where = cache or "the Hugging Face cache (~/.cache/huggingface/hub)"
     why = "offline (HF_HUB_OFFLINE=1)" if _offline() else "the Hugging Face Hub could not be reached"
-    raise ConfigError(f"--pretrained {tag}: its weights (hf-hub:{repo}) are not in {where} and {why}: run once "
-                      f"with network to download them, or pass the weights file with --pretrained-path FILE")
+    raise ConfigError(
+        f"--pretrained {tag}: its weights (hf-hub:{repo}) are not in {where} and {why}: run once "
+        f"with network to download them, or pass the weights file with --pretrained-path FILE"
+    )

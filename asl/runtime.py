@@ -50,8 +50,11 @@ def train_base(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
 def train_help_notes() -> Tuple[Config, Dict[str, str]]:
     """(the fine-tuning base, help notes giving the demo's value where it differs)."""
     fine, demo = load_config(str(FINETUNE_CONFIG)), load_config(str(DEMO_CONFIG))
-    notes = {name: f"{getattr(fine, name)!r}; the demo: {getattr(demo, name)!r}" for name in FIELDS
-             if getattr(fine, name) != getattr(demo, name)}
+    notes = {
+        name: f"{getattr(fine, name)!r}; the demo: {getattr(demo, name)!r}"
+        for name in FIELDS
+        if getattr(fine, name) != getattr(demo, name)
+    }
     notes["output"] = "runs/<name of the data folder>; the demo: 'runs/demo'"
     return fine, notes
 
@@ -80,8 +83,9 @@ def resolve_training(cfg: Config) -> Config:
     (:func:`asl.config.default_image_size`), the output folder (``runs/<data folder>``)."""
     model = cfg.model_name or DEFAULT_MODEL
     size = cfg.image_size if cfg.image_size is not None else default_image_size(model)
-    return dataclasses.replace(cfg, model_name=model, image_size=size,
-                               output=cfg.output or default_output(cfg.data_root))
+    return dataclasses.replace(
+        cfg, model_name=model, image_size=size, output=cfg.output or default_output(cfg.data_root)
+    )
 
 
 def check_training(cfg: Config) -> Config:
@@ -104,11 +108,16 @@ def check_training(cfg: Config) -> Config:
         raise ConfigError(f"data folder not found: {cfg.data_root}")
     init = cfg.init_checkpoint or cfg.model_path
     if init and cfg.pretrained:
-        raise ConfigError(f"--pretrained (timm's weights of {cfg.model_name}) and --pretrained-path {init} both name "
-                          f"a start: keep one (--no-pretrained to start from the file)")
+        raise ConfigError(
+            f"--pretrained (timm's weights of {cfg.model_name}) and --pretrained-path {init} both name "
+            f"a start: keep one (--no-pretrained to start from the file)"
+        )
     if init and not Path(init).is_file():
-        raise ConfigError(f"--pretrained-path {init} not found" + (" (it is a folder)" if Path(init).is_dir() else "")
-                          + "; for timm's weights of the model pass --pretrained instead")
+        raise ConfigError(
+            f"--pretrained-path {init} not found"
+            + (" (it is a folder)" if Path(init).is_dir() else "")
+            + "; for timm's weights of the model pass --pretrained instead"
+        )
     if cfg.resume and not Path(cfg.resume).is_file():
         raise ConfigError(f"--resume {cfg.resume} not found")
     return cap_workers(cfg)
@@ -151,8 +160,18 @@ def writable_file(path: Path, flag: str, overwrite: bool) -> Path:
 # A run's own files besides RUN_FILES: its lock and marker, and the probes and temporaries of its writes.
 RUN_LOCK = ".asl-run.lock"
 # Names that say a folder is a dataset, not a run's output.
-DATASET_MARKERS = ("labels.csv", "classes.txt", "demo.json", "annotations", "images", "JPEGImages",
-                   "train2014", "val2014", "train2017", "val2017")
+DATASET_MARKERS = (
+    "labels.csv",
+    "classes.txt",
+    "demo.json",
+    "annotations",
+    "images",
+    "JPEGImages",
+    "train2014",
+    "val2014",
+    "train2017",
+    "val2017",
+)
 
 
 def _is_run_own(name: str) -> bool:
@@ -168,8 +187,7 @@ def _data_folder(data_root: str) -> Path:
     return (root.parent if root.suffix.lower() in (".csv", ".json", ".txt") else root).resolve()
 
 
-def check_output_dir(out: Path, overwrite: bool, resume: Optional[str] = None,
-                     data_root: Optional[str] = None) -> bool:
+def check_output_dir(out: Path, overwrite: bool, resume: Optional[str] = None, data_root: Optional[str] = None) -> bool:
     """A run writes only into a fresh (or empty) folder, or the folder of the run it resumes.
 
     Anything else in the folder, an earlier run's ``best.pth`` alone included, is refused unless
@@ -184,8 +202,10 @@ def check_output_dir(out: Path, overwrite: bool, resume: Optional[str] = None,
         data, target = _data_folder(data_root), out.expanduser().resolve()
         if target == data or data in target.parents or target in data.parents:
             where = "the" if target == data else "inside the" if data in target.parents else "a folder holding the"
-            raise ConfigError(f"--output {out} is {where} dataset folder {data_root}: a run never writes into its "
-                              f"data; choose another --output")
+            raise ConfigError(
+                f"--output {out} is {where} dataset folder {data_root}: a run never writes into its "
+                f"data; choose another --output"
+            )
     held = sorted(p.name for p in out.iterdir() if not _is_run_own(p.name)) if out.is_dir() else []
     own = resume is not None and Path(resume).resolve().parent == out.resolve()
     if held and not own:
@@ -193,12 +213,15 @@ def check_output_dir(out: Path, overwrite: bool, resume: Optional[str] = None,
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         if foreign:
             kind = "a dataset" if any(n in DATASET_MARKERS for n in held) else "files no run wrote"
-            raise ConfigError(f"{out} holds {kind} ({shown}), not a run's output: choose a new --output "
-                              f"(--overwrite replaces only a run's own files)")
+            raise ConfigError(
+                f"{out} holds {kind} ({shown}), not a run's output: choose a new --output "
+                f"(--overwrite replaces only a run's own files)"
+            )
         if not overwrite:
             hint = f", resume it with --resume {out / 'last.pth'}" if "last.pth" in held and not resume else ""
-            raise ConfigError(f"{out} already holds a run ({shown}); choose a new --output{hint}, or pass "
-                              f"--overwrite to replace it")
+            raise ConfigError(
+                f"{out} already holds a run ({shown}); choose a new --output{hint}, or pass --overwrite to replace it"
+            )
     created = not out.exists()
     writable_dir(out)
     return created
@@ -259,8 +282,10 @@ class RunLock:
         except OSError:
             other = os.pread(self.fd, 64, 0).decode("ascii", "replace").strip()
             os.close(self.fd)
-            raise ConfigError(f"another run is writing into {out}{f' (pid {other})' if other else ''}: wait for it "
-                              f"to end, or choose another --output") from None
+            raise ConfigError(
+                f"another run is writing into {out}{f' (pid {other})' if other else ''}: wait for it "
+                f"to end, or choose another --output"
+            ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode("ascii"), 0)
 

@@ -94,8 +94,14 @@ def _strict(cls, raw: Dict[str, Any], where: str):
     unknown = sorted(set(map(str, raw)) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
-    required = [f.name for f in dataclasses.fields(cls) if f.name in names and f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING and f.name not in raw]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name in names
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in raw
+    ]
     if required:
         raise ConfigError(f"{where}: missing key{'s' if len(required) > 1 else ''} {', '.join(required)}")
     try:
@@ -237,8 +243,9 @@ class RunStore:
 def read_run_folder(folder: Path) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, Any]]]:
     """(per-epoch records, per-class AP without the class names) of a training run's folder."""
     f = folder / "metrics.jsonl"
-    epochs = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if f.exists() else []
+    epochs = (
+        [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()] if f.exists() else []
+    )
     ap = None
     if (folder / "per_class_ap.json").exists():
         ap = json.loads((folder / "per_class_ap.json").read_text(encoding="utf-8"))
@@ -329,8 +336,13 @@ def plan_experiment(study: Study, e: Experiment, best_lrs: Dict[str, Dict[str, f
                 lrs = e.lrs
             for lr in lrs:
                 for seed in e.seeds or study.seeds:
-                    ov = {**study.setting(s).get("overrides", {}), **e.overrides, **p.get("overrides", {}),
-                          "lr": lr, "seed": seed}
+                    ov = {
+                        **study.setting(s).get("overrides", {}),
+                        **e.overrides,
+                        **p.get("overrides", {}),
+                        "lr": lr,
+                        "seed": seed,
+                    }
                     # resolved as the trainer resolves it (model, input size), so the key is the run's
                     cfg = resolve_training(load_config(None, ov, base=base))
                     key = config_key(cfg)
@@ -375,8 +387,7 @@ class _Launcher:
         argv += ["--resume", str(run.dir / "last.pth")] if (run.dir / "last.pth").exists() else ["--overwrite"]
         # the package this process runs, installed or not
         path = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
-                   PYTHONPATH=path)
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads), PYTHONPATH=path)
         t0 = time.perf_counter()
         with open(run_log(run), "a", encoding="utf-8") as logf:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
@@ -422,8 +433,16 @@ def execute(runs: List[Run], jobs: int) -> None:
             epochs, ap = read_run_folder(run.dir)
             run.store.add(run.cfg, epochs, ap)
             (run.dir / "last.pth").unlink(missing_ok=True)  # 4x best.pth; only an unfinished run needs it
-            log.info("%s %s %s lr %g seed %d: %.2f mAP in %.0fs", run.experiment, run.setting, run.point,
-                     run.lr, run.seed, final_map(run), sec)
+            log.info(
+                "%s %s %s lr %g seed %d: %.2f mAP in %.0fs",
+                run.experiment,
+                run.setting,
+                run.point,
+                run.lr,
+                run.seed,
+                final_map(run),
+                sec,
+            )
     except BaseException:
         launcher.stop()
         raise
@@ -458,9 +477,11 @@ def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = 
             todo = {r.key: r for r in runs if not r.done() and r.key not in counted}
             counted.update(todo)
             sizes = sorted({r.cfg.image_size for r in todo.values()})
-            print(f"{e.name}: {len(runs)} runs, {len(todo)} to train "
-                  f"({sum(r.epochs for r in todo.values())} epochs at {'/'.join(map(str, sizes)) or '-'} px)"
-                  + (f"; learning rates from {e.lr_from} once it is finished" if pending else ""))
+            print(
+                f"{e.name}: {len(runs)} runs, {len(todo)} to train "
+                f"({sum(r.epochs for r in todo.values())} epochs at {'/'.join(map(str, sizes)) or '-'} px)"
+                + (f"; learning rates from {e.lr_from} once it is finished" if pending else "")
+            )
     return planned
 
 
@@ -484,9 +505,16 @@ def dataset_stats(cfg: Config) -> Dict[str, Any]:
         va = dataset_from_config(clean, False, (0, 0, 0), (1, 1, 1))
         t = np.clip(tr.targets, 0, None)
         counts = t.sum(0)
-        _STATS_CACHE[key] = dict(data_root=cfg.data_root, classes=tr.num_classes, train=len(tr), val=len(va),
-                                 cardinality=float(t.sum(1).mean()), positive=float(t.mean()),
-                                 rarest=int(counts.min()), counts=counts.tolist())
+        _STATS_CACHE[key] = dict(
+            data_root=cfg.data_root,
+            classes=tr.num_classes,
+            train=len(tr),
+            val=len(va),
+            cardinality=float(t.sum(1).mean()),
+            positive=float(t.mean()),
+            rarest=int(counts.min()),
+            counts=counts.tolist(),
+        )
     return _STATS_CACHE[key]
 
 
@@ -557,8 +585,9 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[float] = None,
-                 source: str = "<study.yaml>") -> Path:
+def write_report(
+    study: Study, planned: Dict[str, List[Run]], elapsed: Optional[float] = None, source: str = "<study.yaml>"
+) -> Path:
     """``report.md`` and its figures under ``reports/<name>/``, from the finished runs."""
     from .plots import _pyplot
 
@@ -569,22 +598,35 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
     finished = len({r.key for r in all_runs if r.done()})
     lines = [f"# Study `{study.name}`", ""]
     if study.is_quick:
-        lines += ["**QUICK PROFILE**: fewer seeds, learning rates and points than the study; a smoke test "
-                  "of the claims, not their measurement.", ""]
-    lines += [f"Base config `{study.base_config}` with {json.dumps(study.base_overrides)}; "
-              f"{finished} of {len({r.key for r in all_runs})} planned runs finished"
-              + (f"; this invocation took {elapsed / 60:.1f} min" if elapsed else "") + ".",
-              "mAP is the final epoch's, the better of the plain and the EMA model. Δ is a paired per-seed "
-              "difference, mean [95% t-interval]; * marks an interval that excludes 0. p(pos), p(neg): mean "
-              "validation probability of positive and of negative labels at the end; Δp = p(pos) - (1 - p(neg)), "
-              "the gap between the confidence on positives and on negatives (paper Sec. 2.6-2.7).", ""]
+        lines += [
+            "**QUICK PROFILE**: fewer seeds, learning rates and points than the study; a smoke test "
+            "of the claims, not their measurement.",
+            "",
+        ]
+    lines += [
+        f"Base config `{study.base_config}` with {json.dumps(study.base_overrides)}; "
+        f"{finished} of {len({r.key for r in all_runs})} planned runs finished"
+        + (f"; this invocation took {elapsed / 60:.1f} min" if elapsed else "")
+        + ".",
+        "mAP is the final epoch's, the better of the plain and the EMA model. Δ is a paired per-seed "
+        "difference, mean [95% t-interval]; * marks an interval that excludes 0. p(pos), p(neg): mean "
+        "validation probability of positive and of negative labels at the end; Δp = p(pos) - (1 - p(neg)), "
+        "the gap between the confidence on positives and on negatives (paper Sec. 2.6-2.7).",
+        "",
+    ]
     cfgs = {(r.cfg.data_root, r.cfg.demo_classes): r.cfg for r in all_runs}
-    lines += ["## Datasets", "", "| data | classes | train / val images | labels per image | positive fraction | "
-              "rarest class (train images) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "## Datasets",
+        "",
+        "| data | classes | train / val images | labels per image | positive fraction | rarest class (train images) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for cfg in cfgs.values():
         st = dataset_stats(cfg)
-        lines.append(f"| `{st['data_root']}` | {st['classes']} | {st['train']} / {st['val']} | "
-                     f"{st['cardinality']:.2f} | {100 * st['positive']:.1f}% | {st['rarest']} |")
+        lines.append(
+            f"| `{st['data_root']}` | {st['classes']} | {st['train']} / {st['val']} | "
+            f"{st['cardinality']:.2f} | {100 * st['positive']:.1f}% | {st['rarest']} |"
+        )
     lines.append("")
     best_all: Dict[str, Dict[str, float]] = {}
     for e in study.experiments:
@@ -600,14 +642,24 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
         lines += [f"## {e.title or e.name}", ""]
         if e.claim:
             lines += [f"Claim: {e.claim}", ""]
-        lines += [f"Experiment `{e.name}`: settings {', '.join(f'`{s}`' for s in e.settings)}, overrides "
-                  f"{json.dumps(e.overrides)}, seeds {e.seeds or study.seeds}, "
-                  + (f"learning rates {e.lrs} (each setting at its best)" if e.lrs else
-                     f"learning rate: the best of `{e.lr_setting or 'each setting'}` in `{e.lr_from}`")
-                  + f"; {done}/{len(runs)} runs finished.", ""]
+        lines += [
+            f"Experiment `{e.name}`: settings {', '.join(f'`{s}`' for s in e.settings)}, overrides "
+            f"{json.dumps(e.overrides)}, seeds {e.seeds or study.seeds}, "
+            + (
+                f"learning rates {e.lrs} (each setting at its best)"
+                if e.lrs
+                else f"learning rate: the best of `{e.lr_setting or 'each setting'}` in `{e.lr_from}`"
+            )
+            + f"; {done}/{len(runs)} runs finished.",
+            "",
+        ]
         if e.lrs and len(e.lrs) > 1:
-            lines += ["Mean mAP per learning rate:", "", "| setting | " + " | ".join(f"{lr:g}" for lr in e.lrs) + " |",
-                      "| --- |" + " ---: |" * len(e.lrs)]
+            lines += [
+                "Mean mAP per learning rate:",
+                "",
+                "| setting | " + " | ".join(f"{lr:g}" for lr in e.lrs) + " |",
+                "| --- |" + " ---: |" * len(e.lrs),
+            ]
             for s in e.settings:
                 cells = []
                 for lr in e.lrs:
@@ -617,8 +669,10 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
             lines.append("")
         cmp_runs = _chosen(planned.get(e.compare_to, []), best_all.get(e.compare_to, {})) if e.compare_to else {}
         ref = f"`{e.baseline_point}`" if e.baseline_point else f"`{baseline}`"
-        head = "| " + (f"{e.axis or 'point'} | " if e.points else "") + "setting | lr | seeds | mAP mean ± std | " \
-               f"Δ vs {ref} | " + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "") + "p(pos) | p(neg) | Δp |"
+        head = (
+            "| " + (f"{e.axis or 'point'} | " if e.points else "") + "setting | lr | seeds | mAP mean ± std | "
+            f"Δ vs {ref} | " + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "") + "p(pos) | p(neg) | Δp |"
+        )
         lines += [head, "|" + " --- |" * (2 if e.points else 1) + " ---: |" * (8 if e.compare_to else 7)]
         for p in _points(e):
             for s in e.settings:
@@ -632,8 +686,13 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 last = [r.records()[-1] for r in rs.values()]
                 cells = [p["name"]] if e.points else []
-                cells += [s, f"{next(iter(rs.values())).lr:g}", str(len(rs)), f"{statistics.mean(vals):.2f} ± {sd:.2f}",
-                          "—" if bkey == (p["name"], s) else fmt_ci(_paired(maps, base_runs))]
+                cells += [
+                    s,
+                    f"{next(iter(rs.values())).lr:g}",
+                    str(len(rs)),
+                    f"{statistics.mean(vals):.2f} ± {sd:.2f}",
+                    "—" if bkey == (p["name"], s) else fmt_ci(_paired(maps, base_runs)),
+                ]
                 if e.compare_to:
                     other = _seed_maps(cmp_runs.get(("", s), {}))
                     cells.append(fmt_ci(_paired(maps, other)))
@@ -654,8 +713,14 @@ def write_report(study: Study, planned: Dict[str, List[Run]], elapsed: Optional[
         if e.quartiles and chosen:
             lines += _quartile_table(e, chosen, baseline, runs)
         lines += _gamma_figure(plt, root, e, chosen)
-    lines += ["## Commands", "", "```", f"python tools/study.py {source}"
-              + (" --quick" if study.is_quick else "") + " --jobs 2", "```", ""]
+    lines += [
+        "## Commands",
+        "",
+        "```",
+        f"python tools/study.py {source}" + (" --quick" if study.is_quick else "") + " --jobs 2",
+        "```",
+        "",
+    ]
     dest = root / "report.md"
     atomic_write(dest, "\n".join(lines))
     return dest
@@ -701,8 +766,11 @@ def _interaction_lines(e: Experiment, chosen) -> List[str]:
                 cells.append(f"`{s}` at {p['name']}: {fmt_ci(list(d.values()))}")
     if not cells:
         return []
-    return [f"Interaction: Δ vs `{e.baseline_point}` of each setting minus that of `{first}`, paired per seed "
-            "(> 0: the point helps this setting more): " + "; ".join(cells) + ".", ""]
+    return [
+        f"Interaction: Δ vs `{e.baseline_point}` of each setting minus that of `{first}`, paired per seed "
+        "(> 0: the point helps this setting more): " + "; ".join(cells) + ".",
+        "",
+    ]
 
 
 def _trend_lines(e: Experiment, chosen, baseline: str) -> List[str]:
@@ -713,22 +781,30 @@ def _trend_lines(e: Experiment, chosen, baseline: str) -> List[str]:
     xs = [float(p["value"]) for p in pts]
     unit = e.axis or "unit"
     maps = {s: [_seed_maps(chosen[(p["name"], s)]) for p in pts] for s in e.settings}
-    out = [f"Trend along {unit} ({len(pts)} points; least-squares slope per seed, mean [95% t-interval] "
-           f"over seeds, mAP per unit of {unit}): "
-           + "; ".join(f"`{s}` {fmt_ci(seed_slopes(xs, maps[s]), 3)}" for s in e.settings)]
+    out = [
+        f"Trend along {unit} ({len(pts)} points; least-squares slope per seed, mean [95% t-interval] "
+        f"over seeds, mAP per unit of {unit}): "
+        + "; ".join(f"`{s}` {fmt_ci(seed_slopes(xs, maps[s]), 3)}" for s in e.settings)
+    ]
     if baseline in e.settings and len(e.settings) > 1:
-        gains = {s: [_diff(d, b) for d, b in zip(maps[s], maps[baseline])]
-                 for s in e.settings if s != baseline}
-        out[-1] += "; gain over `" + baseline + "`: " + "; ".join(
-            f"`{s}` {fmt_ci(seed_slopes(xs, g), 3)}" for s, g in gains.items())
+        gains = {s: [_diff(d, b) for d, b in zip(maps[s], maps[baseline])] for s in e.settings if s != baseline}
+        out[-1] += (
+            "; gain over `"
+            + baseline
+            + "`: "
+            + "; ".join(f"`{s}` {fmt_ci(seed_slopes(xs, g), 3)}" for s, g in gains.items())
+        )
     out[-1] += "."
     return out + [""]
 
 
 def _advantage_change(e, chosen, cmp_runs, baseline) -> List[str]:
     """Does a setting's advantage over the baseline change under this experiment's condition?"""
-    out = [f"Change of each setting's advantage over `{baseline}` from `{e.compare_to}` to `{e.name}` "
-           "(paired per seed; > 0: the setting gains relative to the baseline):", ""]
+    out = [
+        f"Change of each setting's advantage over `{baseline}` from `{e.compare_to}` to `{e.name}` "
+        "(paired per seed; > 0: the setting gains relative to the baseline):",
+        "",
+    ]
     b_now = _seed_maps(chosen.get(("", baseline), {}))
     b_then = _seed_maps(cmp_runs.get(("", baseline), {}))
     for s in e.settings:
@@ -736,8 +812,9 @@ def _advantage_change(e, chosen, cmp_runs, baseline) -> List[str]:
             continue
         now = {k: final_map(r) for k, r in chosen.get(("", s), {}).items()}
         then = {k: final_map(r) for k, r in cmp_runs.get(("", s), {}).items()}
-        d = [(now[k] - b_now[k]) - (then[k] - b_then[k]) for k in sorted(now)
-             if k in b_now and k in then and k in b_then]
+        d = [
+            (now[k] - b_now[k]) - (then[k] - b_then[k]) for k in sorted(now) if k in b_now and k in then and k in b_then
+        ]
         out.append(f"- `{s}`: {fmt_ci(d)}")
     return out + [""]
 
@@ -752,8 +829,9 @@ def _curve_figures(plt, root: Path, e: Experiment, chosen) -> List[str]:
         m = [max(a, b) for a, b in zip(_mean_curve(runs, "mAP"), m)]
         axes[0].plot(range(1, len(m) + 1), m, marker=".", label=s)
         axes[1].plot(range(1, len(m) + 1), _mean_curve(runs, "p_pos"), label=f"{s} p(pos)")
-        axes[1].plot(range(1, len(m) + 1), _mean_curve(runs, "p_neg"), linestyle="--",
-                     color=axes[1].lines[-1].get_color())
+        axes[1].plot(
+            range(1, len(m) + 1), _mean_curve(runs, "p_neg"), linestyle="--", color=axes[1].lines[-1].get_color()
+        )
     axes[0].set(title="validation mAP (mean over seeds; max of plain, EMA)", xlabel="epoch")
     axes[1].set(title="mean validation probability: positives (—), negatives (--)", xlabel="epoch", yscale="log")
     axes[0].legend(fontsize=8)
@@ -778,8 +856,14 @@ def _sweep_figure(plt, root: Path, e: Experiment, chosen, runs) -> List[str]:
         pts = [(xs[p["name"]], [final_map(r) for r in chosen.get((p["name"], s), {}).values()]) for p in e.points]
         pts = [(x, v) for x, v in pts if v]
         if pts:
-            ax.errorbar([x for x, _ in pts], [statistics.mean(v) for _, v in pts],
-                        yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in pts], marker="o", capsize=3, label=s)
+            ax.errorbar(
+                [x for x, _ in pts],
+                [statistics.mean(v) for _, v in pts],
+                yerr=[statistics.stdev(v) if len(v) > 1 else 0 for _, v in pts],
+                marker="o",
+                capsize=3,
+                label=s,
+            )
     # long experiment titles would run off a 6-inch figure
     ax.set(xlabel=e.axis or "point", ylabel="mAP (mean ± std over seeds)")
     ax.set_title(textwrap.fill(e.title or e.name, 60), fontsize=10)
@@ -797,9 +881,14 @@ def _quartile_table(e: Experiment, chosen, baseline: str, runs: List[Run]) -> Li
     counts = np.asarray(dataset_stats(runs[0].cfg)["counts"])
     order = np.argsort(counts, kind="stable")
     quarts = np.array_split(order, 4)
-    lines = [f"AP gain over `{baseline}` by class-frequency quartile (Q1 = rarest; training images per class "
-             + ", ".join(f"Q{i + 1} {int(counts[q].min())}–{int(counts[q].max())}" for i, q in enumerate(quarts))
-             + "):", "", "| setting | Q1 | Q2 | Q3 | Q4 |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"AP gain over `{baseline}` by class-frequency quartile (Q1 = rarest; training images per class "
+        + ", ".join(f"Q{i + 1} {int(counts[q].min())}–{int(counts[q].max())}" for i, q in enumerate(quarts))
+        + "):",
+        "",
+        "| setting | Q1 | Q2 | Q3 | Q4 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
 
     def ap(r: Run) -> Optional[np.ndarray]:
         d = r.per_class_ap()
@@ -816,16 +905,22 @@ def _quartile_table(e: Experiment, chosen, baseline: str, runs: List[Run]) -> Li
         mine = {seed: ap(r) for seed, r in chosen.get(("", s), {}).items()}
         cells = []
         for q in quarts:
-            d = [100 * float(np.nanmean(mine[k][q] - base[k][q])) for k in sorted(mine)
-                 if k in base and mine[k] is not None and base[k] is not None]
+            d = [
+                100 * float(np.nanmean(mine[k][q] - base[k][q]))
+                for k in sorted(mine)
+                if k in base and mine[k] is not None and base[k] is not None
+            ]
             cells.append(fmt_ci(d))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
 def _gamma_figure(plt, root: Path, e: Experiment, chosen) -> List[str]:
-    traces = {(s, seed): [g for rec in r.records() for g in rec.get("gamma_neg_steps") or []]
-              for (_, s), rs in chosen.items() for seed, r in rs.items()}
+    traces = {
+        (s, seed): [g for rec in r.records() for g in rec.get("gamma_neg_steps") or []]
+        for (_, s), rs in chosen.items()
+        for seed, r in rs.items()
+    }
     traces = {k: v for k, v in traces.items() if v}
     if not traces:
         return []
@@ -840,10 +935,14 @@ def _gamma_figure(plt, root: Path, e: Experiment, chosen) -> List[str]:
     name = f"{e.name}_gamma.png"
     _save(fig, root / name)
     finals = [tr[-1] for tr in traces.values()]
-    return [f"![{e.name} gamma-]({name})", "",
-            f"Adaptive γ−: final {statistics.mean(finals):.2f} (range {min(finals):.2f}–{max(finals):.2f}); it "
-            f"stays within 10% of its final value after {100 * statistics.mean(fracs):.0f}% of training on average "
-            f"(range {100 * min(fracs):.0f}–{100 * max(fracs):.0f}%).", ""]
+    return [
+        f"![{e.name} gamma-]({name})",
+        "",
+        f"Adaptive γ−: final {statistics.mean(finals):.2f} (range {min(finals):.2f}–{max(finals):.2f}); it "
+        f"stays within 10% of its final value after {100 * statistics.mean(fracs):.0f}% of training on average "
+        f"(range {100 * min(fracs):.0f}–{100 * max(fracs):.0f}%).",
+        "",
+    ]
 
 
 def main(argv=None) -> int:

@@ -27,16 +27,24 @@ from .trainer import fit
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse a training command line, run :func:`asl.trainer.fit`, report where the result is."""
     defaults, notes = train_help_notes()
-    parser = cli.build_parser(cli.prog("train"), __doc__.rsplit("\n\n", 1)[0], cli.TRAIN_FIELDS,
-                              positional_data=True, defaults=defaults, notes=notes)
+    parser = cli.build_parser(
+        cli.prog("train"),
+        __doc__.rsplit("\n\n", 1)[0],
+        cli.TRAIN_FIELDS,
+        positional_data=True,
+        defaults=defaults,
+        notes=notes,
+    )
     config_path, flags = cli.parse_flags(parser, argv)
     cli.setup_logging()
     result = fit(prepare_training(config_path, flags))  # every value, name and file checked first
     if result.stopped_by:
         print(f"stopped by {result.stopped_by}; resume with --resume {result.last_checkpoint}", file=sys.stderr)
     elif result.is_main and result.best_checkpoint is not None and result.best.get("epoch") is not None:
-        print(f"best mAP {result.best['mAP']:.2f} at epoch {result.best['epoch']} ({result.best['selected']} "
-              f"weights) -> {result.best_checkpoint}")
+        print(
+            f"best mAP {result.best['mAP']:.2f} at epoch {result.best['epoch']} ({result.best['selected']} "
+            f"weights) -> {result.best_checkpoint}"
+        )
     return result.exit_code
 
 

@@ -199,8 +199,9 @@ class _Run:
         smallest = cfg.batch_size if per_rank > cfg.batch_size else per_rank  # later batches of one are dropped
         if smallest == 1 or cfg.batch_size == 1:
             check_batch_trainable(cfg.model_name, cfg.image_size, 1)
-        model = create_model(cfg.model_name, self.train_ds.num_classes,
-                             pretrained_file=str(source.file) if source is not None else None)
+        model = create_model(
+            cfg.model_name, self.train_ds.num_classes, pretrained_file=str(source.file) if source is not None else None
+        )
         if source is not None:
             log.info("pretrained start: %s", source.describe())
         init = cfg.init_checkpoint or cfg.model_path
@@ -219,12 +220,14 @@ class _Run:
 
         self.sampler = EpochSampler(len(self.train_ds), cfg.seed, self.dist.rank, self.dist.world_size)
         self.train_loader = loader_for(self.train_ds, cfg, train=True, device=device, sampler=self.sampler)
-        val_sampler = ShardSampler(len(self.val_ds), self.dist.rank, self.dist.world_size) if self.dist.enabled \
-            else None
+        val_sampler = (
+            ShardSampler(len(self.val_ds), self.dist.rank, self.dist.world_size) if self.dist.enabled else None
+        )
         self.val_loader = loader_for(self.val_ds, cfg, train=False, device=device, sampler=val_sampler)
         self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, fused=cuda)
-        self.scheduler = build_scheduler(self.optimizer, cfg.lr, cfg.epochs,
-                                         max(len(self.train_loader) // cfg.accum_steps, 1), cfg.pct_start)
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.lr, cfg.epochs, max(len(self.train_loader) // cfg.accum_steps, 1), cfg.pct_start
+        )
         self.ema = None
         if cfg.ema:
             from timm.utils import ModelEmaV3
@@ -232,28 +235,39 @@ class _Run:
             self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         # no host synchronization per step where the optimizer can skip a step on the device
-        self.defer_sync = cuda and self.scaler is None and getattr(self.optimizer, "_step_supports_amp_scaling",
-                                                                    False)
+        self.defer_sync = cuda and self.scaler is None and getattr(self.optimizer, "_step_supports_amp_scaling", False)
         net = model  # what the steps run: DDP under torchrun; EMA and checkpoints use the bare model
         if self.dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         if cfg.compile:
             net = torch.compile(net)
         self.net = net
 
         self.state = RunState()
         if resume_ckpt is not None:
-            self.state = restore_training_state(resume_ckpt, model, self.optimizer, self.scheduler, self.ema,
-                                                self.scaler, self.loss_fn)
-            log.info("resumed from %s at epoch %d%s", cfg.resume, self.state.next_epoch,
-                     f", step {self.state.step_in_epoch}" if self.state.mid_epoch else "")
+            self.state = restore_training_state(
+                resume_ckpt, model, self.optimizer, self.scheduler, self.ema, self.scaler, self.loss_fn
+            )
+            log.info(
+                "resumed from %s at epoch %d%s",
+                cfg.resume,
+                self.state.next_epoch,
+                f", step {self.state.step_in_epoch}" if self.state.mid_epoch else "",
+            )
             if not self.state.mid_epoch and self.state.rng is not None:
                 set_rng_state(self.state.rng)  # mid-epoch: train_one_epoch restores them once its iterator exists
         if self.main and not cfg.dry_run:
             dump_config(cfg, out / "config.yaml")
-        self.meta = dict(model_name=cfg.model_name, class_names=self.train_ds.class_names,
-                         image_size=cfg.image_size, mean=mean, std=std, config=cfg.to_dict())
+        self.meta = dict(
+            model_name=cfg.model_name,
+            class_names=self.train_ds.class_names,
+            image_size=cfg.image_size,
+            mean=mean,
+            std=std,
+            config=cfg.to_dict(),
+        )
         self.adaptive = isinstance(self.loss_fn, AdaptiveAsymmetricLoss)
         self.history: List[Dict[str, Any]] = []
         if cfg.resume and (out / "metrics.jsonl").exists():
@@ -273,9 +287,19 @@ class _Run:
         self.state.epoch, self.state.step_in_epoch, self.state.partial = epoch, step_in_epoch, partial
         self.state.rng = get_rng_state()
         with self.stop.saving():  # a second Ctrl-C waits for the file to be whole
-            save_checkpoint(training_checkpoint(self.state, self.model, optimizer=self.optimizer,
-                                            scheduler=self.scheduler, ema=self.ema, scaler=self.scaler,
-                                                loss_fn=self.loss_fn, **self.meta), self.out / "last.pth")
+            save_checkpoint(
+                training_checkpoint(
+                    self.state,
+                    self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    ema=self.ema,
+                    scaler=self.scaler,
+                    loss_fn=self.loss_fn,
+                    **self.meta,
+                ),
+                self.out / "last.pth",
+            )
 
     # ------------------------------------------------------------------ the loop
 
@@ -284,9 +308,16 @@ class _Run:
         self.stop = stop
         start = state.next_epoch
         end = min(cfg.stop_epoch or cfg.epochs, cfg.epochs)
-        log.info("training %s on %s for %d epochs (schedule %d), %s, loss %s, %d steps/epoch", cfg.model_name,
-                 self.device, end - start, cfg.epochs, "AMP " + str(self.amp_dtype) if self.amp_dtype else "fp32",
-                 self.loss_fn.__class__.__name__, len(self.train_loader))
+        log.info(
+            "training %s on %s for %d epochs (schedule %d), %s, loss %s, %d steps/epoch",
+            cfg.model_name,
+            self.device,
+            end - start,
+            cfg.epochs,
+            "AMP " + str(self.amp_dtype) if self.amp_dtype else "fp32",
+            self.loss_fn.__class__.__name__,
+            len(self.train_loader),
+        )
         result = RunResult(self.out, state.best, self.history, is_main=self.main)
         for epoch in range(start, end):
             t0 = time.perf_counter()
@@ -296,29 +327,52 @@ class _Run:
             # adaptive ASL: gamma- after every step (the study's settling analysis)
             self.epoch, self.done_before, self.gamma_trace = epoch, done_before, []
             stats = train_one_epoch(
-                self.net, self.train_loader, self.loss_fn, self.optimizer, self.device, scheduler=self.scheduler,
-                ema=self.ema, scaler=self.scaler, amp_dtype=self.amp_dtype, grad_clip=cfg.grad_clip, epoch=epoch,
-                global_step=state.global_step, print_freq=cfg.print_freq, channels_last=self.channels_last,
-                max_nonfinite=cfg.max_nonfinite, on_step=self.on_step, resume=resume,
+                self.net,
+                self.train_loader,
+                self.loss_fn,
+                self.optimizer,
+                self.device,
+                scheduler=self.scheduler,
+                ema=self.ema,
+                scaler=self.scaler,
+                amp_dtype=self.amp_dtype,
+                grad_clip=cfg.grad_clip,
+                epoch=epoch,
+                global_step=state.global_step,
+                print_freq=cfg.print_freq,
+                channels_last=self.channels_last,
+                max_nonfinite=cfg.max_nonfinite,
+                on_step=self.on_step,
+                resume=resume,
                 all_finite=(lambda ok: all_true(ok, self.dist)) if self.dist.enabled else None,
-                accum_steps=cfg.accum_steps, defer_sync=self.defer_sync)
+                accum_steps=cfg.accum_steps,
+                defer_sync=self.defer_sync,
+            )
             state.global_step = stats["global_step"]
             if stats["interrupted"]:
-                log.warning("stopped by %s; state saved: resume with --resume %s", stop.name or "a signal",
-                            self.out / "last.pth")
+                log.warning(
+                    "stopped by %s; state saved: resume with --resume %s",
+                    stop.name or "a signal",
+                    self.out / "last.pth",
+                )
                 result.stopped_by, result.signum, result.best = stop.name, stop.signum, state.best
                 return result
             rec = self.evaluate_epoch(epoch, stats, t0, self.gamma_trace)
             self.history.append(rec)
             self.save_last(epoch)
             if cfg.patience and epoch - state.best.get("epoch", epoch) >= cfg.patience:
-                log.info("early stop: no better mAP for %d epochs (best %.2f at epoch %d)", cfg.patience,
-                         state.best["mAP"], state.best["epoch"])
+                log.info(
+                    "early stop: no better mAP for %d epochs (best %.2f at epoch %d)",
+                    cfg.patience,
+                    state.best["mAP"],
+                    state.best["epoch"],
+                )
                 result.early_stopped = True
                 break
             if stop.received:
-                log.warning("stopped by %s after epoch %d; resume with --resume %s", stop.name, epoch,
-                            self.out / "last.pth")
+                log.warning(
+                    "stopped by %s after epoch %d; resume with --resume %s", stop.name, epoch, self.out / "last.pth"
+                )
                 result.stopped_by, result.signum, result.best = stop.name, stop.signum, state.best
                 return result
         if self.dist.enabled:
@@ -337,8 +391,11 @@ class _Run:
         stop_now = self.stop.received
         if self.dist.enabled:  # every rank stops at the same step, or the others would hang
             stop_now = not all_true(not stop_now, self.dist)
-        if stop_now or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-                        and in_epoch < len(self.train_loader) + self.done_before):
+        if stop_now or (
+            cfg.checkpoint_every
+            and step % cfg.checkpoint_every == 0
+            and in_epoch < len(self.train_loader) + self.done_before
+        ):
             self.save_last(self.epoch, in_epoch, partial)
         return stop_now
 
@@ -350,26 +407,41 @@ class _Run:
             if m is not None:
                 broadcast_buffers(m, self.dist)  # ranks evaluate (and rank 0 saves) one model
         ev = evaluate(self.model, self.val_loader, self.device, amp_dtype=self.amp_dtype, desc="val", gather=gather)
-        ev_ema = (evaluate(ema.module, self.val_loader, self.device, amp_dtype=self.amp_dtype, desc="val ema",
-                           gather=gather) if ema else None)
+        ev_ema = (
+            evaluate(ema.module, self.val_loader, self.device, amp_dtype=self.amp_dtype, desc="val ema", gather=gather)
+            if ema
+            else None
+        )
         pos, neg = ev["targets"] == 1, ev["targets"] == 0
-        rec = {"epoch": epoch, "train_loss": stats["train_loss"], "mAP": ev["mAP"],
-               "mAP_ema": ev_ema["mAP"] if ev_ema else None, "lr": stats["lr"],
-               "seconds": time.perf_counter() - t0, "images_per_s": stats["images_per_s"],
-               "data_time": stats["data_time"], "nonfinite_steps": stats["nonfinite_steps"],
-               "bad_images": stats["bad_images"] + ev["bad_images"],
-               # mean validation probability of positive and of negative labels (paper Sec. 2.6)
-               "p_pos": float(ev["scores"][pos].mean()) if pos.any() else None,
-               "p_neg": float(ev["scores"][neg].mean()) if neg.any() else None}
+        rec = {
+            "epoch": epoch,
+            "train_loss": stats["train_loss"],
+            "mAP": ev["mAP"],
+            "mAP_ema": ev_ema["mAP"] if ev_ema else None,
+            "lr": stats["lr"],
+            "seconds": time.perf_counter() - t0,
+            "images_per_s": stats["images_per_s"],
+            "data_time": stats["data_time"],
+            "nonfinite_steps": stats["nonfinite_steps"],
+            "bad_images": stats["bad_images"] + ev["bad_images"],
+            # mean validation probability of positive and of negative labels (paper Sec. 2.6)
+            "p_pos": float(ev["scores"][pos].mean()) if pos.any() else None,
+            "p_neg": float(ev["scores"][neg].mean()) if neg.any() else None,
+        }
         if self.adaptive:
             rec.update(gamma_neg=self.loss_fn.gamma_neg, delta_p=self.loss_fn.delta_p, gamma_neg_steps=gamma_trace)
         if self.main:
-            atomic_write(self.out / "metrics.jsonl",
-                         "".join(json.dumps(r) + "\n" for r in [*self.history, rec]))
+            atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in [*self.history, rec]))
             write_per_class_ap(self.out / "per_class_ap.json", epoch, self.train_ds.class_names, ev, ev_ema)
-        log.info("epoch %d: loss %.4f  mAP %.2f  mAP(EMA) %s  %.0fs%s", epoch, rec["train_loss"], rec["mAP"],
-                 f"{rec['mAP_ema']:.2f}" if ev_ema else "-", rec["seconds"],
-                 f"  ({rec['bad_images']} unreadable images skipped)" if rec["bad_images"] else "")
+        log.info(
+            "epoch %d: loss %.4f  mAP %.2f  mAP(EMA) %s  %.0fs%s",
+            epoch,
+            rec["train_loss"],
+            rec["mAP"],
+            f"{rec['mAP_ema']:.2f}" if ev_ema else "-",
+            rec["seconds"],
+            f"  ({rec['bad_images']} unreadable images skipped)" if rec["bad_images"] else "",
+        )
 
         use_ema = ev_ema is not None and ev_ema["mAP"] > ev["mAP"]
         current = max(ev["mAP"], ev_ema["mAP"] if ev_ema else -1.0)
@@ -377,9 +449,16 @@ class _Run:
             state.best = {"mAP": current, "epoch": epoch, "selected": "ema" if use_ema else "model"}
             if self.main:
                 with self.stop.saving():
-                    save_checkpoint(make_checkpoint(ema.module if use_ema else self.model, epoch=epoch,
-                                                    selected=state.best["selected"], mAP=current, **self.meta),
-                                    self.out / "best.pth")
+                    save_checkpoint(
+                        make_checkpoint(
+                            ema.module if use_ema else self.model,
+                            epoch=epoch,
+                            selected=state.best["selected"],
+                            mAP=current,
+                            **self.meta,
+                        ),
+                        self.out / "best.pth",
+                    )
         if self.main:
             from .plots import plot_training_curves
 
@@ -401,31 +480,47 @@ def count_warnings(cfg: Config, train_ds, val_ds) -> List[str]:
         split = ds.name.split()[-1]
         want = COCO_COUNTS.get(split)
         if want is not None and len(ds) != want:
-            out.append(f"{ds.name} has {len(ds):,} annotated images, the official split {want:,}: its mAP is not "
-                       f"comparable with the published numbers (a partial download, or another split)")
+            out.append(
+                f"{ds.name} has {len(ds):,} annotated images, the official split {want:,}: its mAP is not "
+                f"comparable with the published numbers (a partial download, or another split)"
+            )
     return out
 
 
 def recipe(cfg: Config, source, mean, std, train_ds, val_ds) -> str:
     """The resolved recipe in one block: what a run will train from, on what, how."""
-    start = source.describe() if source is not None else (
-        f"weights file {cfg.init_checkpoint or cfg.model_path}" if (cfg.init_checkpoint or cfg.model_path) else
-        f"--resume {cfg.resume}" if cfg.resume else "random weights (no --pretrained)")
+    start = (
+        source.describe()
+        if source is not None
+        else (
+            f"weights file {cfg.init_checkpoint or cfg.model_path}"
+            if (cfg.init_checkpoint or cfg.model_path)
+            else f"--resume {cfg.resume}"
+            if cfg.resume
+            else "random weights (no --pretrained)"
+        )
+    )
     stop = f", stopped after {cfg.stop_epoch}" if cfg.stop_epoch and cfg.stop_epoch < cfg.epochs else ""
-    loss = cfg.loss + (f" (gamma- {cfg.gamma_neg:g}, gamma+ {cfg.gamma_pos:g}, clip {cfg.clip:g})"
-                       if cfg.loss in ("asl", "asl_optimized", "adaptive_asl") else "")
-    return "\n".join([
-        "recipe:",
-        f"  model       {cfg.model_name}, start: {start}",
-        f"  input       {cfg.image_size} px ({cfg.resize}), mean {tuple(round(m, 4) for m in mean)}, "
-        f"std {tuple(round(s, 4) for s in std)}, augment {cfg.augment}",
-        f"  data        {cfg.dataset} {cfg.data_root}: train {len(train_ds):,} images, val {len(val_ds):,}, "
-        f"{train_ds.num_classes} classes",
-        f"  optimizer   {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, OneCycle over {cfg.epochs} epochs"
-        f"{stop}, batch {cfg.batch_size}" + (f" x {cfg.accum_steps} accumulated" if cfg.accum_steps > 1 else "")
-        + (f", EMA {cfg.ema_decay:g}" if cfg.ema else ""),
-        f"  loss        {loss}",
-    ])
+    loss = cfg.loss + (
+        f" (gamma- {cfg.gamma_neg:g}, gamma+ {cfg.gamma_pos:g}, clip {cfg.clip:g})"
+        if cfg.loss in ("asl", "asl_optimized", "adaptive_asl")
+        else ""
+    )
+    return "\n".join(
+        [
+            "recipe:",
+            f"  model       {cfg.model_name}, start: {start}",
+            f"  input       {cfg.image_size} px ({cfg.resize}), mean {tuple(round(m, 4) for m in mean)}, "
+            f"std {tuple(round(s, 4) for s in std)}, augment {cfg.augment}",
+            f"  data        {cfg.dataset} {cfg.data_root}: train {len(train_ds):,} images, val {len(val_ds):,}, "
+            f"{train_ds.num_classes} classes",
+            f"  optimizer   {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, OneCycle over {cfg.epochs} epochs"
+            f"{stop}, batch {cfg.batch_size}"
+            + (f" x {cfg.accum_steps} accumulated" if cfg.accum_steps > 1 else "")
+            + (f", EMA {cfg.ema_decay:g}" if cfg.ema else ""),
+            f"  loss        {loss}",
+        ]
+    )
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
@@ -433,11 +528,14 @@ def read_metrics(path: Path) -> List[Dict[str, Any]]:
     try:
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path} is damaged ({type(e).__name__}: {e}); move it away to resume without the "
-                        f"earlier epochs' records") from None
+        raise DataError(
+            f"{path} is damaged ({type(e).__name__}: {e}); move it away to resume without the earlier epochs' records"
+        ) from None
     if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
-        raise DataError(f"{path} holds a line that is not an epoch record; move it away to resume without the "
-                        f"earlier epochs' records")
+        raise DataError(
+            f"{path} holds a line that is not an epoch record; move it away to resume without the "
+            f"earlier epochs' records"
+        )
     return records
 
 
@@ -447,5 +545,6 @@ def write_per_class_ap(path: Path, epoch: int, class_names, ev: Dict[str, Any], 
     def ap(e):
         return None if e is None else [None if v != v else round(float(v), 5) for v in e["per_class_ap"]]
 
-    atomic_write(path, json.dumps({"epoch": epoch, "class_names": list(class_names), "ap": ap(ev),
-                                   "ap_ema": ap(ev_ema)}))
+    atomic_write(
+        path, json.dumps({"epoch": epoch, "class_names": list(class_names), "ap": ap(ev), "ap_ema": ap(ev_ema)})
+    )

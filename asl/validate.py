@@ -61,6 +61,7 @@ from .runtime import cap_workers, removed_on_error, resolve_device, writable_dir
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("metrics.json", "scores.npy", "targets.npy", "calibrated.pth")
 
+
 def base_config(ckpt: dict, info: dict, dataset: Optional[str] = None) -> Config:
     """The checkpoint's training config, or the official validate.py defaults (``OFFICIAL_VALIDATE``).
 
@@ -72,8 +73,7 @@ def base_config(ckpt: dict, info: dict, dataset: Optional[str] = None) -> Config
     if isinstance(saved, dict):
         keep = {k: v for k, v in saved.items() if k in FIELDS and k != "output"}
         if dataset is not None and dataset != keep.get("dataset"):
-            keep = {k: v for k, v in keep.items()
-                    if k not in DATASET_OPTIONS or k in DATASETS[dataset].options}
+            keep = {k: v for k, v in keep.items() if k not in DATASET_OPTIONS or k in DATASETS[dataset].options}
         return from_dict(keep, source="checkpoint config")
     return Config(**OFFICIAL_VALIDATE, image_size=info.get("image_size") or default_image_size(info["model_name"]))
 
@@ -94,8 +94,15 @@ def evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
     elapsed = time.perf_counter() - t0
     s, t = np.concatenate(scores), np.concatenate(targets)
     m, ap = map_and_ap(t, s)
-    return {"mAP": m, "per_class_ap": ap, "scores": s, "targets": t, "num_images": len(s),
-            "images_per_s": len(s) / max(elapsed, 1e-9), "bad_images": getattr(loader.dataset, "bad_count", 0)}
+    return {
+        "mAP": m,
+        "per_class_ap": ap,
+        "scores": s,
+        "targets": t,
+        "num_images": len(s),
+        "images_per_s": len(s) / max(elapsed, 1e-9),
+        "bad_images": getattr(loader.dataset, "bad_count", 0),
+    }
 
 
 def format_metrics(m: dict) -> str:
@@ -132,23 +139,38 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         for name in OUTPUT_FILES if given.calibrate else OUTPUT_FILES[:3]:
             writable_file(out / name, "--output", given.overwrite)
     elif given.calibrate:
-        writable_file(Path(model_path).with_suffix(".calibrated.pth"), "--calibrate's checkpoint (beside the model)",
-                      given.overwrite)
+        writable_file(
+            Path(model_path).with_suffix(".calibrated.pth"),
+            "--calibrate's checkpoint (beside the model)",
+            given.overwrite,
+        )
     onnx = Path(model_path).suffix.lower() == ".onnx"
     if onnx:
         if given.calibrate:
-            raise ConfigError("--calibrate writes a calibrated copy of a PyTorch checkpoint: run it on the .pth, then "
-                              "export that copy")
+            raise ConfigError(
+                "--calibrate writes a calibrated copy of a PyTorch checkpoint: run it on the .pth, then "
+                "export that copy"
+            )
         from .predict import OnnxTagger
 
-        model = OnnxTagger(model_path, device=given.device, image_size=given.image_size,
-                           class_names=read_class_names(given.class_names) if given.class_names else None)
+        model = OnnxTagger(
+            model_path,
+            device=given.device,
+            image_size=given.image_size,
+            class_names=read_class_names(given.class_names) if given.class_names else None,
+        )
         model.check_model_name(given.model_name)
         saved = model.meta.get("config")  # the training config; the input size is the exported model's
         ckpt = {"config": dict(saved, image_size=model.image_size) if isinstance(saved, dict) else None}
-        info = {"class_names": model.class_names, "named": True, "num_classes": model.num_classes,
-                "image_size": model.image_size, "model_name": model.meta.get("model_name"), "mean": model.mean,
-                "std": model.std}
+        info = {
+            "class_names": model.class_names,
+            "named": True,
+            "num_classes": model.num_classes,
+            "image_size": model.image_size,
+            "model_name": model.meta.get("model_name"),
+            "mean": model.mean,
+            "std": model.std,
+        }
     else:
         ckpt = load_checkpoint(model_path)
         model, info = model_from_checkpoint(ckpt, given.model_name, path=model_path)
@@ -163,13 +185,23 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         cfg = dataclasses.replace(cfg, image_size=info["image_size"] or default_image_size(info["model_name"]))
     expected = zoo_image_size(model_path) or (ckpt.get("image_size") if not onnx else model.image_size)
     if expected and cfg.image_size != expected:
-        log.warning("warning: validating at %d px, but %s %s at %d px: the number will differ from that one "
-                    "(pass --image-size %d to measure it)", cfg.image_size, model_path,
-                    "was scored by the model zoo" if zoo_image_size(model_path) else "was trained", expected,
-                    expected)
+        log.warning(
+            "warning: validating at %d px, but %s %s at %d px: the number will differ from that one "
+            "(pass --image-size %d to measure it)",
+            cfg.image_size,
+            model_path,
+            "was scored by the model zoo" if zoo_image_size(model_path) else "was trained",
+            expected,
+            expected,
+        )
     if not info["image_size"] and given.image_size is None and not (ckpt.get("config") or {}).get("image_size"):
-        log.warning("warning: %s names no input size: validating at %d px, the default of %s (pass --image-size "
-                        "to use the size it was trained at)", model_path, cfg.image_size, info["model_name"])
+        log.warning(
+            "warning: %s names no input size: validating at %d px, the default of %s (pass --image-size "
+            "to use the size it was trained at)",
+            model_path,
+            cfg.image_size,
+            info["model_name"],
+        )
     if cfg.dataset == "coco" and given.ann_file and not given.val_ann_file and given.val_split is None:
         cfg = dataclasses.replace(cfg, val_split="all")  # the file named here is scored whole
     check_values(cfg, fields_for(VALIDATE))
@@ -187,11 +219,19 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
     if order is not None:
         log.info("the checkpoint lists the dataset's classes in another order: outputs matched by name")
     if not named:
-        log.warning("warning: %s has no class names; its outputs are taken in the dataset's order (pass "
-                    "--class-names FILE to check them)", model_path)
-    log.info("validating %s at %d px (%s), mean %s, std %s", info["model_name"] or model_path, cfg.image_size,
-             "--image-size" if given.image_size else "the checkpoint's" if info.get("image_size") else "the default",
-             tuple(round(float(m), 4) for m in info["mean"]), tuple(round(float(s), 4) for s in info["std"]))
+        log.warning(
+            "warning: %s has no class names; its outputs are taken in the dataset's order (pass "
+            "--class-names FILE to check them)",
+            model_path,
+        )
+    log.info(
+        "validating %s at %d px (%s), mean %s, std %s",
+        info["model_name"] or model_path,
+        cfg.image_size,
+        "--image-size" if given.image_size else "the checkpoint's" if info.get("image_size") else "the default",
+        tuple(round(float(m), 4) for m in info["mean"]),
+        tuple(round(float(s), 4) for s in info["std"]),
+    )
     log.info("%s", ds.summary())
     for warning in split_warnings(None, ds):
         log.warning("warning: %s", warning)
@@ -206,17 +246,28 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
     scores, targets = ev["scores"], ev["targets"]
     bad = int((~np.isfinite(scores)).sum())
     if bad:
-        log.warning("warning: %d of %d scores are not finite (NaN or inf): the model's output is broken, and the "
-                    "metrics rank NaN first as the official code does", bad, scores.size)
-    metrics = {"mAP": ev["mAP"], **multilabel_metrics(targets, scores, cfg.thre), "num_images": ev["num_images"],
-               "bad_images": ev["bad_images"]}
+        log.warning(
+            "warning: %d of %d scores are not finite (NaN or inf): the model's output is broken, and the "
+            "metrics rank NaN first as the official code does",
+            bad,
+            scores.size,
+        )
+    metrics = {
+        "mAP": ev["mAP"],
+        **multilabel_metrics(targets, scores, cfg.thre),
+        "num_images": ev["num_images"],
+        "bad_images": ev["bad_images"],
+    }
     if (targets == -1).any():
         # ev["mAP"] already leaves unknown labels out; this is the official code's reading (-1 as negative).
         metrics["mAP_unknown_as_negative"] = mAP(targets, scores)
-    metrics["per_class_ap"] = {n: (None if np.isnan(a) else float(100 * a))
-                               for n, a in zip(ds.class_names, ev["per_class_ap"])}
-    print(f"mAP {metrics['mAP']:.2f}  {format_metrics(metrics)}  "
-          f"(threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)")
+    metrics["per_class_ap"] = {
+        n: (None if np.isnan(a) else float(100 * a)) for n, a in zip(ds.class_names, ev["per_class_ap"])
+    }
+    print(
+        f"mAP {metrics['mAP']:.2f}  {format_metrics(metrics)}  "
+        f"(threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)"
+    )
 
     if cfg.calibrate:
         thr = calibrate_thresholds(targets, scores)  # in the dataset's class order
@@ -226,8 +277,18 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         per_output = np.empty_like(thr)
         per_output[order if order is not None else slice(None)] = thr  # back to the model's output order
         dest = Path(output) / "calibrated.pth" if output else Path(model_path).with_suffix(".calibrated.pth")
-        save_checkpoint(with_thresholds(ckpt, per_output, model_name=info["model_name"], class_names=names,
-                                        image_size=cfg.image_size, mean=info["mean"], std=info["std"]), dest)
+        save_checkpoint(
+            with_thresholds(
+                ckpt,
+                per_output,
+                model_name=info["model_name"],
+                class_names=names,
+                image_size=cfg.image_size,
+                mean=info["mean"],
+                std=info["std"],
+            ),
+            dest,
+        )
         print(f"calibrated checkpoint -> {dest}")
     if output:
         out = Path(output)
@@ -239,11 +300,18 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = cli.build_parser(cli.prog("validate"), __doc__.rsplit("\n\n", 1)[0], cli.VALIDATE_FIELDS,
-                              positional_data=True, defaults=Config(**OFFICIAL_VALIDATE),
-                              notes={"output": "none: nothing is written",
-                                     "model_name": "the checkpoint's", "image_size": "the checkpoint's, else the "
-                                     "model's official size (TResNet-M 224, L/XL 448)"})
+    parser = cli.build_parser(
+        cli.prog("validate"),
+        __doc__.rsplit("\n\n", 1)[0],
+        cli.VALIDATE_FIELDS,
+        positional_data=True,
+        defaults=Config(**OFFICIAL_VALIDATE),
+        notes={
+            "output": "none: nothing is written",
+            "model_name": "the checkpoint's",
+            "image_size": "the checkpoint's, else the model's official size (TResNet-M 224, L/XL 448)",
+        },
+    )
     config_path, flags = cli.parse_flags(parser, argv)
     cli.setup_logging()
     validate(config_path, flags)

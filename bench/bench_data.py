@@ -49,10 +49,19 @@ def make_coco_layout(root: Path, n: int, split: str = "val2014") -> Path:
         Image.fromarray(img).save(root / split / name, quality=90)
         images.append({"id": i + 1, "file_name": name, "width": 640, "height": 480})
         for k in rng.choice(80, size=rng.integers(1, 5), replace=False):
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cats[k]["id"],
-                         "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cats[k]["id"],
+                    "bbox": [0, 0, 10, 10],
+                    "area": 100,
+                    "iscrowd": 0,
+                }
+            )
     (root / "annotations" / f"instances_{split}.json").write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
     marker.touch()
     return root
 
@@ -121,8 +130,10 @@ def main(argv=None) -> None:
         official = OfficialCocoDetection(root / "val2014", root / "annotations/instances_val2014.json", tf)
         a = throughput(ours, args.workers, args.batch_size, 1)
         b = throughput(official, args.workers, args.batch_size, 1)
-        print(f"{f'COCO layout {len(ours)} @{size}':>22} | {'train' if train else 'eval':>10} | {a:>10.1f} | "
-              f"{b:>14.1f} | {a / b:>13.2f}")
+        print(
+            f"{f'COCO layout {len(ours)} @{size}':>22} | {'train' if train else 'eval':>10} | {a:>10.1f} | "
+            f"{b:>14.1f} | {a / b:>13.2f}"
+        )
     ensure_demo(args.demo_root)  # the explicit generation step (once)
     demo = create_dataset("demo", args.demo_root, "train", build_transform(True, 64), draft_size=64)
     a = throughput(demo, args.workers, 64, 2)

@@ -142,8 +142,14 @@ def engine_loop(model, loader, device, steps, channels_last):
     opt = build_optimizer(model, "adam", 1e-4, 1e-4, fused=cuda)
     sched = build_scheduler(opt, 1e-4, 2, steps)
     ema = ModelEmaV3(model, decay=0.9997)
-    kw = dict(scheduler=sched, ema=ema, amp_dtype=amp_dtype_for(device, True), print_freq=0,
-              channels_last=channels_last, defer_sync=cuda)
+    kw = dict(
+        scheduler=sched,
+        ema=ema,
+        amp_dtype=amp_dtype_for(device, True),
+        print_freq=0,
+        channels_last=channels_last,
+        defer_sync=cuda,
+    )
     train_one_epoch(model, Limited(loader, max(steps // 4, 1)), AsymmetricLoss(**LOSS), opt, device, **kw)  # warm-up
     sync(device)
     t0 = time.perf_counter()
@@ -159,8 +165,10 @@ def loader_batch(loader):
 
 def training_table(args, device, clock):
     rows = [("tresnet_m", 224, 128), ("tresnet_l", 448, 32)] if not args.tiny else [("test_resnet", 32, 8)]
-    print(f"\n{'model':>12} {'size':>4} {'batch':>5} | {'run':<32} | {'img/s':>7} | {'vs official':>11} | "
-          f"{'data wait':>9} | {'peak GiB':>8}")
+    print(
+        f"\n{'model':>12} {'size':>4} {'batch':>5} | {'run':<32} | {'img/s':>7} | {'vs official':>11} | "
+        f"{'data wait':>9} | {'peak GiB':>8}"
+    )
     for name, size, batch in rows:
         torch.manual_seed(0)
         x = torch.randn(batch, 3, size, size, device=device)
@@ -190,24 +198,37 @@ def training_table(args, device, clock):
                 if mode == "compile":
                     label += f" ({time.perf_counter() - t0:.0f} s incl. compile)"
             ratio = f"{speed / base:.2f}" if base else "-"
-            print(f"{name:>12} {size:>4} {batch:>5} | {label:<32} | {speed:>7.1f} | {ratio:>11} | "
-                  f"{'-' if wait is None else f'{100 * wait:.1f}%':>9} | {peak_gib(device):>8.2f}")
+            print(
+                f"{name:>12} {size:>4} {batch:>5} | {label:<32} | {speed:>7.1f} | {ratio:>11} | "
+                f"{'-' if wait is None else f'{100 * wait:.1f}%':>9} | {peak_gib(device):>8.2f}"
+            )
             del model
         if args.jpeg_images and clock.left() > 60:
             from bench_data import make_coco_layout
 
             root = make_coco_layout(Path(args.coco_root), args.jpeg_images)
-            ds = create_dataset("coco", str(root), "val2014",
-                                build_transform(True, size, augment="cutout_randaugment"), draft_size=size)
-            loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
-                                                 num_workers=args.workers, pin_memory=device.type == "cuda",
-                                                 persistent_workers=args.workers > 0)
+            ds = create_dataset(
+                "coco", str(root), "val2014", build_transform(True, size, augment="cutout_randaugment"), draft_size=size
+            )
+            loader = torch.utils.data.DataLoader(
+                ds,
+                batch_size=batch,
+                shuffle=True,
+                drop_last=True,
+                num_workers=args.workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=args.workers > 0,
+            )
             steps = min(args.jpeg_steps, len(loader))
             model = create_model(name, len(ds.class_names)).to(device).to(memory_format=torch.channels_last)
             speed, wait = engine_loop(model, _Repeat(loader, steps + steps // 4), device, steps, True)
-            print(f"{name:>12} {size:>4} {batch:>5} | {'engine + channels_last, JPEGs':<32} | {speed:>7.1f} | "
-                  f"{'-':>11} | {100 * wait:>8.1f}% | {peak_gib(device):>8.2f}   ({args.workers} workers, "
-                  f"{steps} steps; {speed / synthetic:.2f} of the synthetic-batch rate)" if synthetic else ")")
+            print(
+                f"{name:>12} {size:>4} {batch:>5} | {'engine + channels_last, JPEGs':<32} | {speed:>7.1f} | "
+                f"{'-':>11} | {100 * wait:>8.1f}% | {peak_gib(device):>8.2f}   ({args.workers} workers, "
+                f"{steps} steps; {speed / synthetic:.2f} of the synthetic-batch rate)"
+                if synthetic
+                else ")"
+            )
 
 
 class _Repeat:
@@ -225,6 +246,7 @@ class _Repeat:
                     left -= 1
                     if left == 0:
                         return
+
         return gen()
 
     def __len__(self):
@@ -263,16 +285,23 @@ def time_loss(fn, x, y, device, reps):
 def loss_table(args, device, clock):
     from timm.loss import AsymmetricLossMultiLabel
 
-    shapes = [(1024, 9605, torch.float32), (4096, 9605, torch.float32), (128, 80, torch.float32),
-              (1024, 9605, torch.bfloat16), (128, 80, torch.bfloat16)]
+    shapes = [
+        (1024, 9605, torch.float32),
+        (4096, 9605, torch.float32),
+        (128, 80, torch.float32),
+        (1024, 9605, torch.bfloat16),
+        (128, 80, torch.bfloat16),
+    ]
     if args.tiny:
         shapes = [(64, 80, torch.float32), (64, 80, torch.bfloat16)]
     ours = AsymmetricLoss(**LOSS)
     timm_loss = AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=0, clip=0.05)
-    fns = {"official": lambda x, y: official_asymmetric_loss(x.float(), y, **LOSS),
-           "timm": lambda x, y: timm_loss(x.float(), y),
-           "ours": lambda x, y: ours(x, y),
-           "bce": lambda x, y: F.binary_cross_entropy_with_logits(x.float(), y, reduction="sum")}
+    fns = {
+        "official": lambda x, y: official_asymmetric_loss(x.float(), y, **LOSS),
+        "timm": lambda x, y: timm_loss(x.float(), y),
+        "ours": lambda x, y: ours(x, y),
+        "bce": lambda x, y: F.binary_cross_entropy_with_logits(x.float(), y, reduction="sum"),
+    }
     if args.compile:
         fns["compiled official"] = torch.compile(fns["official"])
     print(f"\n{'shape':>14} {'dtype':>8} | " + " | ".join(f"{k:>22}" for k in fns) + " | ours/bce")
@@ -284,10 +313,15 @@ def loss_table(args, device, clock):
         x = (3 * torch.randn(n, c, device=device)).to(dtype).requires_grad_()
         y = (torch.rand(n, c, device=device) < 0.05).float()
         res = {k: time_loss(f, x, y, device, args.reps) for k, f in fns.items()}
-        cells = [f"{ms:7.3f} ms {mem:4.1f}x {s:>2} sync".replace("nanx", "  -x").replace("nan sync", " - sync")
-                 for ms, mem, s in res.values()]
-        print(f"{str((n, c)):>14} {str(dtype).split('.')[-1]:>8} | " + " | ".join(f"{cl:>22}" for cl in cells)
-              + f" | {res['ours'][0] / res['bce'][0]:8.2f}")
+        cells = [
+            f"{ms:7.3f} ms {mem:4.1f}x {s:>2} sync".replace("nanx", "  -x").replace("nan sync", " - sync")
+            for ms, mem, s in res.values()
+        ]
+        print(
+            f"{str((n, c)):>14} {str(dtype).split('.')[-1]:>8} | "
+            + " | ".join(f"{cl:>22}" for cl in cells)
+            + f" | {res['ours'][0] / res['bce'][0]:8.2f}"
+        )
 
 
 def main(argv=None) -> None:
@@ -296,8 +330,12 @@ def main(argv=None) -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke test of every code path")
     ap.add_argument("--steps", type=int, default=40, help="timed steps per training row (after a quarter warm-up)")
     ap.add_argument("--reps", type=int, default=20, help="timed repetitions per loss cell")
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                    help="the torch.compile rows (their warm-up is part of the budget)")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the torch.compile rows (their warm-up is part of the budget)",
+    )
     ap.add_argument("--jpeg-images", type=int, default=1200, help="generated COCO-layout JPEGs (0: no JPEG rows)")
     ap.add_argument("--jpeg-steps", type=int, default=200)
     ap.add_argument("--workers", type=int, default=14)

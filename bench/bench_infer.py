@@ -33,20 +33,36 @@ from asl.export import export_onnx  # noqa: E402
 from asl.models import create_model, data_config  # noqa: E402
 from asl.predict import OnnxTagger  # noqa: E402
 
-_CHILD = ("import resource, subprocess, sys, time\n"
-          "t = time.perf_counter()\n"
-          "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
-          "assert p.returncode == 0, p.stderr.decode()[-500:]\n"
-          "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+_CHILD = (
+    "import resource, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+    "assert p.returncode == 0, p.stderr.decode()[-500:]\n"
+    "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 
 
 def cold_start(model: Path, pic: Path, reps: int):
     """(median wall s, median peak RSS MiB) of tagging one picture in a fresh process."""
     walls, rss = [], []
     for i in range(reps + 1):
-        out = subprocess.run([sys.executable, "-c", _CHILD, sys.executable, str(REPO / "infer.py"), "--model-path",
-                              str(model), "--pic-path", str(pic)], capture_output=True, text=True, cwd=REPO,
-                             check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                sys.executable,
+                str(REPO / "infer.py"),
+                "--model-path",
+                str(model),
+                "--pic-path",
+                str(pic),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=True,
+        )
         wall, kib = out.stdout.split()
         if i:  # the first run warms the file cache
             walls.append(float(wall))
@@ -78,20 +94,34 @@ def prepare(tmp: Path, demo_ckpt: Path, tresnet: bool):
         model = create_model("resnet10t", len(CLASS_NAMES))
         mean, std = data_config("resnet10t")
         ckpt_path, label = tmp / "demo.pth", "demo (untrained resnet10t)"
-        save_checkpoint(make_checkpoint(model, model_name="resnet10t", class_names=CLASS_NAMES, image_size=64,
-                                        mean=mean, std=std), ckpt_path)
+        save_checkpoint(
+            make_checkpoint(model, model_name="resnet10t", class_names=CLASS_NAMES, image_size=64, mean=mean, std=std),
+            ckpt_path,
+        )
     models.append((label, ckpt_path, 64))
     if tresnet:
         torch.manual_seed(0)
         model = create_model("tresnet_m", 80)
-        save_checkpoint(make_checkpoint(model, model_name="tresnet_m", class_names=[f"c{k}" for k in range(80)],
-                                        image_size=224, mean=(0, 0, 0), std=(1, 1, 1)), tmp / "tresnet_m.pth")
+        save_checkpoint(
+            make_checkpoint(
+                model,
+                model_name="tresnet_m",
+                class_names=[f"c{k}" for k in range(80)],
+                image_size=224,
+                mean=(0, 0, 0),
+                std=(1, 1, 1),
+            ),
+            tmp / "tresnet_m.pth",
+        )
         models.append(("TResNet-M 224 (untrained)", tmp / "tresnet_m.pth", 224))
     out = []
     for label, ckpt, size in models:
         onnx_path = tmp / (Path(ckpt).stem + ".onnx")
-        export_onnx(load_config(None, {"model_path": str(ckpt), "output": str(onnx_path), "dynamic_batch": True,
-                                       "overwrite": True}))
+        export_onnx(
+            load_config(
+                None, {"model_path": str(ckpt), "output": str(onnx_path), "dynamic_batch": True, "overwrite": True}
+            )
+        )
         out.append((label, Path(ckpt), onnx_path, size))
     return out
 
@@ -106,9 +136,11 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = prepare(Path(tmp), Path(args.demo_checkpoint), not args.skip_tresnet)
         print(f"\ntorch {torch.__version__} ({torch.get_num_threads()} threads), CPU")
-        print(f"{'model':>34} | {'cold start PyTorch':>18} | {'cold start ONNX':>15} | {'ONNX/PyTorch':>12} | "
-              f"{'b1 PyTorch':>10} | {'b1 ONNX':>8} | {'ratio':>5} | {'b16 PyTorch':>11} | {'b16 ONNX':>8} | "
-              f"{'ratio':>5}")
+        print(
+            f"{'model':>34} | {'cold start PyTorch':>18} | {'cold start ONNX':>15} | {'ONNX/PyTorch':>12} | "
+            f"{'b1 PyTorch':>10} | {'b1 ONNX':>8} | {'ratio':>5} | {'b16 PyTorch':>11} | {'b16 ONNX':>8} | "
+            f"{'ratio':>5}"
+        )
         for label, ckpt, onnx_path, size in models:
             pt_wall, pt_rss = cold_start(ckpt, pic, args.reps)
             ox_wall, ox_rss = cold_start(onnx_path, pic, args.reps)
@@ -124,9 +156,11 @@ def main(argv=None) -> None:
                 batch = np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32)
                 a, b = steady(torch_fn, batch, args.reps * 2), steady(tagger.run, batch, args.reps * 2)
                 cells += [f"{a:>10.1f}", f"{b:>8.1f}", f"{b / a:>5.2f}"]
-            print(f"{label:>34} | {pt_wall:>6.2f} s {pt_rss:>5.0f} MiB | {ox_wall:>4.2f} s {ox_rss:>4.0f} MiB | "
-                  f"{ox_wall / pt_wall:>5.2f}, {ox_rss / pt_rss:>4.2f} | {cells[0]} | {cells[1]} | {cells[2]} | "
-                  f"{cells[3]:>11} | {cells[4]} | {cells[5]}")
+            print(
+                f"{label:>34} | {pt_wall:>6.2f} s {pt_rss:>5.0f} MiB | {ox_wall:>4.2f} s {ox_rss:>4.0f} MiB | "
+                f"{ox_wall / pt_wall:>5.2f}, {ox_rss / pt_rss:>4.2f} | {cells[0]} | {cells[1]} | {cells[2]} | "
+                f"{cells[3]:>11} | {cells[4]} | {cells[5]}"
+            )
         print("images/s of the model alone (preprocessed batches); ratio = ONNX / PyTorch")
 
 

@@ -23,8 +23,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'} "
-                          f"intra_op_parallelism_threads={args.threads}")
+    os.environ.setdefault(
+        "XLA_FLAGS",
+        f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'} "
+        f"intra_op_parallelism_threads={args.threads}",
+    )
     import jax
     import numpy as np
     import torch
@@ -36,12 +39,21 @@ def main() -> None:
     rng = np.random.default_rng(0)
     worst_v = worst_g = 0.0
     for (gn, gp, m), detach, smooth in itertools.product(
-            [(0, 0, 0), (2, 2, 0), (4, 0, 0.05), (4, 1, 0.05), (3.5, 0.5, 0.2)], [True, False], [0.0, 0.1]):
+        [(0, 0, 0), (2, 2, 0), (4, 0, 0.05), (4, 1, 0.05), (3.5, 0.5, 0.2)], [True, False], [0.0, 0.1]
+    ):
         x = (rng.standard_normal((64, 80)) * 4).astype(np.float32)
         y = (rng.random((64, 80)) < 0.05).astype(np.float32)
         xt = torch.tensor(x, requires_grad=True)
-        ref = asymmetric_loss(xt, torch.tensor(y), gamma_neg=gn, gamma_pos=gp, clip=m,
-                              disable_torch_grad_focal_loss=detach, label_smoothing=smooth, reduction="none")
+        ref = asymmetric_loss(
+            xt,
+            torch.tensor(y),
+            gamma_neg=gn,
+            gamma_pos=gp,
+            clip=m,
+            disable_torch_grad_focal_loss=detach,
+            label_smoothing=smooth,
+            reduction="none",
+        )
         ref.sum().backward()
         kw = dict(gamma_neg=gn, gamma_pos=gp, clip=m, stop_gradient_focusing=detach, label_smoothing=smooth)
         v = np.asarray(jasl(x, y, **kw))

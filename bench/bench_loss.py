@@ -66,6 +66,7 @@ def main(argv=None) -> None:
     ours = AsymmetricLoss(disable_torch_grad_focal_loss=True, reduction="sum", **PARAMS)
     try:
         from timm.loss import AsymmetricLossMultiLabel
+
         timm_loss = AsymmetricLossMultiLabel(disable_torch_grad_focal_loss=True, reduction="sum", **PARAMS)
     except ImportError:
         timm_loss = None
@@ -78,10 +79,15 @@ def main(argv=None) -> None:
     }
     impls = {k: v for k, v in impls.items() if v is not None}
 
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, reps={args.reps}, "
-          f"ASL gamma_neg=4 gamma_pos=0 clip=0.05 detached, float32 CPU")
-    header = (f"{'shape':>12} | " + " | ".join(f"{k:>9} ms" for k in impls)
-              + " | ours/official | timm/official | bce/official")
+    print(
+        f"torch {torch.__version__}, threads={torch.get_num_threads()}, reps={args.reps}, "
+        f"ASL gamma_neg=4 gamma_pos=0 clip=0.05 detached, float32 CPU"
+    )
+    header = (
+        f"{'shape':>12} | "
+        + " | ".join(f"{k:>9} ms" for k in impls)
+        + " | ours/official | timm/official | bce/official"
+    )
     print(header)
     print("-" * len(header))
     mem_rows = []
@@ -96,7 +102,8 @@ def main(argv=None) -> None:
                 times[k].append(time_step(fn, x, y))
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         ratios = " | ".join(
-            f"{med[k] / med['official']:>13.2f}" if k in med else f"{'n/a':>13}" for k in ("ours", "timm", "bce"))
+            f"{med[k] / med['official']:>13.2f}" if k in med else f"{'n/a':>13}" for k in ("ours", "timm", "bce")
+        )
         print(f"{str((n, c)):>12} | " + " | ".join(f"{med[k]:>12.3f}" for k in impls) + f" | {ratios}")
         nbytes = {k: saved_bytes(fn, x, y) for k, fn in impls.items()}
         mem_rows.append(((n, c), nbytes, n * c * 4))

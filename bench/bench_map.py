@@ -31,10 +31,18 @@ SHAPES = [((40137, 80), 0.036), ((4952, 20), 0.07), ((83898, 81), 0.024), ((2000
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                    help="threads for asl.metrics (the official loop and sklearn are single-threaded)")
-    ap.add_argument("--scores", choices=("random", "model"), default="random",
-                    help="random: uniform scores (the worst case); model: positives mostly ranked above")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads for asl.metrics (the official loop and sklearn are single-threaded)",
+    )
+    ap.add_argument(
+        "--scores",
+        choices=("random", "model"),
+        default="random",
+        help="random: uniform scores (the worst case); model: positives mostly ranked above",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from sklearn.metrics import average_precision_score
@@ -51,8 +59,10 @@ def main(argv=None) -> None:
         "sklearn": lambda t, p: 100 * average_precision_score(t, p, average="macro"),
     }
     print(f"numpy {np.__version__}, asl.metrics threads={metrics_threads}, reps={args.reps}, scores={args.scores}")
-    print(f"{'shape':>14} | {'official s':>10} | {'ours s':>8} | {'sklearn s':>9} | "
-          f"{'speed-up vs official':>20} | {'vs sklearn':>10} | {'|ours - official|':>17}")
+    print(
+        f"{'shape':>14} | {'official s':>10} | {'ours s':>8} | {'sklearn s':>9} | "
+        f"{'speed-up vs official':>20} | {'vs sklearn':>10} | {'|ours - official|':>17}"
+    )
     try:
         for (n, c), frac in SHAPES:
             rng = np.random.default_rng(0)
@@ -74,8 +84,10 @@ def main(argv=None) -> None:
                     times[k].append(time.perf_counter() - t0)
             med = {k: statistics.median(v) for k, v in times.items()}
             diff = abs(values["ours"] - values["official"])
-            print(f"{str((n, c)):>14} | {med['official']:>10.4f} | {med['ours']:>8.4f} | {med['sklearn']:>9.4f} | "
-                  f"{med['official'] / med['ours']:>19.2f}x | {med['sklearn'] / med['ours']:>9.2f}x | {diff:>17.2e}")
+            print(
+                f"{str((n, c)):>14} | {med['official']:>10.4f} | {med['ours']:>8.4f} | {med['sklearn']:>9.4f} | "
+                f"{med['official'] / med['ours']:>19.2f}x | {med['sklearn'] / med['ours']:>9.2f}x | {diff:>17.2e}"
+            )
     finally:
         os.cpu_count = orig
 

@@ -56,8 +56,7 @@ def minimal_loop(model, loader, loss_fn, opt):
 def engine_loop(model, loader, loss_fn, opt, ema=None):
     sched = build_scheduler(opt, 1e-4, 1, len(loader))
     t0 = time.perf_counter()
-    stats = train_one_epoch(model, loader, loss_fn, opt, torch.device("cpu"), scheduler=sched, ema=ema,
-                            print_freq=0)
+    stats = train_one_epoch(model, loader, loss_fn, opt, torch.device("cpu"), scheduler=sched, ema=ema, print_freq=0)
     elapsed = time.perf_counter() - t0
     n = stats["steps"] * loader.loader.batch_size
     return n / elapsed, stats["data_time"] / elapsed
@@ -67,15 +66,18 @@ def bench(name, model_name, ds, batch, steps, reps, workers):
     model = create_model(model_name, ds.num_classes)
     opt = build_optimizer(model, "adam", 1e-4, 1e-4)
     loss_fn = AsymmetricLoss(4, 0, 0.05)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
+    )
     lim = Limited(loader, steps)
     from timm.utils import ModelEmaV3
 
     ema = ModelEmaV3(model, decay=0.9997)
-    runs = {"minimal": lambda: minimal_loop(model, lim, loss_fn, opt),
-            "engine": lambda: engine_loop(model, lim, loss_fn, opt),
-            "engine+EMA": lambda: engine_loop(model, lim, loss_fn, opt, ema)}
+    runs = {
+        "minimal": lambda: minimal_loop(model, lim, loss_fn, opt),
+        "engine": lambda: engine_loop(model, lim, loss_fn, opt),
+        "engine+EMA": lambda: engine_loop(model, lim, loss_fn, opt, ema),
+    }
     for f in runs.values():  # warm-up: workers, allocator, first-step costs
         f()
     res = {k: [] for k in runs}
@@ -84,9 +86,11 @@ def bench(name, model_name, ds, batch, steps, reps, workers):
             res[k].append(f())
     med = {k: statistics.median(v[0] for v in vals) for k, vals in res.items()}
     data_share = statistics.median(v[1] for v in res["engine"])
-    print(f"{name:>28} | {med['minimal']:>9.1f} | {med['engine']:>9.1f} | {med['engine+EMA']:>10.1f} | "
-          f"{med['engine'] / med['minimal']:>14.2f} | {med['engine+EMA'] / med['minimal']:>18.2f} | "
-          f"{100 * data_share:>9.1f}%")
+    print(
+        f"{name:>28} | {med['minimal']:>9.1f} | {med['engine']:>9.1f} | {med['engine+EMA']:>10.1f} | "
+        f"{med['engine'] / med['minimal']:>14.2f} | {med['engine+EMA'] / med['minimal']:>18.2f} | "
+        f"{100 * data_share:>9.1f}%"
+    )
 
 
 def main(argv=None) -> None:
@@ -98,10 +102,14 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-tresnet", action="store_true")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, workers={args.workers}, "
-          f"{args.steps} steps x {args.reps} reps, CPU")
-    print(f"{'run':>28} | {'minimal':>9} | {'engine':>9} | {'engine+EMA':>10} | {'engine/minimal':>14} | "
-          f"{'engine+EMA/minimal':>18} | {'data wait':>10}")
+    print(
+        f"torch {torch.__version__}, threads={torch.get_num_threads()}, workers={args.workers}, "
+        f"{args.steps} steps x {args.reps} reps, CPU"
+    )
+    print(
+        f"{'run':>28} | {'minimal':>9} | {'engine':>9} | {'engine+EMA':>10} | {'engine/minimal':>14} | "
+        f"{'engine+EMA/minimal':>18} | {'data wait':>10}"
+    )
     mean, std = data_config("resnet10t")
     ensure_demo("data/demo")  # the explicit generation step (once)
     demo = create_dataset("demo", "data/demo", "train", build_transform(True, 64, mean, std), draft_size=64)
@@ -110,8 +118,9 @@ def main(argv=None) -> None:
         from bench_data import make_coco_layout
 
         root = make_coco_layout(Path(args.coco_root), 2000)
-        ds = create_dataset("coco", str(root), "val2014", build_transform(True, 224, augment="cutout_randaugment"),
-                            draft_size=224)
+        ds = create_dataset(
+            "coco", str(root), "val2014", build_transform(True, 224, augment="cutout_randaugment"), draft_size=224
+        )
         bench("tresnet_m 224px b16", "tresnet_m", ds, 16, max(args.steps // 4, 3), args.reps, args.workers)
 
 

@@ -114,8 +114,18 @@ class OfficialModelEma(torch.nn.Module):
                 ema_v.copy_(self.decay * ema_v + (1.0 - self.decay) * model_v)
 
 
-def official_train(model, batches, lr=1e-4, epochs=80, stop_epoch=40, weight_decay=1e-4, ema_decay=0.9997,
-                   gamma_neg=4, gamma_pos=0, clip=0.05):
+def official_train(
+    model,
+    batches,
+    lr=1e-4,
+    epochs=80,
+    stop_epoch=40,
+    weight_decay=1e-4,
+    ema_decay=0.9997,
+    gamma_neg=4,
+    gamma_pos=0,
+    clip=0.05,
+):
     """The official ``train.py`` loop (shared/reference, its recipe): Adam over ``add_weight_decay``
     groups, OneCycle (pct_start 0.2) over ``epochs`` x ``len(batches)`` steps, ``if epoch >
     Stop_epoch: break`` (so ``stop_epoch + 1`` epochs train), summed ASL on float logits,
@@ -130,8 +140,9 @@ def official_train(model, batches, lr=1e-4, epochs=80, stop_epoch=40, weight_dec
     """
     ema = OfficialModelEma(model, ema_decay)
     optimizer = torch.optim.Adam(params=official_add_weight_decay(model, weight_decay), lr=lr, weight_decay=0)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, steps_per_epoch=len(batches),
-                                                    epochs=epochs, pct_start=0.2)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, steps_per_epoch=len(batches), epochs=epochs, pct_start=0.2
+    )
     lrs = []
     model.train()
     for epoch in range(epochs):

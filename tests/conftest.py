@@ -19,8 +19,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="asl-test-hf-cache-")
 
 
-def make_tagged(root: Path, n_train: int = 48, n_val: int = 24, size: int = 32, seed: int = 0,
-                split_column: bool = True, classes=("cat", "dog", "sky", "tree")) -> Path:
+def make_tagged(
+    root: Path,
+    n_train: int = 48,
+    n_val: int = 24,
+    size: int = 32,
+    seed: int = 0,
+    split_column: bool = True,
+    classes=("cat", "dog", "sky", "tree"),
+) -> Path:
     """A learnable tagged dataset: each class paints a fixed colour in a fixed quadrant."""
     rng = np.random.default_rng(seed)
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
@@ -31,7 +38,7 @@ def make_tagged(root: Path, n_train: int = 48, n_val: int = 24, size: int = 32, 
         labels = [c for c in range(len(classes)) if rng.random() < 0.35]
         for c in labels:
             y0, x0 = (c // 2) * size // 2, (c % 2) * size // 2
-            arr[y0:y0 + size // 2, x0:x0 + size // 2] = colours[c % len(colours)]
+            arr[y0 : y0 + size // 2, x0 : x0 + size // 2] = colours[c % len(colours)]
         name = f"img/{i:04d}.png"
         Image.fromarray(arr).save(root / name)
         split = "train" if i < n_train else "val"
@@ -57,9 +64,33 @@ def trained_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("run")
     data = make_tagged(base / "data")
     out = base / "out"
-    rc = cli.run(train.main, [str(data), "--dataset", "tagged", "--model-name", "test_resnet", "--image-size", "32",
-                              "--batch-size", "16", "--epochs", "2", "--lr", "3e-3", "--workers", "0",
-                              "--output", str(out), "--ema-decay", "0.9", "--seed", "1", "--no-pretrained"])
+    rc = cli.run(
+        train.main,
+        [
+            str(data),
+            "--dataset",
+            "tagged",
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "2",
+            "--lr",
+            "3e-3",
+            "--workers",
+            "0",
+            "--output",
+            str(out),
+            "--ema-decay",
+            "0.9",
+            "--seed",
+            "1",
+            "--no-pretrained",
+        ],
+    )
     assert rc == 0
     return {"data": data, "out": out}
 
@@ -84,7 +115,8 @@ def make_coco(root: Path, split: str = "val2014") -> Path:
     ]  # image 44 has no annotation
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / "annotations" / f"instances_{split}.json").write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
     for im in images:
         _image(root / split / im["file_name"], colour=(im["id"] * 5, 80, 160))
     return root
@@ -98,15 +130,19 @@ VOC_OBJECTS = {
 }
 
 
-def make_voc(root: Path, year: str = "2007", splits=(("trainval", ["000001", "000002", "000003"]),
-                                                       ("test", ["000004", "000002"]))) -> Path:
+def make_voc(
+    root: Path,
+    year: str = "2007",
+    splits=(("trainval", ["000001", "000002", "000003"]), ("test", ["000004", "000002"])),
+) -> Path:
     d = root / "VOCdevkit" / f"VOC{year}"
     (d / "Annotations").mkdir(parents=True, exist_ok=True)
     (d / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
     for image_id, objs in VOC_OBJECTS.items():
         body = "".join(f"<object><name>{n}</name><difficult>{dfc}</difficult></object>" for n, dfc in objs)
-        (d / "Annotations" / f"{image_id}.xml").write_text(f"<annotation><filename>{image_id}.jpg</filename>{body}"
-                                                           "</annotation>")
+        (d / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename>{body}</annotation>"
+        )
         _image(d / "JPEGImages" / f"{image_id}.jpg", colour=(int(image_id) * 40, 60, 90))
     for split, ids in splits:
         (d / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
@@ -115,9 +151,13 @@ def make_voc(root: Path, year: str = "2007", splits=(("trainval", ["000001", "00
 
 def make_nuswide(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    rows = [("images/a.jpg", "['sky', 'clouds']", "train"), ("images/b.jpg", "[]", "train"),
-            ("images/c.jpg", "['water']", "val"), ("images/d.jpg", "['sky']", "val"),
-            ("images/e.jpg", "['water', 'sky']", "train")]
+    rows = [
+        ("images/a.jpg", "['sky', 'clouds']", "train"),
+        ("images/b.jpg", "[]", "train"),
+        ("images/c.jpg", "['water']", "val"),
+        ("images/d.jpg", "['sky']", "val"),
+        ("images/e.jpg", "['water', 'sky']", "train"),
+    ]
     with open(root / "nus_wid_data.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["filepath", "label", "split_name"])

@@ -47,17 +47,38 @@ def test_an_onnx_or_safetensors_file_named_pth_is_told_for_what_it_is(trained_ru
     rc, _, err = call("export", ["--model-path", trained_run["out"] / "best.pth", "--output", onnx_file], capsys)
     assert rc == 0, err
     (tmp_path / "model.pth").write_bytes(onnx_file.read_bytes())
-    rc, _, err = call("infer", ["--model-path", tmp_path / "model.pth", "--pic-path",
-                                trained_run["data"] / "img" / "0000.png"], capsys)
+    rc, _, err = call(
+        "infer",
+        ["--model-path", tmp_path / "model.pth", "--pic-path", trained_run["data"] / "img" / "0000.png"],
+        capsys,
+    )
     one_error(rc, err, "is an ONNX model")
     assert "unsafe" not in err[-1] and "name it .onnx" in err[-1]
     state = torch.load(trained_run["out"] / "best.pth", weights_only=True)["model"]
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "weights.pth")  # safetensors, misnamed
     loaded = load_checkpoint(tmp_path / "weights.pth")
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
-    rc, _, err = call("train", [trained_run["data"], "--dataset", "tagged", "--model-name", "test_resnet",
-                                "--image-size", "32", "--epochs", "1", "--workers", "0", "--init-checkpoint",
-                                tmp_path / "weights.pth", "--output", tmp_path / "run"], capsys)
+    rc, _, err = call(
+        "train",
+        [
+            trained_run["data"],
+            "--dataset",
+            "tagged",
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--init-checkpoint",
+            tmp_path / "weights.pth",
+            "--output",
+            tmp_path / "run",
+        ],
+        capsys,
+    )
     assert rc == 0, err
 
 
@@ -66,21 +87,51 @@ def test_calibrating_a_plain_state_dict_writes_a_checkpoint_every_command_loads(
     torch.save(state, tmp_path / "plain.pth")
     names = tmp_path / "classes.txt"
     names.write_text("cat\ndog\nsky\ntree\n")
-    common = [trained_run["data"], "--dataset", "tagged", "--model-path", tmp_path / "plain.pth", "--model-name",
-              "test_resnet", "--class-names", names, "--workers", "0"]
+    common = [
+        trained_run["data"],
+        "--dataset",
+        "tagged",
+        "--model-path",
+        tmp_path / "plain.pth",
+        "--model-name",
+        "test_resnet",
+        "--class-names",
+        names,
+        "--workers",
+        "0",
+    ]
     rc, _, err = call("validate", common, capsys)
     assert rc == 0 and any("names no input size: validating at 224 px" in ln for ln in err), err  # said, not silent
-    rc, _, err = call("validate", [trained_run["data"], "--dataset", "tagged", "--model-path", tmp_path / "plain.pth",
-                                   "--model-name", "test_resnet", "--image-size", "32", "--class-names", names,
-                                   "--calibrate", "--workers", "0"], capsys)
+    rc, _, err = call(
+        "validate",
+        [
+            trained_run["data"],
+            "--dataset",
+            "tagged",
+            "--model-path",
+            tmp_path / "plain.pth",
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--class-names",
+            names,
+            "--calibrate",
+            "--workers",
+            "0",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     cal = tmp_path / "plain.calibrated.pth"
     ckpt = torch.load(cal, weights_only=True)
     assert ckpt["model_name"] == "test_resnet" and ckpt["image_size"] == 32 and len(ckpt["thresholds"]) == 4
     assert [ckpt["idx_to_class"][i] for i in range(4)] == ["cat", "dog", "sky", "tree"]
-    rc, out, err = call("infer", ["--model-path", cal, "--pic-path", trained_run["data"] / "img" / "0000.png",
-                                  "--json"], capsys)
+    rc, out, err = call(
+        "infer", ["--model-path", cal, "--pic-path", trained_run["data"] / "img" / "0000.png", "--json"], capsys
+    )
     assert rc == 0, err
-    rc, _, err = call("validate", [trained_run["data"], "--dataset", "tagged", "--model-path", cal, "--workers", "0"],
-                      capsys)
+    rc, _, err = call(
+        "validate", [trained_run["data"], "--dataset", "tagged", "--model-path", cal, "--workers", "0"], capsys
+    )
     assert rc == 0, err

@@ -61,8 +61,14 @@ def _randomize_bn(model, seed=0):
 def test_official_tresnet_m_loads_with_identical_logits(tmp_path):
     timm_model = _randomize_bn(create_model("tresnet_m", 80))
     names = {i: f"class{i}" for i in range(80)}
-    torch.save({"model": official_state_from_timm(timm_model, "official_asl_tresnet_m_keys.tsv"),
-                "num_classes": 80, "idx_to_class": names}, tmp_path / "MS_COCO_TRresNet_M_224_81.8.pth")
+    torch.save(
+        {
+            "model": official_state_from_timm(timm_model, "official_asl_tresnet_m_keys.tsv"),
+            "num_classes": 80,
+            "idx_to_class": names,
+        },
+        tmp_path / "MS_COCO_TRresNet_M_224_81.8.pth",
+    )
     ckpt = load_checkpoint(tmp_path / "MS_COCO_TRresNet_M_224_81.8.pth")
     model, info = model_from_checkpoint(ckpt)  # no --model-name: detected from the weights
     assert info["model_name"] == "tresnet_m" and info["image_size"] == 224 and info["num_classes"] == 80
@@ -78,14 +84,19 @@ def test_official_tresnet_m_loads_with_identical_logits(tmp_path):
     torch.testing.assert_close(fresh.state_dict()[key], timm_model.state_dict()[key])
 
 
-@pytest.mark.parametrize("variant,key_file", [("tresnet_l", "official_asl_tresnet_l_keys.tsv"),
-                                              ("tresnet_xl", "official_asl_tresnet_xl_keys.tsv")])
+@pytest.mark.parametrize(
+    "variant,key_file",
+    [("tresnet_l", "official_asl_tresnet_l_keys.tsv"), ("tresnet_xl", "official_asl_tresnet_xl_keys.tsv")],
+)
 def test_official_layouts_are_detected(variant, key_file):
     keys = _key_list(key_file)
     state = {k: torch.empty(shape) for k, shape in keys}
     assert detect_official_tresnet(state) == (variant, 80, "linear")
-    timm_keys = {k: tuple(v.shape) for k, v in create_model(variant, 80).state_dict().items()
-                 if not k.endswith("num_batches_tracked")}
+    timm_keys = {
+        k: tuple(v.shape)
+        for k, v in create_model(variant, 80).state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     assert {_to_timm_key(k): s for k, s in keys} == timm_keys  # every key and shape has its twin
 
 

@@ -28,8 +28,14 @@ def onnx_model(trained_run, tmp_path_factory):
 
 
 def _run(code: str, *, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def _last(proc):
@@ -40,10 +46,11 @@ def _last(proc):
 
 def test_without_pytorch_each_command_says_what_is_needed(trained_run, onnx_model):
     pic = trained_run["data"] / "img" / "0000.png"
-    for script, argv in (("validate", [str(trained_run["data"]), "--dataset", "tagged", "--model-path",
-                                       str(onnx_model)]),
-                         ("infer", ["--model-path", str(trained_run["out"] / "best.pth"), "--pic-path", str(pic)]),
-                         ("train", [])):
+    for script, argv in (
+        ("validate", [str(trained_run["data"]), "--dataset", "tagged", "--model-path", str(onnx_model)]),
+        ("infer", ["--model-path", str(trained_run["out"] / "best.pth"), "--pic-path", str(pic)]),
+        ("train", []),
+    ):
         proc = _run(NO_TORCH + f"from asl import cli\nimport {script}\nsys.exit(cli.run({script}.main, {argv!r}))")
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
@@ -52,8 +59,16 @@ def test_without_pytorch_each_command_says_what_is_needed(trained_run, onnx_mode
 
 
 def test_a_full_or_closed_stdout_is_one_error_line(trained_run):
-    cmd = [sys.executable, str(REPO / "infer.py"), "--model-path", str(trained_run["out"] / "best.pth"), "--pic-path",
-           str(trained_run["data"] / "img"), "--th", "0"]
+    cmd = [
+        sys.executable,
+        str(REPO / "infer.py"),
+        "--model-path",
+        str(trained_run["out"] / "best.pth"),
+        "--pic-path",
+        str(trained_run["data"] / "img"),
+        "--th",
+        "0",
+    ]
     with open("/dev/full", "w") as full:
         proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -67,9 +82,21 @@ def test_unicode_class_names_on_an_ascii_only_stdout_are_escaped(trained_run, tm
 
     ckpt = torch.load(trained_run["out"] / "best.pth", weights_only=True)
     torch.save(dict(ckpt, idx_to_class={0: "café", 1: "chien", 2: "ciel", 3: "arbre"}), tmp_path / "u.pth")
-    proc = subprocess.run([sys.executable, str(REPO / "infer.py"), "--model-path", str(tmp_path / "u.pth"),
-                           "--pic-path", str(trained_run["data"] / "img"), "--th", "0"], capture_output=True,
-                          timeout=120, env=dict(os.environ, PYTHONIOENCODING="ascii"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "infer.py"),
+            "--model-path",
+            str(tmp_path / "u.pth"),
+            "--pic-path",
+            str(trained_run["data"] / "img"),
+            "--th",
+            "0",
+        ],
+        capture_output=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONIOENCODING="ascii"),
+    )
     assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
     assert b"caf\\xe9" in proc.stdout
 
@@ -90,9 +117,18 @@ def test_yaml_keys_that_are_not_names_duplicates_and_home_paths(tmp_path, monkey
 
 @pytest.mark.parametrize("ext", [".psd", ".fits", ".xpm", ".cur", ".blp"])
 def test_save_image_in_a_format_pil_cannot_write_is_refused_before_tagging(ext, trained_run, tmp_path, capsys):
-    rc, out, err = call("infer", ["--model-path", trained_run["out"] / "best.pth", "--pic-path",
-                                  trained_run["data"] / "img" / "0000.png", "--save-image", tmp_path / f"x{ext}"],
-                        capsys)
+    rc, out, err = call(
+        "infer",
+        [
+            "--model-path",
+            trained_run["out"] / "best.pth",
+            "--pic-path",
+            trained_run["data"] / "img" / "0000.png",
+            "--save-image",
+            tmp_path / f"x{ext}",
+        ],
+        capsys,
+    )
     one_error(rc, err, "cannot write them")
     assert out == "" and not (tmp_path / f"x{ext}").exists()
 
@@ -108,8 +144,9 @@ def test_a_folder_with_bad_pictures_is_tagged_and_the_bad_ones_named(trained_run
     shutil.copy(trained_run["data"] / "img" / "0003.png", folder / "p3.jfif")  # a JPEG by another name
     (folder / "._p0.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # what macOS leaves on a USB stick
     os.mkfifo(folder / "pipe.jpg")  # would block a reader forever
-    rc, out, err = call("infer", ["--model-path", trained_run["out"] / "best.pth", "--pic-path", folder, "--json",
-                                  "--th", "0"], capsys)
+    rc, out, err = call(
+        "infer", ["--model-path", trained_run["out"] / "best.pth", "--pic-path", folder, "--json", "--th", "0"], capsys
+    )
     assert rc == 0, err
     tagged = sorted(os.path.basename(r["image"]) for r in json.loads(out))
     assert tagged == ["p0.png", "p1.png", "p2.png", "p3.jfif"]
@@ -122,8 +159,11 @@ def test_model_name_is_not_silently_ignored_for_an_onnx_model(trained_run, onnx_
     one_error(rc, err, "--model-name resnet50 does not apply")
     rc, _, err = call("infer", ["--model-path", onnx_model, "--pic-path", pic, "--model-name", "test_resnet"], capsys)
     assert rc == 0, err  # the name it was exported from
-    rc, _, err = call("validate", [trained_run["data"], "--dataset", "tagged", "--model-path", onnx_model,
-                                   "--model-name", "resnet50"], capsys)
+    rc, _, err = call(
+        "validate",
+        [trained_run["data"], "--dataset", "tagged", "--model-path", onnx_model, "--model-name", "resnet50"],
+        capsys,
+    )
     one_error(rc, err, "--model-name resnet50 does not apply")
 
 
@@ -135,8 +175,9 @@ def test_onnx_metadata_with_a_non_numeric_size_is_one_error_line(trained_run, on
         if p.key == "image_size":
             p.value = "big"
     onnx.save(proto, str(tmp_path / "m.onnx"))
-    rc, _, err = call("infer", ["--model-path", tmp_path / "m.onnx", "--pic-path",
-                                trained_run["data"] / "img" / "0000.png"], capsys)
+    rc, _, err = call(
+        "infer", ["--model-path", tmp_path / "m.onnx", "--pic-path", trained_run["data"] / "img" / "0000.png"], capsys
+    )
     one_error(rc, err, "'image_size' is not a whole number")
 
 
@@ -146,8 +187,12 @@ def test_a_vit_at_an_opset_it_cannot_export_to_is_one_error_line(tmp_path, capsy
     from asl.checkpoint import make_checkpoint, save_checkpoint
 
     model = timm.create_model("test_vit", num_classes=3)
-    save_checkpoint(make_checkpoint(model, model_name="test_vit", class_names=["a", "b", "c"], image_size=160,
-                                    mean=(0.5,) * 3, std=(0.5,) * 3), tmp_path / "vit.pth")
+    save_checkpoint(
+        make_checkpoint(
+            model, model_name="test_vit", class_names=["a", "b", "c"], image_size=160, mean=(0.5,) * 3, std=(0.5,) * 3
+        ),
+        tmp_path / "vit.pth",
+    )
     rc, _, err = call("export", ["--model-path", tmp_path / "vit.pth", "--opset", "13"], capsys)
     one_error(rc, err, "cannot be exported at --opset 13")
     assert not (tmp_path / "vit.onnx").exists()

@@ -17,8 +17,9 @@ from .conftest import REPO
 
 
 def run_script(script, *args, cwd=REPO):
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_one_line_error(proc, fragment, after_logs=False):
@@ -64,10 +65,42 @@ def test_unknown_key_and_wrong_type_are_rejected(tmp_path):
 
 def test_official_spellings_map_to_the_same_fields():
     parser = cli.build_parser("infer", "i", cli.INFER_FIELDS)
-    a = cli.parse_args(parser, ["--model_path", "m.pth", "--pic_path", "a.jpg", "b.jpg", "--input_size", "224",
-                                "--model_name", "tresnet_m", "--th", "0.5", "--dataset_type", "OpenImages"])
-    b = cli.parse_args(parser, ["--model-path", "m.pth", "--pic-path", "a.jpg", "b.jpg", "--input-size", "224",
-                                "--model-name", "tresnet_m", "--th", "0.5", "--dataset-type", "OpenImages"])
+    a = cli.parse_args(
+        parser,
+        [
+            "--model_path",
+            "m.pth",
+            "--pic_path",
+            "a.jpg",
+            "b.jpg",
+            "--input_size",
+            "224",
+            "--model_name",
+            "tresnet_m",
+            "--th",
+            "0.5",
+            "--dataset_type",
+            "OpenImages",
+        ],
+    )
+    b = cli.parse_args(
+        parser,
+        [
+            "--model-path",
+            "m.pth",
+            "--pic-path",
+            "a.jpg",
+            "b.jpg",
+            "--input-size",
+            "224",
+            "--model-name",
+            "tresnet_m",
+            "--th",
+            "0.5",
+            "--dataset-type",
+            "OpenImages",
+        ],
+    )
     assert a == b
     assert a.image_size == 224 and a.pic_path == ["a.jpg", "b.jpg"] and a.th == 0.5
 
@@ -98,8 +131,10 @@ def test_not_a_checkpoint(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint")
     assert_one_line_error(run_script("validate.py", "--model-path", junk), "not a readable PyTorch checkpoint")
-    assert_one_line_error(run_script("infer.py", "--model-path", junk, "--pic-path", REPO / "pics" / "demo.png"),
-                          "not a readable PyTorch checkpoint")
+    assert_one_line_error(
+        run_script("infer.py", "--model-path", junk, "--pic-path", REPO / "pics" / "demo.png"),
+        "not a readable PyTorch checkpoint",
+    )
     assert_one_line_error(run_script("validate.py", "--model-path", tmp_path / "missing.pth"), "not found")
 
 
@@ -116,8 +151,18 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
     assert not (tmp_path / "PWNED").exists()
 
 
-@pytest.mark.parametrize("name", ["demo", "coco_tresnet_l_448", "coco_tresnet_m_224", "voc_tresnet_xl_448",
-                                  "nuswide_tresnet_l_448", "custom_example", "finetune"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "demo",
+        "coco_tresnet_l_448",
+        "coco_tresnet_m_224",
+        "voc_tresnet_xl_448",
+        "nuswide_tresnet_l_448",
+        "custom_example",
+        "finetune",
+    ],
+)
 def test_shipped_configs_load(name):
     import timm
 

@@ -70,11 +70,14 @@ def test_split_without_split_column_is_seeded(tmp_path):
     assert create_dataset("tagged", str(root), "val", val_fraction=0.25, seed=0).paths == va.paths
 
 
-@pytest.mark.parametrize("content,fragment", [
-    ("img,tags\nx.png,a\n", "header"),
-    ("image,labels,split\nx.png,a\n", "expected 3 fields"),
-    ("image,labels,split\nx.png,a,holdout\n", "unknown split"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        ("img,tags\nx.png,a\n", "header"),
+        ("image,labels,split\nx.png,a\n", "expected 3 fields"),
+        ("image,labels,split\nx.png,a,holdout\n", "unknown split"),
+    ],
+)
 def test_malformed_csv(tmp_path, content, fragment):
     (tmp_path / "labels.csv").write_text(content)
     with pytest.raises(DataError, match=fragment):
@@ -101,11 +104,13 @@ def test_corrupt_image_is_skipped_and_named(tagged_root, caplog):
     torch.testing.assert_close(items[1][1], torch.from_numpy(ds.targets[3]))  # the next readable sample
     # A missing file is found when the dataset is built, before any epoch.
     with pytest.raises(DataError, match="1 of 48 images are missing or unreadable"):
-        create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.0,
-                       max_bad_images=0)
+        create_dataset(
+            "tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.0, max_bad_images=0
+        )
     shutil.copy(tagged_root / "img/0000.png", tagged_root / "img/0002.png")
-    strict = create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.0,
-                            max_bad_images=0)
+    strict = create_dataset(
+        "tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.0, max_bad_images=0
+    )
     strict[0]
     with pytest.raises(DataError, match="unreadable"):
         strict[1]

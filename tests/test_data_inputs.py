@@ -106,8 +106,14 @@ def test_a_coco_export_is_split_instead_of_validated_on_its_training_images(tmp_
     # an evaluation file of its own
     other = tmp_path / "o"
     make_coco(other, split="val2017")
-    val2 = create_dataset("coco", str(root), "val", val_ann_file=str(other / "annotations" / "instances_val2017.json"),
-                          val_image_dir=str(other / "val2017"), **kw)
+    val2 = create_dataset(
+        "coco",
+        str(root),
+        "val",
+        val_ann_file=str(other / "annotations" / "instances_val2017.json"),
+        val_image_dir=str(other / "val2017"),
+        **kw,
+    )
     assert all("val2017" in p for p in val2.paths) and len(val2) == 4
     assert create_dataset("coco", str(root), "train", **{**kw, "val_ann_file": str(ann)}).paths == every.paths
 
@@ -117,9 +123,27 @@ def test_the_train_command_splits_a_single_coco_export(tmp_path, capsys):
 
     root = tmp_path / "c"
     ann = _coco(root, lambda d: None)
-    rc, _, err = call("train", [root, "--dataset", "coco", "--ann-file", ann, "--image-dir", root / "val2014",
-                                "--keep-unannotated", "--val-fraction", "0.5", *TINY, "--batch-size", "2",
-                                "--output", tmp_path / "o"], capsys)
+    rc, _, err = call(
+        "train",
+        [
+            root,
+            "--dataset",
+            "coco",
+            "--ann-file",
+            ann,
+            "--image-dir",
+            root / "val2014",
+            "--keep-unannotated",
+            "--val-fraction",
+            "0.5",
+            *TINY,
+            "--batch-size",
+            "2",
+            "--output",
+            tmp_path / "o",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert not any("both the training and the evaluation split" in ln for ln in err)
 

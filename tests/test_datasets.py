@@ -120,8 +120,14 @@ def test_nuswide(tmp_path):
     assert tr.paths[0].endswith("nus/images/a.jpg")
 
 
-@pytest.mark.parametrize("labels,fragment", [("__import__('os').system('echo hi')", "not a list literal"),
-                                              ("['sky'", "not a list literal"), ("[1, 2]", "list of names")])
+@pytest.mark.parametrize(
+    "labels,fragment",
+    [
+        ("__import__('os').system('echo hi')", "not a list literal"),
+        ("['sky'", "not a list literal"),
+        ("[1, 2]", "list of names"),
+    ],
+)
 def test_nuswide_labels_are_parsed_safely(tmp_path, labels, fragment):
     root = tmp_path / "nus"
     root.mkdir()
@@ -144,10 +150,29 @@ def test_train_one_epoch_per_format(tmp_path, fmt):
     else:
         root = make_nuswide(tmp_path / "nus")
     out = tmp_path / "out"
-    rc = cli.run(train.main, [str(root), "--dataset", fmt, "--no-pretrained",
-                              "--model-name", "test_resnet", "--image-size", "64",
-                              "--batch-size", "2", "--epochs", "1", "--workers", "0", "--output", str(out),
-                              "--augment", "cutout_randaugment"])
+    rc = cli.run(
+        train.main,
+        [
+            str(root),
+            "--dataset",
+            fmt,
+            "--no-pretrained",
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--output",
+            str(out),
+            "--augment",
+            "cutout_randaugment",
+        ],
+    )
     assert rc == 0
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert np.isfinite(rec["train_loss"]) and 0 <= rec["mAP"] <= 100 and rec["bad_images"] == 0
@@ -158,20 +183,58 @@ def test_corrupt_images_are_counted_across_workers(tmp_path):
     make_coco(root, split="val2014")
     (root / "train2014/COCO_train2014_000000000022.jpg").write_bytes(b"\xff\xd8\xff truncated")
     out = tmp_path / "out"
-    proc = run_script("train.py", root, "--dataset", "coco", "--no-pretrained",
-                      "--model-name", "test_resnet", "--image-size", "32",
-                      "--batch-size", "2", "--epochs", "1", "--workers", "2", "--output", out,
-                      "--keep-unannotated", "--config", _tolerant(tmp_path))  # 4 images: a batch per worker
+    proc = run_script(
+        "train.py",
+        root,
+        "--dataset",
+        "coco",
+        "--no-pretrained",
+        "--model-name",
+        "test_resnet",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--workers",
+        "2",
+        "--output",
+        out,
+        "--keep-unannotated",
+        "--config",
+        _tolerant(tmp_path),
+    )  # 4 images: a batch per worker
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["bad_images"] == 1
     assert proc.stderr.count("COCO_train2014_000000000022.jpg") >= 1
-    assert_one_line_error(run_script("train.py", root, "--dataset", "coco", "--no-pretrained",
-                                     "--model-name", "test_resnet",
-                                     "--image-size", "32", "--epochs", "1", "--workers", "2", "--batch-size",
-                                     "2", "--keep-unannotated", "--max-bad-images", "0", "--output",
-                                     tmp_path / "strict"), "unreadable",
-                          after_logs=True)
+    assert_one_line_error(
+        run_script(
+            "train.py",
+            root,
+            "--dataset",
+            "coco",
+            "--no-pretrained",
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--workers",
+            "2",
+            "--batch-size",
+            "2",
+            "--keep-unannotated",
+            "--max-bad-images",
+            "0",
+            "--output",
+            tmp_path / "strict",
+        ),
+        "unreadable",
+        after_logs=True,
+    )
 
 
 def _tolerant(tmp_path):
@@ -193,16 +256,39 @@ def test_each_dataset_declares_the_options_it_reads(tmp_path, capsys):
     with pytest.raises(ConfigError, match="dataset voc does not take ann_file"):
         create_dataset("voc", str(root), "test", ann_file="x.json")
     assert create_dataset("voc", str(root), "test", voc_year="2007", difficult="positive").num_classes == 20
-    assert DATASETS["coco"].options == ("ann_file", "image_dir", "keep_unannotated", "val_ann_file", "val_image_dir",
-                                        "val_fraction", "seed")
+    assert DATASETS["coco"].options == (
+        "ann_file",
+        "image_dir",
+        "keep_unannotated",
+        "val_ann_file",
+        "val_image_dir",
+        "val_fraction",
+        "seed",
+    )
     # on the command line: an option of another dataset is one error line before any work
     out = tmp_path / "out"
-    rc = cli.run(train.main, [str(root), "--dataset", "voc", "--no-pretrained",
-                              "--model-name", "test_resnet", "--image-size", "32",
-                              "--keep-unannotated", "--output", str(out)])
+    rc = cli.run(
+        train.main,
+        [
+            str(root),
+            "--dataset",
+            "voc",
+            "--no-pretrained",
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--keep-unannotated",
+            "--output",
+            str(out),
+        ],
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --keep-unannotated True is not read by "
-                                                           "--dataset voc (it is a coco option)")
+    assert (
+        rc == 2
+        and len(err) == 1
+        and err[0].startswith("error: --keep-unannotated True is not read by --dataset voc (it is a coco option)")
+    )
     assert not out.exists()
     rc = cli.run(train.main, [str(root), "--dataset", "tagged", "--voc-year", "2012", "--output", str(out)])
     assert rc == 2 and "--voc-year '2012' is not read by --dataset tagged" in capsys.readouterr().err
@@ -218,8 +304,13 @@ def test_the_demo_is_generated_by_an_explicit_step_only(tmp_path):
     with pytest.raises(DataError, match="python -m asl.data.demo"):
         create_dataset("demo", str(root), "train", demo_classes=10)
     assert not root.exists()  # building a dataset reads; it never writes
-    proc = subprocess.run([sys.executable, "-m", "asl.data.demo", str(root), "--classes", "10"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "asl.data.demo", str(root), "--classes", "10"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "RuntimeWarning" not in proc.stderr, proc.stderr
     ds = create_dataset("demo", str(root), "val", demo_classes=10)
     assert ds.num_classes == 10 and len(ds) == 1000

@@ -33,15 +33,19 @@ def test_a_users_photo_in_a_sub_folder_of_a_demo_copy_survives(small_demo):
 
 def test_a_dataset_begun_as_a_demo_copy_is_never_replaced(small_demo, tmp_path, capsys):
     # the user kept demo.json, wrote their own labels.csv and put their own picture in
-    rows = [["image", "labels", "split"], ["images/train/000000.png", "mine", "train"],
-            ["images/val/000000.png", "mine", "val"]]
+    rows = [
+        ["image", "labels", "split"],
+        ["images/train/000000.png", "mine", "train"],
+        ["images/val/000000.png", "mine", "val"],
+    ]
     with open(small_demo / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     Image.new("RGB", (16, 16), (9, 9, 9)).save(small_demo / "images" / "train" / "000000.png")
     (small_demo / "classes.txt").write_text("mine\n")
     before = tree_digest(small_demo)
-    rc, _, err = call("train", [small_demo, "--demo-classes", "10", "--epochs", "1", "--output", tmp_path / "o"],
-                      capsys)
+    rc, _, err = call(
+        "train", [small_demo, "--demo-classes", "10", "--epochs", "1", "--output", tmp_path / "o"], capsys
+    )
     one_error(rc, err, "other files or changes")
     assert "labels.csv changed" in err[-1]
     assert tree_digest(small_demo) == before and not (tmp_path / "o").exists()

@@ -66,10 +66,36 @@ def test_samplers_partition_and_gather_restores_order():
 def test_torchrun_two_processes_gloo(tmp_path):
     data = make_voc_set(tmp_path / "voc")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(REPO / "train.py"), str(data), "--dataset", "voc",
-           "--no-pretrained", "--model-name", "test_resnet", "--image-size", "32", "--batch-size", "4", "--epochs", "2",
-           "--workers", "0", "--output", str(out), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(REPO / "train.py"),
+        str(data),
+        "--dataset",
+        "voc",
+        "--no-pretrained",
+        "--model-name",
+        "test_resnet",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -81,8 +107,10 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
     import validate
 
-    rc = cli.run(validate.main, ["--model-path", str(out / "best.pth"), "--workers", "0", "--device", "cpu",
-                                 "--output", str(tmp_path / "v")])
+    rc = cli.run(
+        validate.main,
+        ["--model-path", str(out / "best.pth"), "--workers", "0", "--device", "cpu", "--output", str(tmp_path / "v")],
+    )
     assert rc == 0
     single = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert single["num_images"] == 10

@@ -44,8 +44,10 @@ def test_validate_reproduces_training_map(trained_run, tmp_path, capsys):
     import validate
 
     out = trained_run["out"]
-    rc = cli.run(validate.main, ["--model-path", str(out / "best.pth"), "--output", str(tmp_path / "v"),
-                                 "--workers", "0", "--calibrate"])
+    rc = cli.run(
+        validate.main,
+        ["--model-path", str(out / "best.pth"), "--output", str(tmp_path / "v"), "--workers", "0", "--calibrate"],
+    )
     assert rc == 0
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert {"mAP", "CP", "CR", "CF1", "F_C", "OP", "OR", "OF1", "num_images", "per_class_ap"} <= set(m)
@@ -63,8 +65,22 @@ def test_infer_json_and_picture(trained_run, tmp_path, capsys):
     import infer
 
     out, data = trained_run["out"], trained_run["data"]
-    rc = cli.run(infer.main, ["--model_path", str(out / "best.pth"), "--pic_path", str(data / "img"), "--json",
-                              "--th", "0.0", "--top-k", "2", "--save-image", str(tmp_path / "p.png")])
+    rc = cli.run(
+        infer.main,
+        [
+            "--model_path",
+            str(out / "best.pth"),
+            "--pic_path",
+            str(data / "img"),
+            "--json",
+            "--th",
+            "0.0",
+            "--top-k",
+            "2",
+            "--save-image",
+            str(tmp_path / "p.png"),
+        ],
+    )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert len(res) == 72 and res[0]["image"].endswith("0000.png")
@@ -74,8 +90,9 @@ def test_infer_json_and_picture(trained_run, tmp_path, capsys):
         assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
         assert {lab["label"] for lab in r["labels"]} <= {"cat", "dog", "sky", "tree"}
     assert (tmp_path / "p.png").is_file()
-    rc = cli.run(infer.main, ["--model-path", str(out / "best.pth"), "--pic-path", str(data / "img" / "0001.png"),
-                              "--th", "1.0"])
+    rc = cli.run(
+        infer.main, ["--model-path", str(out / "best.pth"), "--pic-path", str(data / "img" / "0001.png"), "--th", "1.0"]
+    )
     assert rc == 0 and "(no label)" in capsys.readouterr().out
 
 
@@ -86,8 +103,10 @@ def test_infer_bad_inputs(trained_run, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     assert_one_line_error(run_script("infer.py", "--model-path", best, "--pic-path", bad), "cannot read image")
-    assert_one_line_error(run_script("infer.py", "--model-path", best, "--pic-path", bad, "--model-name",
-                                     "resnet18"), "does not fit resnet18")
+    assert_one_line_error(
+        run_script("infer.py", "--model-path", best, "--pic-path", bad, "--model-name", "resnet18"),
+        "does not fit resnet18",
+    )
 
 
 def test_validate_wrong_class_count(trained_run, tmp_path):
@@ -99,16 +118,33 @@ def test_validate_wrong_class_count(trained_run, tmp_path):
 
 def test_train_bad_inputs(trained_run, tmp_path):
     data = trained_run["data"]
-    assert_one_line_error(run_script("train.py", data, "--dataset", "tagged", "--model-name", "resnet_nope",
-                                     "--output", tmp_path / "a"), "unknown model name")
-    assert_one_line_error(run_script("train.py", data, "--dataset", "tagged", "--loss", "hinge",
-                                     "--output", tmp_path / "b"), "unknown loss")
-    assert_one_line_error(run_script("train.py", data, "--dataset", "tagged", "--no-pretrained",
-                                     "--model-name", "test_resnet",
-                                     "--resume", trained_run["out"] / "best.pth", "--output", tmp_path / "c"),
-                          "cannot resume")
-    assert_one_line_error(run_script("train.py", tmp_path / "nowhere", "--dataset", "tagged",
-                                     "--output", tmp_path / "d"), "not found")
+    assert_one_line_error(
+        run_script("train.py", data, "--dataset", "tagged", "--model-name", "resnet_nope", "--output", tmp_path / "a"),
+        "unknown model name",
+    )
+    assert_one_line_error(
+        run_script("train.py", data, "--dataset", "tagged", "--loss", "hinge", "--output", tmp_path / "b"),
+        "unknown loss",
+    )
+    assert_one_line_error(
+        run_script(
+            "train.py",
+            data,
+            "--dataset",
+            "tagged",
+            "--no-pretrained",
+            "--model-name",
+            "test_resnet",
+            "--resume",
+            trained_run["out"] / "best.pth",
+            "--output",
+            tmp_path / "c",
+        ),
+        "cannot resume",
+    )
+    assert_one_line_error(
+        run_script("train.py", tmp_path / "nowhere", "--dataset", "tagged", "--output", tmp_path / "d"), "not found"
+    )
 
 
 def test_infer_uses_the_official_infer_preprocessing_and_strict_threshold(trained_run, tmp_path, capsys):
@@ -131,8 +167,10 @@ def test_infer_uses_the_official_infer_preprocessing_and_strict_threshold(traine
     with torch.inference_mode():
         scores = torch.sigmoid(model(((official - mean) / std)[None]))[0]
     th = float(scores.median())  # a threshold equal to a score: strict > leaves that class out
-    rc = cli.run(infer.main, ["--model-path", str(trained_run["out"] / "best.pth"), "--pic-path", str(pic), "--json",
-                              "--th", repr(th)])
+    rc = cli.run(
+        infer.main,
+        ["--model-path", str(trained_run["out"] / "best.pth"), "--pic-path", str(pic), "--json", "--th", repr(th)],
+    )
     assert rc == 0
     labels = json.loads(capsys.readouterr().out)[0]["labels"]
     expected = {info["class_names"][k]: round(float(scores[k]), 4) for k in range(4) if scores[k] > th}

@@ -47,8 +47,15 @@ def test_gradient_accumulation_equals_the_larger_batch(reduction):
         torch.manual_seed(1)
         model = torch.nn.Linear(5, 3)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        stats = train_one_epoch(model, torch.utils.data.DataLoader(data, batch_size=batch), AsymmetricLoss(
-            reduction=reduction), opt, torch.device("cpu"), accum_steps=accum, print_freq=0)
+        stats = train_one_epoch(
+            model,
+            torch.utils.data.DataLoader(data, batch_size=batch),
+            AsymmetricLoss(reduction=reduction),
+            opt,
+            torch.device("cpu"),
+            accum_steps=accum,
+            print_freq=0,
+        )
         return model, stats
 
     big, s1 = run(8, 1)
@@ -82,10 +89,20 @@ def _epoch(defer_sync, bad, accum=1, max_nonfinite=20, fused=True, clip=None):
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     opt = build_optimizer(model, "adam", 1e-2, 1e-4, fused=fused)
     sched = build_scheduler(opt, 1e-2, 1, 48 // 4 // accum)
-    stats = train_one_epoch(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4),
-                            _SometimesNaN(bad), opt, torch.device("cpu"), scheduler=sched, accum_steps=accum,
-                            print_freq=0, defer_sync=defer_sync, check_every=3, max_nonfinite=max_nonfinite,
-                            grad_clip=clip)
+    stats = train_one_epoch(
+        model,
+        torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4),
+        _SometimesNaN(bad),
+        opt,
+        torch.device("cpu"),
+        scheduler=sched,
+        accum_steps=accum,
+        print_freq=0,
+        defer_sync=defer_sync,
+        check_every=3,
+        max_nonfinite=max_nonfinite,
+        grad_clip=clip,
+    )
     return model, opt, stats
 
 
@@ -136,13 +153,19 @@ def test_the_schedule_follows_the_steps_a_grad_scaler_takes():
     model = torch.nn.Linear(6, 3)
     opt = build_optimizer(model, "adam", 1e-2, 0.0)
     sched = build_scheduler(opt, 1e-2, 1, 50)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)  # the scaled gradients overflow float32 at first
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # the scaled gradients overflow float32 at first
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Detected call of lr_scheduler.step() before optimizer.step()"
-        stats = train_one_epoch(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
-                                                                   batch_size=4),
-                                _Times(AsymmetricLoss(), 1e6), opt, torch.device("cpu"), scheduler=sched,
-                                scaler=scaler, print_freq=0)
+        stats = train_one_epoch(
+            model,
+            torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4),
+            _Times(AsymmetricLoss(), 1e6),
+            opt,
+            torch.device("cpu"),
+            scheduler=sched,
+            scaler=scaler,
+            print_freq=0,
+        )
     taken = int(opt.state[model.weight]["step"])
     assert 0 < taken < 50 and stats["global_step"] == 50
     assert sched.last_epoch == taken  # the schedule counts the optimizer's steps, not the batches

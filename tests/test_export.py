@@ -27,8 +27,9 @@ def exported(trained_run, tmp_path_factory):
     from asl.export import export_onnx
 
     out = tmp_path_factory.mktemp("onnx")
-    report = export_onnx(load_config(None, {"model_path": str(trained_run["out"] / "best.pth"),
-                                            "output": str(out / "model.onnx")}))
+    report = export_onnx(
+        load_config(None, {"model_path": str(trained_run["out"] / "best.pth"), "output": str(out / "model.onnx")})
+    )
     return out / "model.onnx", report
 
 
@@ -66,8 +67,13 @@ def test_infer_through_onnx_equals_the_pytorch_path(trained_run, exported, capsy
     import infer
 
     pics = str(trained_run["data"] / "img")
-    assert cli.run(infer.main, ["--model-path", str(trained_run["out"] / "best.pth"), "--pic-path", pics, "--json",
-                                "--th", "0.3"]) == 0
+    assert (
+        cli.run(
+            infer.main,
+            ["--model-path", str(trained_run["out"] / "best.pth"), "--pic-path", pics, "--json", "--th", "0.3"],
+        )
+        == 0
+    )
     want = json.loads(capsys.readouterr().out)
     assert cli.run(infer.main, ["--model-path", str(exported[0]), "--pic-path", pics, "--json", "--th", "0.3"]) == 0
     got = json.loads(capsys.readouterr().out)
@@ -82,8 +88,10 @@ def test_validate_through_onnx_equals_the_pytorch_path(trained_run, exported, tm
     import validate
 
     for name, model in (("pt", trained_run["out"] / "best.pth"), ("onnx", exported[0])):
-        assert cli.run(validate.main, ["--model-path", str(model), "--workers", "0", "--output",
-                                       str(tmp_path / name)]) == 0
+        assert (
+            cli.run(validate.main, ["--model-path", str(model), "--workers", "0", "--output", str(tmp_path / name)])
+            == 0
+        )
     pt, ox = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("pt", "onnx"))
     assert ox["num_images"] == pt["num_images"] == 24
     assert abs(ox["mAP"] - pt["mAP"]) < 1e-3 and abs(ox["OF1"] - pt["OF1"]) < 1e-3
@@ -91,13 +99,15 @@ def test_validate_through_onnx_equals_the_pytorch_path(trained_run, exported, tm
 
 
 def test_the_onnx_path_imports_neither_torch_nor_timm(trained_run, exported):
-    code = ("import sys\n"
-            "for m in ('torch', 'timm', 'torchvision'): sys.modules[m] = None  # any import of them now fails\n"
-            "from asl import cli\nimport infer\n"
-            f"rc = cli.run(infer.main, ['--model-path', {str(exported[0])!r}, '--pic-path', "
-            f"{str(trained_run['data'] / 'img' / '0001.png')!r}, '--json'])\n"
-            "loaded = [m for m in ('torch', 'timm', 'torchvision') if sys.modules.get(m) is not None]\n"
-            "print(rc, loaded)")
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'timm', 'torchvision'): sys.modules[m] = None  # any import of them now fails\n"
+        "from asl import cli\nimport infer\n"
+        f"rc = cli.run(infer.main, ['--model-path', {str(exported[0])!r}, '--pic-path', "
+        f"{str(trained_run['data'] / 'img' / '0001.png')!r}, '--json'])\n"
+        "loaded = [m for m in ('torch', 'timm', 'torchvision') if sys.modules.get(m) is not None]\n"
+        "print(rc, loaded)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "0 []"
@@ -115,10 +125,10 @@ def test_official_tresnet_m_exports_without_reflect_padding(tmp_path, monkeypatc
     torch.manual_seed(0)
     model = _randomize_bn(create_model("tresnet_m", 80))
     ckpt = tmp_path / "MS_COCO_TRresNet_M_224_81.8.pth"
-    torch.save({"model": official_state_from_timm(model, "official_asl_tresnet_m_keys.tsv"), "num_classes": 80},
-               ckpt)
-    cfg = load_config(None, {"model_path": str(ckpt), "output": str(tmp_path / "m.onnx"), "image_size": 64,
-                             "dynamic_batch": True})
+    torch.save({"model": official_state_from_timm(model, "official_asl_tresnet_m_keys.tsv"), "num_classes": 80}, ckpt)
+    cfg = load_config(
+        None, {"model_path": str(ckpt), "output": str(tmp_path / "m.onnx"), "image_size": 64, "dynamic_batch": True}
+    )
     report = export.export_onnx(cfg)
     assert report["blur_rewritten"] == 3 and report["max_abs_diff"] <= 1e-4
     assert report["graph"]["ops"].get("Pad", 0) == 0 and not report["graph"]["custom"]
@@ -146,9 +156,18 @@ def test_fp16_weights_and_logits(trained_run, tmp_path):
     from asl.export import export_onnx
     from asl.predict import OnnxTagger
 
-    report = export_onnx(load_config(None, {"model_path": str(trained_run["out"] / "best.pth"), "fp16": True,
-                                            "sigmoid": False, "dynamic_batch": True,
-                                            "output": str(tmp_path / "h.onnx")}))
+    report = export_onnx(
+        load_config(
+            None,
+            {
+                "model_path": str(trained_run["out"] / "best.pth"),
+                "fp16": True,
+                "sigmoid": False,
+                "dynamic_batch": True,
+                "output": str(tmp_path / "h.onnx"),
+            },
+        )
+    )
     assert report["max_abs_diff"] <= 1e-2 and report["metadata"]["output"] == "logits"
     import onnx
 
@@ -176,8 +195,7 @@ def test_bad_input_is_one_error_line(trained_run, exported, tmp_path, capsys):
     err(export_script, ["--model-path", best, "--output", exported[0]], "already exists")
     err(export_script, ["--model-path", best, "--output", "/proc/m.onnx"], "cannot write")
     err(export_script, ["--model-path", best, "--output", tmp_path / "m.pt"], "ends in .onnx")
-    err(export_script, ["--model-path", best, "--output", tmp_path / "n.onnx", "--num-classes", "7"],
-        "--num-classes 7")
+    err(export_script, ["--model-path", best, "--output", tmp_path / "n.onnx", "--num-classes", "7"], "--num-classes 7")
     pic = trained_run["data"] / "img" / "0001.png"
     err(infer, ["--model-path", exported[0], "--pic-path", pic, "--num-classes", "5"], "--num-classes 5")
     err(infer, ["--model-path", junk.with_suffix(".onnx"), "--pic-path", pic], "model not found")
@@ -187,14 +205,34 @@ def test_bad_input_is_one_error_line(trained_run, exported, tmp_path, capsys):
     plain = tmp_path / "plain.onnx"
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
     with pytest.warns(Warning):
-        torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), str(plain), dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, 16, 16),),
+            str(plain),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
+        )
     err(infer, ["--model-path", plain, "--pic-path", pic], "pass --image-size N")
     err(infer, ["--model-path", plain, "--pic-path", pic, "--image-size", "16"], "pass --class-names FILE")
     names = tmp_path / "names.txt"
     names.write_text("a\nb\nc\nd\n")
-    rc = cli.run(infer.main, ["--model-path", str(plain), "--pic-path", str(pic), "--image-size", "16",
-                              "--class-names", str(names), "--th", "0", "--json"])
+    rc = cli.run(
+        infer.main,
+        [
+            "--model-path",
+            str(plain),
+            "--pic-path",
+            str(pic),
+            "--image-size",
+            "16",
+            "--class-names",
+            str(names),
+            "--th",
+            "0",
+            "--json",
+        ],
+    )
     assert rc == 0 and {x["label"] for x in json.loads(capsys.readouterr().out)[0]["labels"]} <= set("abcd")
 
 
@@ -203,8 +241,9 @@ def test_a_failed_check_writes_nothing(trained_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, "TOLERANCE", {False: -1.0, True: -1.0})  # no output can pass
     with pytest.raises(ASLError, match="was not written"):
-        export.export_onnx(load_config(None, {"model_path": str(trained_run["out"] / "best.pth"),
-                                              "output": str(tmp_path / "x.onnx")}))
+        export.export_onnx(
+            load_config(None, {"model_path": str(trained_run["out"] / "best.pth"), "output": str(tmp_path / "x.onnx")})
+        )
     assert list(tmp_path.iterdir()) == []
 
 

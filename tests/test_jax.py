@@ -36,13 +36,15 @@ def _torch_ref(x, y, known, **kw):
     return loss.detach().numpy(), xt.grad.numpy()
 
 
-OPTIONS = list(itertools.product(
-    [(0, 0, 0), (2, 2, 0), (4, 0, 0.05), (4, 1, 0.05), (3.5, 0.5, 0.2), (1, 0, 1e-9)],  # (g-, g+, m)
-    [True, False],  # stop_gradient_focusing / disable_torch_grad_focal_loss
-    [0.0, 0.1],  # label smoothing
-    [False, True],  # unknown labels (where / -1)
-    [False, True],  # soft labels
-))
+OPTIONS = list(
+    itertools.product(
+        [(0, 0, 0), (2, 2, 0), (4, 0, 0.05), (4, 1, 0.05), (3.5, 0.5, 0.2), (1, 0, 1e-9)],  # (g-, g+, m)
+        [True, False],  # stop_gradient_focusing / disable_torch_grad_focal_loss
+        [0.0, 0.1],  # label smoothing
+        [False, True],  # unknown labels (where / -1)
+        [False, True],  # soft labels
+    )
+)
 
 
 @pytest.mark.parametrize("gammas,detach,smooth,masked,soft", OPTIONS)
@@ -50,10 +52,10 @@ def test_parity_with_torch(gammas, detach, smooth, masked, soft):
     gn, gp, m = gammas
     x, y, known = _inputs(soft=soft)
     known = known if masked else None
-    ref_val, ref_grad = _torch_ref(x, y, known, gamma_neg=gn, gamma_pos=gp, clip=m,
-                                   disable_torch_grad_focal_loss=detach, label_smoothing=smooth)
-    kw = dict(gamma_neg=gn, gamma_pos=gp, clip=m, stop_gradient_focusing=detach, label_smoothing=smooth,
-              where=known)
+    ref_val, ref_grad = _torch_ref(
+        x, y, known, gamma_neg=gn, gamma_pos=gp, clip=m, disable_torch_grad_focal_loss=detach, label_smoothing=smooth
+    )
+    kw = dict(gamma_neg=gn, gamma_pos=gp, clip=m, stop_gradient_focusing=detach, label_smoothing=smooth, where=known)
     val = np.asarray(jasl(x, y, **kw))
     grad = np.asarray(jax.grad(lambda z: jasl(z, y, **kw).sum())(x))
     np.testing.assert_allclose(val, ref_val, rtol=1e-5, atol=1e-5)
@@ -68,16 +70,22 @@ def test_special_cases_match_optax_formulas():
     ref = -(y * np.asarray(jax.nn.log_sigmoid(x)) + (1 - y) * np.asarray(jax.nn.log_sigmoid(-x)))
     np.testing.assert_allclose(bce, np.maximum(ref, 0) * 0 + np.minimum(ref, -np.log(1e-8)), rtol=1e-5, atol=1e-6)
     optax = pytest.importorskip("optax")
-    np.testing.assert_allclose(bce, np.asarray(optax.sigmoid_binary_cross_entropy(x, y)).clip(max=-np.log(1e-8)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        bce, np.asarray(optax.sigmoid_binary_cross_entropy(x, y)).clip(max=-np.log(1e-8)), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_finite_at_extreme_logits(dtype):
     x = jnp.asarray([[1e4, -1e4, 50.0, -50.0, 0.0, 88.0, -88.0]], dtype=dtype)
     y = jnp.asarray([[1, 1, 0, 0, 1, 0, 1]], dtype=jnp.float32)
-    for kw in (dict(), dict(gamma_pos=1.0), dict(clip=0.0), dict(gamma_neg=2.5, gamma_pos=0.5, clip=0.0),
-               dict(stop_gradient_focusing=False, gamma_pos=1.0)):
+    for kw in (
+        dict(),
+        dict(gamma_pos=1.0),
+        dict(clip=0.0),
+        dict(gamma_neg=2.5, gamma_pos=0.5, clip=0.0),
+        dict(stop_gradient_focusing=False, gamma_pos=1.0),
+    ):
         val = jasl(x, y, **kw)
         grad = jax.grad(lambda z, kw=kw: jasl(z, y, **kw).sum())(x)
         assert val.dtype == jnp.float32
@@ -121,19 +129,26 @@ def test_single_label_parity(gp, gn, smooth):
     np.testing.assert_allclose(np.asarray(jax.grad(lambda z: f(z).sum())(x)), xt.grad.numpy(), rtol=1e-5, atol=1e-5)
     if gp == gn == smooth == 0:
         optax = pytest.importorskip("optax")
-        np.testing.assert_allclose(np.asarray(f(x)), np.asarray(
-            optax.softmax_cross_entropy_with_integer_labels(x, t)), rtol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(f(x)), np.asarray(optax.softmax_cross_entropy_with_integer_labels(x, t)), rtol=1e-5
+        )
 
 
 def test_import_does_not_need_torch():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None\n"  # any torch import now fails
-            "from asl.jax import asymmetric_loss; import jax.numpy as jnp\n"
-            "print(float(asymmetric_loss(jnp.zeros((1, 2)), jnp.ones((1, 2))).sum()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(
-        __import__("pathlib").Path(__file__).resolve().parents[1]))
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any torch import now fails
+        "from asl.jax import asymmetric_loss; import jax.numpy as jnp\n"
+        "print(float(asymmetric_loss(jnp.zeros((1, 2)), jnp.ones((1, 2))).sum()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+    )
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == pytest.approx(2 * np.log(2), rel=1e-6)
 
@@ -181,8 +196,9 @@ def test_soft_labels_equal_the_official_loss_in_float64():
                 ref.backward()
 
                 def total(z, labels=labels, smoothing=smoothing, gn=gn, gp=gp, clip=clip):
-                    return jasl(z, jnp.asarray(labels.numpy()), gamma_neg=gn, gamma_pos=gp, clip=clip,
-                                label_smoothing=smoothing).sum()
+                    return jasl(
+                        z, jnp.asarray(labels.numpy()), gamma_neg=gn, gamma_pos=gp, clip=clip, label_smoothing=smoothing
+                    ).sum()
 
                 value, grad = jax.value_and_grad(total)(jnp.asarray(x.numpy()))
                 assert value.dtype == jnp.float64

@@ -44,8 +44,12 @@ def _imports(path):
             else:
                 target = node.module or ""
             names = [f"{target}.{a.name}" for a in node.names]
-            out.update(n for n in names if (PACKAGE.parent / (n.replace(".", "/") + ".py")).exists()
-                       or (PACKAGE.parent / n.replace(".", "/") / "__init__.py").exists())
+            out.update(
+                n
+                for n in names
+                if (PACKAGE.parent / (n.replace(".", "/") + ".py")).exists()
+                or (PACKAGE.parent / n.replace(".", "/") / "__init__.py").exists()
+            )
             out.add(target)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
@@ -68,7 +72,7 @@ def test_import_graph_has_no_circle():
         state[m] = 1
         for t in sorted(graph[m]):
             if state.get(t) == 1:
-                cycles.append(stack[stack.index(t):] + [t])
+                cycles.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t, stack + [t])
         state[m] = 2
@@ -86,7 +90,7 @@ def test_no_module_of_the_package_imports_a_top_level_script():
     for m, p in mods.items():
         bad = {t for t in _imports(p) if t.split(".")[0] in SCRIPTS}
         assert not bad, (m, bad)
-        assert "train.py\"" not in p.read_text(encoding="utf-8").replace("'", '"'), m  # no script started by path
+        assert 'train.py"' not in p.read_text(encoding="utf-8").replace("'", '"'), m  # no script started by path
 
 
 def test_files_are_written_by_one_helper():
@@ -124,8 +128,11 @@ def _umask() -> int:
 
 def test_parsers_are_generated_from_the_schema():
     assert not hasattr(cli, "FLAGS")  # no second list of flags
-    for command, fields in (("train", cli.TRAIN_FIELDS), ("validate", cli.VALIDATE_FIELDS),
-                            ("infer", cli.INFER_FIELDS)):
+    for command, fields in (
+        ("train", cli.TRAIN_FIELDS),
+        ("validate", cli.VALIDATE_FIELDS),
+        ("infer", cli.INFER_FIELDS),
+    ):
         assert fields == config.fields_for(command)
         parser = cli.build_parser(command, "", fields)
         dests = {a.dest for a in parser._actions}
@@ -149,8 +156,9 @@ def test_parsers_are_generated_from_the_schema():
 
 def test_commands_run_from_the_package():
     for module in ("asl.train", "asl.validate", "asl.infer", "asl.study", "asl.export"):
-        proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120,
-                              cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO
+        )
         assert proc.returncode == 0 and "usage:" in proc.stdout, (module, proc.stderr)
 
 
@@ -162,8 +170,23 @@ def test_wheel_ships_the_commands_and_base_configs(tmp_path):
     shutil.copytree(REPO / "asl", src / "asl", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("asl-*.whl")
     with zipfile.ZipFile(wheel) as z:
@@ -171,19 +194,45 @@ def test_wheel_ships_the_commands_and_base_configs(tmp_path):
         entry = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = z.read(entry).decode()
     assert {"asl/configs/demo.yaml", "asl/configs/finetune.yaml", "asl/trainer.py", "asl/study.py"} <= names
-    for script, target in (("asl-train", "asl.cli:train_console"), ("asl-validate", "asl.cli:validate_console"),
-                           ("asl-infer", "asl.cli:infer_console"), ("asl-study", "asl.cli:study_console"),
-                           ("asl-export", "asl.cli:export_console")):
+    for script, target in (
+        ("asl-train", "asl.cli:train_console"),
+        ("asl-validate", "asl.cli:validate_console"),
+        ("asl-infer", "asl.cli:infer_console"),
+        ("asl-study", "asl.cli:study_console"),
+        ("asl-export", "asl.cli:export_console"),
+    ):
         assert f"{script} = {target}" in scripts
     assert not [n for n in names if n.split("/")[0] in {"train.py", "validate.py", "infer.py", "tests"}]
 
 
 def test_the_gpu_benchmark_runs_every_row_on_tiny_shapes(tmp_path):
     """bench/bench_gpu.py is measured on a GPU; here its code paths run on the CPU (no figures)."""
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu.py"), "--device", "cpu", "--tiny",
-                           "--steps", "4", "--reps", "1", "--no-compile", "--jpeg-images", "16", "--jpeg-steps", "2",
-                           "--workers", "0", "--coco-root", str(tmp_path / "coco")], capture_output=True, text=True,
-                          timeout=300, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "bench_gpu.py"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--steps",
+            "4",
+            "--reps",
+            "1",
+            "--no-compile",
+            "--jpeg-images",
+            "16",
+            "--jpeg-steps",
+            "2",
+            "--workers",
+            "0",
+            "--coco-root",
+            str(tmp_path / "coco"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for row in ("official-style loop", "engine (default)", "engine + channels_last", "JPEGs", "(64, 80)"):
         assert row in proc.stdout, row

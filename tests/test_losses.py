@@ -13,8 +13,19 @@ from asl.losses import AdaptiveAsymmetricLoss, ASLSingleLabel, AsymmetricLoss, A
 from bench.official import official_asymmetric_loss, official_single_label
 
 
-def reference(x, y, gamma_neg, gamma_pos, clip, eps=1e-8, detach=True, reduction="sum", smoothing=0.0,
-              weight=None, pos_weight=None):
+def reference(
+    x,
+    y,
+    gamma_neg,
+    gamma_pos,
+    clip,
+    eps=1e-8,
+    detach=True,
+    reduction="sum",
+    smoothing=0.0,
+    weight=None,
+    pos_weight=None,
+):
     """CONTRACT.md section 1 (the official element formula, one focusing weight per element, for
     any y in [0, 1]), written out in float64 with autograd doing the derivative."""
     x = x.double()
@@ -75,19 +86,20 @@ def test_value_and_gradient_match_reference(gamma_neg, gamma_pos, clip, detach):
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean", "none"])
-@pytest.mark.parametrize("soft,unknown,smoothing", [(False, False, 0.0), (True, False, 0.1), (False, True, 0.2),
-                                                    (True, True, 0.0)])
+@pytest.mark.parametrize(
+    "soft,unknown,smoothing", [(False, False, 0.0), (True, False, 0.1), (False, True, 0.2), (True, True, 0.0)]
+)
 def test_options_match_reference(reduction, soft, unknown, smoothing):
     x, y = _data(soft=soft, unknown=unknown, seed=3)
     c = x.shape[1]
     weight = torch.linspace(0.5, 2.0, c)
     pos_weight = torch.linspace(1.0, 3.0, c)
     xa = x.clone().requires_grad_()
-    out = AF.asymmetric_loss(xa, y, 4, 1, 0.05, reduction=reduction, label_smoothing=smoothing, weight=weight,
-                             pos_weight=pos_weight)
+    out = AF.asymmetric_loss(
+        xa, y, 4, 1, 0.05, reduction=reduction, label_smoothing=smoothing, weight=weight, pos_weight=pos_weight
+    )
     xr = x.double().requires_grad_()
-    ref = reference(xr, y, 4, 1, 0.05, reduction=reduction, smoothing=smoothing, weight=weight,
-                    pos_weight=pos_weight)
+    ref = reference(xr, y, 4, 1, 0.05, reduction=reduction, smoothing=smoothing, weight=weight, pos_weight=pos_weight)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
     g = torch.randn_like(ref) if reduction == "none" else torch.tensor(1.7, dtype=torch.float64)
     out.backward(g.float())
@@ -100,8 +112,15 @@ def test_gradcheck_through_focusing_weights(gamma_neg, gamma_pos, clip):
     """disable_torch_grad_focal_loss=False: the exact derivative of the whole expression."""
     x, y = _data(n=5, c=4, soft=True, seed=7, scale=2.0)
     x = x.double().requires_grad_()
-    fn = lambda t: AF.asymmetric_loss(t, y.double(), gamma_neg, gamma_pos, clip,  # noqa: E731
-                                      disable_torch_grad_focal_loss=False, reduction="none")
+    fn = lambda t: AF.asymmetric_loss(
+        t,
+        y.double(),
+        gamma_neg,
+        gamma_pos,
+        clip,  # noqa: E731
+        disable_torch_grad_focal_loss=False,
+        reduction="none",
+    )
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
@@ -285,8 +304,9 @@ def test_soft_targets_equal_the_official_loss():
         cases = [(soft, 0.0, soft), (hard, 0.1, hard * 0.9 + 0.05)]  # soft labels; label smoothing 0.1
         for targets, smoothing, official_y in cases:
             xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-            ours = AsymmetricLoss(gn, gp, clip, disable_torch_grad_focal_loss=detach,
-                                  label_smoothing=smoothing)(xa, targets)
+            ours = AsymmetricLoss(gn, gp, clip, disable_torch_grad_focal_loss=detach, label_smoothing=smoothing)(
+                xa, targets
+            )
             ref = official_asymmetric_loss(xb, official_y, gn, gp, clip, detach=detach)
             torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
             ours.backward()

@@ -156,6 +156,7 @@ def test_calibrated_thresholds_maximize_f1():
     targs = (rng.random((300, 3)) < 0.2).astype(np.float32)
     preds = np.clip(targs * 0.3 + rng.random((300, 3)) * 0.7, 0, 1)
     thr = calibrate_thresholds(targs, preds)
+
     def f1(k, t):
         pp = preds[:, k] > t  # the strict comparison the thresholds are made for
         tp = (pp & (targs[:, k] == 1)).sum()

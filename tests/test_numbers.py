@@ -11,8 +11,13 @@ from asl.losses import AdaptiveAsymmetricLoss, AsymmetricLoss, AsymmetricLossOpt
 from asl.metrics import average_precision, mAP, multilabel_metrics
 from bench.official import official_asymmetric_loss, official_map
 
-LOSSES = [lambda: AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05), lambda: AsymmetricLossOptimized(),
-          lambda: AdaptiveAsymmetricLoss(), lambda: build_loss("focal"), lambda: build_loss("bce")]
+LOSSES = [
+    lambda: AsymmetricLoss(gamma_neg=4, gamma_pos=0, clip=0.05),
+    lambda: AsymmetricLossOptimized(),
+    lambda: AdaptiveAsymmetricLoss(),
+    lambda: build_loss("focal"),
+    lambda: build_loss("bce"),
+]
 IDS = ["asl", "asl_optimized", "adaptive_asl", "focal", "bce"]
 
 
@@ -41,8 +46,11 @@ def test_validate_warns_when_scores_are_not_finite(trained_run, tmp_path, capsys
         return ev
 
     monkeypatch.setattr(v, "evaluate", broken)
-    rc, _, err = call("validate", [trained_run["data"], "--dataset", "tagged", "--model-path",
-                                   trained_run["out"] / "best.pth", "--workers", "0"], capsys)
+    rc, _, err = call(
+        "validate",
+        [trained_run["data"], "--dataset", "tagged", "--model-path", trained_run["out"] / "best.pth", "--workers", "0"],
+        capsys,
+    )
     assert rc == 0 and any("1 of 96 scores are not finite" in ln for ln in err), err
 
 

@@ -56,18 +56,32 @@ def _fit_recording(tmp_path, monkeypatch, **overrides):
 
     monkeypatch.setattr(trainer._Run, "on_step", on_step)
     data = make_tagged(tmp_path / "d", n_train=K * B, n_val=8)
-    cfg = load_config(str(REPO / "configs" / "coco_tresnet_m_224.yaml"), {
-        "dataset": "tagged", "data_root": str(data), "model_name": "test_resnet", "pretrained": False,
-        "image_size": 32, "batch_size": B, "workers": 0, "augment": "none", "amp": False,
-        "output": str(tmp_path / "run"), **overrides})
+    cfg = load_config(
+        str(REPO / "configs" / "coco_tresnet_m_224.yaml"),
+        {
+            "dataset": "tagged",
+            "data_root": str(data),
+            "model_name": "test_resnet",
+            "pretrained": False,
+            "image_size": 32,
+            "batch_size": B,
+            "workers": 0,
+            "augment": "none",
+            "amp": False,
+            "output": str(tmp_path / "run"),
+            **overrides,
+        },
+    )
     result = trainer.fit(cfg)
     last = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     return seen, last, result
 
 
-@pytest.mark.parametrize("overrides", [{"epochs": 4, "stop_epoch": 2},
-                                       {"epochs": 4, "stop_epoch": 2, "lr": 3e-3, "weight_decay": 0.05}],
-                         ids=["coco-recipe", "large-lr-and-decay"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{"epochs": 4, "stop_epoch": 2}, {"epochs": 4, "stop_epoch": 2, "lr": 3e-3, "weight_decay": 0.05}],
+    ids=["coco-recipe", "large-lr-and-decay"],
+)
 def test_fit_takes_the_official_steps(overrides, tmp_path, monkeypatch):
     seen, last, _ = _fit_recording(tmp_path, monkeypatch, **overrides)
     steps = len(seen["lrs"])
@@ -76,8 +90,9 @@ def test_fit_takes_the_official_steps(overrides, tmp_path, monkeypatch):
 
     model = timm.create_model("test_resnet", num_classes=4)
     model.load_state_dict(seen["start"])
-    epoch_batches = [list(zip(seen["batches"][e * K:(e + 1) * K], seen["targets"][e * K:(e + 1) * K]))
-                     for e in range(2)]
+    epoch_batches = [
+        list(zip(seen["batches"][e * K : (e + 1) * K], seen["targets"][e * K : (e + 1) * K])) for e in range(2)
+    ]
 
     class Epochs(list):
         """The official loop iterates its loader once per epoch: hand it epoch e's batches."""
@@ -91,12 +106,19 @@ def test_fit_takes_the_official_steps(overrides, tmp_path, monkeypatch):
             self.epoch += 1
             return out
 
-    model, ema, lrs = official_train(model, Epochs(), lr=overrides.get("lr", 1e-4), epochs=overrides["epochs"],
-                                     stop_epoch=overrides["stop_epoch"] - 1,
-                                     weight_decay=overrides.get("weight_decay", 1e-4), ema_decay=0.9997)
+    model, ema, lrs = official_train(
+        model,
+        Epochs(),
+        lr=overrides.get("lr", 1e-4),
+        epochs=overrides["epochs"],
+        stop_epoch=overrides["stop_epoch"] - 1,
+        weight_decay=overrides.get("weight_decay", 1e-4),
+        ema_decay=0.9997,
+    )
     assert len(lrs) == steps
-    torch.testing.assert_close(torch.tensor(seen["lrs"], dtype=torch.float64), torch.tensor(lrs, dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        torch.tensor(seen["lrs"], dtype=torch.float64), torch.tensor(lrs, dtype=torch.float64), rtol=0, atol=1e-12
+    )
     ours, ours_ema = last["model"], last["ema"]
     floats = [k for k, v in model.state_dict().items() if v.is_floating_point()]
     worst = max(float((ours[k] - model.state_dict()[k]).abs().max()) for k in floats)

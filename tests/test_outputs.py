@@ -55,8 +55,20 @@ def test_overwrite_replaces_only_a_runs_own_files(tmp_path):
 def test_two_runs_into_one_folder_the_second_is_refused(tmp_path):
     data = make_tagged(tmp_path / "d", n_train=64, n_val=16)
     out = tmp_path / "out"
-    argv = [sys.executable, str(REPO / "train.py"), str(data), "--dataset", "tagged", *TINY[:-4], "--epochs", "3",
-            "--workers", "0", "--output", str(out)]
+    argv = [
+        sys.executable,
+        str(REPO / "train.py"),
+        str(data),
+        "--dataset",
+        "tagged",
+        *TINY[:-4],
+        "--epochs",
+        "3",
+        "--workers",
+        "0",
+        "--output",
+        str(out),
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
@@ -144,9 +156,30 @@ def test_a_resumed_run_removes_what_a_killed_save_left(trained_run, tmp_path, ca
     out = tmp_path / "out"
     shutil.copytree(trained_run["out"], out)
     (out / ".last.pth.dead01.tmp").write_bytes(b"half a checkpoint")
-    rc, _, err = call("train", [trained_run["data"], "--dataset", "tagged", *TINY[:-4], "--epochs", "2", "--lr",
-                                "3e-3", "--ema-decay", "0.9", "--seed", "1", "--workers", "0", "--resume",
-                                out / "last.pth", "--output", out], capsys)
+    rc, _, err = call(
+        "train",
+        [
+            trained_run["data"],
+            "--dataset",
+            "tagged",
+            *TINY[:-4],
+            "--epochs",
+            "2",
+            "--lr",
+            "3e-3",
+            "--ema-decay",
+            "0.9",
+            "--seed",
+            "1",
+            "--workers",
+            "0",
+            "--resume",
+            out / "last.pth",
+            "--output",
+            out,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert not (out / ".last.pth.dead01.tmp").exists()
 
@@ -154,8 +187,9 @@ def test_a_resumed_run_removes_what_a_killed_save_left(trained_run, tmp_path, ca
 def test_a_failed_start_leaves_no_empty_folder(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "labels.csv").write_text("image,labels\n")  # no images listed
-    rc, _, err = call("train", [tmp_path / "d", "--dataset", "tagged", *TINY, "--output", tmp_path / "new" / "run"],
-                      capsys)
+    rc, _, err = call(
+        "train", [tmp_path / "d", "--dataset", "tagged", *TINY, "--output", tmp_path / "new" / "run"], capsys
+    )
     one_error(rc, err, "no images listed")
     assert not (tmp_path / "new").exists()
     rc, _, err = call("validate", ["--model-path", tmp_path / "missing.pth", "--output", tmp_path / "val"], capsys)

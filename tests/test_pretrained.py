@@ -77,8 +77,19 @@ def test_training_starts_from_exactly_the_cached_weights(hub, tmp_path, monkeypa
         raise Started
 
     monkeypatch.setattr(trainer, "train_one_epoch", first_epoch)
-    cfg = load_config(None, {"dataset": "tagged", "data_root": str(data), "model_name": TAG, "pretrained": True,
-                             "image_size": 32, "epochs": 1, "workers": 0, "output": str(tmp_path / "o")})
+    cfg = load_config(
+        None,
+        {
+            "dataset": "tagged",
+            "data_root": str(data),
+            "model_name": TAG,
+            "pretrained": True,
+            "image_size": 32,
+            "epochs": 1,
+            "workers": 0,
+            "output": str(tmp_path / "o"),
+        },
+    )
     with pytest.raises(Started):
         trainer.fit(cfg)
     model = create_model(TAG, 4)
@@ -91,8 +102,25 @@ def test_the_command_line_with_a_laid_out_cache(hub, tmp_path, capsys, monkeypat
 
     lay_out_cache(hub)
     monkeypatch.setattr(demo, "DEFAULTS", dict(demo.DEFAULTS, num_train=8, num_val=4, image_size=32))
-    rc, out, err = call("train", [tmp_path / "demo", "--model-name", TAG, "--pretrained", "--image-size", "32",
-                                  "--epochs", "1", "--workers", "0", "--dry-run", "--output", tmp_path / "o"], capsys)
+    rc, out, err = call(
+        "train",
+        [
+            tmp_path / "demo",
+            "--model-name",
+            TAG,
+            "--pretrained",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--dry-run",
+            "--output",
+            tmp_path / "o",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert f"start: timm {TAG} (hf-hub:timm/{TAG}" in out and "train 8 images, val 4" in out
     assert "dry run: nothing trained or written" in out and not (tmp_path / "o").exists()
@@ -100,18 +128,25 @@ def test_the_command_line_with_a_laid_out_cache(hub, tmp_path, capsys, monkeypat
 
 def test_offline_without_the_weights_is_one_error_line_before_any_data_is_read(hub, tmp_path, capsys):
     data = make_tagged(tmp_path / "d", n_train=8, n_val=4)
-    rc, _, err = call("train", [data, "--dataset", "tagged", "--model-name", TAG, "--pretrained", "--output",
-                                tmp_path / "o"], capsys)
+    rc, _, err = call(
+        "train", [data, "--dataset", "tagged", "--model-name", TAG, "--pretrained", "--output", tmp_path / "o"], capsys
+    )
     one_error(rc, err, f"--pretrained {TAG}: its weights (hf-hub:timm/{TAG}) are not in {hub}")
     assert "--pretrained-path FILE" in err[-1] and "run once with network" in err[-1]
     assert err == [err[-1]] and not (tmp_path / "o").exists()  # nothing logged, nothing written
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["--model-name", "resnet50.nope", "--pretrained"], "resnet50.nope names no pretrained weights timm knows"),
-    (["--model-name", "botnet50ts_256", "--image-size", "256", "--pretrained"],
-     "timm has no pretrained weights for botnet50ts_256"),
-], ids=["unknown-tag", "no-weights"])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["--model-name", "resnet50.nope", "--pretrained"], "resnet50.nope names no pretrained weights timm knows"),
+        (
+            ["--model-name", "botnet50ts_256", "--image-size", "256", "--pretrained"],
+            "timm has no pretrained weights for botnet50ts_256",
+        ),
+    ],
+    ids=["unknown-tag", "no-weights"],
+)
 def test_tags_timm_does_not_have(argv, fragment, hub, tmp_path, capsys):
     data = make_tagged(tmp_path / "d", n_train=8, n_val=4)
     rc, _, err = call("train", [data, "--dataset", "tagged", *argv, "--output", tmp_path / "o"], capsys)
@@ -122,8 +157,22 @@ def test_tags_timm_does_not_have(argv, fragment, hub, tmp_path, capsys):
 def test_a_tag_and_a_file_cannot_both_be_the_start(hub, tmp_path, capsys):
     data = make_tagged(tmp_path / "d", n_train=8, n_val=4)
     (tmp_path / "w.pth").write_bytes(b"x")
-    rc, _, err = call("train", [data, "--dataset", "tagged", "--model-name", TAG, "--pretrained", "--pretrained-path",
-                                tmp_path / "w.pth", "--output", tmp_path / "o"], capsys)
+    rc, _, err = call(
+        "train",
+        [
+            data,
+            "--dataset",
+            "tagged",
+            "--model-name",
+            TAG,
+            "--pretrained",
+            "--pretrained-path",
+            tmp_path / "w.pth",
+            "--output",
+            tmp_path / "o",
+        ],
+        capsys,
+    )
     one_error(rc, err, "both name a start")
 
 
@@ -132,25 +181,35 @@ def test_pretrained_path_files_of_each_kind(hub, tmp_path, capsys):
     from safetensors.torch import save_file
 
     data = make_tagged(tmp_path / "d", n_train=16, n_val=8)
-    common = [data, "--dataset", "tagged", "--model-name", "resnet10t", "--image-size", "32", "--epochs", "1",
-              "--workers", "0"]
+    common = [
+        data,
+        "--dataset",
+        "tagged",
+        "--model-name",
+        "resnet10t",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+    ]
     torch.manual_seed(1)
     state = timm.create_model("resnet10t", num_classes=1000).state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
     torch.save(state, tmp_path / "w.bin")
     torch.save({"state_dict": state}, tmp_path / "w_official.pth")
     for i, f in enumerate(("w.safetensors", "w.bin", "w_official.pth")):
-        rc, _, err = call("train", [*common, "--pretrained-path", tmp_path / f, "--output", tmp_path / f"o{i}"],
-                          capsys)
+        rc, _, err = call("train", [*common, "--pretrained-path", tmp_path / f, "--output", tmp_path / f"o{i}"], capsys)
         assert rc == 0, err  # the fine-tuning base's --pretrained steps aside for the file
         assert "head not loaded (fc.bias, fc.weight)" in "\n".join(err)
     torch.save(timm.create_model("resnet18", num_classes=1000).state_dict(), tmp_path / "other.pth")
-    rc, _, err = call("train", [*common, "--pretrained-path", tmp_path / "other.pth", "--output", tmp_path / "x"],
-                      capsys)
+    rc, _, err = call(
+        "train", [*common, "--pretrained-path", tmp_path / "other.pth", "--output", tmp_path / "x"], capsys
+    )
     one_error(rc, err, "does not fit model")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "w.bin").read_bytes()[:5000])
-    rc, _, err = call("train", [*common, "--pretrained-path", tmp_path / "cut.pth", "--output", tmp_path / "y"],
-                      capsys)
+    rc, _, err = call("train", [*common, "--pretrained-path", tmp_path / "cut.pth", "--output", tmp_path / "y"], capsys)
     one_error(rc, err, "not a readable PyTorch checkpoint")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 

@@ -18,10 +18,35 @@ from .conftest import REPO, make_tagged
 
 
 def _args(data, out, *extra):
-    return [str(data), "--dataset", "tagged", "--no-pretrained",
-            "--model-name", "test_resnet", "--image-size", "32", "--batch-size",
-            "4", "--epochs", "3", "--workers", "0", "--augment", "cutout_randaugment", "--lr", "2e-3", "--seed", "3",
-            "--checkpoint-every", "5", "--ema-decay", "0.9", "--output", str(out), *map(str, extra)]
+    return [
+        str(data),
+        "--dataset",
+        "tagged",
+        "--no-pretrained",
+        "--model-name",
+        "test_resnet",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--workers",
+        "0",
+        "--augment",
+        "cutout_randaugment",
+        "--lr",
+        "2e-3",
+        "--seed",
+        "3",
+        "--checkpoint-every",
+        "5",
+        "--ema-decay",
+        "0.9",
+        "--output",
+        str(out),
+        *map(str, extra),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +79,13 @@ def test_resume_at_an_epoch_boundary_is_exact(reference, tmp_path):
 
 
 def _start(data, out):
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *_args(data, out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *_args(data, out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_mid_epoch_checkpoint(proc, out, min_step=12, timeout=240):
@@ -158,8 +188,14 @@ def test_signal_to_the_process_group_with_workers_saves(sig, reference, tmp_path
     out = tmp_path / "g"
     args = _args(data, out)
     args[args.index("--workers") + 1] = "2"
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     _wait_for_mid_epoch_checkpoint(proc, out, min_step=6)
     os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=120)

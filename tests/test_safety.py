@@ -30,8 +30,19 @@ from asl.errors import ConfigError, DataError
 
 from .conftest import REPO, make_tagged
 
-TINY = ["--no-pretrained", "--model-name", "test_resnet", "--image-size", "32", "--batch-size", "16", "--epochs", "1",
-        "--workers", "0"]
+TINY = [
+    "--no-pretrained",
+    "--model-name",
+    "test_resnet",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+]
 
 
 def call(script: str, argv, capsys):
@@ -60,16 +71,19 @@ def tree_digest(root: Path) -> str:
 
 def png_bomb(path: Path, side: int = 50_000) -> Path:
     """A 60-byte PNG that declares side x side pixels (PIL refuses it as a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) +
-                     chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
 # --- 1. the demo never deletes a user's folder
+
 
 def test_demo_refuses_a_users_folder_and_leaves_it_intact(tagged_root, trained_run, tmp_path, capsys):
     (tagged_root / "notes.txt").write_text("my notes")
@@ -81,8 +95,9 @@ def test_demo_refuses_a_users_folder_and_leaves_it_intact(tagged_root, trained_r
     (tmp_path / "o" / "best.pth").write_bytes(b"an earlier run")
     rc, _, err = call("train", [tagged_root, "--output", tmp_path / "o"], capsys)
     one_error(rc, err, "not the built-in demo")  # the folder's problem comes first, before the output's
-    rc, _, err = call("validate", [tagged_root, "--model-path", trained_run["out"] / "best.pth", "--dataset", "demo"],
-                      capsys)
+    rc, _, err = call(
+        "validate", [tagged_root, "--model-path", trained_run["out"] / "best.pth", "--dataset", "demo"], capsys
+    )
     one_error(rc, err, "--dataset tagged")
     with pytest.raises(DataError, match="not the built-in demo"):
         generate_demo(tagged_root, num_train=4, num_val=2)
@@ -102,6 +117,7 @@ def test_demo_regenerates_only_a_folder_of_its_own(tmp_path):
 
 
 # --- 2. validate.py matches classes by name
+
 
 def _relabel(src: Path, dest: Path, rename=None, order=None) -> Path:
     """A copy of a tagged set with classes renamed and/or a classes.txt in another order."""
@@ -130,8 +146,11 @@ def test_validate_matches_classes_by_name(trained_run, tmp_path, capsys):
     m = _val_map([reordered, "--model-path", best], tmp_path, capsys, "b")
     assert m["mAP"] == pytest.approx(true["mAP"], abs=1e-9)
     assert m["per_class_ap"] == pytest.approx(true["per_class_ap"])
-    renamed = _relabel(trained_run["data"], tmp_path / "renamed",
-                       rename={"cat": "kitten", "dog": "puppy", "sky": "sky", "tree": "tree"})
+    renamed = _relabel(
+        trained_run["data"],
+        tmp_path / "renamed",
+        rename={"cat": "kitten", "dog": "puppy", "sky": "sky", "tree": "tree"},
+    )
     rc, _, err = call("validate", [renamed, "--model-path", best, "--workers", "0"], capsys)
     one_error(rc, err, "other classes than the dataset's")
     assert "'cat'" in err[-1] and "'kitten'" in err[-1]
@@ -152,6 +171,7 @@ def test_calibrated_thresholds_follow_the_models_output_order(trained_run, tmp_p
 
 
 # --- 3. defaults you can see
+
 
 def test_own_data_without_config_uses_the_finetuning_base(tmp_path, monkeypatch, capsys):
     data = make_tagged(tmp_path / "mytags", n_train=16, n_val=8)
@@ -184,18 +204,48 @@ def test_help_lists_each_flag_once_with_the_default_that_runs(capsys):
 def test_workers_are_capped_at_the_cores(tmp_path):
     from asl.runtime import available_cores, prepare_training
 
-    cfg = prepare_training(None, {"dataset": "tagged", "data_root": str(make_tagged(tmp_path / "d", 4, 2)),
-                                  "workers": 64, "model_name": "test_resnet", "image_size": 32})
+    cfg = prepare_training(
+        None,
+        {
+            "dataset": "tagged",
+            "data_root": str(make_tagged(tmp_path / "d", 4, 2)),
+            "workers": 64,
+            "model_name": "test_resnet",
+            "image_size": 32,
+        },
+    )
     assert cfg.workers == min(64, available_cores()) < 64
 
 
 def test_missing_init_weights_fail_before_the_data_is_read(tmp_path, capsys):
-    rc, _, err = call("train", [tmp_path / "nodata", "--dataset", "tagged", "--init-checkpoint",
-                                tmp_path / "resnet18_imagenet.pth", "--output", tmp_path / "o"], capsys)
+    rc, _, err = call(
+        "train",
+        [
+            tmp_path / "nodata",
+            "--dataset",
+            "tagged",
+            "--init-checkpoint",
+            tmp_path / "resnet18_imagenet.pth",
+            "--output",
+            tmp_path / "o",
+        ],
+        capsys,
+    )
     one_error(rc, err, "data folder not found")
     data = make_tagged(tmp_path / "d", 4, 2)
-    rc, _, err = call("train", [data, "--dataset", "tagged", "--init-checkpoint", tmp_path / "resnet18_imagenet.pth",
-                                "--output", tmp_path / "o"], capsys)
+    rc, _, err = call(
+        "train",
+        [
+            data,
+            "--dataset",
+            "tagged",
+            "--init-checkpoint",
+            tmp_path / "resnet18_imagenet.pth",
+            "--output",
+            tmp_path / "o",
+        ],
+        capsys,
+    )
     one_error(rc, err, "--pretrained-path")
     assert "not found" in err[-1]
     assert err == [err[-1]]  # nothing logged: no dataset summary came before the error
@@ -205,13 +255,31 @@ def test_the_readmes_finetune_command_works_with_a_timm_state_dict(tmp_path, mon
     import timm
 
     (tmp_path / "models_local").mkdir()
-    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(),  # the README's line, offline
-               tmp_path / "models_local" / "resnet18_imagenet.pth")
+    torch.save(
+        timm.create_model("resnet18", pretrained=False).state_dict(),  # the README's line, offline
+        tmp_path / "models_local" / "resnet18_imagenet.pth",
+    )
     make_tagged(tmp_path / "data" / "mytags", n_train=16, n_val=8)
     monkeypatch.chdir(tmp_path)
-    rc, _, err = call("train", ["data/mytags", "--dataset", "tagged", "--model-name", "resnet18", "--init-checkpoint",
-                                "models_local/resnet18_imagenet.pth", "--image-size", "32", "--epochs", "1",
-                                "--workers", "0"], capsys)
+    rc, _, err = call(
+        "train",
+        [
+            "data/mytags",
+            "--dataset",
+            "tagged",
+            "--model-name",
+            "resnet18",
+            "--init-checkpoint",
+            "models_local/resnet18_imagenet.pth",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "head not loaded (fc.bias, fc.weight)" in "\n".join(err)
     assert (tmp_path / "runs" / "mytags" / "best.pth").is_file()
@@ -220,15 +288,26 @@ def test_the_readmes_finetune_command_works_with_a_timm_state_dict(tmp_path, mon
 # --- 4. every value checked before any work
 
 BAD_TRAIN = [
-    (["--lr", "-1"], "--lr must be > 0"), (["--lr", "nan"], "finite"), (["--batch-size", "0"], "--batch-size"),
-    (["--image-size", "0"], "--image-size"), (["--image-size", "7"], "below 32"),
-    (["--augment", "bogus"], "unknown augment"), (["--resize", "bogus"], "unknown resize"),
-    (["--workers", "-1"], "--workers"), (["--optimizer", "foo"], "timm's optimizer registry"),
-    (["--accum-steps", "0"], "--accum-steps"), (["--epochs", "0"], "--epochs must be >= 1"),
-    (["--stop-epoch", "-1"], "--stop-epoch"), (["--epochs", "3", "--stop-epoch", "4"], "past the schedule"),
-    (["--ema-decay", "2"], "--ema-decay must be in [0, 1)"), (["--val-fraction", "-0.5"], "--val-fraction"),
-    (["--gamma-neg", "-1"], "--gamma-neg"), (["--clip", "1.5"], "--clip"), (["--max-bad-fraction", "2"], "fraction"),
-    (["--model-name", "resnet_nope"], "unknown model name"), (["--loss", "hinge"], "unknown loss"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--lr", "nan"], "finite"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--image-size", "0"], "--image-size"),
+    (["--image-size", "7"], "below 32"),
+    (["--augment", "bogus"], "unknown augment"),
+    (["--resize", "bogus"], "unknown resize"),
+    (["--workers", "-1"], "--workers"),
+    (["--optimizer", "foo"], "timm's optimizer registry"),
+    (["--accum-steps", "0"], "--accum-steps"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--stop-epoch", "-1"], "--stop-epoch"),
+    (["--epochs", "3", "--stop-epoch", "4"], "past the schedule"),
+    (["--ema-decay", "2"], "--ema-decay must be in [0, 1)"),
+    (["--val-fraction", "-0.5"], "--val-fraction"),
+    (["--gamma-neg", "-1"], "--gamma-neg"),
+    (["--clip", "1.5"], "--clip"),
+    (["--max-bad-fraction", "2"], "fraction"),
+    (["--model-name", "resnet_nope"], "unknown model name"),
+    (["--loss", "hinge"], "unknown loss"),
 ]
 
 
@@ -242,8 +321,12 @@ def test_bad_training_values_fail_before_any_work(argv, fragment, tmp_path, caps
 
 def test_bad_inference_and_validation_values(trained_run, tmp_path, capsys):
     best, pic = trained_run["out"] / "best.pth", trained_run["data"] / "img" / "0000.png"
-    for argv, fragment in ((["--batch-size", "0"], "--batch-size"), (["--top-k", "-1"], "--top-k"),
-                           (["--th", "2"], "--th must be in [0, 1]"), (["--num-classes", "5"], "has 4")):
+    for argv, fragment in (
+        (["--batch-size", "0"], "--batch-size"),
+        (["--top-k", "-1"], "--top-k"),
+        (["--th", "2"], "--th must be in [0, 1]"),
+        (["--num-classes", "5"], "has 4"),
+    ):
         rc, out, err = call("infer", ["--model-path", best, "--pic-path", pic, *argv], capsys)
         one_error(rc, err, fragment)
         assert out == ""
@@ -252,6 +335,7 @@ def test_bad_inference_and_validation_values(trained_run, tmp_path, capsys):
 
 
 # --- 5. outputs
+
 
 def test_a_folder_with_an_earlier_best_pth_is_refused(trained_run, tmp_path, capsys):
     out = tmp_path / "o"
@@ -278,8 +362,11 @@ def test_unwritable_outputs_fail_before_any_work(where, trained_run, tmp_path, c
 
 def test_save_image_is_checked_before_tagging(trained_run, tmp_path, capsys):
     best, pic = trained_run["out"] / "best.pth", trained_run["data"] / "img" / "0000.png"
-    for dest, fragment in ((tmp_path / "x.unknownext", "unknown picture format"),
-                           (pic, "already exists"), (Path("/proc/x.png"), "cannot write")):
+    for dest, fragment in (
+        (tmp_path / "x.unknownext", "unknown picture format"),
+        (pic, "already exists"),
+        (Path("/proc/x.png"), "cannot write"),
+    ):
         before = pic.read_bytes()
         rc, out, err = call("infer", ["--model-path", best, "--pic-path", pic, "--save-image", dest], capsys)
         one_error(rc, err, fragment)
@@ -287,8 +374,10 @@ def test_save_image_is_checked_before_tagging(trained_run, tmp_path, capsys):
 
 
 def test_closed_stdout_ends_quietly(trained_run):
-    cmd = (f"{sys.executable} {REPO / 'infer.py'} --model-path {trained_run['out'] / 'best.pth'} "
-           f"--pic-path {trained_run['data'] / 'img'} --th 0 | head -1")
+    cmd = (
+        f"{sys.executable} {REPO / 'infer.py'} --model-path {trained_run['out'] / 'best.pth'} "
+        f"--pic-path {trained_run['data'] / 'img'} --th 0 | head -1"
+    )
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert proc.stdout.count("\n") == 1 and "0000.png" in proc.stdout
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
@@ -296,21 +385,38 @@ def test_closed_stdout_ends_quietly(trained_run):
 
 # --- 6. resume mismatches name what differs
 
+
 def test_resume_of_another_run_names_the_difference(trained_run, tmp_path, capsys):
     last = trained_run["out"] / "last.pth"
-    rc, _, err = call("train", [trained_run["data"], "--dataset", "tagged", *TINY, "--model-name", "resnet10t",
-                                "--resume", last, "--output", tmp_path / "a"], capsys)
+    rc, _, err = call(
+        "train",
+        [
+            trained_run["data"],
+            "--dataset",
+            "tagged",
+            *TINY,
+            "--model-name",
+            "resnet10t",
+            "--resume",
+            last,
+            "--output",
+            tmp_path / "a",
+        ],
+        capsys,
+    )
     one_error(rc, err, "model test_resnet vs resnet10t")
     assert err == [err[-1]]
     three = make_tagged(tmp_path / "three", classes=("cat", "dog", "sky"))
     same = [*TINY[:-4], "--epochs", "2", "--lr", "3e-3", "--ema-decay", "0.9", "--seed", "1", "--workers", "0"]
-    rc, _, err = call("train", [three, "--dataset", "tagged", *same, "--resume", last, "--output", tmp_path / "b"],
-                      capsys)
+    rc, _, err = call(
+        "train", [three, "--dataset", "tagged", *same, "--resume", last, "--output", tmp_path / "b"], capsys
+    )
     one_error(rc, err, "4 classes vs 3")
     assert "Traceback" not in "\n".join(err) and len(err[-1]) < 400
 
 
 # --- 8. decompression bombs are unreadable images
+
 
 def test_decompression_bomb_is_skipped_in_training_and_refused_by_infer(trained_run, tmp_path, capsys):
     data = make_tagged(tmp_path / "d", n_train=16, n_val=8)
@@ -320,13 +426,15 @@ def test_decompression_bomb_is_skipped_in_training_and_refused_by_infer(trained_
     assert rc == 0, err
     rec = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["bad_images"] == 2 and "DecompressionBombError" in "\n".join(err)
-    rc, out, err = call("infer", ["--model-path", trained_run["out"] / "best.pth", "--pic-path",
-                                  data / "img" / "0003.png"], capsys)
+    rc, out, err = call(
+        "infer", ["--model-path", trained_run["out"] / "best.pth", "--pic-path", data / "img" / "0003.png"], capsys
+    )
     one_error(rc, err, "cannot read image")
     assert "DecompressionBombError" in err[-1] and out == ""
 
 
 # --- 9. small datasets
+
 
 def test_missing_files_are_listed_when_the_dataset_is_built(tagged_root, caplog):
     for i in (1, 5, 7):
@@ -343,8 +451,9 @@ def test_one_bad_photo_does_not_stop_a_small_set(tmp_path, capsys):
     (data / "img" / "0002.png").write_bytes(b"not a png")
     rc, _, err = call("train", [data, "--dataset", "tagged", *TINY, "--output", tmp_path / "o"], capsys)
     assert rc == 0, err
-    rc, _, err = call("train", [data, "--dataset", "tagged", *TINY, "--output", tmp_path / "s", "--max-bad-images",
-                                "0"], capsys)
+    rc, _, err = call(
+        "train", [data, "--dataset", "tagged", *TINY, "--output", tmp_path / "s", "--max-bad-images", "0"], capsys
+    )
     one_error(rc, err, "--max-bad-images")
 
 
@@ -373,18 +482,60 @@ def test_plain_timm_state_dict_validates_and_infers(trained_run, tmp_path, capsy
     common = ["--model-name", "test_resnet", "--dataset", "tagged", "--image-size", "32"]
     m = _val_map([trained_run["data"], "--model-path", plain, *common, "--class-names", names], tmp_path, capsys, "b")
     assert m["mAP"] == pytest.approx(true["mAP"], abs=1e-9)
-    rc, out, err = call("infer", ["--model-path", plain, "--model-name", "test_resnet", "--image-size", "32",
-                                  "--pic-path", trained_run["data"] / "img" / "0000.png", "--th", "0", "--json",
-                                  "--class-names", names], capsys)
+    rc, out, err = call(
+        "infer",
+        [
+            "--model-path",
+            plain,
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--pic-path",
+            trained_run["data"] / "img" / "0000.png",
+            "--th",
+            "0",
+            "--json",
+            "--class-names",
+            names,
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert {lab["label"] for lab in json.loads(out)[0]["labels"]} == {"cat", "dog", "sky", "tree"}
-    rc, out, err = call("infer", ["--model-path", plain, "--model-name", "test_resnet", "--image-size", "32",
-                                  "--pic-path", trained_run["data"] / "img" / "0000.png", "--th", "0", "--json"],
-                        capsys)
+    rc, out, err = call(
+        "infer",
+        [
+            "--model-path",
+            plain,
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--pic-path",
+            trained_run["data"] / "img" / "0000.png",
+            "--th",
+            "0",
+            "--json",
+        ],
+        capsys,
+    )
     assert rc == 0 and {lab["label"] for lab in json.loads(out)[0]["labels"]} == {f"class_{k}" for k in range(4)}
     names.write_text("cat\ndog\nsky\n")
-    rc, _, err = call("infer", ["--model-path", plain, "--model-name", "test_resnet", "--pic-path",
-                                trained_run["data"] / "img" / "0000.png", "--class-names", names], capsys)
+    rc, _, err = call(
+        "infer",
+        [
+            "--model-path",
+            plain,
+            "--model-name",
+            "test_resnet",
+            "--pic-path",
+            trained_run["data"] / "img" / "0000.png",
+            "--class-names",
+            names,
+        ],
+        capsys,
+    )
     one_error(rc, err, "lists 3 names, the model has 4 classes")
 
 

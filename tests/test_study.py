@@ -16,29 +16,59 @@ from .conftest import REPO, make_tagged
 
 def _spec(tmp_path, data, experiments, seeds=(0, 1)):
     base = tmp_path / "base.yaml"
-    base.write_text(f"dataset: tagged\ndata_root: {data}\nmodel_name: test_resnet\nimage_size: 32\nbatch_size: 8\n"
-                    "workers: 0\nepochs: 2\nema_decay: 0.9\n")
+    base.write_text(
+        f"dataset: tagged\ndata_root: {data}\nmodel_name: test_resnet\nimage_size: 32\nbatch_size: 8\n"
+        "workers: 0\nepochs: 2\nema_decay: 0.9\n"
+    )
     spec = tmp_path / "study.yaml"
-    spec.write_text(json.dumps({
-        "name": "micro", "base_config": str(base), "seeds": list(seeds), "baseline": "bce",
-        "output": str(tmp_path / "reports"),
-        "settings": [{"name": "bce", "overrides": {"loss": "bce"}},
-                     {"name": "asl", "overrides": {"loss": "asl", "gamma_neg": 4, "clip": 0.05}},
-                     {"name": "adaptive", "overrides": {"loss": "adaptive_asl"}}],
-        "experiments": experiments,
-        "quick": {"seeds": [0], "experiments": ["main"]}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "micro",
+                "base_config": str(base),
+                "seeds": list(seeds),
+                "baseline": "bce",
+                "output": str(tmp_path / "reports"),
+                "settings": [
+                    {"name": "bce", "overrides": {"loss": "bce"}},
+                    {"name": "asl", "overrides": {"loss": "asl", "gamma_neg": 4, "clip": 0.05}},
+                    {"name": "adaptive", "overrides": {"loss": "adaptive_asl"}},
+                ],
+                "experiments": experiments,
+                "quick": {"seeds": [0], "experiments": ["main"]},
+            }
+        )
+    )
     return spec
 
 
 def test_micro_study(tmp_path, capsys):
     data = make_tagged(tmp_path / "data", n_train=24, n_val=12)
-    spec = _spec(tmp_path, data, [
-        {"name": "main", "settings": ["bce", "asl", "adaptive"], "lrs": [2e-3], "quartiles": True},
-        {"name": "noisy", "settings": ["bce", "asl"], "lr_from": "main", "overrides": {"label_noise": 0.5},
-         "compare_to": "main"},
-        {"name": "sweep", "settings": ["asl"], "lr_from": "main", "axis": "gamma-", "baseline_point": "g4",
-         "points": [{"name": "g4", "value": 4, "overrides": {}}, {"name": "g0", "value": 0,
-                                                                   "overrides": {"gamma_neg": 0}}]}])
+    spec = _spec(
+        tmp_path,
+        data,
+        [
+            {"name": "main", "settings": ["bce", "asl", "adaptive"], "lrs": [2e-3], "quartiles": True},
+            {
+                "name": "noisy",
+                "settings": ["bce", "asl"],
+                "lr_from": "main",
+                "overrides": {"label_noise": 0.5},
+                "compare_to": "main",
+            },
+            {
+                "name": "sweep",
+                "settings": ["asl"],
+                "lr_from": "main",
+                "axis": "gamma-",
+                "baseline_point": "g4",
+                "points": [
+                    {"name": "g4", "value": 4, "overrides": {}},
+                    {"name": "g0", "value": 0, "overrides": {"gamma_neg": 0}},
+                ],
+            },
+        ],
+    )
     assert cli.run(study.main, [str(spec), "--jobs", "2"]) == 0
     root = tmp_path / "reports" / "micro"
     text = (root / "report.md").read_text()
@@ -113,8 +143,18 @@ def test_seed_slopes_fit_a_line_per_seed_and_skip_incomplete_seeds():
 def test_study_spec_is_checked(tmp_path):
     def write(d):
         p = tmp_path / "s.yaml"
-        p.write_text(json.dumps({"name": "x", "base_config": "c.yaml", "seeds": [0], "baseline": "a",
-                                 "settings": [{"name": "a", "overrides": {}}], **d}))
+        p.write_text(
+            json.dumps(
+                {
+                    "name": "x",
+                    "base_config": "c.yaml",
+                    "seeds": [0],
+                    "baseline": "a",
+                    "settings": [{"name": "a", "overrides": {}}],
+                    **d,
+                }
+            )
+        )
         return str(p)
 
     with pytest.raises(ConfigError, match="unknown config keys lossy"):
@@ -137,8 +177,9 @@ def test_sweep_interaction_and_trend_lines_pair_by_seed():
         r._finished = [{"mAP": m, "mAP_ema": None}]
         return r
 
-    e = study.Experiment("e", ["a", "b"], axis="m", baseline_point="p0",
-                         points=[{"name": f"p{i}", "value": float(i)} for i in range(3)])
+    e = study.Experiment(
+        "e", ["a", "b"], axis="m", baseline_point="p0", points=[{"name": f"p{i}", "value": float(i)} for i in range(3)]
+    )
     # a loses 1 per step on every seed; b gains 1 per step on seed 0 and 3 on seed 1
     chosen = {(f"p{i}", "a"): {0: run(10.0 - i), 1: run(20.0 - i)} for i in range(3)}
     chosen.update({(f"p{i}", "b"): {0: run(10.0 + i), 1: run(20.0 + 3 * i)} for i in range(3)})
@@ -179,10 +220,12 @@ def test_old_run_folders_are_converted_not_retrained(tmp_path):
         d.mkdir(parents=True)
         run_cfg = cfg.__class__(**{**cfg.to_dict(), "seed": len(name) + n_epochs, "output": str(d)})
         study.dump_config(run_cfg, d / "study_config.yaml")
-        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "mAP": 10.0 + e}) + "\n"
-                                                 for e in range(n_epochs)))
-        (d / "per_class_ap.json").write_text(json.dumps({"epoch": n_epochs - 1, "class_names": ["a", "b"],
-                                                         "ap": [0.5, None], "ap_ema": None}))
+        (d / "metrics.jsonl").write_text(
+            "".join(json.dumps({"epoch": e, "mAP": 10.0 + e}) + "\n" for e in range(n_epochs))
+        )
+        (d / "per_class_ap.json").write_text(
+            json.dumps({"epoch": n_epochs - 1, "class_names": ["a", "b"], "ap": [0.5, None], "ap_ema": None})
+        )
     before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
     store = study.RunStore(tmp_path / "runs.jsonl")
     assert study.import_run_folders(old, store) == (1, 1)

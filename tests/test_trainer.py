@@ -37,9 +37,21 @@ def test_fit_is_a_library_call_that_leaves_the_process_as_it_was(tmp_path):
     sigint = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN under nohup / a background job
     root_handlers = list(logging.getLogger().handlers)
     try:
-        cfg = load_config(None, {"dataset": "tagged", "data_root": str(data), "model_name": "test_resnet",
-                                 "image_size": 32, "batch_size": 8, "epochs": 2, "workers": 0, "ema_decay": 0.9,
-                                 "output": str(tmp_path / "out"), "print_freq": 0})
+        cfg = load_config(
+            None,
+            {
+                "dataset": "tagged",
+                "data_root": str(data),
+                "model_name": "test_resnet",
+                "image_size": 32,
+                "batch_size": 8,
+                "epochs": 2,
+                "workers": 0,
+                "ema_decay": 0.9,
+                "output": str(tmp_path / "out"),
+                "print_freq": 0,
+            },
+        )
         result = fit(cfg)
         assert signal.getsignal(signal.SIGTERM) is mine
         assert signal.getsignal(signal.SIGINT) is sigint
@@ -58,8 +70,9 @@ def test_fit_is_a_library_call_that_leaves_the_process_as_it_was(tmp_path):
 def test_fit_checks_its_config_before_any_work(tmp_path):
     from asl.errors import ConfigError
 
-    cfg = load_config(None, {"dataset": "tagged", "data_root": str(tmp_path / "nowhere"), "lr": -1.0,
-                             "output": str(tmp_path / "out")})
+    cfg = load_config(
+        None, {"dataset": "tagged", "data_root": str(tmp_path / "nowhere"), "lr": -1.0, "output": str(tmp_path / "out")}
+    )
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         fit(cfg)
     assert not (tmp_path / "out").exists()
@@ -81,16 +94,28 @@ def test_run_state_round_trips_through_last_pth(tmp_path):
     assert adapted != 4.0 and loss.state_dict()["_extra_state"]["gamma_neg"] == adapted
     opt.step()
     sched.step()
-    state = RunState(epoch=1, global_step=7, best={"mAP": 12.5, "epoch": 0, "selected": "ema"}, step_in_epoch=3,
-                     partial={"loss_sum": 1.5, "steps": 3, "skipped": 0}, rng=get_rng_state())
+    state = RunState(
+        epoch=1,
+        global_step=7,
+        best={"mAP": 12.5, "epoch": 0, "selected": "ema"},
+        step_in_epoch=3,
+        partial={"loss_sum": 1.5, "steps": 3, "skipped": 0},
+        rng=get_rng_state(),
+    )
     meta = dict(model_name="test_resnet", class_names=["a", "b", "c"], image_size=32, mean=(0, 0, 0), std=(1, 1, 1))
-    save_checkpoint(training_checkpoint(state, model, optimizer=opt, scheduler=sched, loss_fn=loss, **meta),
-                    tmp_path / "last.pth")
+    save_checkpoint(
+        training_checkpoint(state, model, optimizer=opt, scheduler=sched, loss_fn=loss, **meta), tmp_path / "last.pth"
+    )
     ckpt = load_checkpoint(tmp_path / "last.pth")  # weights_only
     model2, opt2, sched2, loss2 = _objects(gamma_neg=0.0)
     back = restore_training_state(ckpt, model2, opt2, sched2, loss_fn=loss2)
-    assert (back.epoch, back.global_step, back.best, back.step_in_epoch, back.partial) == \
-        (1, 7, state.best, 3, state.partial)
+    assert (back.epoch, back.global_step, back.best, back.step_in_epoch, back.partial) == (
+        1,
+        7,
+        state.best,
+        3,
+        state.partial,
+    )
     assert back.mid_epoch and back.next_epoch == 1 and back.epoch_resume()["step"] == 3
     assert loss2.gamma_neg == adapted  # the loss's state came back through its own state_dict()
     assert sched2.state_dict()["last_epoch"] == sched.state_dict()["last_epoch"]
@@ -103,9 +128,18 @@ def test_run_state_round_trips_through_last_pth(tmp_path):
 
 def test_a_last_pth_from_before_losses_kept_their_state_still_resumes(tmp_path):
     model, opt, sched, _ = _objects()
-    ckpt = training_checkpoint(RunState(epoch=0, global_step=5), model, optimizer=opt, scheduler=sched,
-                               loss_fn=AsymmetricLoss(), model_name="test_resnet", class_names=["a", "b", "c"],
-                               image_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    ckpt = training_checkpoint(
+        RunState(epoch=0, global_step=5),
+        model,
+        optimizer=opt,
+        scheduler=sched,
+        loss_fn=AsymmetricLoss(),
+        model_name="test_resnet",
+        class_names=["a", "b", "c"],
+        image_size=32,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     assert ckpt["loss_state"] is None  # a loss without state saves none
     ckpt["loss_state"] = {"gamma_neg": 2.75}  # the format train.py wrote for adaptive gamma- before
     loss = AdaptiveAsymmetricLoss(gamma_neg=4.0)

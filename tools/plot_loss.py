@@ -26,9 +26,15 @@ def curve(p: torch.Tensor, y: float, gamma_neg: float, gamma_pos: float, clip: f
     """(loss, dloss/dlogit) per probability: the full derivative, focusing weights included, as
     in the paper's gradient analysis (training detaches them by default)."""
     z = torch.logit(p.double()).requires_grad_()
-    loss = asymmetric_loss(z[:, None], torch.full((len(p), 1), y, dtype=torch.float64), gamma_neg=gamma_neg,
-                           gamma_pos=gamma_pos, clip=clip, reduction="none",
-                           disable_torch_grad_focal_loss=False)
+    loss = asymmetric_loss(
+        z[:, None],
+        torch.full((len(p), 1), y, dtype=torch.float64),
+        gamma_neg=gamma_neg,
+        gamma_pos=gamma_pos,
+        clip=clip,
+        reduction="none",
+        disable_torch_grad_focal_loss=False,
+    )
     loss.sum().backward()
     return loss[:, 0].detach().numpy(), z.grad.numpy()
 

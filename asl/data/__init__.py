@@ -16,8 +16,17 @@ from ..errors import ConfigError, DataError
 from .base import MultiLabelDataset
 from .transforms import build_transform
 
-__all__ = ["create_dataset", "DATASETS", "DatasetSpec", "MultiLabelDataset", "build_transform", "default_splits",
-           "COMMON_OPTIONS", "DATASET_OPTIONS", "unread_options"]
+__all__ = [
+    "create_dataset",
+    "DATASETS",
+    "DatasetSpec",
+    "MultiLabelDataset",
+    "build_transform",
+    "default_splits",
+    "COMMON_OPTIONS",
+    "DATASET_OPTIONS",
+    "unread_options",
+]
 
 # Options every dataset takes (asl.data.base.MultiLabelDataset's).
 COMMON_OPTIONS = ("max_bad_fraction", "max_bad_images", "draft_size")
@@ -42,9 +51,12 @@ class DatasetSpec:
 
 DATASETS: Dict[str, DatasetSpec] = {
     # train2014 / val2014, or the 2017 pair when only it exists
-    "coco": DatasetSpec("coco:create_coco", "train", "val", ("ann_file", "image_dir", "keep_unannotated",
-                                                             "val_ann_file", "val_image_dir", "val_fraction",
-                                                             "seed")),
+    "coco": DatasetSpec(
+        "coco:create_coco",
+        "train",
+        "val",
+        ("ann_file", "image_dir", "keep_unannotated", "val_ann_file", "val_image_dir", "val_fraction", "seed"),
+    ),
     "voc": DatasetSpec("voc:create_voc", "trainval", "test", ("voc_year", "difficult")),
     "nuswide": DatasetSpec("nuswide:create_nuswide", "train", "val", ("ann_file", "image_dir")),
     "tagged": DatasetSpec("tagged:create_tagged", "train", "val", ("val_fraction", "seed")),
@@ -72,8 +84,9 @@ def unread_options(name: str, values: Mapping[str, Any], defaults: Mapping[str, 
     return [o for o in DATASET_OPTIONS if o not in spec.options and values.get(o, defaults[o]) != defaults[o]]
 
 
-def create_dataset(name: str, root: str, split: str, transform: Optional[Callable] = None,
-                   **options: Any) -> MultiLabelDataset:
+def create_dataset(
+    name: str, root: str, split: str, transform: Optional[Callable] = None, **options: Any
+) -> MultiLabelDataset:
     """Build a dataset split by name.
 
     Args:
@@ -87,6 +100,7 @@ def create_dataset(name: str, root: str, split: str, transform: Optional[Callabl
     spec = _spec(name)
     unknown = sorted(set(options) - set(COMMON_OPTIONS) - set(spec.options))
     if unknown:
-        raise ConfigError(f"dataset {name} does not take {', '.join(unknown)} (it reads "
-                          f"{', '.join(COMMON_OPTIONS + spec.options)})")
+        raise ConfigError(
+            f"dataset {name} does not take {', '.join(unknown)} (it reads {', '.join(COMMON_OPTIONS + spec.options)})"
+        )
     return spec.build(root, split=split, transform=transform, **options)

@@ -84,13 +84,22 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         missing = [i for i, p in enumerate(self.paths) if not os.path.isfile(p)]
         if missing:
             self._bad[missing] = 1
-            log.warning("%s: %d of %d images are missing and will be skipped: %s", name, len(missing),
-                        len(self.paths), _first(self.paths[i] for i in missing))
+            log.warning(
+                "%s: %d of %d images are missing and will be skipped: %s",
+                name,
+                len(missing),
+                len(self.paths),
+                _first(self.paths[i] for i in missing),
+            )
             self._check_limit(self.paths[missing[-1]])
         counts = Counter(self.paths)
         if len(counts) < len(self.paths):
-            log.warning("%s: %d rows repeat an image listed before (it weighs twice): %s", name,
-                        len(self.paths) - len(counts), _first(p for p, k in counts.items() if k > 1))
+            log.warning(
+                "%s: %d rows repeat an image listed before (it weighs twice): %s",
+                name,
+                len(self.paths) - len(counts),
+                _first(p for p, k in counts.items() if k > 1),
+            )
 
     @property
     def num_classes(self) -> int:
@@ -140,7 +149,8 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         if count > self.tolerated:
             raise DataError(
                 f"{self.name}: {count} of {len(self.paths)} images are missing or unreadable (more than "
-                f"{self.tolerated}: --max-bad-images / --max-bad-fraction raise the limit); last: {last}")
+                f"{self.tolerated}: --max-bad-images / --max-bad-fraction raise the limit); last: {last}"
+            )
 
     def summary(self) -> str:
         """One paragraph: images, classes, label cardinality, rarest and commonest classes."""
@@ -151,10 +161,12 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         rare = ", ".join(f"{self.class_names[k]} ({int(pos[k])})" for k in order[:3])
         common = ", ".join(f"{self.class_names[k]} ({int(pos[k])})" for k in order[::-1][:3])
         unknown = int((t == -1).sum())
-        return (f"{self.name}: {len(self)} images, {self.num_classes} classes, "
-                f"{card:.2f} labels/image ({100 * card / max(self.num_classes, 1):.1f}% positive)"
-                + (f", {unknown} unknown labels" if unknown else "")
-                + f"; rarest: {rare}; most common: {common}")
+        return (
+            f"{self.name}: {len(self)} images, {self.num_classes} classes, "
+            f"{card:.2f} labels/image ({100 * card / max(self.num_classes, 1):.1f}% positive)"
+            + (f", {unknown} unknown labels" if unknown else "")
+            + f"; rarest: {rare}; most common: {common}"
+        )
 
 
 # Below this many images a validation mAP moves by whole points from one image to the next.
@@ -168,15 +180,21 @@ def split_warnings(train: Optional[MultiLabelDataset], evaluation: MultiLabelDat
     if train is not None:
         both = sorted(set(map(os.path.realpath, train.paths)) & set(map(os.path.realpath, evaluation.paths)))
         if both:
-            out.append(f"{len(both)} images are in both the training and the evaluation split, so the validation "
-                       f"mAP is optimistic: {_first(both)}")
+            out.append(
+                f"{len(both)} images are in both the training and the evaluation split, so the validation "
+                f"mAP is optimistic: {_first(both)}"
+            )
     empty = [n for n, k in zip(evaluation.class_names, (evaluation.targets == 1).sum(0)) if k == 0]
     if empty:
-        out.append(f"{len(empty)} of {evaluation.num_classes} classes have no positive in {evaluation.name} "
-                   f"({_first(empty)}): the official mAP counts each as AP 0")
+        out.append(
+            f"{len(empty)} of {evaluation.num_classes} classes have no positive in {evaluation.name} "
+            f"({_first(empty)}): the official mAP counts each as AP 0"
+        )
     if len(evaluation) < SMALL_EVAL_SET:
-        out.append(f"{evaluation.name} has only {len(evaluation)} images: its mAP is noisy (one image can move it "
-                   f"by points); hold out more images to compare runs")
+        out.append(
+            f"{evaluation.name} has only {len(evaluation)} images: its mAP is noisy (one image can move it "
+            f"by points); hold out more images to compare runs"
+        )
     return out
 
 

@@ -42,13 +42,20 @@ def _read_annotations(ann_file: Path) -> dict:
         raise DataError(f"{ann_file}: not a UTF-8 JSON file") from None
     except OSError as e:
         raise DataError(f"{ann_file}: cannot read it ({e.strerror or e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("categories", []), list) or not isinstance(data.get("annotations", []), list):
-        raise DataError(f"{ann_file}: not a COCO annotation file (expected 'images', 'annotations' and 'categories' "
-                        f"lists)")
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("categories", []), list)
+        or not isinstance(data.get("annotations", []), list)
+    ):
+        raise DataError(
+            f"{ann_file}: not a COCO annotation file (expected 'images', 'annotations' and 'categories' lists)"
+        )
     if not all(isinstance(x, dict) for key in ("images", "categories", "annotations") for x in data.get(key, [])):
-        raise DataError(f"{ann_file}: not a COCO annotation file (an entry of 'images', 'annotations' or "
-                        f"'categories' is not an object)")
+        raise DataError(
+            f"{ann_file}: not a COCO annotation file (an entry of 'images', 'annotations' or "
+            f"'categories' is not an object)"
+        )
 
     def duplicates(values):
         return [v for v, k in Counter(values).items() if k > 1]
@@ -59,14 +66,18 @@ def _read_annotations(ann_file: Path) -> dict:
             raise DataError(f"{ann_file}: an entry of '{key}' has no usable 'id'")
         dup = duplicates(ids)
         if dup:
-            raise DataError(f"{ann_file}: {len(dup)} {what} id{'s are' if len(dup) > 1 else ' is'} listed twice "
-                            f"(first: {dup[0]!r}); each {what} needs an id of its own")
+            raise DataError(
+                f"{ann_file}: {len(dup)} {what} id{'s are' if len(dup) > 1 else ' is'} listed twice "
+                f"(first: {dup[0]!r}); each {what} needs an id of its own"
+            )
     names = [str(c.get("name", c["id"])) for c in data.get("categories", [])]
     dup = duplicates(names)
     if dup:
-        raise DataError(f"{ann_file}: {len(dup)} category name{'s are' if len(dup) > 1 else ' is'} listed twice "
-                        f"({', '.join(map(repr, dup[:3]))}): two outputs of one name cannot be told apart; merge "
-                        f"or rename them")
+        raise DataError(
+            f"{ann_file}: {len(dup)} category name{'s are' if len(dup) > 1 else ' is'} listed twice "
+            f"({', '.join(map(repr, dup[:3]))}): two outputs of one name cannot be told apart; merge "
+            f"or rename them"
+        )
     for img in data["images"]:
         name = img.get("file_name")
         if not isinstance(name, str) or not name.strip():
@@ -149,8 +160,9 @@ def create_coco(
             images = Path(image_dir) if image_dir else root_p
             if split != "all" and not val_ann_file:
                 holdout = evaluation
-        name = f"coco {ann}" + ("" if holdout is None else f" [{'held-out ' if holdout else ''}"
-                                                             f"{'val' if holdout else 'train'}]")
+        name = f"coco {ann}" + (
+            "" if holdout is None else f" [{'held-out ' if holdout else ''}{'val' if holdout else 'train'}]"
+        )
     else:
         check_exists(root_p, "COCO root")
         split = resolve_split(root_p, split, train=True)
@@ -173,9 +185,14 @@ def create_coco(
         is_val[rng.permutation(len(img_ids))[: int(round(val_fraction * len(img_ids)))]] = True
         img_ids = [i for i, v in zip(img_ids, is_val) if v == holdout]
     if not img_ids:
-        raise DataError(f"{ann}: split is empty (no annotated images"
-                        + (f" in the {'held-out' if holdout else 'training'} part: adjust --val-fraction, or pass "
-                           f"--val-ann-file)" if holdout is not None else ")"))
+        raise DataError(
+            f"{ann}: split is empty (no annotated images"
+            + (
+                f" in the {'held-out' if holdout else 'training'} part: adjust --val-fraction, or pass --val-ann-file)"
+                if holdout is not None
+                else ")"
+            )
+        )
     row = {img_id: r for r, img_id in enumerate(img_ids)}
     targets = np.zeros((len(img_ids), len(class_names)), dtype=np.float32)
     for a in coco.dataset.get("annotations", []):
@@ -191,5 +208,13 @@ def create_coco(
         if info is None or "file_name" not in info:
             raise DataError(f"{ann}: annotation refers to image id {img_id}, which has no 'images' entry")
         paths.append(str(images / info["file_name"]))
-    return MultiLabelDataset(paths, targets, class_names, transform, name=name, max_bad_fraction=max_bad_fraction,
-                             max_bad_images=max_bad_images, draft_size=draft_size)
+    return MultiLabelDataset(
+        paths,
+        targets,
+        class_names,
+        transform,
+        name=name,
+        max_bad_fraction=max_bad_fraction,
+        max_bad_images=max_bad_images,
+        draft_size=draft_size,
+    )

@@ -64,7 +64,7 @@ def _tree(root: Path) -> Dict[str, Path]:
 
 def _zipf_probs(num_classes: int, rng: np.random.Generator, exponent: float = 1.0) -> np.ndarray:
     ranks = rng.permutation(num_classes) + 1.0
-    p = ranks ** -exponent
+    p = ranks**-exponent
     return p / p.sum()
 
 
@@ -80,17 +80,27 @@ def _render(rng, glyphs, glyph_labels, class_probs, num_classes, size):
         pool = np.flatnonzero(glyph_labels == digit)
         glyph = glyphs[rng.choice(pool)]
         s = int(rng.integers(size // 4, size // 2 + 1))
-        alpha = np.asarray(Image.fromarray((glyph * 15.9375).astype(np.uint8)).resize((s, s), Image.BILINEAR),
-                           dtype=np.float32)[..., None] / 255.0
+        alpha = (
+            np.asarray(
+                Image.fromarray((glyph * 15.9375).astype(np.uint8)).resize((s, s), Image.BILINEAR), dtype=np.float32
+            )[..., None]
+            / 255.0
+        )
         y0, x0 = int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1))
-        region = canvas[y0:y0 + s, x0:x0 + s]
-        canvas[y0:y0 + s, x0:x0 + s] = region * (1 - alpha) + colours[colour] * alpha
+        region = canvas[y0 : y0 + s, x0 : x0 + s]
+        canvas[y0 : y0 + s, x0 : x0 + s] = region * (1 - alpha) + colours[colour] * alpha
         labels.add(int(cls))
     return np.clip(canvas, 0, 255).astype(np.uint8), sorted(labels)
 
 
-def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int = 1000, image_size: int = 64,
-                  seed: int = 0, num_classes: int = 80) -> Path:
+def generate_demo(
+    root: str | os.PathLike,
+    num_train: int = 4000,
+    num_val: int = 1000,
+    image_size: int = 64,
+    seed: int = 0,
+    num_classes: int = 80,
+) -> Path:
     """Write the demo dataset into ``root`` (atomically: a temporary folder, then a rename).
 
     Args:
@@ -139,8 +149,15 @@ def generate_demo(root: str | os.PathLike, num_train: int = 4000, num_val: int =
             w.writerows(rows)
         (tmp / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
         files = {rel: _sha256(p) for rel, p in sorted(_tree(tmp).items()) if not rel.endswith("/")}
-        meta = dict(version=VERSION, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                    num_classes=num_classes, files=files)
+        meta = dict(
+            version=VERSION,
+            num_train=num_train,
+            num_val=num_val,
+            image_size=image_size,
+            seed=seed,
+            num_classes=num_classes,
+            files=files,
+        )
         (tmp / MARKER).write_text(json.dumps(meta, indent=0), encoding="utf-8")
         if root.exists():
             check_demo_folder(root, replace=True)  # again, just before the swap
@@ -175,10 +192,14 @@ def _changes(root: Path, meta: dict) -> list:
         return [f"{MARKER} lists no files (written by an older version)"]
     tree = _tree(root)
     listed = set(files) | {MARKER}
-    extra = sorted(rel for rel in tree if rel not in listed
-                   and not (rel.endswith("/") and any(f.startswith(rel) for f in files)))
-    changed = sorted(rel for rel, digest in files.items()
-                     if rel not in tree or not tree[rel].is_file() or _sha256(tree[rel]) != digest)
+    extra = sorted(
+        rel for rel in tree if rel not in listed and not (rel.endswith("/") and any(f.startswith(rel) for f in files))
+    )
+    changed = sorted(
+        rel
+        for rel, digest in files.items()
+        if rel not in tree or not tree[rel].is_file() or _sha256(tree[rel]) != digest
+    )
     return [f"{rel} added" for rel in extra] + [f"{rel} changed or removed" for rel in changed]
 
 
@@ -201,15 +222,19 @@ def check_demo_folder(root: Path, num_classes: Optional[int] = None, replace: bo
         return
     meta = read_marker(root)
     if meta is None:
-        raise DataError(f"{root} is not the built-in demo (no {MARKER}) and was left untouched: for your own "
-                        f"labels.csv pass --dataset tagged (or coco, voc, nuswide)")
+        raise DataError(
+            f"{root} is not the built-in demo (no {MARKER}) and was left untouched: for your own "
+            f"labels.csv pass --dataset tagged (or coco, voc, nuswide)"
+        )
     if not replace and (num_classes is None or _params(meta) == dict(DEFAULTS, num_classes=num_classes)):
         return  # used as it is: nothing is written
     changes = _changes(root, meta)
     if changes:
-        raise DataError(f"{root} holds the demo and other files or changes ({', '.join(changes[:3])}"
-                        f"{', ...' if len(changes) > 3 else ''}), so it is not regenerated: move them out, or pass "
-                        f"another --data-root for the demo")
+        raise DataError(
+            f"{root} holds the demo and other files or changes ({', '.join(changes[:3])}"
+            f"{', ...' if len(changes) > 3 else ''}), so it is not regenerated: move them out, or pass "
+            f"another --data-root for the demo"
+        )
 
 
 def ensure_demo(root: str | os.PathLike, **params) -> Path:
@@ -223,8 +248,15 @@ def ensure_demo(root: str | os.PathLike, **params) -> Path:
     return generate_demo(root, **want)
 
 
-def create_demo(root: str = "data/demo", split: str = "train", transform=None, demo_classes: int = 80,
-                max_bad_fraction: float = 0.01, max_bad_images: int = 5, draft_size: Optional[int] = None):
+def create_demo(
+    root: str = "data/demo",
+    split: str = "train",
+    transform=None,
+    demo_classes: int = 80,
+    max_bad_fraction: float = 0.01,
+    max_bad_images: int = 5,
+    draft_size: Optional[int] = None,
+):
     """The demo dataset, read by the tagged loader. Building it reads only: the folder is
     generated by an explicit step, :func:`ensure_demo` (``python -m asl.data.demo``; the training
     and validation commands take that step for the demo themselves).
@@ -242,13 +274,22 @@ def create_demo(root: str = "data/demo", split: str = "train", transform=None, d
     root_p = Path(root)
     meta = read_marker(root_p)
     if meta is None or not (root_p / "labels.csv").is_file():
-        raise DataError(f"no demo dataset in {root}: generate it with `python -m asl.data.demo {root}` "
-                        f"(train.py does this itself)")
+        raise DataError(
+            f"no demo dataset in {root}: generate it with `python -m asl.data.demo {root}` (train.py does this itself)"
+        )
     if meta.get("num_classes") != demo_classes:
-        raise DataError(f"{root} holds the {meta.get('num_classes')}-class demo, not the {demo_classes}-class one: "
-                        f"`python -m asl.data.demo {root} --classes {demo_classes}` regenerates it")
-    return create_tagged(str(root), split=split, transform=transform, max_bad_fraction=max_bad_fraction,
-                         max_bad_images=max_bad_images, draft_size=draft_size)
+        raise DataError(
+            f"{root} holds the {meta.get('num_classes')}-class demo, not the {demo_classes}-class one: "
+            f"`python -m asl.data.demo {root} --classes {demo_classes}` regenerates it"
+        )
+    return create_tagged(
+        str(root),
+        split=split,
+        transform=transform,
+        max_bad_fraction=max_bad_fraction,
+        max_bad_images=max_bad_images,
+        draft_size=draft_size,
+    )
 
 
 def main(argv=None) -> int:

@@ -80,6 +80,13 @@ def create_nuswide(
         raise DataError(f"{csv_path}: split {split!r} is empty")
     targets = multi_hot([labels for _, labels, _ in selected], class_names)
     images = Path(image_dir) if image_dir else root_p
-    return MultiLabelDataset([str(images / p) for p, _, _ in selected], targets, class_names, transform,
-                             name=f"nuswide {split}", max_bad_fraction=max_bad_fraction,
-                             max_bad_images=max_bad_images, draft_size=draft_size)
+    return MultiLabelDataset(
+        [str(images / p) for p, _, _ in selected],
+        targets,
+        class_names,
+        transform,
+        name=f"nuswide {split}",
+        max_bad_fraction=max_bad_fraction,
+        max_bad_images=max_bad_images,
+        draft_size=draft_size,
+    )

@@ -84,8 +84,7 @@ def create_tagged(
         raise DataError(f"{csv_path}: no images listed")
     classes_file = csv_path.parent / "classes.txt"
     if classes_file.exists():
-        class_names: List[str] = [c.strip() for c in read_text(classes_file, "classes file").splitlines()
-                                  if c.strip()]
+        class_names: List[str] = [c.strip() for c in read_text(classes_file, "classes file").splitlines() if c.strip()]
         known = set(class_names)
         for image, tags, _ in rows:
             for t in tags:
@@ -107,14 +106,26 @@ def create_tagged(
         selected = [r for r, v in zip(rows, is_val) if v == (split == "val")]
     if not selected:
         held = int(round(val_fraction * len(rows)))
-        hint = (f" ({len(rows)} images, --val-fraction {val_fraction} holds out {held}: add images, change "
-                f"--val-fraction, or give labels.csv a split column)") if not has_split else \
-            " (no row of labels.csv names it in its split column)"
+        hint = (
+            (
+                f" ({len(rows)} images, --val-fraction {val_fraction} holds out {held}: add images, change "
+                f"--val-fraction, or give labels.csv a split column)"
+            )
+            if not has_split
+            else " (no row of labels.csv names it in its split column)"
+        )
         raise DataError(f"{csv_path}: split {split!r} is empty{hint}")
 
     targets = multi_hot([tags for _, tags, _ in selected], class_names)
     base = csv_path.parent
     paths = [str(base / image) for image, _, _ in selected]
-    return MultiLabelDataset(paths, targets, class_names, transform, name=f"tagged {csv_path} [{split}]",
-                             max_bad_fraction=max_bad_fraction,
-                             max_bad_images=max_bad_images, draft_size=draft_size)
+    return MultiLabelDataset(
+        paths,
+        targets,
+        class_names,
+        transform,
+        name=f"tagged {csv_path} [{split}]",
+        max_bad_fraction=max_bad_fraction,
+        max_bad_images=max_bad_images,
+        draft_size=draft_size,
+    )

@@ -72,8 +72,9 @@ def _to_tensor_ops(mean: Sequence[float], std: Sequence[float]) -> list:
     return ops
 
 
-def build_infer_transform(image_size: int, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                          std: Sequence[float] = (1.0, 1.0, 1.0)):
+def build_infer_transform(
+    image_size: int, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)
+):
     """infer.py's preprocessing, the official infer.py's: PIL RGB image -> PIL ``resize((S, S))``
     -> float tensor (3, S, S) in [0, 1]; normalized only for a model with a mean/std (not TResNet)."""
     from torchvision import transforms as T
@@ -106,8 +107,11 @@ def build_transform(
     if resize not in ("squish", "crop"):
         raise ValueError(f"resize must be 'squish' or 'crop', got {resize!r}")
     if resize == "crop":
-        ops = ([T.RandomResizedCrop(image_size, antialias=True)] if train
-               else [T.Resize(image_size, antialias=True), T.CenterCrop(image_size)])
+        ops = (
+            [T.RandomResizedCrop(image_size, antialias=True)]
+            if train
+            else [T.Resize(image_size, antialias=True), T.CenterCrop(image_size)]
+        )
     else:
         ops = [T.Resize((image_size, image_size), antialias=True)]
     if train and "cutout" in augment:

@@ -16,9 +16,28 @@ import numpy as np
 from ..errors import DataError
 from .base import MultiLabelDataset, check_exists, read_text
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 DIFFICULT = ("ignore", "positive", "negative")
 
 
@@ -92,6 +111,13 @@ def create_voc(
         for k in hard - easy:
             targets[r, k] = {"ignore": -1.0, "positive": 1.0, "negative": 0.0}[difficult]
     paths = [str(year_dir / "JPEGImages" / f"{i}.jpg") for i in ids]
-    return MultiLabelDataset(paths, targets, list(VOC_CLASSES), transform, name=f"voc {year_dir.name} {split}",
-                             max_bad_fraction=max_bad_fraction,
-                             max_bad_images=max_bad_images, draft_size=draft_size)
+    return MultiLabelDataset(
+        paths,
+        targets,
+        list(VOC_CLASSES),
+        transform,
+        name=f"voc {year_dir.name} {split}",
+        max_bad_fraction=max_bad_fraction,
+        max_bad_images=max_bad_images,
+        draft_size=draft_size,
+    )
