@@ -44,6 +44,7 @@ def _last(proc):
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_without_pytorch_each_command_says_what_is_needed(trained_run, onnx_model):
     pic = trained_run["data"] / "img" / "0000.png"
     for script, argv in (
@@ -58,6 +59,7 @@ def test_without_pytorch_each_command_says_what_is_needed(trained_run, onnx_mode
         assert "requirements-infer.txt" in _last(proc)  # the way to tag without it
 
 
+@pytest.mark.slow
 def test_a_full_or_closed_stdout_is_one_error_line(trained_run):
     cmd = [
         sys.executable,

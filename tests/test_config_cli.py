@@ -127,6 +127,7 @@ def test_flag_of_wrong_type():
     assert_one_line_error(run_script("validate.py", "--thre", "high"), "--thre")
 
 
+@pytest.mark.slow
 def test_not_a_checkpoint(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint")

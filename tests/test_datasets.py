@@ -178,6 +178,7 @@ def test_train_one_epoch_per_format(tmp_path, fmt):
     assert np.isfinite(rec["train_loss"]) and 0 <= rec["mAP"] <= 100 and rec["bad_images"] == 0
 
 
+@pytest.mark.slow
 def test_corrupt_images_are_counted_across_workers(tmp_path):
     root = make_coco(tmp_path / "coco", split="train2014")
     make_coco(root, split="val2014")
@@ -294,6 +295,7 @@ def test_each_dataset_declares_the_options_it_reads(tmp_path, capsys):
     assert rc == 2 and "--voc-year '2012' is not read by --dataset tagged" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_demo_is_generated_by_an_explicit_step_only(tmp_path):
     import subprocess
     import sys

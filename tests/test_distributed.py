@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -16,6 +17,8 @@ from asl.checkpoint import load_checkpoint
 from asl.distributed import DistInfo, EpochSampler, ShardSampler, gather_rows
 
 from .conftest import REPO
+
+pytestmark = pytest.mark.slow  # trains in subprocesses
 
 CLASSES = ["dog", "person", "cat", "car"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -96,6 +97,7 @@ def test_infer_json_and_picture(trained_run, tmp_path, capsys):
     assert rc == 0 and "(no label)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_infer_bad_inputs(trained_run, tmp_path):
     best = trained_run["out"] / "best.pth"
     (tmp_path / "empty").mkdir()
@@ -116,6 +118,7 @@ def test_validate_wrong_class_count(trained_run, tmp_path):
     assert_one_line_error(run_script("validate.py", "--model-path", tmp_path / "wrong.pth"), "does not fit")
 
 
+@pytest.mark.slow
 def test_train_bad_inputs(trained_run, tmp_path):
     data = trained_run["data"]
     assert_one_line_error(

@@ -154,6 +154,7 @@ def test_parsers_are_generated_from_the_schema():
     assert {"lr", "loss", "seed", "image_size", "ema_warmup"} <= set(config.RESULT_FIELDS)
 
 
+@pytest.mark.slow
 def test_commands_run_from_the_package():
     for module in ("asl.train", "asl.validate", "asl.infer", "asl.study", "asl.export"):
         proc = subprocess.run(
@@ -205,6 +206,7 @@ def test_wheel_ships_the_commands_and_base_configs(tmp_path):
     assert not [n for n in names if n.split("/")[0] in {"train.py", "validate.py", "infer.py", "tests"}]
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmark_runs_every_row_on_tiny_shapes(tmp_path):
     """bench/bench_gpu.py is measured on a GPU; here its code paths run on the CPU (no figures)."""
     proc = subprocess.run(

@@ -52,6 +52,7 @@ def test_overwrite_replaces_only_a_runs_own_files(tmp_path):
     check_output_dir(run, overwrite=True)  # a run's own files: replaced on request
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder_the_second_is_refused(tmp_path):
     data = make_tagged(tmp_path / "d", n_train=64, n_val=16)
     out = tmp_path / "out"

@@ -16,6 +16,8 @@ from asl.engine import NonFiniteLossError, train_one_epoch
 
 from .conftest import REPO, make_tagged
 
+pytestmark = pytest.mark.slow  # trains in subprocesses
+
 
 def _args(data, out, *extra):
     return [

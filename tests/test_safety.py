@@ -373,6 +373,7 @@ def test_save_image_is_checked_before_tagging(trained_run, tmp_path, capsys):
         assert out == "" and pic.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_closed_stdout_ends_quietly(trained_run):
     cmd = (
         f"{sys.executable} {REPO / 'infer.py'} --model-path {trained_run['out'] / 'best.pth'} "

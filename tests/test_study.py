@@ -13,6 +13,8 @@ from asl.errors import ConfigError
 
 from .conftest import REPO, make_tagged
 
+pytestmark = pytest.mark.slow  # trains in subprocesses
+
 
 def _spec(tmp_path, data, experiments, seeds=(0, 1)):
     base = tmp_path / "base.yaml"
