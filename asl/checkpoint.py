@@ -1,6 +1,6 @@
 """Checkpoints: every format the package reads or writes, atomic writes, ``weights_only=True`` reads.
 
-- The inference checkpoint (``best.pth``, CONTRACT.md section 3): a dict with the official keys
+- The inference checkpoint (``best.pth``): a dict with the official keys
   ``model`` (state dict), ``num_classes`` and ``idx_to_class`` ({int: name}), so the official
   infer.py reads ours, plus ``model_name``, ``image_size``, ``mean``, ``std``, ``thresholds``
   (optional), ``config`` and ``epoch`` (:func:`make_checkpoint`, :func:`model_from_checkpoint`).
@@ -146,7 +146,8 @@ def make_checkpoint(
     head: str = "linear",
     **extra: Any,
 ) -> Dict[str, Any]:
-    """The checkpoint dict of CONTRACT.md section 3 for ``model`` (unwrapped, on the CPU)."""
+    """The inference checkpoint dict for ``model`` (unwrapped, on the CPU): the official keys plus
+    ours (module docstring)."""
     state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
     ckpt: Dict[str, Any] = {
         "model": state,

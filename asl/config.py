@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optio
 from .errors import ConfigError
 from .files import atomic_write
 
-# --- official defaults, in one place (reference/README.md; the official validate.py / infer.py).
+# --- official defaults, in one place (the official train.py / validate.py / infer.py).
 DEFAULT_MODEL = "resnet10t"  # training without a model name: small, learns the demo from scratch on a CPU
 OFFICIAL_IMAGE_SIZE = {"tresnet_m": 224, "tresnet_l": 448, "tresnet_xl": 448}  # the official checkpoints'
 DEFAULT_IMAGE_SIZE = 224  # other models

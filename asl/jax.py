@@ -6,7 +6,7 @@
     loss = asymmetric_loss(logits, labels).sum()
 
 This module needs JAX only (not PyTorch): ``asl/__init__`` imports its torch parts lazily. The
-definitions are those of ``asl.functional`` (CONTRACT.md Sec. 1, paper Sec. 2), and a parity test
+definitions are those of ``asl.functional`` (the official element formula, paper Sec. 2), and a parity test
 checks values and gradients against it for every option.
 
 Multi-label ASL (Ben-Baruch et al., ICCV 2021, Sec. 2.1-2.3), for one element with

@@ -1,4 +1,4 @@
-"""The official Alibaba-MIIL/ASL code, transcribed once (shared/reference): the oracle of the tests
+"""The official Alibaba-MIIL/ASL code, transcribed once (the official repository): the oracle of the tests
 (``from bench.official import ...``) and the baseline of the benchmarks. Only the official
 global grad-mode toggle is scoped (``torch.set_grad_enabled`` in a ``with``)."""
 
@@ -9,7 +9,7 @@ import torch
 
 
 def official_average_precision(output, target):
-    """The official average_precision, transcribed from its definition (shared/reference, 2):
+    """The official average_precision, transcribed from the official definition:
     ``argsort()[::-1]`` is numpy's default (unstable) sort, reversed."""
     indices = output.argsort()[::-1]
     total_count_ = np.cumsum(np.ones((len(output), 1)))
@@ -33,7 +33,7 @@ def official_map(targs, preds):
 
 
 def official_asymmetric_loss(x, y, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8, detach=True):
-    """The official ``AsymmetricLoss.forward`` operations (shared/reference, 1), with its global
+    """The official ``AsymmetricLoss.forward`` operations, with its global
     grad-mode toggle scoped."""
     xs_pos = torch.sigmoid(x)
     xs_neg = 1 - xs_pos
@@ -126,7 +126,7 @@ def official_train(
     gamma_pos=0,
     clip=0.05,
 ):
-    """The official ``train.py`` loop (shared/reference, its recipe): Adam over ``add_weight_decay``
+    """The official ``train.py`` loop (its recipe): Adam over ``add_weight_decay``
     groups, OneCycle (pct_start 0.2) over ``epochs`` x ``len(batches)`` steps, ``if epoch >
     Stop_epoch: break`` (so ``stop_epoch + 1`` epochs train), summed ASL on float logits,
     ``model.zero_grad()``, step, scheduler step, EMA update. On the CPU: no autocast, no scaler.

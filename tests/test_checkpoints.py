@@ -12,7 +12,7 @@ from asl.models import create_model
 
 from .conftest import REPO
 
-REF = REPO / "tests" / "fixtures"  # copies of shared/reference/official_asl_*_keys.tsv
+REF = REPO / "tests" / "fixtures"  # the official files' key lists and shapes
 
 
 def _key_list(name):

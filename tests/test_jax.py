@@ -154,7 +154,7 @@ def test_import_does_not_need_torch():
 
 
 def test_optax_training_step_learns():
-    """The README's example: a linear multi-label classifier trained with optax.adam on ASL."""
+    """The example of docs/loss.md: a linear multi-label classifier trained with optax.adam on ASL."""
     optax = pytest.importorskip("optax")
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((256, 16)).astype(np.float32)

@@ -26,7 +26,7 @@ def reference(
     weight=None,
     pos_weight=None,
 ):
-    """CONTRACT.md section 1 (the official element formula, one focusing weight per element, for
+    """The interface's promise (the official element formula, one focusing weight per element, for
     any y in [0, 1]), written out in float64 with autograd doing the derivative."""
     x = x.double()
     y = y.double()
