@@ -52,12 +52,21 @@ def check_targets(targets: torch.Tensor) -> None:
         raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {value!r} ({int(bad.sum())} such values)")
 
 
+def _tensor_only() -> bool:
+    """Inside ``torch.compile``: no value may be read back to Python (a data-dependent branch would
+    break the graph), so unknown labels, soft targets and the mean's count are tensor operations."""
+    return torch.compiler.is_compiling()
+
+
 def _prepare_targets(targets: torch.Tensor, dtype: torch.dtype, label_smoothing: float):
     """Return (y, known): y in [0, 1] with unknown entries zeroed, known a 0/1 mask or None."""
     y = targets if targets.dtype == dtype else targets.to(dtype)
     known = None
+    if targets.dtype != torch.bool and _tensor_only():
+        known = (y >= 0).to(dtype)  # always masked: no read-back of whether any label is unknown
+        y = y * known
     # One reduction instead of a comparison pass plus any(): this runs on every call.
-    if targets.dtype != torch.bool and y.numel() and float(y.min()) < 0:
+    elif targets.dtype != torch.bool and y.numel() and float(y.min()) < 0:
         unknown = y < 0
         known = (~unknown).to(dtype)
         y = y.masked_fill(unknown, 0.0)
@@ -221,12 +230,16 @@ def _run(x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: _Op
     return (per_elem if per_elem is not None else total), grad
 
 
-def _reduce_scale(reduction: str, n: int, known: Optional[torch.Tensor], numel: int) -> Optional[float]:
+def _reduce_scale(reduction: str, n: int, known: Optional[torch.Tensor], numel: int):
+    """The reduction's factor: a float, or (``mean`` over known labels inside ``torch.compile``) a
+    0-d tensor, so the count is never read back; None for ``none``."""
     if reduction == "sum":
         return 1.0
     if reduction == "batchmean":
         return 1.0 / max(n, 1)
     if reduction == "mean":
+        if known is not None and _tensor_only():
+            return 1.0 / known.sum().clamp(min=1.0)
         count = float(known.sum()) if known is not None else float(numel)
         return 1.0 / max(count, 1.0)
     return None
@@ -408,7 +421,8 @@ def asymmetric_loss(
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError("label_smoothing must be in [0, 1)")
-    check_targets(targets)
+    if not _tensor_only():
+        check_targets(targets)
     if logits.numel() == 0:  # an empty batch: no loss, and a gradient of the right (empty) shape
         zero = logits.to(_compute_dtype(logits)).sum() * 0.0
         return zero.expand(logits.shape) if reduction == "none" else zero
@@ -418,7 +432,9 @@ def asymmetric_loss(
         pos_weight = _as_tensor(pos_weight, logits.device)
     gamma_pos, gamma_neg = float(gamma_pos), float(gamma_neg)
     clip = float(clip) if clip else None
-    if _is_soft(targets, label_smoothing):
+    if _tensor_only() or _is_soft(targets, label_smoothing):
+        # the element formula covers hard and soft labels alike: under torch.compile it is the one
+        # path (no test of the labels' values), and the compiler fuses its element-wise operations
         return _soft_asl(
             logits,
             targets,
