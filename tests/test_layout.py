@@ -238,3 +238,20 @@ def test_the_gpu_benchmark_runs_every_row_on_tiny_shapes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for row in ("official-style loop", "engine (default)", "engine + channels_last", "JPEGs", "(64, 80)"):
         assert row in proc.stdout, row
+
+
+def test_the_requirements_files_are_generated_from_pyproject():
+    """One dependency list: every requirements*.txt is what tools/requirements.py writes from pyproject.toml."""
+    pytest.importorskip("tomllib", reason="tools/requirements.py reads pyproject.toml with tomllib (Python 3.11+)")
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import requirements
+    finally:
+        sys.path.pop(0)
+    files = requirements.generate()
+    assert set(files) == {p.name for p in REPO.glob("requirements*.txt")}
+    for name, text in files.items():
+        assert (REPO / name).read_text(encoding="utf-8") == text, f"{name}: run python tools/requirements.py"
+    assert "torch" not in {
+        requirements._name(r) for r in files["requirements-infer.txt"].splitlines() if r and not r.startswith("#")
+    }
