@@ -132,6 +132,20 @@ def normalize_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tens
     return state
 
 
+def _describe(state, model_name, class_names, image_size, mean, std) -> Dict[str, Any]:
+    """The keys every checkpoint of ours has: the weights and what they need to run (the official
+    ``model``, ``num_classes``, ``idx_to_class``, then ``model_name``, ``image_size``, ``mean``, ``std``)."""
+    return {
+        "model": state,
+        "num_classes": len(class_names),
+        "idx_to_class": {i: str(n) for i, n in enumerate(class_names)},
+        "model_name": model_name,
+        "image_size": int(image_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+    }
+
+
 def make_checkpoint(
     model: nn.Module,
     *,
@@ -150,13 +164,7 @@ def make_checkpoint(
     ours (module docstring)."""
     state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
     ckpt: Dict[str, Any] = {
-        "model": state,
-        "num_classes": len(class_names),
-        "idx_to_class": {i: str(n) for i, n in enumerate(class_names)},
-        "model_name": model_name,
-        "image_size": int(image_size),
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
+        **_describe(state, model_name, class_names, image_size, mean, std),
         "config": config,
         "epoch": epoch,
         "head": head,
@@ -283,16 +291,7 @@ def with_thresholds(
     thresholds = [float(t) for t in thresholds]
     if any(isinstance(ckpt.get(k), dict) for k in ("model", "state_dict", "model_state_dict")):
         return dict(ckpt, thresholds=thresholds)
-    return {
-        "model": state_dict_of(ckpt),
-        "num_classes": len(class_names),
-        "idx_to_class": {i: str(n) for i, n in enumerate(class_names)},
-        "model_name": model_name,
-        "image_size": int(image_size),
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-        "thresholds": thresholds,
-    }
+    return dict(_describe(state_dict_of(ckpt), model_name, class_names, image_size, mean, std), thresholds=thresholds)
 
 
 def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:

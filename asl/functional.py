@@ -432,36 +432,25 @@ def asymmetric_loss(
         pos_weight = _as_tensor(pos_weight, logits.device)
     gamma_pos, gamma_neg = float(gamma_pos), float(gamma_neg)
     clip = float(clip) if clip else None
+    args = (
+        logits,
+        targets,
+        weight,
+        pos_weight,
+        gamma_pos,
+        gamma_neg,
+        clip,
+        eps,
+        bool(disable_torch_grad_focal_loss),
+        reduction,
+        label_smoothing,
+    )
     if _tensor_only() or _is_soft(targets, label_smoothing):
         # the element formula covers hard and soft labels alike: under torch.compile it is the one
         # path (no test of the labels' values), and the compiler fuses its element-wise operations
-        return _soft_asl(
-            logits,
-            targets,
-            weight,
-            pos_weight,
-            gamma_pos,
-            gamma_neg,
-            clip,
-            eps,
-            bool(disable_torch_grad_focal_loss),
-            reduction,
-            label_smoothing,
-        )
+        return _soft_asl(*args)
     if torch.is_grad_enabled() and logits.requires_grad:
-        return _FusedASL.apply(
-            logits,
-            targets,
-            weight,
-            pos_weight,
-            gamma_pos,
-            gamma_neg,
-            clip,
-            eps,
-            bool(disable_torch_grad_focal_loss),
-            reduction,
-            label_smoothing,
-        )
+        return _FusedASL.apply(*args)
     # No gradient wanted (evaluation): the value alone.
     out, _, _ = _forward(
         logits,
