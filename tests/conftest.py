@@ -55,6 +55,13 @@ def tagged_root(tmp_path) -> Path:
     return make_tagged(tmp_path / "tagged")
 
 
+# The settings of trained_run (a test resuming it passes the same ones).
+RUN_SETTINGS = (
+    "--no-pretrained --model-name test_resnet --image-size 32 --batch-size 16 --epochs 2 --lr 3e-3 "
+    "--workers 0 --ema-decay 0.9 --seed 1".split()
+)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A 2-epoch run of train.py on a tiny tagged set (session-wide: reused by the CLI tests)."""
@@ -64,33 +71,7 @@ def trained_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("run")
     data = make_tagged(base / "data")
     out = base / "out"
-    rc = cli.run(
-        train.main,
-        [
-            str(data),
-            "--dataset",
-            "tagged",
-            "--model-name",
-            "test_resnet",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "16",
-            "--epochs",
-            "2",
-            "--lr",
-            "3e-3",
-            "--workers",
-            "0",
-            "--output",
-            str(out),
-            "--ema-decay",
-            "0.9",
-            "--seed",
-            "1",
-            "--no-pretrained",
-        ],
-    )
+    rc = cli.run(train.main, [str(data), "--dataset", "tagged", *RUN_SETTINGS, "--output", str(out)])
     assert rc == 0
     return {"data": data, "out": out}
 

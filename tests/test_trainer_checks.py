@@ -7,29 +7,10 @@ import shutil
 
 import pytest
 
-from tests.conftest import make_tagged
+from tests.conftest import RUN_SETTINGS, make_tagged
 from tests.test_safety import TINY, call, one_error
 
-# trained_run's own settings (tests/conftest.py)
-SAME = [
-    "--no-pretrained",
-    "--model-name",
-    "test_resnet",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "16",
-    "--epochs",
-    "2",
-    "--lr",
-    "3e-3",
-    "--workers",
-    "0",
-    "--ema-decay",
-    "0.9",
-    "--seed",
-    "1",
-]
+SAME = RUN_SETTINGS  # trained_run's own settings
 
 
 def _set(argv, flag, value):
