@@ -10,6 +10,7 @@ from asl.config import load_config
 from asl.errors import ConfigError
 from asl.models import create_model
 from asl.pretrained import resolve_pretrained
+from asl.runtime import DEMO_CONFIG
 from tests.conftest import make_tagged
 from tests.test_safety import call, one_error
 
@@ -62,11 +63,12 @@ def test_hf_home_is_honoured(tmp_path, monkeypatch):
     assert str(resolve_pretrained(TAG).file).startswith(str(tmp_path / "hf" / "hub"))
 
 
-def test_training_starts_from_exactly_the_cached_weights(hub, tmp_path, monkeypatch):
+def test_training_on_the_demo_starts_from_exactly_the_cached_weights(hub, tmp_path, monkeypatch):
     import asl.trainer as trainer
+    from asl.data import demo
 
     state = lay_out_cache(hub)
-    data = make_tagged(tmp_path / "d", n_train=8, n_val=4)
+    monkeypatch.setattr(demo, "DEFAULTS", dict(demo.DEFAULTS, num_train=8, num_val=4, image_size=32))
     seen = {}
 
     class Started(Exception):
@@ -78,10 +80,9 @@ def test_training_starts_from_exactly_the_cached_weights(hub, tmp_path, monkeypa
 
     monkeypatch.setattr(trainer, "train_one_epoch", first_epoch)
     cfg = load_config(
-        None,
+        str(DEMO_CONFIG),
         {
-            "dataset": "tagged",
-            "data_root": str(data),
+            "data_root": str(tmp_path / "demo"),
             "model_name": TAG,
             "pretrained": True,
             "image_size": 32,
@@ -91,8 +92,8 @@ def test_training_starts_from_exactly_the_cached_weights(hub, tmp_path, monkeypa
         },
     )
     with pytest.raises(Started):
-        trainer.fit(cfg)
-    model = create_model(TAG, 4)
+        trainer.fit(cfg)  # the demo is generated (at the tiny size above), then training starts
+    model = create_model(TAG, 80)
     model.load_state_dict(seen["state"])
     _same_backbone(model, state)
 
