@@ -1,4 +1,4 @@
-"""GPU training and loss speed, in one run on one GPU: the tables of issue 16.
+"""GPU training and loss speed, in one run on one GPU: the engine against the official-style loop, and the loss.
 
 Training (images/s after warm-up, peak memory), for TResNet-M 224 (batch 128) and TResNet-L 448
 (batch 32), on synthetic batches already on the GPU and on generated COCO-layout JPEGs through

@@ -1,4 +1,4 @@
-"""Nothing a user owns is lost, and every bad input is one ``error:`` line before any work (issue 8).
+"""Nothing a user owns is lost, and every bad input is one ``error:`` line before any work.
 
 One test (at least) per item of the issue: the demo and a user's folder, classes matched by name,
 the defaults that run, value checks, outputs, resume mismatches, decompression bombs, small
