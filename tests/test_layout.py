@@ -194,7 +194,13 @@ def test_wheel_ships_the_commands_and_base_configs(tmp_path):
         names = set(z.namelist())
         entry = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = z.read(entry).decode()
-    assert {"asl/configs/demo.yaml", "asl/configs/finetune.yaml", "asl/trainer.py", "asl/study.py"} <= names
+    assert {
+        "asl/configs/demo.yaml",
+        "asl/configs/finetune.yaml",
+        "asl/trainer.py",
+        "asl/study/__init__.py",
+        "asl/study/report.py",
+    } <= names
     for script, target in (
         ("asl-train", "asl.cli:train_console"),
         ("asl-validate", "asl.cli:validate_console"),

@@ -1,4 +1,4 @@
-"""Run a study (a grid of seeded training runs) and write its report: see asl/study.py
+"""Run a study (a grid of seeded training runs) and write its report: see asl/study/
 (installed as ``asl-study``; also ``python -m asl.study``).
 
     python tools/study.py configs/study_demo.yaml --jobs 2          # the full study

@@ -1,0 +1,5 @@
+"""``python -m asl.study``."""
+
+from . import console
+
+console()
