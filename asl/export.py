@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from . import cli
-from .config import EXPORT, Config, check_num_classes, check_values, default_image_size, fields_for, load_config
+from .config import EXPORT, Config, check_values, fields_for, load_config
 from .errors import ASLError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -168,20 +168,15 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
     import numpy as np
     import torch
 
-    from .checkpoint import load_checkpoint, model_from_checkpoint, read_class_names
     from .data.transforms import build_infer_transform
     from .files import atomic_write
-    from .models import check_image_size
+    from .opening import is_onnx, open_model
     from .predict import providers
 
-    ckpt = load_checkpoint(cfg.model_path)
-    model, info = model_from_checkpoint(ckpt, cfg.model_name, path=cfg.model_path)
-    check_num_classes(cfg.num_classes, info["num_classes"], cfg.model_path)
-    names = read_class_names(cfg.class_names, info["num_classes"]) if cfg.class_names else info["class_names"]
-    size = (
-        cfg.image_size if cfg.image_size is not None else info["image_size"] or default_image_size(info["model_name"])
-    )
-    check_image_size(info["model_name"], size)
+    if is_onnx(cfg.model_path):
+        raise ConfigError(f"--model-path {cfg.model_path} is an ONNX model already: export a .pth checkpoint")
+    opened = open_model(cfg.model_path, cfg.model_name, cfg.image_size, cfg.class_names, cfg.num_classes)
+    model, names, size = opened.net, opened.class_names, opened.image_size
     blurs = _rewrite_blur(model)
     net = _wrapped(model, cfg.sigmoid, cfg.fp16)
     example = torch.zeros(1, 3, size, size)
@@ -207,25 +202,25 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
             except Exception as e:  # noqa: BLE001  (the exporter raises its own classes: an op with no form here)
                 why = str(e).strip().splitlines()[0][:240] if str(e).strip() else ""
                 raise ExportError(
-                    f"{info['model_name']} cannot be exported at --opset {cfg.opset} "
+                    f"{opened.model_name} cannot be exported at --opset {cfg.opset} "
                     f"({type(e).__name__}: {why}); try a newer opset (the default, 17, or up to 21)"
                 ) from None
     proto = onnx.load_from_string(buf.getvalue())
     meta = {
         "asl_format": "1",
-        "model_name": info["model_name"],
+        "model_name": opened.model_name,
         "class_names": json.dumps(list(names)),
         "image_size": str(size),
-        "mean": json.dumps(list(info["mean"])),
-        "std": json.dumps(list(info["std"])),
+        "mean": json.dumps(list(opened.mean)),
+        "std": json.dumps(list(opened.std)),
         "resize": "pil_squish",
         "output": "scores" if cfg.sigmoid else "logits",
         "source": Path(cfg.model_path).name,
     }
-    if info.get("thresholds") is not None:
-        meta["thresholds"] = json.dumps([float(t) for t in info["thresholds"]])
-    if info.get("config"):  # the training config: validate.py's defaults (dataset, split, size), as for the .pth
-        meta["config"] = json.dumps(info["config"], default=str)
+    if opened.thresholds is not None:
+        meta["thresholds"] = json.dumps([float(t) for t in opened.thresholds])
+    if opened.config:  # the training config: validate.py's defaults (dataset, split, size), as for the .pth
+        meta["config"] = json.dumps(opened.config, default=str)
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
@@ -238,7 +233,7 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
     data = proto.SerializeToString()
     diff = None
     if cfg.check:
-        transform = build_infer_transform(size, info["mean"], info["std"])
+        transform = build_infer_transform(size, opened.mean, opened.std)
         batch = torch.stack([transform(p) for p in sample_pictures(size)])
         with torch.no_grad():
             want = net(batch).numpy()
@@ -270,7 +265,7 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
     shape = "dynamic batch" if cfg.dynamic_batch else "batch 1"
     dtype = "float16" if cfg.fp16 else "float32"
     print(
-        f"{info['model_name']} ({len(names)} classes, {size} px, {shape}, {dtype} weights, {meta['output']}) "
+        f"{opened.model_name} ({len(names)} classes, {size} px, {shape}, {dtype} weights, {meta['output']}) "
         f"-> {dest} "
         f"({len(data) / 2**20:.1f} MiB, {report['nodes']} nodes, no custom op, no reflect padding"
         + (f": {blurs} anti-aliasing blurs padded explicitly" if blurs else "")

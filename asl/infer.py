@@ -28,14 +28,13 @@ from .config import (
     INFER,
     OFFICIAL_INFER_THRESHOLDS,
     Config,
-    check_num_classes,
     check_values,
-    default_image_size,
     fields_for,
     load_config,
 )
 from .errors import ConfigError, DataError
 from .images import IMAGE_EXTENSIONS, load_rgb
+from .opening import open_model
 
 
 def collect_images(specs: List[str]) -> List[Path]:
@@ -111,66 +110,6 @@ def draw_labels(img, labels, dest: Path) -> None:
     img.save(dest)
 
 
-class _Model:
-    """What tagging needs from a model, PyTorch or ONNX: class names, calibrated thresholds (or
-    None), and ``scores(pictures) -> (N, C) float32``."""
-
-    names: List[str]
-    calibrated: Optional[List[float]]
-
-    def scores(self, images) -> np.ndarray:
-        raise NotImplementedError
-
-
-class _TorchModel(_Model):
-    def __init__(self, cfg: Config):
-        import torch
-
-        from .checkpoint import load_checkpoint, model_from_checkpoint, read_class_names
-        from .data.transforms import build_infer_transform
-        from .models import check_image_size
-        from .runtime import resolve_device
-
-        ckpt = load_checkpoint(cfg.model_path)
-        model, info = model_from_checkpoint(ckpt, cfg.model_name, path=cfg.model_path)
-        check_num_classes(cfg.num_classes, info["num_classes"], cfg.model_path)
-        # --class-names: the outputs' names, in order (a file without names, or with wrong ones)
-        self.names = read_class_names(cfg.class_names, info["num_classes"]) if cfg.class_names else info["class_names"]
-        size = (
-            cfg.image_size
-            if cfg.image_size is not None
-            else info["image_size"] or default_image_size(info["model_name"])
-        )
-        check_image_size(info["model_name"], size)
-        self.device = resolve_device(cfg.device)
-        self.model = model.to(self.device)
-        self.transform = build_infer_transform(size, info["mean"], info["std"])  # the official infer.py's resize
-        self.calibrated = info["thresholds"]
-        self.torch = torch
-
-    def scores(self, images) -> np.ndarray:
-        torch = self.torch
-        with torch.inference_mode():
-            x = torch.stack([self.transform(im) for im in images]).to(self.device)
-            return torch.sigmoid(self.model(x).float()).cpu().numpy()
-
-
-class _OnnxModel(_Model):
-    """onnxruntime, numpy and Pillow only: this path imports neither torch nor timm."""
-
-    def __init__(self, cfg: Config):
-        from .predict import OnnxTagger, read_class_names
-
-        names = read_class_names(cfg.class_names) if cfg.class_names else None
-        self.tagger = OnnxTagger(cfg.model_path, device=cfg.device, image_size=cfg.image_size, class_names=names)
-        self.tagger.check_model_name(cfg.model_name)
-        check_num_classes(cfg.num_classes, self.tagger.num_classes, cfg.model_path)
-        self.names, self.calibrated = self.tagger.class_names, self.tagger.thresholds
-
-    def scores(self, images) -> np.ndarray:
-        return self.tagger.scores(images)
-
-
 def tag_images(cfg: Config) -> List[Dict[str, Any]]:
     """Tag pictures (:func:`_tag_images`); a folder created for ``--save-image`` is removed again on failure."""
     from .runtime import removed_on_error
@@ -198,12 +137,12 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
     if cfg.save_image:
         check_save_image(cfg.save_image, cfg.overwrite)
     paths = collect_images(cfg.pic_path)
-    model = _OnnxModel(cfg) if Path(cfg.model_path).suffix.lower() == ".onnx" else _TorchModel(cfg)
-    n = len(model.names)
+    model = open_model(cfg.model_path, cfg.model_name, cfg.image_size, cfg.class_names, cfg.num_classes, cfg.device)
+    n = model.num_classes
     if cfg.th is not None:
         thresholds = np.full(n, cfg.th, dtype=np.float32)
-    elif model.calibrated is not None and cfg.dataset_type is None:
-        thresholds = np.asarray(model.calibrated, dtype=np.float32)
+    elif model.thresholds is not None and cfg.dataset_type is None:
+        thresholds = np.asarray(model.thresholds, dtype=np.float32)
     else:
         thresholds = np.full(n, OFFICIAL_INFER_THRESHOLDS[cfg.dataset_type or "ms_coco"], dtype=np.float32)
 
@@ -225,7 +164,8 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
         for p, s in zip(batch, model.scores(imgs)):
             keep = np.flatnonzero(s > thresholds).tolist()  # strict, as the official infer.py
             labels = sorted(
-                ({"label": model.names[k], "score": round(float(s[k]), 4)} for k in keep), key=lambda d: -d["score"]
+                ({"label": model.class_names[k], "score": round(float(s[k]), 4)} for k in keep),
+                key=lambda d: -d["score"],
             )
             if cfg.top_k:
                 labels = labels[: cfg.top_k]

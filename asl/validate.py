@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -28,10 +29,7 @@ import numpy as np
 
 from . import cli
 from .checkpoint import (
-    load_checkpoint,
     match_classes,
-    model_from_checkpoint,
-    read_class_names,
     save_checkpoint,
     with_thresholds,
 )
@@ -50,12 +48,11 @@ from .config import (
 )
 from .data import DATASET_OPTIONS, DATASETS
 from .data.base import split_warnings
-from .engine import amp_dtype_for, evaluate
 from .errors import ConfigError
 from .factory import check_dataset_options, dataset_from_config, loader_for, prepare_data
 from .files import atomic_write
 from .metrics import calibrate_thresholds, mAP, multilabel_metrics
-from .models import SelectOutputs, check_image_size
+from .opening import is_onnx, open_model
 from .runtime import cap_workers, removed_on_error, resolve_device, writable_dir, writable_file
 
 log = logging.getLogger(__name__)
@@ -76,33 +73,6 @@ def base_config(ckpt: dict, info: dict, dataset: Optional[str] = None) -> Config
             keep = {k: v for k, v in keep.items() if k not in DATASET_OPTIONS or k in DATASETS[dataset].options}
         return from_dict(keep, source="checkpoint config")
     return Config(**OFFICIAL_VALIDATE, image_size=info.get("image_size") or default_image_size(info["model_name"]))
-
-
-def evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
-    """``asl.engine.evaluate``'s result for an exported model run by onnxruntime on the loader's
-    batches (the same preprocessing as the PyTorch path: the dataset's evaluation transform)."""
-    import time
-
-    from .metrics import map_and_ap
-
-    scores, targets = [], []
-    t0 = time.perf_counter()
-    for images, target in loader:
-        s = tagger.run(images.numpy())
-        scores.append(s[:, order] if order is not None else s)
-        targets.append(target.numpy())
-    elapsed = time.perf_counter() - t0
-    s, t = np.concatenate(scores), np.concatenate(targets)
-    m, ap = map_and_ap(t, s)
-    return {
-        "mAP": m,
-        "per_class_ap": ap,
-        "scores": s,
-        "targets": t,
-        "num_images": len(s),
-        "images_per_s": len(s) / max(elapsed, 1e-9),
-        "bad_images": getattr(loader.dataset, "bad_count", 0),
-    }
 
 
 def format_metrics(m: dict) -> str:
@@ -144,46 +114,27 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
             "--calibrate's checkpoint (beside the model)",
             given.overwrite,
         )
-    onnx = Path(model_path).suffix.lower() == ".onnx"
-    if onnx:
-        if given.calibrate:
-            raise ConfigError(
-                "--calibrate writes a calibrated copy of a PyTorch checkpoint: run it on the .pth, then "
-                "export that copy"
-            )
-        from .predict import OnnxTagger
-
-        model = OnnxTagger(
-            model_path,
-            device=given.device,
-            image_size=given.image_size,
-            class_names=read_class_names(given.class_names) if given.class_names else None,
+    if given.calibrate and is_onnx(model_path):
+        raise ConfigError(
+            "--calibrate writes a calibrated copy of a PyTorch checkpoint: run it on the .pth, then export that copy"
         )
-        model.check_model_name(given.model_name)
-        saved = model.meta.get("config")  # the training config; the input size is the exported model's
-        ckpt = {"config": dict(saved, image_size=model.image_size) if isinstance(saved, dict) else None}
-        info = {
-            "class_names": model.class_names,
-            "named": True,
-            "num_classes": model.num_classes,
-            "image_size": model.image_size,
-            "model_name": model.meta.get("model_name"),
-            "mean": model.mean,
-            "std": model.std,
-        }
-    else:
-        ckpt = load_checkpoint(model_path)
-        model, info = model_from_checkpoint(ckpt, given.model_name, path=model_path)
-    names, named = info["class_names"], info["named"]
-    if given.class_names:  # the outputs' names, in order: for files without names, or with wrong ones
-        names, named = read_class_names(given.class_names, info["num_classes"]), True
+    model = open_model(model_path, given.model_name, given.image_size, given.class_names, None, given.device)
+    ckpt = model.checkpoint if model.checkpoint is not None else {"config": model.config}
+    info = {
+        "model_name": model.model_name,
+        "num_classes": model.num_classes,
+        "image_size": model.image_size,
+        "mean": model.mean,
+        "std": model.std,
+    }
+    names, named = model.class_names, model.named
     base = base_config(ckpt, info)
     cfg = load_config(config_path, flags, base=base)
     if cfg.dataset != base.dataset:  # scored on another dataset than it was trained on
         cfg = load_config(config_path, flags, base=base_config(ckpt, info, cfg.dataset))
     if cfg.image_size is None:
-        cfg = dataclasses.replace(cfg, image_size=info["image_size"] or default_image_size(info["model_name"]))
-    expected = zoo_image_size(model_path) or (ckpt.get("image_size") if not onnx else model.image_size)
+        cfg = dataclasses.replace(cfg, image_size=model.image_size)
+    expected = zoo_image_size(model_path) or model.own_size
     if expected and cfg.image_size != expected:
         log.warning(
             "warning: validating at %d px, but %s %s at %d px: the number will differ from that one "
@@ -194,7 +145,7 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
             expected,
             expected,
         )
-    if not info["image_size"] and given.image_size is None and not (ckpt.get("config") or {}).get("image_size"):
+    if model.size_from == "default" and given.image_size is None and not (ckpt.get("config") or {}).get("image_size"):
         log.warning(
             "warning: %s names no input size: validating at %d px, the default of %s (pass --image-size "
             "to use the size it was trained at)",
@@ -206,13 +157,10 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         cfg = dataclasses.replace(cfg, val_split="all")  # the file named here is scored whole
     check_values(cfg, fields_for(VALIDATE))
     check_dataset_options(cfg)
-    if not onnx:
-        check_image_size(info["model_name"], cfg.image_size)
-    elif cfg.image_size != model.image_size:
-        model = OnnxTagger(model_path, device=cfg.device, image_size=cfg.image_size, class_names=model.class_names)
+    model = replace(model.at_size(cfg.image_size), device=cfg.device)
     cfg = cap_workers(cfg)
-    check_num_classes(cfg.num_classes, info["num_classes"], model_path)
-    device = resolve_device(cfg.device) if not onnx else None
+    check_num_classes(cfg.num_classes, model.num_classes, model_path)
+    device = resolve_device(cfg.device) if model.kind == "pytorch" else resolve_device("cpu")
     prepare_data(cfg)
     ds = dataset_from_config(cfg, train=False, mean=info["mean"], std=info["std"])
     order = match_classes(names, ds.class_names, named, path=model_path)
@@ -228,21 +176,15 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         "validating %s at %d px (%s), mean %s, std %s",
         info["model_name"] or model_path,
         cfg.image_size,
-        "--image-size" if given.image_size else "the checkpoint's" if info.get("image_size") else "the default",
+        "--image-size" if given.image_size else "the default" if model.size_from == "default" else "the checkpoint's",
         tuple(round(float(m), 4) for m in info["mean"]),
         tuple(round(float(s), 4) for s in info["std"]),
     )
     log.info("%s", ds.summary())
     for warning in split_warnings(None, ds):
         log.warning("warning: %s", warning)
-    loader = loader_for(ds, cfg, train=False, device=device or resolve_device("cpu"))
-    if onnx:  # onnxruntime on the same input tensors as the PyTorch path
-        ev = evaluate_onnx(model, loader, order)
-    else:
-        if order is not None:
-            model = SelectOutputs(model, order)
-        model.to(device)
-        ev = evaluate(model, loader, device, amp_dtype=amp_dtype_for(device, cfg.amp))
+    loader = loader_for(ds, cfg, train=False, device=device)
+    ev = model.evaluate(loader, amp=cfg.amp, order=order)  # onnxruntime or PyTorch, on the same input tensors
     scores, targets = ev["scores"], ev["targets"]
     bad = int((~np.isfinite(scores)).sum())
     if bad:
@@ -279,9 +221,9 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         dest = Path(output) / "calibrated.pth" if output else Path(model_path).with_suffix(".calibrated.pth")
         save_checkpoint(
             with_thresholds(
-                ckpt,
+                model.checkpoint,
                 per_output,
-                model_name=info["model_name"],
+                model_name=model.model_name,
                 class_names=names,
                 image_size=cfg.image_size,
                 mean=info["mean"],

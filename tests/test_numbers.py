@@ -35,17 +35,17 @@ def test_nan_scores_are_ranked_as_the_official_code_ranks_them():
 
 
 def test_validate_warns_when_scores_are_not_finite(trained_run, tmp_path, capsys, monkeypatch):
-    import asl.validate as v
+    import asl.engine as engine
     from tests.test_safety import call
 
-    real = v.evaluate
+    real = engine.evaluate
 
     def broken(*a, **k):
         ev = real(*a, **k)
         ev["scores"][0, 0] = np.nan
         return ev
 
-    monkeypatch.setattr(v, "evaluate", broken)
+    monkeypatch.setattr(engine, "evaluate", broken)
     rc, _, err = call(
         "validate",
         [trained_run["data"], "--dataset", "tagged", "--model-path", trained_run["out"] / "best.pth", "--workers", "0"],

@@ -1,0 +1,227 @@
+"""One way to open a model: :func:`open_model` for a ``.pth`` (ours, the official files, a plain
+state dict) and an exported ``.onnx`` alike, used by validate, infer and export.
+
+The :class:`OpenedModel` it returns carries what every command needs: the class names (the file's,
+or ``--class-names``), the input size (``--image-size``, else the file's own, else the model zoo's
+for its files, else the model's default), the preprocessing (mean / std), the calibrated
+thresholds, the training config the file carries, and the scorer: ``scores(pictures)`` with
+infer.py's preprocessing, ``evaluate(loader, ...)`` on validate.py's input tensors. The ONNX path
+imports neither torch nor timm (``asl.predict``).
+
+    from asl.opening import open_model
+
+    model = open_model("runs/demo/best.pth")            # or "demo.onnx"
+    scores = model.scores([load_rgb("photo.jpg")])       # (1, C) in [0, 1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import check_num_classes, default_image_size, zoo_image_size
+
+__all__ = ["OpenedModel", "open_model", "is_onnx"]
+
+
+def is_onnx(path: Any) -> bool:
+    """Whether a model file is opened as an exported ONNX model (by its name, as the commands do)."""
+    return Path(str(path)).suffix.lower() == ".onnx"
+
+
+@dataclass(frozen=True)
+class OpenedModel:
+    """A model file, opened.
+
+    Attributes:
+        path: the file.
+        kind: ``pytorch`` or ``onnx``.
+        model_name: the timm name (None for an ONNX file without metadata).
+        class_names: the outputs' names, in order.
+        named: whether the names come from the file or ``--class-names`` (else ``class_<k>``).
+        image_size: the input side this model runs at (resolved, see the module docstring).
+        own_size: the size the file itself names (None where it names none).
+        size_from: where ``image_size`` came from: ``flag``, ``file`` or ``default``.
+        mean, std: its normalisation.
+        thresholds: calibrated per-class thresholds, or None.
+        config: the training config the file carries, or None.
+        checkpoint: the ``.pth`` dict (None for ONNX): what a calibrated copy extends.
+        net: the ``nn.Module`` (eval mode, on the CPU) or the :class:`~asl.predict.OnnxTagger`.
+        device: where it scores (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+    """
+
+    path: str
+    kind: str
+    model_name: Optional[str]
+    class_names: List[str]
+    named: bool
+    image_size: int
+    own_size: Optional[int]
+    size_from: str
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    thresholds: Optional[List[float]]
+    config: Optional[Dict[str, Any]]
+    checkpoint: Optional[Dict[str, Any]]
+    net: Any
+    device: str = "auto"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def at_size(self, size: int) -> "OpenedModel":
+        """The same model at another input side (checked: a fixed-size model refuses another)."""
+        if size == self.image_size:
+            return self
+        if self.kind == "onnx":
+            from .predict import OnnxTagger
+
+            return replace(
+                self,
+                image_size=size,
+                net=OnnxTagger(self.path, device=self.device, image_size=size, class_names=self.class_names),
+            )
+        from .models import check_image_size
+
+        check_image_size(self.model_name, size)
+        return replace(self, image_size=size)
+
+    def scores(self, pictures: Sequence[Any]) -> np.ndarray:
+        """(N, C) float32 scores of PIL RGB pictures, preprocessed as the official infer.py."""
+        if self.kind == "onnx":
+            return self.net.scores(pictures)
+        import torch
+
+        from .data.transforms import build_infer_transform
+
+        device = _torch_device(self.device)
+        transform = build_infer_transform(self.image_size, self.mean, self.std)  # the official infer.py's resize
+        net = self.net.to(device)
+        with torch.inference_mode():
+            x = torch.stack([transform(p) for p in pictures]).to(device)
+            return torch.sigmoid(net(x).float()).cpu().numpy()
+
+    def evaluate(self, loader, amp: bool = True, order: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+        """``asl.engine.evaluate``'s result on a loader's batches (validate.py's preprocessing);
+        ``order`` picks the outputs in the dataset's class order."""
+        if self.kind == "onnx":
+            return _evaluate_onnx(self.net, loader, order)
+        from .engine import amp_dtype_for, evaluate
+        from .models import SelectOutputs
+
+        device = _torch_device(self.device)
+        net = SelectOutputs(self.net, order) if order is not None else self.net
+        return evaluate(net.to(device), loader, device, amp_dtype=amp_dtype_for(device, amp))
+
+
+def _torch_device(name: str):
+    from .runtime import resolve_device
+
+    return resolve_device(name)
+
+
+def _evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
+    """onnxruntime on the loader's batches, in ``asl.engine.evaluate``'s form."""
+    import time
+
+    from .metrics import map_and_ap
+
+    scores, targets = [], []
+    t0 = time.perf_counter()
+    for images, target in loader:
+        s = tagger.run(images.numpy())
+        scores.append(s[:, order] if order is not None else s)
+        targets.append(target.numpy())
+    elapsed = time.perf_counter() - t0
+    s, t = np.concatenate(scores), np.concatenate(targets)
+    m, ap = map_and_ap(t, s)
+    return {
+        "mAP": m,
+        "per_class_ap": ap,
+        "scores": s,
+        "targets": t,
+        "num_images": len(s),
+        "images_per_s": len(s) / max(elapsed, 1e-9),
+        "bad_images": getattr(loader.dataset, "bad_count", 0),
+    }
+
+
+def open_model(
+    path: str,
+    model_name: Optional[str] = None,
+    image_size: Optional[int] = None,
+    class_names: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    device: str = "auto",
+) -> OpenedModel:
+    """Open a ``.pth`` or an ``.onnx`` model file with what the command line says of it.
+
+    Args:
+        path: the file.
+        model_name: ``--model-name`` (needed for a plain state dict; an ONNX file refuses another).
+        image_size: ``--image-size``, else the file's own size, the zoo's, the model's default.
+        class_names: ``--class-names FILE``: the outputs' names, in order.
+        num_classes: ``--num-classes`` (the official flag), checked against the file.
+        device: where it scores.
+
+    Raises:
+        ASLError: one line, for a file that is missing, unsafe, of another kind or that does not
+            fit what the flags say.
+    """
+    if is_onnx(path):
+        from .predict import OnnxTagger, read_class_names
+
+        names = read_class_names(class_names) if class_names else None
+        tagger = OnnxTagger(path, device=device, image_size=image_size, class_names=names)
+        tagger.check_model_name(model_name)
+        check_num_classes(num_classes, tagger.num_classes, path)
+        saved = tagger.meta.get("config")
+        return OpenedModel(
+            path=str(path),
+            kind="onnx",
+            model_name=tagger.meta.get("model_name"),
+            class_names=list(tagger.class_names),
+            named=True,
+            image_size=tagger.image_size,
+            own_size=tagger.meta.get("image_size"),
+            size_from="flag" if image_size else "file",
+            mean=tuple(tagger.mean),
+            std=tuple(tagger.std),
+            thresholds=tagger.thresholds,
+            config=dict(saved, image_size=tagger.image_size) if isinstance(saved, dict) else None,
+            checkpoint=None,
+            net=tagger,
+            device=device,
+        )
+    from .checkpoint import load_checkpoint, model_from_checkpoint, read_class_names
+    from .models import check_image_size
+
+    ckpt = load_checkpoint(path)
+    net, info = model_from_checkpoint(ckpt, model_name, path=path)
+    check_num_classes(num_classes, info["num_classes"], path)
+    names, named = info["class_names"], info["named"]
+    if class_names:  # the outputs' names, in order: for files without names, or with wrong ones
+        names, named = read_class_names(class_names, info["num_classes"]), True
+    size = image_size or info["image_size"] or default_image_size(info["model_name"])
+    check_image_size(info["model_name"], size)
+    return OpenedModel(
+        path=str(path),
+        kind="pytorch",
+        model_name=info["model_name"],
+        class_names=list(names),
+        named=named,
+        image_size=size,
+        own_size=ckpt.get("image_size") or zoo_image_size(path),
+        size_from="flag" if image_size else "file" if info["image_size"] else "default",
+        mean=tuple(info["mean"]),
+        std=tuple(info["std"]),
+        thresholds=info["thresholds"],
+        config=info["config"],
+        checkpoint=ckpt,
+        net=net,
+        device=device,
+    )
