@@ -20,6 +20,12 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optio
 from .errors import ConfigError
 from .files import atomic_write
 
+# The base configs ship inside the package (configs/demo.yaml and configs/finetune.yaml in the
+# source tree point here), so an installed `asl-train` finds them.
+CONFIGS = Path(__file__).resolve().parent / "configs"
+DEMO_CONFIG = CONFIGS / "demo.yaml"
+FINETUNE_CONFIG = CONFIGS / "finetune.yaml"
+
 # --- official defaults, in one place (the official train.py / validate.py / infer.py).
 DEFAULT_MODEL = "resnet10t"  # training without a model name: small, learns the demo from scratch on a CPU
 OFFICIAL_IMAGE_SIZE = {"tresnet_m": 224, "tresnet_l": 448, "tresnet_xl": 448}  # the official checkpoints'

@@ -68,7 +68,7 @@ def check_save_image(path: str, overwrite: bool) -> Path:
     """``--save-image``: a format PIL writes (by its extension), a new file in a writable folder."""
     from PIL import Image
 
-    from .runtime import writable_file
+    from .checks import writable_file
 
     Image.init()
     dest = Path(path)
@@ -112,7 +112,7 @@ def draw_labels(img, labels, dest: Path) -> None:
 
 def tag_images(cfg: Config) -> List[Dict[str, Any]]:
     """Tag pictures (:func:`_tag_images`); a folder created for ``--save-image`` is removed again on failure."""
-    from .runtime import removed_on_error
+    from .checks import removed_on_error
 
     with removed_on_error(*([Path(cfg.save_image).parent] if cfg.save_image else [])):
         return _tag_images(cfg)

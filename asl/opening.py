@@ -119,7 +119,7 @@ class OpenedModel:
 
 
 def _torch_device(name: str):
-    from .runtime import resolve_device
+    from .checks import resolve_device
 
     return resolve_device(name)
 

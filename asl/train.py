@@ -17,11 +17,24 @@ The ``train.py`` command; installed as ``asl-train``, also ``python -m asl.train
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from . import cli
-from .runtime import prepare_training, train_help_notes
+from .checks import prepare_training
+from .config import DEMO_CONFIG, FIELDS, FINETUNE_CONFIG, Config, load_config
 from .trainer import fit
+
+
+def train_help_notes() -> Tuple[Config, Dict[str, str]]:
+    """(the fine-tuning base, help notes giving the demo's value where it differs)."""
+    fine, demo = load_config(str(FINETUNE_CONFIG)), load_config(str(DEMO_CONFIG))
+    notes = {
+        name: f"{getattr(fine, name)!r}; the demo: {getattr(demo, name)!r}"
+        for name in FIELDS
+        if getattr(fine, name) != getattr(demo, name)
+    }
+    notes["output"] = "runs/<name of the data folder>; the demo: 'runs/demo'"
+    return fine, notes
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -2,7 +2,7 @@
 
 The shape of torchvision's ``references/classification/train.py`` and DeiT's ``main.py``, with
 the epoch loop in a library: ``fit`` checks the config (one ``error:`` line before any work,
-see :mod:`asl.runtime`), builds the data, model, loss, optimizer, schedule, EMA and AMP scaler
+see :mod:`asl.checks`), builds the data, model, loss, optimizer, schedule, EMA and AMP scaler
 from it, resumes a ``last.pth`` when asked, and then runs the epochs: train
 (:func:`asl.engine.train_one_epoch`), evaluate the model and its EMA, append the epoch's record,
 keep the better of the two as ``best.pth`` and everything a resume needs as ``last.pth``
@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .builders import dataset_from_config, loader_for, loss_from_config, prepare_data
 from .checkpoint import (
     RunState,
     check_resume,
@@ -40,6 +41,7 @@ from .checkpoint import (
     save_checkpoint,
     training_checkpoint,
 )
+from .checks import RUN_FILES, check_output_dir, check_training, removed_on_error, resolve_device, resolve_training
 from .config import Config, dump_config
 from .data.base import split_warnings
 from .distributed import EpochSampler, ShardSampler, all_true, broadcast_buffers, gather_rows, init_distributed
@@ -54,21 +56,11 @@ from .engine import (
     train_one_epoch,
 )
 from .errors import ConfigError, DataError
-from .factory import dataset_from_config, loader_for, loss_from_config, prepare_data
 from .files import atomic_write, remove_stale_temporaries
 from .losses import AdaptiveAsymmetricLoss
 from .models import check_batch_trainable, create_model, data_config
 from .pretrained import resolve_pretrained
-from .runtime import (
-    RUN_FILES,
-    RunLock,
-    StopSignal,
-    check_output_dir,
-    check_training,
-    removed_on_error,
-    resolve_device,
-    resolve_training,
-)
+from .process import RunLock, StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +109,7 @@ def fit(cfg: Config) -> RunResult:
     """Train, evaluate every epoch, keep the best and the last state.
 
     Args:
-        cfg: a training config (``asl.runtime.prepare_training`` builds it from a command line);
+        cfg: a training config (``asl.checks.prepare_training`` builds it from a command line);
             unset fields are resolved (model, input size, output folder) and every value, name
             and file is checked before anything is read or written.
 

@@ -28,11 +28,13 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from . import cli
+from .builders import dataset_from_config, loader_for, prepare_data
 from .checkpoint import (
     match_classes,
     save_checkpoint,
     with_thresholds,
 )
+from .checks import cap_workers, check_dataset_options, removed_on_error, resolve_device, writable_dir, writable_file
 from .config import (
     FIELDS,
     OFFICIAL_VALIDATE,
@@ -49,11 +51,9 @@ from .config import (
 from .data import DATASET_OPTIONS, DATASETS
 from .data.base import split_warnings
 from .errors import ConfigError
-from .factory import check_dataset_options, dataset_from_config, loader_for, prepare_data
 from .files import atomic_write
 from .metrics import calibrate_thresholds, mAP, multilabel_metrics
 from .opening import is_onnx, open_model
-from .runtime import cap_workers, removed_on_error, resolve_device, writable_dir, writable_file
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("metrics.json", "scores.npy", "targets.npy", "calibrated.pth")

@@ -133,8 +133,8 @@ def test_transforms_squish_and_normalize():
 def test_training_decode_uses_jpeg_draft(tmp_path):
     from PIL import Image
 
+    from asl.builders import dataset_from_config
     from asl.config import Config
-    from asl.factory import dataset_from_config
 
     root = tmp_path / "t"
     (root / "img").mkdir(parents=True)
@@ -150,7 +150,7 @@ def test_training_decode_uses_jpeg_draft(tmp_path):
 
 
 def test_label_noise_flips_a_seeded_fraction_of_positives(tagged_root):
-    from asl.factory import flip_positives
+    from asl.builders import flip_positives
 
     a = create_dataset("tagged", str(tagged_root), "train")
     b = create_dataset("tagged", str(tagged_root), "train")

@@ -1,4 +1,4 @@
-"""Where commands write (asl.files, asl.runtime): never into a user's folder, one run per folder,
+"""Where commands write (asl.files, asl.checks, asl.process): never into a user's folder, one run per folder,
 a full disk or read-only folder is one error line, no temporary or empty folder left behind."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import time
 import pytest
 
 from asl import cli
+from asl.checks import check_output_dir
 from asl.errors import ConfigError, Interrupted, OutputError
 from asl.files import atomic_write, remove_stale_temporaries
-from asl.runtime import RunLock, StopSignal, check_output_dir
+from asl.process import RunLock, StopSignal
 from tests.conftest import REPO, make_tagged
 from tests.test_safety import TINY, call, one_error, tree_digest
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asl.config import load_config
+from asl.config import DEMO_CONFIG, load_config
 from asl.errors import ConfigError
 from asl.models import create_model
 from asl.pretrained import resolve_pretrained
-from asl.runtime import DEMO_CONFIG
 from tests.conftest import make_tagged
 from tests.test_safety import call, one_error
 
@@ -229,7 +228,7 @@ def test_every_recipe_config_names_a_pretrained_start_timm_lists():
 
 
 def test_the_demo_trains_from_scratch():
-    from asl.runtime import DEMO_CONFIG
+    from asl.config import DEMO_CONFIG
 
     assert not load_config(str(DEMO_CONFIG)).pretrained
 

@@ -202,7 +202,7 @@ def test_help_lists_each_flag_once_with_the_default_that_runs(capsys):
 
 
 def test_workers_are_capped_at_the_cores(tmp_path):
-    from asl.runtime import available_cores, prepare_training
+    from asl.checks import available_cores, prepare_training
 
     cfg = prepare_training(
         None,

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..checks import resolve_training
 from ..config import Config, dump_config, load_config
 from ..errors import ConfigError
-from ..runtime import resolve_training
 from .spec import Experiment, Study
 from .stats import dataset_stats
 from .store import RunStore, config_key, read_run_folder

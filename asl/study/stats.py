@@ -20,7 +20,7 @@ def dataset_stats(cfg: Config) -> Dict[str, Any]:
     """Classes, images, label cardinality, positive fraction and per-class training counts."""
     import numpy as np
 
-    from ..factory import dataset_from_config, prepare_data
+    from ..builders import dataset_from_config, prepare_data
 
     key = (cfg.dataset, cfg.data_root, cfg.demo_classes, cfg.ann_file, cfg.train_split, cfg.val_split)
     if key not in _STATS_CACHE:

@@ -1,34 +1,34 @@
-"""Run-level helpers of the commands: the base configs, every check made before any work
-(values, files, output folder), signal handling, loader workers' process groups."""
+"""Is this run possible: every check a command makes before any work (values, names, files,
+the dataset's options, the output folder, the device, the loader workers), as one ``error:`` line.
+
+Nothing here reads a dataset, builds a model or writes a file but the output folder it creates
+and proves writable (removed again when the command fails).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
-import signal
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional
 
 from .config import (
     DEFAULT_MODEL,
-    FIELDS,
+    DEMO_CONFIG,
+    FINETUNE_CONFIG,
     TRAIN,
     Config,
     check_values,
     choice,
     default_image_size,
     fields_for,
+    flag_name,
     load_config,
 )
-from .errors import ConfigError, Interrupted
+from .errors import ConfigError
 
-# The base configs ship inside the package (configs/demo.yaml and configs/finetune.yaml in the
-# source tree point here), so an installed `asl-train` finds them.
-CONFIGS = Path(__file__).resolve().parent / "configs"
-DEMO_CONFIG = CONFIGS / "demo.yaml"
-FINETUNE_CONFIG = CONFIGS / "finetune.yaml"
 # Files a training run writes into its output folder.
 RUN_FILES = ("last.pth", "best.pth", "metrics.jsonl", "config.yaml", "curves.png", "per_class_ap.json")
 PROBE = ".write-test-"  # prefix of the temporary file that proves a folder writable
@@ -45,18 +45,6 @@ def train_base(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
     if choice(flags.get("dataset", "demo")) == "demo":
         return load_config(str(DEMO_CONFIG))
     return load_config(str(FINETUNE_CONFIG))
-
-
-def train_help_notes() -> Tuple[Config, Dict[str, str]]:
-    """(the fine-tuning base, help notes giving the demo's value where it differs)."""
-    fine, demo = load_config(str(FINETUNE_CONFIG)), load_config(str(DEMO_CONFIG))
-    notes = {
-        name: f"{getattr(fine, name)!r}; the demo: {getattr(demo, name)!r}"
-        for name in FIELDS
-        if getattr(fine, name) != getattr(demo, name)
-    }
-    notes["output"] = "runs/<name of the data folder>; the demo: 'runs/demo'"
-    return fine, notes
 
 
 def available_cores() -> int:
@@ -94,7 +82,6 @@ def check_training(cfg: Config) -> Config:
     (data, init weights, resume). Nothing is read, built or written. Returns ``cfg`` with the
     loader workers capped at the cores; the output folder is checked next, by the trainer, once
     the resume checkpoint (if any) is known to fit."""
-    from .factory import check_dataset_options
     from .models import check_image_size
 
     check_values(cfg, fields_for(TRAIN))
@@ -158,6 +145,8 @@ def writable_file(path: Path, flag: str, overwrite: bool) -> Path:
 
 
 # A run's own files besides RUN_FILES: its lock and marker, and the probes and temporaries of its writes.
+
+
 RUN_LOCK = ".asl-run.lock"
 # Names that say a folder is a dataset, not a run's output.
 DATASET_MARKERS = (
@@ -262,84 +251,22 @@ def remove_if_empty(out: Path) -> None:
         pass
 
 
-class RunLock:
-    """An exclusive lock on a run's output folder (``.asl-run.lock``, ``flock``), held while the run
-    writes: a second run into the same folder is refused, and the lock goes with its process, so
-    a killed run leaves no stale lock behind. The file also marks the folder as a run's."""
-
-    def __init__(self, out: Path):
-        self.path = out / RUN_LOCK
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise ConfigError(f"cannot write into --output {out}: {e.strerror or e}") from None
-        try:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # no flock (Windows): exclusive creation is the lock
-            pass
-        except OSError:
-            other = os.pread(self.fd, 64, 0).decode("ascii", "replace").strip()
-            os.close(self.fd)
-            raise ConfigError(
-                f"another run is writing into {out}{f' (pid {other})' if other else ''}: wait for it "
-                f"to end, or choose another --output"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode("ascii"), 0)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = None
+_DEFAULTS = Config()
 
 
-class StopSignal:
-    """SIGTERM / SIGINT set a flag; the loop saves last.pth at the next step and exits.
+def check_dataset_options(cfg: Config) -> None:
+    """One ``error:`` line for a dataset option set for a dataset that does not read it
+    (``--voc-year`` with ``--dataset coco``): it would otherwise be silently ignored."""
+    from .data import DATASETS, unread_options  # torch: only where a dataset is read
 
-    The previous handlers come back with :meth:`restore` (or at the end of a ``with`` block).
-    Loader workers live in process groups of their own (:func:`asl.factory.leave_process_group`), so a signal
-    sent to the run's process group (``timeout``, Ctrl-C) reaches the loop, not the workers."""
-
-    def __init__(self):
-        self.signum, self.name = 0, ""
-        self._saving, self._pending = 0, False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum:  # a second signal: stop now, but never in the middle of writing a file
-            if self._saving:
-                self._pending = True
-                return
-            raise Interrupted(self.signum)
-        self.signum, self.name = signum, signal.Signals(signum).name
-
-    @contextlib.contextmanager
-    def saving(self):
-        """A second signal inside this block waits for its end (a checkpoint is written whole)."""
-        self._saving += 1
-        try:
-            yield
-        finally:
-            self._saving -= 1
-            if not self._saving and self._pending:
-                self._pending = False
-                raise Interrupted(self.signum)
-
-    @property
-    def received(self) -> bool:
-        return bool(self.signum)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def __enter__(self) -> "StopSignal":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
+    unread = unread_options(cfg.dataset, dataclasses.asdict(cfg), dataclasses.asdict(_DEFAULTS))
+    if unread:
+        owners = {o: [n for n, s in DATASETS.items() if o in s.options] for o in unread}
+        o = unread[0]
+        raise ConfigError(
+            f"{flag_name(o)} {getattr(cfg, o)!r} is not read by --dataset {cfg.dataset} (it is a "
+            f"{'/'.join(owners[o])} option); remove it, or name the dataset it belongs to"
+        )
 
 
 def resolve_device(name: str):

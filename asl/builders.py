@@ -1,34 +1,18 @@
-"""Config -> objects: the datasets, loaders and loss a run uses (shared by the commands)."""
+"""Build the objects of a run from its config: the datasets (after the explicit demo step), the
+loaders, the loss (the optimizer, schedule and EMA are built in :mod:`asl.engine` and the trainer)."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import signal
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from .config import Config, check_num_classes, flag_name
-from .data import DATASETS, build_transform, create_dataset, default_splits, unread_options
+from .config import Config, check_num_classes
+from .data import DATASETS, build_transform, create_dataset, default_splits
 from .errors import ConfigError
 from .losses import COMMON_LOSS_OPTIONS, LOSS_OPTIONS, build_loss
-
-_DEFAULTS = Config()
-
-
-def check_dataset_options(cfg: Config) -> None:
-    """One ``error:`` line for a dataset option set for a dataset that does not read it
-    (``--voc-year`` with ``--dataset coco``): it would otherwise be silently ignored."""
-    unread = unread_options(cfg.dataset, dataclasses.asdict(cfg), dataclasses.asdict(_DEFAULTS))
-    if unread:
-        owners = {o: [n for n, s in DATASETS.items() if o in s.options] for o in unread}
-        o = unread[0]
-        raise ConfigError(
-            f"{flag_name(o)} {getattr(cfg, o)!r} is not read by --dataset {cfg.dataset} (it is a "
-            f"{'/'.join(owners[o])} option); remove it, or name the dataset it belongs to"
-        )
+from .process import leave_process_group
 
 
 def prepare_data(cfg: Config) -> None:
@@ -78,24 +62,6 @@ def flip_positives(ds, fraction: float, seed: int) -> int:
     flip = rng.choice(pos, size=int(round(fraction * pos.size)), replace=False)
     ds.targets.reshape(-1)[flip] = 0.0
     return int(flip.size)
-
-
-def leave_process_group(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: the worker moves to a process group of its own.
-
-    A signal sent to the run's process group (``timeout``, ``kill -TERM -PGID``, Ctrl-C in a
-    terminal) then reaches the training loop only, which saves ``last.pth`` and shuts its workers
-    down; a worker killed by it would end the run with PyTorch's "DataLoader worker is killed by
-    signal" error instead. The worker keeps SIGTERM's default action, so PyTorch can still stop a
-    stuck worker with it, and it exits on its own when the main process is gone (PyTorch's
-    watchdog). SIGINT is ignored as well, for a terminal that signals more than its foreground group.
-    """
-    if hasattr(os, "setpgid"):
-        try:
-            os.setpgid(0, 0)
-        except OSError:  # a session leader cannot move; nothing else to do then
-            pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None):
