@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -64,7 +64,7 @@ from .process import RunLock, StopSignal
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "RunResult"]
+__all__ = ["fit", "RunResult", "Trainer", "Hook", "StopOnSignal", "CheckpointEvery", "GammaTrace"]
 
 
 @dataclass
@@ -105,13 +105,15 @@ class RunResult:
         return self.output / "last.pth"
 
 
-def fit(cfg: Config) -> RunResult:
+def fit(cfg: Config, hooks: Sequence["Hook"] = ()) -> RunResult:
     """Train, evaluate every epoch, keep the best and the last state.
 
     Args:
         cfg: a training config (``asl.checks.prepare_training`` builds it from a command line);
             unset fields are resolved (model, input size, output folder) and every value, name
             and file is checked before anything is read or written.
+        hooks: :class:`Hook` objects called after every optimizer step and every epoch, after
+            the run's own (signals, the adaptive gamma- trace, ``--checkpoint-every``).
 
     Returns:
         :class:`RunResult`.
@@ -126,10 +128,10 @@ def fit(cfg: Config) -> RunResult:
         check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, config=cfg)
     out = Path(cfg.output)
     with removed_on_error(out, always=cfg.dry_run):  # a start that fails (or a dry run) leaves no empty folder
-        return _fit(cfg, out, resume_ckpt)
+        return _fit(cfg, out, resume_ckpt, hooks)
 
 
-def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]]) -> RunResult:
+def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], hooks: Sequence["Hook"]) -> RunResult:
     """Claim the output folder (checked, locked), build the run, train it."""
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes (and holds the lock)
     check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)
@@ -142,7 +144,7 @@ def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]]) -> RunRe
                 log.info("removed %s, left by an interrupted write", tmp)
         # the pretrained start, before any data is read: downloaded once, or one error line offline
         source = resolve_pretrained(cfg.model_name) if cfg.pretrained and not cfg.resume else None
-        run = _Run(cfg, out, resume_ckpt, source)
+        run = Trainer(cfg, out, resume_ckpt, source, hooks)
         if cfg.dry_run:  # everything resolved and checked: say what would run, write nothing
             print(run.plan)
             print(f"dry run: nothing trained or written; without --dry-run the run writes into {out}")
@@ -155,10 +157,83 @@ def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]]) -> RunRe
             lock.release()
 
 
-class _Run:
-    """The objects of one run and its epoch loop (``fit``'s body)."""
+class Hook:
+    """Something that happens after a step or an epoch of :func:`fit`: subclass and override.
 
-    def __init__(self, cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], source=None):
+    ``after_step(trainer, step, partial)`` runs after every optimizer step (``step``: steps since
+    the run began; ``partial``: the epoch's running sums so far); returning True ends the epoch
+    early and the run with it, its state saved in ``last.pth`` as a signal's stop is (under torchrun
+    every rank must return the same). ``after_epoch(trainer, record)`` runs once the epoch's record
+    (``metrics.jsonl``'s line) is made and before it is written: a hook may add fields to it.
+    Every rank calls them under torchrun; ``trainer.main`` is True on the one that writes files.
+    """
+
+    def after_step(self, trainer: "Trainer", step: int, partial: Dict[str, Any]) -> bool:
+        return False
+
+    def after_epoch(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
+        pass
+
+
+class StopOnSignal(Hook):
+    """SIGTERM / SIGINT end the epoch at the next step, on every rank at the same step."""
+
+    def after_step(self, trainer: "Trainer", step: int, partial: Dict[str, Any]) -> bool:
+        stop_now = trainer.stop.received
+        if trainer.dist.enabled:  # every rank stops at the same step, or the others would hang
+            stop_now = not all_true(not stop_now, trainer.dist)
+        trainer.stop_requested = stop_now
+        return stop_now
+
+
+class CheckpointEvery(Hook):
+    """``last.pth`` every ``every`` optimizer steps (0: never mid-epoch), and at a signal's stop."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def after_step(self, trainer: "Trainer", step: int, partial: Dict[str, Any]) -> bool:
+        in_epoch = trainer.done_before + partial["steps"]
+        if trainer.stop_requested or (
+            self.every and step % self.every == 0 and in_epoch < len(trainer.train_loader) + trainer.done_before
+        ):
+            trainer.save_last(trainer.epoch, in_epoch, partial)
+        return False
+
+
+class GammaTrace(Hook):
+    """Adaptive ASL: gamma- after every step, and the epoch's gamma- and delta_p in its record."""
+
+    def __init__(self):
+        self.trace: List[float] = []  # this epoch's (emptied when its record is made)
+
+    def after_step(self, trainer: "Trainer", step: int, partial: Dict[str, Any]) -> bool:
+        self.trace.append(round(trainer.loss_fn.gamma_neg, 4))
+        return False
+
+    def after_epoch(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
+        record.update(
+            gamma_neg=trainer.loss_fn.gamma_neg, delta_p=trainer.loss_fn.delta_p, gamma_neg_steps=list(self.trace)
+        )
+        self.trace = []
+
+
+class Trainer:
+    """The objects of one run, built in torchvision's ``main()`` order (device, data, model,
+    optimizer, schedule, EMA, scaler, resume), and its epoch loop with explicit state
+    (:class:`asl.checkpoint.RunState`) and hooks. :func:`fit` builds and runs one.
+
+    Args:
+        cfg: the checked training config.
+        out: the run's output folder (claimed by :func:`fit`).
+        resume_ckpt: the ``last.pth`` dict to resume from, or None.
+        source: the pretrained start (:class:`asl.pretrained.PretrainedSource`), or None.
+        hooks: extra :class:`Hook` objects, called after the run's own.
+    """
+
+    def __init__(
+        self, cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], source=None, hooks: Sequence[Hook] = ()
+    ):
         self.cfg, self.out = cfg, out
         self.dist, device = init_distributed(resolve_device(cfg.device))
         self.device = device
@@ -261,6 +336,13 @@ class _Run:
             config=cfg.to_dict(),
         )
         self.adaptive = isinstance(self.loss_fn, AdaptiveAsymmetricLoss)
+        self.hooks: List[Hook] = [
+            StopOnSignal(),
+            *([GammaTrace()] if self.adaptive else []),
+            CheckpointEvery(cfg.checkpoint_every),
+            *hooks,
+        ]
+        self.stop_requested = False
         self.history: List[Dict[str, Any]] = []
         if cfg.resume and (out / "metrics.jsonl").exists():
             # records of epochs the resumed state has finished (a record written after the last
@@ -316,8 +398,7 @@ class _Run:
             resume = state.epoch_resume() if epoch == start else None
             done_before = resume["step"] if resume else 0
             self.sampler.set_epoch(epoch, done_before * cfg.batch_size)
-            # adaptive ASL: gamma- after every step (the study's settling analysis)
-            self.epoch, self.done_before, self.gamma_trace = epoch, done_before, []
+            self.epoch, self.done_before = epoch, done_before
             stats = train_one_epoch(
                 self.net,
                 self.train_loader,
@@ -344,12 +425,12 @@ class _Run:
             if stats["interrupted"]:
                 log.warning(
                     "stopped by %s; state saved: resume with --resume %s",
-                    stop.name or "a signal",
+                    stop.name or "a hook",
                     self.out / "last.pth",
                 )
-                result.stopped_by, result.signum, result.best = stop.name, stop.signum, state.best
+                result.stopped_by, result.signum, result.best = stop.name or "hook", stop.signum, state.best
                 return result
-            rec = self.evaluate_epoch(epoch, stats, t0, self.gamma_trace)
+            rec = self.evaluate_epoch(epoch, stats, t0)
             self.history.append(rec)
             self.save_last(epoch)
             if cfg.patience and epoch - state.best.get("epoch", epoch) >= cfg.patience:
@@ -373,25 +454,17 @@ class _Run:
         return result
 
     def on_step(self, step: int, partial: Dict[str, Any]) -> bool:
-        """After every optimizer step: record gamma-, save last.pth when asked (``checkpoint_every``)
-        or when a signal came; True ends the epoch (the signal's stop)."""
-        cfg, state = self.cfg, self.state
-        state.global_step = step
-        if self.adaptive:
-            self.gamma_trace.append(round(self.loss_fn.gamma_neg, 4))
-        in_epoch = self.done_before + partial["steps"]
-        stop_now = self.stop.received
-        if self.dist.enabled:  # every rank stops at the same step, or the others would hang
-            stop_now = not all_true(not stop_now, self.dist)
-        if stop_now or (
-            cfg.checkpoint_every
-            and step % cfg.checkpoint_every == 0
-            and in_epoch < len(self.train_loader) + self.done_before
-        ):
-            self.save_last(self.epoch, in_epoch, partial)
-        return stop_now
+        """After every optimizer step: the hooks, in order; True ends the epoch."""
+        self.state.global_step = step
+        stop = False
+        for hook in self.hooks:
+            stop = bool(hook.after_step(self, step, partial)) or stop
+        if stop and not self.stop_requested:  # a hook of the caller's ended the run: saved as a signal's stop is
+            self.stop_requested = True
+            self.save_last(self.epoch, self.done_before + partial["steps"], partial)
+        return stop
 
-    def evaluate_epoch(self, epoch: int, stats: Dict[str, Any], t0: float, gamma_trace: List[float]) -> Dict:
+    def evaluate_epoch(self, epoch: int, stats: Dict[str, Any], t0: float) -> Dict:
         """Evaluate the model and its EMA, write the epoch's record, keep the better one as best.pth."""
         state, ema = self.state, self.ema
         gather = (lambda rows: gather_rows(rows, len(self.val_ds), self.dist)) if self.dist.enabled else None
@@ -420,8 +493,8 @@ class _Run:
             "p_pos": float(ev["scores"][pos].mean()) if pos.any() else None,
             "p_neg": float(ev["scores"][neg].mean()) if neg.any() else None,
         }
-        if self.adaptive:
-            rec.update(gamma_neg=self.loss_fn.gamma_neg, delta_p=self.loss_fn.delta_p, gamma_neg_steps=gamma_trace)
+        for hook in self.hooks:  # may add fields to the record before it is written
+            hook.after_epoch(self, rec)
         if self.main:
             atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in [*self.history, rec]))
             write_per_class_ap(self.out / "per_class_ap.json", epoch, self.train_ds.class_names, ev, ev_ema)

@@ -48,13 +48,12 @@ def _fit_recording(tmp_path, monkeypatch, **overrides):
         return model
 
     monkeypatch.setattr(trainer, "create_model", create)
-    real_on_step = trainer._Run.on_step
 
-    def on_step(self, step, partial):
-        seen["lrs"].append(self.optimizer.param_groups[0]["lr"])
-        return real_on_step(self, step, partial)
+    class RecordRate(trainer.Hook):  # a hook: what a user adds to fit without touching the loop
+        def after_step(self, t, step, partial):
+            seen["lrs"].append(t.optimizer.param_groups[0]["lr"])
+            return False
 
-    monkeypatch.setattr(trainer._Run, "on_step", on_step)
     data = make_tagged(tmp_path / "d", n_train=K * B, n_val=8)
     cfg = load_config(
         str(REPO / "configs" / "coco_tresnet_m_224.yaml"),
@@ -72,7 +71,7 @@ def _fit_recording(tmp_path, monkeypatch, **overrides):
             **overrides,
         },
     )
-    result = trainer.fit(cfg)
+    result = trainer.fit(cfg, hooks=[RecordRate()])
     last = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     return seen, last, result
 

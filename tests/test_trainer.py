@@ -145,3 +145,47 @@ def test_a_last_pth_from_before_losses_kept_their_state_still_resumes(tmp_path):
     loss = AdaptiveAsymmetricLoss(gamma_neg=4.0)
     state = restore_training_state(ckpt, *_objects()[:3], loss_fn=loss)
     assert loss.gamma_neg == 2.75 and state.next_epoch == 1
+
+
+def test_hooks_add_to_the_record_and_can_end_the_run(tmp_path):
+    import torch
+
+    from asl.config import load_config
+    from asl.trainer import Hook, fit
+
+    from .conftest import make_tagged
+
+    class Count(Hook):  # what a new metric or a logger is: a hook, not an edit of the loop
+        def __init__(self):
+            self.steps = 0
+
+        def after_step(self, trainer, step, partial):
+            self.steps += 1
+            return False
+
+        def after_epoch(self, trainer, record):
+            record["steps_seen"] = self.steps
+
+    class StopAt(Hook):
+        def after_step(self, trainer, step, partial):
+            return step == 5
+
+    data = make_tagged(tmp_path / "d", n_train=24, n_val=8)
+    base = {
+        "dataset": "tagged",
+        "data_root": str(data),
+        "model_name": "test_resnet",
+        "image_size": 32,
+        "batch_size": 8,
+        "epochs": 3,
+        "workers": 0,
+    }
+    counting = Count()
+    result = fit(load_config(None, {**base, "output": str(tmp_path / "a")}), hooks=[counting])
+    assert [r["steps_seen"] for r in result.history] == [3, 6, 9] and counting.steps == 9
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert '"steps_seen": 9' in lines[-1]
+    result = fit(load_config(None, {**base, "output": str(tmp_path / "b")}), hooks=[StopAt()])
+    assert result.stopped_by == "hook" and result.exit_code == 0 and len(result.history) == 1
+    last = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
+    assert (last["epoch"], last["step_in_epoch"], last["global_step"]) == (1, 2, 5)
