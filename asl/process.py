@@ -27,7 +27,7 @@ class RunLock:
             import fcntl
 
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # no flock (Windows): exclusive creation is the lock
+        except ImportError:  # no flock (Windows): no lock there; the folder checks still refuse a used folder
             pass
         except OSError:
             other = os.pread(self.fd, 64, 0).decode("ascii", "replace").strip()
