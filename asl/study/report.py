@@ -67,13 +67,25 @@ def _save(fig, path: Path) -> None:
 def write_report(
     study: Study, planned: Dict[str, List[Run]], elapsed: Optional[float] = None, source: str = "<study.yaml>"
 ) -> Path:
-    """``report.md`` and its figures under ``reports/<name>/``, from the finished runs."""
+    """``report.md`` and its figures under ``reports/<name>/``, from the finished runs: the header,
+    the datasets, one section per experiment, the commands."""
     from ..plots import _pyplot
 
     plt = _pyplot()
     root = Path(study.output) / study.name
     root.mkdir(parents=True, exist_ok=True)
     all_runs = [r for runs in planned.values() for r in runs]
+    lines = _header_lines(study, all_runs, elapsed) + _dataset_lines(all_runs)
+    best_all: Dict[str, Dict[str, float]] = {}
+    for e in study.experiments:
+        lines += _experiment_lines(study, e, planned, best_all, plt, root)
+    lines += _command_lines(study, source)
+    dest = root / "report.md"
+    atomic_write(dest, "\n".join(lines))
+    return dest
+
+
+def _header_lines(study: Study, all_runs: List[Run], elapsed: Optional[float]) -> List[str]:
     finished = len({r.key for r in all_runs if r.done()})
     lines = [f"# Study `{study.name}`", ""]
     if study.is_quick:
@@ -82,7 +94,7 @@ def write_report(
             "of the claims, not their measurement.",
             "",
         ]
-    lines += [
+    return lines + [
         f"Base config `{study.base_config}` with {json.dumps(study.base_overrides)}; "
         f"{finished} of {len({r.key for r in all_runs})} planned runs finished"
         + (f"; this invocation took {elapsed / 60:.1f} min" if elapsed else "")
@@ -93,8 +105,11 @@ def write_report(
         "the gap between the confidence on positives and on negatives (paper Sec. 2.6-2.7).",
         "",
     ]
+
+
+def _dataset_lines(all_runs: List[Run]) -> List[str]:
     cfgs = {(r.cfg.data_root, r.cfg.demo_classes): r.cfg for r in all_runs}
-    lines += [
+    lines = [
         "## Datasets",
         "",
         "| data | classes | train / val images | labels per image | positive fraction | rarest class (train images) |",
@@ -106,93 +121,108 @@ def write_report(
             f"| `{st['data_root']}` | {st['classes']} | {st['train']} / {st['val']} | "
             f"{st['cardinality']:.2f} | {100 * st['positive']:.1f}% | {st['rarest']} |"
         )
-    lines.append("")
-    best_all: Dict[str, Dict[str, float]] = {}
-    for e in study.experiments:
-        runs = planned.get(e.name)
-        if runs is None:
-            lines += [f"## {e.title or e.name}", "", "_Not run yet (waits for an earlier experiment)._", ""]
-            continue
-        best_all[e.name] = best_lr_per_setting(runs)
-        best = best_all[e.name] if e.lrs else {}
-        chosen = _chosen(runs, best)
-        baseline = e.baseline or study.baseline
-        done = sum(r.done() for r in runs)
-        lines += [f"## {e.title or e.name}", ""]
-        if e.claim:
-            lines += [f"Claim: {e.claim}", ""]
-        lines += [
-            f"Experiment `{e.name}`: settings {', '.join(f'`{s}`' for s in e.settings)}, overrides "
-            f"{json.dumps(e.overrides)}, seeds {e.seeds or study.seeds}, "
-            + (
-                f"learning rates {e.lrs} (each setting at its best)"
-                if e.lrs
-                else f"learning rate: the best of `{e.lr_setting or 'each setting'}` in `{e.lr_from}`"
-            )
-            + f"; {done}/{len(runs)} runs finished.",
-            "",
-        ]
-        if e.lrs and len(e.lrs) > 1:
-            lines += [
-                "Mean mAP per learning rate:",
-                "",
-                "| setting | " + " | ".join(f"{lr:g}" for lr in e.lrs) + " |",
-                "| --- |" + " ---: |" * len(e.lrs),
-            ]
-            for s in e.settings:
-                cells = []
-                for lr in e.lrs:
-                    v = [final_map(r) for r in runs if r.setting == s and r.lr == lr and r.done()]
-                    cells.append(f"{statistics.mean(v):.2f} (n={len(v)})" if v else "–")
-                lines.append(f"| {s} | " + " | ".join(cells) + " |")
-            lines.append("")
-        cmp_runs = _chosen(planned.get(e.compare_to, []), best_all.get(e.compare_to, {})) if e.compare_to else {}
-        ref = f"`{e.baseline_point}`" if e.baseline_point else f"`{baseline}`"
-        head = (
-            "| " + (f"{e.axis or 'point'} | " if e.points else "") + "setting | lr | seeds | mAP mean ± std | "
-            f"Δ vs {ref} | " + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "") + "p(pos) | p(neg) | Δp |"
-        )
-        lines += [head, "|" + " --- |" * (2 if e.points else 1) + " ---: |" * (8 if e.compare_to else 7)]
-        for p in _points(e):
-            for s in e.settings:
-                rs = chosen.get((p["name"], s), {})
-                if not rs:
-                    continue
-                bkey = (e.baseline_point, s) if e.baseline_point else (p["name"], baseline)
-                base_runs = _seed_maps(chosen.get(bkey, {}))
-                maps = _seed_maps(rs)
-                vals = list(maps.values())
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                last = [r.records()[-1] for r in rs.values()]
-                cells = [p["name"]] if e.points else []
-                cells += [
-                    s,
-                    f"{next(iter(rs.values())).lr:g}",
-                    str(len(rs)),
-                    f"{statistics.mean(vals):.2f} ± {sd:.2f}",
-                    "—" if bkey == (p["name"], s) else fmt_ci(_paired(maps, base_runs)),
-                ]
-                if e.compare_to:
-                    other = _seed_maps(cmp_runs.get(("", s), {}))
-                    cells.append(fmt_ci(_paired(maps, other)))
-                p_pos = statistics.mean(x.get("p_pos") or 0 for x in last)
-                p_neg = statistics.mean(x.get("p_neg") or 0 for x in last)
-                # Δp = mean pt of positives - mean pt of negatives, pt = p or 1 - p (reference Sec. 3)
-                cells += [f"{p_pos:.3f}", f"{p_neg:.3f}", f"{p_pos - (1 - p_neg):+.3f}"]
-                lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        if e.compare_to:
-            lines += _advantage_change(e, chosen, cmp_runs, baseline)
-        if e.points and chosen:
-            lines += _interaction_lines(e, chosen)
-            lines += _trend_lines(e, chosen, baseline)
-            lines += _sweep_figure(plt, root, e, chosen, runs)
-        else:
-            lines += _curve_figures(plt, root, e, chosen)
-        if e.quartiles and chosen:
-            lines += _quartile_table(e, chosen, baseline, runs)
-        lines += _gamma_figure(plt, root, e, chosen)
+    return lines + [""]
+
+
+def _experiment_lines(study: Study, e: Experiment, planned, best_all, plt, root: Path) -> List[str]:
+    """One experiment's section: what ran, the learning-rate table, the results, figures."""
+    runs = planned.get(e.name)
+    if runs is None:
+        return [f"## {e.title or e.name}", "", "_Not run yet (waits for an earlier experiment)._", ""]
+    best_all[e.name] = best_lr_per_setting(runs)
+    best = best_all[e.name] if e.lrs else {}
+    chosen = _chosen(runs, best)
+    baseline = e.baseline or study.baseline
+    done = sum(r.done() for r in runs)
+    lines = [f"## {e.title or e.name}", ""]
+    if e.claim:
+        lines += [f"Claim: {e.claim}", ""]
     lines += [
+        f"Experiment `{e.name}`: settings {', '.join(f'`{s}`' for s in e.settings)}, overrides "
+        f"{json.dumps(e.overrides)}, seeds {e.seeds or study.seeds}, "
+        + (
+            f"learning rates {e.lrs} (each setting at its best)"
+            if e.lrs
+            else f"learning rate: the best of `{e.lr_setting or 'each setting'}` in `{e.lr_from}`"
+        )
+        + f"; {done}/{len(runs)} runs finished.",
+        "",
+    ]
+    lines += _lr_table(e, runs)
+    cmp_runs = _chosen(planned.get(e.compare_to, []), best_all.get(e.compare_to, {})) if e.compare_to else {}
+    lines += _result_table(e, chosen, cmp_runs, baseline)
+    if e.compare_to:
+        lines += _advantage_change(e, chosen, cmp_runs, baseline)
+    if e.points and chosen:
+        lines += _interaction_lines(e, chosen)
+        lines += _trend_lines(e, chosen, baseline)
+        lines += _sweep_figure(plt, root, e, chosen, runs)
+    else:
+        lines += _curve_figures(plt, root, e, chosen)
+    if e.quartiles and chosen:
+        lines += _quartile_table(e, chosen, baseline, runs)
+    return lines + _gamma_figure(plt, root, e, chosen)
+
+
+def _lr_table(e: Experiment, runs: List[Run]) -> List[str]:
+    """Mean mAP per setting and learning rate (an experiment that searches more than one)."""
+    if not (e.lrs and len(e.lrs) > 1):
+        return []
+    lines = [
+        "Mean mAP per learning rate:",
+        "",
+        "| setting | " + " | ".join(f"{lr:g}" for lr in e.lrs) + " |",
+        "| --- |" + " ---: |" * len(e.lrs),
+    ]
+    for s in e.settings:
+        cells = []
+        for lr in e.lrs:
+            v = [final_map(r) for r in runs if r.setting == s and r.lr == lr and r.done()]
+            cells.append(f"{statistics.mean(v):.2f} (n={len(v)})" if v else "–")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _result_table(e: Experiment, chosen, cmp_runs, baseline: str) -> List[str]:
+    """Per point and setting: mAP, the paired Δ against the baseline (and the compared experiment), p(pos) / p(neg)."""
+    ref = f"`{e.baseline_point}`" if e.baseline_point else f"`{baseline}`"
+    head = (
+        "| " + (f"{e.axis or 'point'} | " if e.points else "") + "setting | lr | seeds | mAP mean ± std | "
+        f"Δ vs {ref} | " + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "") + "p(pos) | p(neg) | Δp |"
+    )
+    lines = [head, "|" + " --- |" * (2 if e.points else 1) + " ---: |" * (8 if e.compare_to else 7)]
+    for p in _points(e):
+        for s in e.settings:
+            rs = chosen.get((p["name"], s), {})
+            if not rs:
+                continue
+            bkey = (e.baseline_point, s) if e.baseline_point else (p["name"], baseline)
+            base_runs = _seed_maps(chosen.get(bkey, {}))
+            maps = _seed_maps(rs)
+            vals = list(maps.values())
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            last = [r.records()[-1] for r in rs.values()]
+            cells = [p["name"]] if e.points else []
+            cells += [
+                s,
+                f"{next(iter(rs.values())).lr:g}",
+                str(len(rs)),
+                f"{statistics.mean(vals):.2f} ± {sd:.2f}",
+                "—" if bkey == (p["name"], s) else fmt_ci(_paired(maps, base_runs)),
+            ]
+            if e.compare_to:
+                other = _seed_maps(cmp_runs.get(("", s), {}))
+                cells.append(fmt_ci(_paired(maps, other)))
+            p_pos = statistics.mean(x.get("p_pos") or 0 for x in last)
+            p_neg = statistics.mean(x.get("p_neg") or 0 for x in last)
+            # Δp = mean pt of positives - mean pt of negatives, pt = p or 1 - p (paper Sec. 2.6)
+            cells += [f"{p_pos:.3f}", f"{p_neg:.3f}", f"{p_pos - (1 - p_neg):+.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _command_lines(study: Study, source: str) -> List[str]:
+    return [
         "## Commands",
         "",
         "```",
@@ -200,9 +230,6 @@ def write_report(
         "```",
         "",
     ]
-    dest = root / "report.md"
-    atomic_write(dest, "\n".join(lines))
-    return dest
 
 
 def _interaction_lines(e: Experiment, chosen) -> List[str]:
