@@ -429,32 +429,21 @@ def check_stored_values(ckpt: Dict[str, Any], path: Any = "checkpoint") -> None:
     if idx is not None:
         if not isinstance(idx, dict):
             raise CheckpointError(f"{what} 'idx_to_class' must map output numbers to names")
-        try:
-            keys = sorted(int(k) for k in idx if not isinstance(k, bool) and str(k).strip().lstrip("-").isdigit())
-        except ValueError:
-            keys = []
-        if len(keys) != len(idx):
-            bad = next(k for k in idx if isinstance(k, bool) or not str(k).strip().lstrip("-").isdigit())
-            raise CheckpointError(f"{what} 'idx_to_class' key {bad!r} is not an output number")
-        names = [str(v) for _, v in sorted(((int(k), v) for k, v in idx.items()))]
+        bad = [k for k in idx if isinstance(k, bool) or not str(k).strip().lstrip("-").isdigit()]
+        if bad:
+            raise CheckpointError(f"{what} 'idx_to_class' key {bad[0]!r} is not an output number")
+        keys = sorted(int(k) for k in idx)
+        names = [str(idx[k]) for k in sorted(idx, key=int)]
         if n is not None and keys and not 0 <= keys[0] <= keys[-1] < n:
             raise CheckpointError(f"{what} 'idx_to_class' names outputs outside 0..{n - 1}")
-    thresholds = _as_list(ckpt.get("thresholds"))
-    if thresholds is not None and n is not None and (not isinstance(thresholds, list) or len(thresholds) != n):
-        raise CheckpointError(
-            f"{what} 'thresholds' must hold one value per class ({n}), got "
-            f"{len(thresholds) if isinstance(thresholds, list) else repr(thresholds)}"
-        )
     meta = {
         "class_names": names,
         "image_size": ckpt.get("image_size"),
         "mean": _as_list(ckpt.get("mean")),
         "std": _as_list(ckpt.get("std")),
-        "thresholds": thresholds if n is None or names is None or len(names) == n else None,
+        "thresholds": _as_list(ckpt.get("thresholds")),
     }
-    check_metadata(meta, what=what)
-    if thresholds is not None and meta["thresholds"] is None:
-        check_metadata({"thresholds": thresholds}, what=what)
+    check_metadata(meta, what=what, num_classes=n)
 
 
 def _as_list(v: Any) -> Any:

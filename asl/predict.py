@@ -99,7 +99,9 @@ def _numbers(v: Any, n: Optional[int] = None) -> bool:
     )
 
 
-def check_metadata(meta: Dict[str, Any], what: str = "metadata", unique: bool = False) -> Dict[str, Any]:
+def check_metadata(
+    meta: Dict[str, Any], what: str = "metadata", unique: bool = False, num_classes: Optional[int] = None
+) -> Dict[str, Any]:
     """The values a model file describes itself with, checked: class names (distinct strings),
     the input size (in ``[1, MAX_IMAGE_SIZE]``), mean / std (3 numbers, std non-zero) and one
     threshold per class in [0, 1]. One :class:`CheckpointError` line names the first bad value.
@@ -108,6 +110,7 @@ def check_metadata(meta: Dict[str, Any], what: str = "metadata", unique: bool = 
         meta: the values, by their metadata key.
         what: where they come from, for messages.
         unique: class names must also be distinct.
+        num_classes: the class count the thresholds must match (default: the class names').
     """
     from .config import MAX_IMAGE_SIZE
 
@@ -128,11 +131,12 @@ def check_metadata(meta: Dict[str, Any], what: str = "metadata", unique: bool = 
         raise CheckpointError(f"{what} 'std' holds a 0 (every input would divide by zero): {meta['std']!r}")
     thr = meta.get("thresholds")
     if thr is not None:
-        n = len(names) if isinstance(names, list) else None
+        n = num_classes if num_classes is not None else len(names) if isinstance(names, list) else None
         if not _numbers(thr, n) or not all(0 <= t <= 1 for t in thr):
             raise CheckpointError(
-                f"{what} 'thresholds' must be {n if n is not None else 'one'} number"
-                f"{'s' if n != 1 else ''} in [0, 1] (one per class)"
+                f"{what} 'thresholds' must hold one value per class"
+                + (f" ({n})" if n is not None else "")
+                + f", each in [0, 1]; got {len(thr) if isinstance(thr, list) else repr(thr)}"
             )
     return meta
 

@@ -68,7 +68,7 @@ def _pretrained_cfg(name: str):
         cfg = get_pretrained_cfg(name)
     except RuntimeError:  # timm: "Invalid pretrained tag"
         cfg = None
-    tags = [t for t in timm.list_pretrained(f"{arch}.*")]
+    tags = timm.list_pretrained(f"{arch}.*")
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         known = (
             f"its tags: {', '.join(tags[:6])}{' ...' if len(tags) > 6 else ''}"
