@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .distributed import EpochSampler  # noqa: F401  (its former home)
 from .errors import ASLError
-from .metrics import map_and_ap
+from .metrics import evaluation_result
 from .models import unwrap_model
 
 log = logging.getLogger(__name__)
@@ -422,13 +422,4 @@ def evaluate(
         s, t = gather(s), gather(t)
     # Unknown labels (-1, e.g. VOC's difficult-only classes) are left out of AP, the usual
     # protocol; without any, this is exactly the official mAP.
-    m, ap = map_and_ap(t, s)
-    return {
-        "mAP": m,
-        "per_class_ap": ap,
-        "scores": s,
-        "targets": t,
-        "num_images": int(len(s)),
-        "images_per_s": len(s) / max(elapsed, 1e-9),
-        "bad_images": getattr(loader.dataset, "bad_count", 0),
-    }
+    return evaluation_result(s, t, elapsed, loader.dataset)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -38,6 +38,7 @@ __all__ = [
     "multilabel_metrics",
     "calibrate_thresholds",
     "predicted",
+    "evaluation_result",
 ]
 
 
@@ -231,6 +232,29 @@ def map_and_ap(targs, preds, ignore_index: Optional[float] = -1):
     if ignore_index is not None and bool((targs == ignore_index).any()):
         return _known_mean(ap), ap
     return float(100.0 * np.mean(sums / (npos + 1e-8))), ap
+
+
+def evaluation_result(scores: np.ndarray, targets: np.ndarray, seconds: float, dataset=None) -> Dict[str, Any]:
+    """What an evaluation returns (``asl.engine.evaluate``, the ONNX path of validate.py): mAP and
+    per-class AP (:func:`map_and_ap`: unknown labels left out, else the official mAP), the scores
+    and targets, the image count and rate, and the dataset's unreadable images.
+
+    Args:
+        scores: (N, C) scores.
+        targets: (N, C) targets.
+        seconds: the evaluation's wall time.
+        dataset: the evaluated dataset (its ``bad_count``), or None.
+    """
+    m, ap = map_and_ap(targets, scores)
+    return {
+        "mAP": m,
+        "per_class_ap": ap,
+        "scores": scores,
+        "targets": targets,
+        "num_images": int(len(scores)),
+        "images_per_s": len(scores) / max(seconds, 1e-9),
+        "bad_images": getattr(dataset, "bad_count", 0),
+    }
 
 
 def _check_shapes(targs: np.ndarray, preds: np.ndarray) -> None:

@@ -128,7 +128,7 @@ def _evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
     """onnxruntime on the loader's batches, in ``asl.engine.evaluate``'s form."""
     import time
 
-    from .metrics import map_and_ap
+    from .metrics import evaluation_result
 
     scores, targets = [], []
     t0 = time.perf_counter()
@@ -136,18 +136,7 @@ def _evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
         s = tagger.run(images.numpy())
         scores.append(s[:, order] if order is not None else s)
         targets.append(target.numpy())
-    elapsed = time.perf_counter() - t0
-    s, t = np.concatenate(scores), np.concatenate(targets)
-    m, ap = map_and_ap(t, s)
-    return {
-        "mAP": m,
-        "per_class_ap": ap,
-        "scores": s,
-        "targets": t,
-        "num_images": len(s),
-        "images_per_s": len(s) / max(elapsed, 1e-9),
-        "bad_images": getattr(loader.dataset, "bad_count", 0),
-    }
+    return evaluation_result(np.concatenate(scores), np.concatenate(targets), time.perf_counter() - t0, loader.dataset)
 
 
 def open_model(
