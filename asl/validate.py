@@ -42,7 +42,6 @@ from .config import (
     Config,
     check_num_classes,
     check_values,
-    default_image_size,
     fields_for,
     from_dict,
     load_config,
@@ -53,13 +52,13 @@ from .data.base import split_warnings
 from .errors import ConfigError
 from .files import atomic_write
 from .metrics import calibrate_thresholds, mAP, multilabel_metrics
-from .opening import is_onnx, open_model
+from .opening import OpenedModel, is_onnx, open_model
 
 log = logging.getLogger(__name__)
 OUTPUT_FILES = ("metrics.json", "scores.npy", "targets.npy", "calibrated.pth")
 
 
-def base_config(ckpt: dict, info: dict, dataset: Optional[str] = None) -> Config:
+def base_config(ckpt: dict, model: OpenedModel, dataset: Optional[str] = None) -> Config:
     """The checkpoint's training config, or the official validate.py defaults (``OFFICIAL_VALIDATE``).
 
     Args:
@@ -72,7 +71,7 @@ def base_config(ckpt: dict, info: dict, dataset: Optional[str] = None) -> Config
         if dataset is not None and dataset != keep.get("dataset"):
             keep = {k: v for k, v in keep.items() if k not in DATASET_OPTIONS or k in DATASETS[dataset].options}
         return from_dict(keep, source="checkpoint config")
-    return Config(**OFFICIAL_VALIDATE, image_size=info.get("image_size") or default_image_size(info["model_name"]))
+    return Config(**OFFICIAL_VALIDATE, image_size=model.image_size)
 
 
 def format_metrics(m: dict) -> str:
@@ -120,18 +119,11 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         )
     model = open_model(model_path, given.model_name, given.image_size, given.class_names, None, given.device)
     ckpt = model.checkpoint if model.checkpoint is not None else {"config": model.config}
-    info = {
-        "model_name": model.model_name,
-        "num_classes": model.num_classes,
-        "image_size": model.image_size,
-        "mean": model.mean,
-        "std": model.std,
-    }
     names, named = model.class_names, model.named
-    base = base_config(ckpt, info)
+    base = base_config(ckpt, model)
     cfg = load_config(config_path, flags, base=base)
     if cfg.dataset != base.dataset:  # scored on another dataset than it was trained on
-        cfg = load_config(config_path, flags, base=base_config(ckpt, info, cfg.dataset))
+        cfg = load_config(config_path, flags, base=base_config(ckpt, model, cfg.dataset))
     if cfg.image_size is None:
         cfg = dataclasses.replace(cfg, image_size=model.image_size)
     expected = zoo_image_size(model_path) or model.own_size
@@ -151,7 +143,7 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
             "to use the size it was trained at)",
             model_path,
             cfg.image_size,
-            info["model_name"],
+            model.model_name,
         )
     if cfg.dataset == "coco" and given.ann_file and not given.val_ann_file and given.val_split is None:
         cfg = dataclasses.replace(cfg, val_split="all")  # the file named here is scored whole
@@ -162,7 +154,7 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
     check_num_classes(cfg.num_classes, model.num_classes, model_path)
     device = resolve_device(cfg.device) if model.kind == "pytorch" else resolve_device("cpu")
     prepare_data(cfg)
-    ds = dataset_from_config(cfg, train=False, mean=info["mean"], std=info["std"])
+    ds = dataset_from_config(cfg, train=False, mean=model.mean, std=model.std)
     order = match_classes(names, ds.class_names, named, path=model_path)
     if order is not None:
         log.info("the checkpoint lists the dataset's classes in another order: outputs matched by name")
@@ -174,11 +166,11 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         )
     log.info(
         "validating %s at %d px (%s), mean %s, std %s",
-        info["model_name"] or model_path,
+        model.model_name or model_path,
         cfg.image_size,
         "--image-size" if given.image_size else "the default" if model.size_from == "default" else "the checkpoint's",
-        tuple(round(float(m), 4) for m in info["mean"]),
-        tuple(round(float(s), 4) for s in info["std"]),
+        tuple(round(float(m), 4) for m in model.mean),
+        tuple(round(float(s), 4) for s in model.std),
     )
     log.info("%s", ds.summary())
     for warning in split_warnings(None, ds):
@@ -226,8 +218,8 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
                 model_name=model.model_name,
                 class_names=names,
                 image_size=cfg.image_size,
-                mean=info["mean"],
-                std=info["std"],
+                mean=model.mean,
+                std=model.std,
             ),
             dest,
         )
