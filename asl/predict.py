@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 import numpy as np
 from PIL import Image
 
-from .errors import CheckpointError, ConfigError
+from .errors import ASLError, CheckpointError, ConfigError
 
 __all__ = [
     "OnnxTagger",
@@ -141,20 +141,23 @@ def check_metadata(
     return meta
 
 
-def check_class_names(names: Sequence[str], what: str, unique: bool = True) -> List[str]:
+def check_class_names(
+    names: Sequence[str], what: str, unique: bool = True, error: Type[ASLError] = CheckpointError
+) -> List[str]:
     """Class names as every dataset and model file must hold them: non-empty, on one line each (no
-    newline, tab or NUL), without surrounding spaces, and (``unique``) each listed once."""
+    newline, tab or NUL), without surrounding spaces, and (``unique``) each listed once; else one
+    ``error`` line (a dataset's: :class:`~asl.errors.DataError`)."""
     seen, dup = set(), []
     for n in names:
         if not isinstance(n, str) or not n.strip():
-            raise CheckpointError(f"{what}: a class name is empty")
+            raise error(f"{what}: a class name is empty")
         if any(ch in n for ch in "\n\r\t\x00") or n != n.strip():
-            raise CheckpointError(f"{what}: class name {n!r} holds a newline, tab, NUL or surrounding spaces")
+            raise error(f"{what}: class name {n!r} holds a newline, tab, NUL or surrounding spaces")
         if n in seen:
             dup.append(n)
         seen.add(n)
     if dup and unique:
-        raise CheckpointError(
+        raise error(
             f"{what}: {len(dup)} class name{'s are' if len(dup) > 1 else ' is'} listed twice "
             f"({', '.join(map(repr, dup[:3]))}); each class needs one name of its own"
         )

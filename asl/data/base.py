@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import CheckpointError, DataError
+from ..errors import DataError
 from ..images import load_rgb
 from ..predict import check_class_names
 
@@ -63,10 +63,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         targets = np.asarray(targets, dtype=np.float32)
         if targets.ndim != 2 or targets.shape[0] != len(paths) or targets.shape[1] != len(class_names):
             raise ValueError("targets must be (len(paths), len(class_names))")
-        try:  # one rule for every dataset: distinct names, each on one line
-            check_class_names(list(class_names), f"{name}: class names")
-        except CheckpointError as e:
-            raise DataError(str(e)) from None
+        check_class_names(list(class_names), f"{name}: class names", error=DataError)  # one rule, every dataset
         self.paths: List[str] = [str(p) for p in paths]
         self.targets = targets
         self.class_names = list(class_names)
