@@ -205,6 +205,11 @@ def load_checkpoint(path: str | os.PathLike, require_model: bool = True) -> Dict
         if require_model:
             state_dict_of(obj, path)
         return obj
+    if kind == "unknown":  # a text file, a picture, a truncated header: nothing to unpickle, nothing unsafe
+        raise CheckpointError(
+            f"{path}: refused, not a readable PyTorch checkpoint (neither a torch.save file, nor safetensors, "
+            f"nor ONNX, by its first bytes)"
+        )
     if kind == "onnx":
         raise CheckpointError(
             f"{path} is an ONNX model (export.py's output), not a PyTorch checkpoint: name it "
