@@ -52,17 +52,19 @@ def check_targets(targets: torch.Tensor) -> None:
         raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {value!r} ({int(bad.sum())} such values)")
 
 
-def _tensor_only() -> bool:
-    """Inside ``torch.compile``: no value may be read back to Python (a data-dependent branch would
-    break the graph), so unknown labels, soft targets and the mean's count are tensor operations."""
-    return torch.compiler.is_compiling()
+def _tensor_only(t: torch.Tensor) -> bool:
+    """No value of ``t`` may be read back to Python: inside ``torch.compile`` (a data-dependent
+    branch would break the graph) and on an accelerator (each read-back waits for the device, a
+    host synchronization per step). Unknown labels, soft targets, the eps clamp and the mean's
+    count are then tensor operations; on the CPU a read-back is free and picks the fused path."""
+    return t.device.type != "cpu" or torch.compiler.is_compiling()
 
 
 def _prepare_targets(targets: torch.Tensor, dtype: torch.dtype, label_smoothing: float):
     """Return (y, known): y in [0, 1] with unknown entries zeroed, known a 0/1 mask or None."""
     y = targets if targets.dtype == dtype else targets.to(dtype)
     known = None
-    if targets.dtype != torch.bool and _tensor_only():
+    if targets.dtype != torch.bool and _tensor_only(y):
         known = (y >= 0).to(dtype)  # always masked: no read-back of whether any label is unknown
         y = y * known
     # One reduction instead of a comparison pass plus any(): this runs on every call.
@@ -238,7 +240,7 @@ def _reduce_scale(reduction: str, n: int, known: Optional[torch.Tensor], numel: 
     if reduction == "batchmean":
         return 1.0 / max(n, 1)
     if reduction == "mean":
-        if known is not None and _tensor_only():
+        if known is not None and _tensor_only(known):
             return 1.0 / known.sum().clamp(min=1.0)
         count = float(known.sum()) if known is not None else float(numel)
         return 1.0 / max(count, 1.0)
@@ -421,7 +423,7 @@ def asymmetric_loss(
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError("label_smoothing must be in [0, 1)")
-    if not _tensor_only():
+    if not _tensor_only(logits):
         check_targets(targets)
     if logits.numel() == 0:  # an empty batch: no loss, and a gradient of the right (empty) shape
         zero = logits.to(_compute_dtype(logits)).sum() * 0.0
@@ -445,9 +447,10 @@ def asymmetric_loss(
         reduction,
         label_smoothing,
     )
-    if _tensor_only() or _is_soft(targets, label_smoothing):
-        # the element formula covers hard and soft labels alike: under torch.compile it is the one
-        # path (no test of the labels' values), and the compiler fuses its element-wise operations
+    if _tensor_only(logits) or _is_soft(targets, label_smoothing):
+        # the element formula covers hard and soft labels alike: under torch.compile and on an
+        # accelerator it is the one path (no test of the labels' values, no host synchronization),
+        # and there the compiler or the device's kernels carry its element-wise operations
         return _soft_asl(*args)
     if torch.is_grad_enabled() and logits.requires_grad:
         return _FusedASL.apply(*args)

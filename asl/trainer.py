@@ -46,6 +46,8 @@ from .config import Config, dump_config
 from .data.base import split_warnings
 from .distributed import EpochSampler, ShardSampler, all_true, broadcast_buffers, gather_rows, init_distributed
 from .engine import (
+    Optimization,
+    StepSettings,
     amp_dtype_for,
     build_optimizer,
     build_scheduler,
@@ -303,6 +305,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         # no host synchronization per step where the optimizer can skip a step on the device
         self.defer_sync = cuda and self.scaler is None and getattr(self.optimizer, "_step_supports_amp_scaling", False)
+        self.optimization = Optimization(
+            self.loss_fn, self.optimizer, self.scheduler, self.ema, self.scaler, cfg.grad_clip
+        )
+        self.step_settings = StepSettings(
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
+            accum_steps=cfg.accum_steps,
+            max_nonfinite=cfg.max_nonfinite,
+            all_finite=(lambda ok: all_true(ok, self.dist)) if self.dist.enabled else None,
+            defer_sync=self.defer_sync,
+        )
         net = model  # what the steps run: DDP under torchrun; EMA and checkpoints use the bare model
         if self.dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -402,24 +415,14 @@ class Trainer:
             stats = train_one_epoch(
                 self.net,
                 self.train_loader,
-                self.loss_fn,
-                self.optimizer,
+                self.optimization,
                 self.device,
-                scheduler=self.scheduler,
-                ema=self.ema,
-                scaler=self.scaler,
-                amp_dtype=self.amp_dtype,
-                grad_clip=cfg.grad_clip,
+                self.step_settings,
                 epoch=epoch,
                 global_step=state.global_step,
-                print_freq=cfg.print_freq,
-                channels_last=self.channels_last,
-                max_nonfinite=cfg.max_nonfinite,
                 on_step=self.on_step,
                 resume=resume,
-                all_finite=(lambda ok: all_true(ok, self.dist)) if self.dist.enabled else None,
-                accum_steps=cfg.accum_steps,
-                defer_sync=self.defer_sync,
+                print_freq=cfg.print_freq,
             )
             state.global_step = stats["global_step"]
             if stats["interrupted"]:

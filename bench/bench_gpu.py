@@ -35,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asl.data import build_transform, create_dataset  # noqa: E402
-from asl.engine import amp_dtype_for, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
+from asl.engine import Optimization, StepSettings, amp_dtype_for, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 from asl.losses import AsymmetricLoss  # noqa: E402
 from asl.models import create_model  # noqa: E402
 from bench.bench_train import Limited  # noqa: E402
@@ -142,18 +142,12 @@ def engine_loop(model, loader, device, steps, channels_last):
     opt = build_optimizer(model, "adam", 1e-4, 1e-4, fused=cuda)
     sched = build_scheduler(opt, 1e-4, 2, steps)
     ema = ModelEmaV3(model, decay=0.9997)
-    kw = dict(
-        scheduler=sched,
-        ema=ema,
-        amp_dtype=amp_dtype_for(device, True),
-        print_freq=0,
-        channels_last=channels_last,
-        defer_sync=cuda,
-    )
-    train_one_epoch(model, Limited(loader, max(steps // 4, 1)), AsymmetricLoss(**LOSS), opt, device, **kw)  # warm-up
+    how = StepSettings(amp_dtype=amp_dtype_for(device, True), channels_last=channels_last, defer_sync=cuda)
+    step = Optimization(AsymmetricLoss(**LOSS), opt, sched, ema)
+    train_one_epoch(model, Limited(loader, max(steps // 4, 1)), step, device, how, print_freq=0)  # warm-up
     sync(device)
     t0 = time.perf_counter()
-    stats = train_one_epoch(model, Limited(loader, steps), AsymmetricLoss(**LOSS), opt, device, **kw)
+    stats = train_one_epoch(model, Limited(loader, steps), step, device, how, print_freq=0)
     sync(device)
     wall = time.perf_counter() - t0
     return stats["steps"] * loader_batch(loader) / wall, stats["data_time"] / wall

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asl.data import build_transform, create_dataset  # noqa: E402
 from asl.data.demo import ensure_demo  # noqa: E402
-from asl.engine import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
+from asl.engine import Optimization, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 from asl.losses import AsymmetricLoss  # noqa: E402
 from asl.models import create_model, data_config  # noqa: E402
 
@@ -56,7 +56,7 @@ def minimal_loop(model, loader, loss_fn, opt):
 def engine_loop(model, loader, loss_fn, opt, ema=None):
     sched = build_scheduler(opt, 1e-4, 1, len(loader))
     t0 = time.perf_counter()
-    stats = train_one_epoch(model, loader, loss_fn, opt, torch.device("cpu"), scheduler=sched, ema=ema, print_freq=0)
+    stats = train_one_epoch(model, loader, Optimization(loss_fn, opt, sched, ema), torch.device("cpu"), print_freq=0)
     elapsed = time.perf_counter() - t0
     n = stats["steps"] * loader.loader.batch_size
     return n / elapsed, stats["data_time"] / elapsed

@@ -3,10 +3,13 @@ copies of plain state dicts, stored configs with bad values."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from tests.test_safety import call, one_error
+from asl.checkpoint import load_checkpoint
+from tests.helpers import call, one_error, validation_metrics
 
 ODD = [
     ({"num_classes": True}, "'num_classes' must be a whole number"),
@@ -135,3 +138,72 @@ def test_calibrating_a_plain_state_dict_writes_a_checkpoint_every_command_loads(
         "validate", [trained_run["data"], "--dataset", "tagged", "--model-path", cal, "--workers", "0"], capsys
     )
     assert rc == 0, err
+
+
+def test_plain_timm_state_dict_validates_and_infers(trained_run, tmp_path, capsys):
+    best = trained_run["out"] / "best.pth"
+    plain = tmp_path / "plain.pth"
+    torch.save(load_checkpoint(best)["model"], plain)  # what `torch.save(model.state_dict())` writes
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\nsky\ntree\n")
+    true = validation_metrics([trained_run["data"], "--model-path", best], tmp_path, capsys, "a")
+    common = ["--model-name", "test_resnet", "--dataset", "tagged", "--image-size", "32"]
+    m = validation_metrics(
+        [trained_run["data"], "--model-path", plain, *common, "--class-names", names], tmp_path, capsys, "b"
+    )
+    assert m["mAP"] == pytest.approx(true["mAP"], abs=1e-9)
+    rc, out, err = call(
+        "infer",
+        [
+            "--model-path",
+            plain,
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--pic-path",
+            trained_run["data"] / "img" / "0000.png",
+            "--th",
+            "0",
+            "--json",
+            "--class-names",
+            names,
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    assert {lab["label"] for lab in json.loads(out)[0]["labels"]} == {"cat", "dog", "sky", "tree"}
+    rc, out, err = call(
+        "infer",
+        [
+            "--model-path",
+            plain,
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--pic-path",
+            trained_run["data"] / "img" / "0000.png",
+            "--th",
+            "0",
+            "--json",
+        ],
+        capsys,
+    )
+    assert rc == 0 and {lab["label"] for lab in json.loads(out)[0]["labels"]} == {f"class_{k}" for k in range(4)}
+    names.write_text("cat\ndog\nsky\n")
+    rc, _, err = call(
+        "infer",
+        [
+            "--model-path",
+            plain,
+            "--model-name",
+            "test_resnet",
+            "--pic-path",
+            trained_run["data"] / "img" / "0000.png",
+            "--class-names",
+            names,
+        ],
+        capsys,
+    )
+    one_error(rc, err, "lists 3 names, the model has 4 classes")

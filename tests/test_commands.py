@@ -3,16 +3,21 @@ missing PyTorch, odd standard outputs, odd YAML, pictures PIL cannot write or re
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from asl.checkpoint import load_checkpoint
 from asl.config import load_config
 from asl.errors import ConfigError
 from tests.conftest import REPO
-from tests.test_safety import call, one_error
+from tests.helpers import call, one_error, validation_metrics
 
 NO_TORCH = "import sys\nfor m in ('torch', 'timm', 'torchvision'): sys.modules[m] = None\n"
 
@@ -136,7 +141,6 @@ def test_save_image_in_a_format_pil_cannot_write_is_refused_before_tagging(ext, 
 
 
 def test_a_folder_with_bad_pictures_is_tagged_and_the_bad_ones_named(trained_run, tmp_path, capsys):
-    import json
     import shutil
 
     folder = tmp_path / "pics"
@@ -206,3 +210,63 @@ def test_a_study_file_missing_keys_names_them(tmp_path):
     (tmp_path / "s.yaml").write_text("name: s\nseeds: [0]\n")
     with pytest.raises(ConfigError, match="missing keys base_config, baseline, settings"):
         load_study(str(tmp_path / "s.yaml"))
+
+
+def _relabel(src: Path, dest: Path, rename=None, order=None) -> Path:
+    """A copy of a tagged set with classes renamed and/or a classes.txt in another order."""
+    shutil.copytree(src, dest)
+    rows = list(csv.reader(open(dest / "labels.csv", newline="")))
+    if rename:
+        for r in rows[1:]:
+            r[1] = "|".join(rename[t] for t in r[1].split("|") if t)
+        with open(dest / "labels.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    if order:
+        (dest / "classes.txt").write_text("\n".join(order) + "\n")
+    return dest
+
+
+def test_validate_matches_classes_by_name(trained_run, tmp_path, capsys):
+    best = trained_run["out"] / "best.pth"
+    true = validation_metrics([trained_run["data"], "--model-path", best], tmp_path, capsys, "a")
+    reordered = _relabel(trained_run["data"], tmp_path / "reordered", order=["tree", "sky", "dog", "cat"])
+    m = validation_metrics([reordered, "--model-path", best], tmp_path, capsys, "b")
+    assert m["mAP"] == pytest.approx(true["mAP"], abs=1e-9)
+    assert m["per_class_ap"] == pytest.approx(true["per_class_ap"])
+    renamed = _relabel(
+        trained_run["data"],
+        tmp_path / "renamed",
+        rename={"cat": "kitten", "dog": "puppy", "sky": "sky", "tree": "tree"},
+    )
+    rc, _, err = call("validate", [renamed, "--model-path", best, "--workers", "0"], capsys)
+    one_error(rc, err, "other classes than the dataset's")
+    assert "'cat'" in err[-1] and "'kitten'" in err[-1]
+    names = tmp_path / "names.txt"  # the checkpoint's outputs under the dataset's (new) names
+    names.write_text("kitten\npuppy\nsky\ntree\n")
+    m = validation_metrics([renamed, "--model-path", best, "--class-names", names], tmp_path, capsys, "c")
+    assert m["mAP"] == pytest.approx(true["mAP"], abs=1e-9)
+
+
+def test_calibrated_thresholds_follow_the_models_output_order(trained_run, tmp_path, capsys):
+    best = trained_run["out"] / "best.pth"
+    reordered = _relabel(trained_run["data"], tmp_path / "reordered", order=["tree", "sky", "dog", "cat"])
+    validation_metrics([trained_run["data"], "--model-path", best, "--calibrate"], tmp_path, capsys, "a")
+    validation_metrics([reordered, "--model-path", best, "--calibrate"], tmp_path, capsys, "b")
+    a = load_checkpoint(tmp_path / "a" / "calibrated.pth")["thresholds"]
+    b = load_checkpoint(tmp_path / "b" / "calibrated.pth")["thresholds"]
+    assert a == pytest.approx(b)
+
+
+def test_bad_inference_and_validation_values(trained_run, tmp_path, capsys):
+    best, pic = trained_run["out"] / "best.pth", trained_run["data"] / "img" / "0000.png"
+    for argv, fragment in (
+        (["--batch-size", "0"], "--batch-size"),
+        (["--top-k", "-1"], "--top-k"),
+        (["--th", "2"], "--th must be in [0, 1]"),
+        (["--num-classes", "5"], "has 4"),
+    ):
+        rc, out, err = call("infer", ["--model-path", best, "--pic-path", pic, *argv], capsys)
+        one_error(rc, err, fragment)
+        assert out == ""
+    rc, _, err = call("validate", ["--model-path", best, "--thre", "-3"], capsys)
+    one_error(rc, err, "--thre must be in [0, 1]")

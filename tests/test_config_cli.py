@@ -175,3 +175,16 @@ def test_shipped_configs_load(name):
         assert cfg.lr == 1e-4 and cfg.weight_decay == 1e-4 and cfg.ema_decay >= 0.999
         assert cfg.augment == "cutout_randaugment" and cfg.resize == "squish"
     assert timm.is_model(cfg.model_name)  # the name resolves, without building the (large) model
+
+
+def test_the_checked_names_are_the_ones_the_library_takes():
+    from asl.config import CHOICES
+    from asl.data import DATASETS
+    from asl.data.transforms import AUGMENTATIONS
+    from asl.data.voc import DIFFICULT
+    from asl.functional import REDUCTIONS
+    from asl.losses import LOSSES
+
+    assert set(CHOICES["augment"]) == set(AUGMENTATIONS) and set(CHOICES["dataset"]) == set(DATASETS)
+    assert set(CHOICES["difficult"]) == set(DIFFICULT) and set(CHOICES["loss_reduction"]) == set(REDUCTIONS)
+    assert set(CHOICES["loss"]) == set(LOSSES) - {"asl_single_label"}  # train.py's losses are multi-label

@@ -8,10 +8,11 @@ import logging
 import numpy as np
 import pytest
 
-from asl.data import create_dataset
+from asl.data import build_transform, create_dataset
 from asl.data.base import split_warnings
 from asl.errors import DataError
 from tests.conftest import make_coco, make_tagged, make_voc
+from tests.helpers import TINY, call, one_error
 from tests.test_images import fuzzed_dds
 
 
@@ -119,7 +120,7 @@ def test_a_coco_export_is_split_instead_of_validated_on_its_training_images(tmp_
 
 
 def test_the_train_command_splits_a_single_coco_export(tmp_path, capsys):
-    from tests.test_safety import TINY, call
+    from tests.helpers import TINY, call
 
     root = tmp_path / "c"
     ann = _coco(root, lambda d: None)
@@ -172,3 +173,39 @@ def test_an_unreadable_picture_inside_a_dataset_is_skipped_and_named(tmp_path, c
     assert len(items) == 8 and ds.bad_images == [str(data / "img" / "0001.png")]
     assert "0001.png" in caplog.text
     assert np.asarray(items[1][0]).size  # another picture in its place
+
+
+def test_missing_files_are_listed_when_the_dataset_is_built(tagged_root, caplog):
+    for i in (1, 5, 7):
+        (tagged_root / "img" / f"{i:04d}.png").unlink()
+    ds = create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32))
+    assert "3 of 48 images are missing" in caplog.text and "0005.png" in caplog.text
+    assert ds.bad_count == 3  # counted before any image is read; 3 <= 5 (--max-bad-images) goes on
+    with pytest.raises(DataError, match="3 of 48 images are missing or unreadable .*--max-bad-images"):
+        create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_images=2)
+
+
+def test_one_bad_photo_does_not_stop_a_small_set(tmp_path, capsys):
+    data = make_tagged(tmp_path / "d", n_train=16, n_val=8)
+    (data / "img" / "0002.png").write_bytes(b"not a png")
+    rc, _, err = call("train", [data, "--dataset", "tagged", *TINY, "--output", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    rc, _, err = call(
+        "train", [data, "--dataset", "tagged", *TINY, "--output", tmp_path / "s", "--max-bad-images", "0"], capsys
+    )
+    one_error(rc, err, "--max-bad-images")
+
+
+def test_utf8_bom_duplicates_and_overlap_are_handled(tmp_path, caplog):
+    data = make_tagged(tmp_path / "d", n_train=8, n_val=4)
+    rows = (data / "labels.csv").read_text().splitlines()
+    rows += [rows[1], rows[2].replace(",train", ",val")]  # a duplicate row; a training image also in val
+    (data / "labels.csv").write_bytes(b"\xef\xbb\xbf" + ("\n".join(rows) + "\n").encode())  # Excel's UTF-8
+    train = create_dataset("tagged", str(data), "train")
+    val = create_dataset("tagged", str(data), "val")
+    assert len(train) == 9 and len(val) == 5
+    assert "1 rows repeat an image" in caplog.text and "0000.png" in caplog.text
+    warnings = split_warnings(train, val)
+    assert any("1 images are in both" in w and "0001.png" in w for w in warnings)
+    assert any("only 5 images" in w for w in warnings)
+    assert split_warnings(None, create_dataset("tagged", str(make_tagged(tmp_path / "big", 2, 60)), "val")) == []

@@ -11,8 +11,9 @@ from PIL import Image
 
 from asl import cli
 from asl.data import demo
+from asl.data.demo import generate_demo
 from asl.errors import DataError
-from tests.test_safety import call, one_error, tree_digest
+from tests.helpers import call, one_error, tree_digest
 
 SMALL = dict(num_train=6, num_val=3, image_size=16)
 
@@ -72,3 +73,34 @@ def test_a_demo_without_a_manifest_is_used_but_never_replaced(small_demo):
     with pytest.raises(DataError, match="older version"):
         demo.ensure_demo(copy, num_classes=10)
     assert tree_digest(copy) == tree_digest(small_demo)
+
+
+def test_demo_refuses_a_users_folder_and_leaves_it_intact(tagged_root, trained_run, tmp_path, capsys):
+    (tagged_root / "notes.txt").write_text("my notes")
+    before = tree_digest(tagged_root)
+    rc, _, err = call("train", [tagged_root, "--output", tmp_path / "o"], capsys)  # forgot --dataset tagged
+    one_error(rc, err, "--dataset tagged")
+    assert "not the built-in demo" in err[-1]
+    (tmp_path / "o" / "best.pth").parent.mkdir()
+    (tmp_path / "o" / "best.pth").write_bytes(b"an earlier run")
+    rc, _, err = call("train", [tagged_root, "--output", tmp_path / "o"], capsys)
+    one_error(rc, err, "not the built-in demo")  # the folder's problem comes first, before the output's
+    rc, _, err = call(
+        "validate", [tagged_root, "--model-path", trained_run["out"] / "best.pth", "--dataset", "demo"], capsys
+    )
+    one_error(rc, err, "--dataset tagged")
+    with pytest.raises(DataError, match="not the built-in demo"):
+        generate_demo(tagged_root, num_train=4, num_val=2)
+    assert tree_digest(tagged_root) == before
+
+
+def test_demo_regenerates_only_a_folder_of_its_own(tmp_path):
+    root = generate_demo(tmp_path / "demo", num_train=6, num_val=3, image_size=16, num_classes=10)
+    generate_demo(root, num_train=5, num_val=2, image_size=16, num_classes=10)  # its own folder: replaced
+    assert json.loads((root / "demo.json").read_text())["num_train"] == 5
+    (root / "mine.txt").write_text("x")
+    with pytest.raises(DataError, match="other files"):
+        generate_demo(root, num_train=4, num_val=2, image_size=16, num_classes=10)
+    assert (root / "mine.txt").read_text() == "x" and json.loads((root / "demo.json").read_text())["num_train"] == 5
+    (tmp_path / "empty").mkdir()
+    assert (generate_demo(tmp_path / "empty", num_train=2, num_val=1, image_size=16) / "demo.json").is_file()

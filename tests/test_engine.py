@@ -36,7 +36,7 @@ def test_amp_is_off_on_cpu():
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_gradient_accumulation_equals_the_larger_batch(reduction):
-    from asl.engine import train_one_epoch
+    from asl.engine import Optimization, StepSettings, train_one_epoch
     from asl.losses import AsymmetricLoss
 
     torch.manual_seed(0)
@@ -50,10 +50,9 @@ def test_gradient_accumulation_equals_the_larger_batch(reduction):
         stats = train_one_epoch(
             model,
             torch.utils.data.DataLoader(data, batch_size=batch),
-            AsymmetricLoss(reduction=reduction),
-            opt,
+            Optimization(AsymmetricLoss(reduction=reduction), opt),
             torch.device("cpu"),
-            accum_steps=accum,
+            StepSettings(accum_steps=accum),
             print_freq=0,
         )
         return model, stats
@@ -81,7 +80,7 @@ class _SometimesNaN(torch.nn.Module):
 
 
 def _epoch(defer_sync, bad, accum=1, max_nonfinite=20, fused=True, clip=None):
-    from asl.engine import train_one_epoch
+    from asl.engine import Optimization, StepSettings, train_one_epoch
 
     torch.manual_seed(0)
     x, y = torch.randn(48, 6), (torch.rand(48, 3) < 0.3).float()
@@ -92,16 +91,10 @@ def _epoch(defer_sync, bad, accum=1, max_nonfinite=20, fused=True, clip=None):
     stats = train_one_epoch(
         model,
         torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4),
-        _SometimesNaN(bad),
-        opt,
+        Optimization(_SometimesNaN(bad), opt, scheduler=sched, grad_clip=clip),
         torch.device("cpu"),
-        scheduler=sched,
-        accum_steps=accum,
+        StepSettings(accum_steps=accum, defer_sync=defer_sync, check_every=3, max_nonfinite=max_nonfinite),
         print_freq=0,
-        defer_sync=defer_sync,
-        check_every=3,
-        max_nonfinite=max_nonfinite,
-        grad_clip=clip,
     )
     return model, opt, stats
 
@@ -145,7 +138,7 @@ def test_the_schedule_follows_the_steps_a_grad_scaler_takes():
     schedule must not advance for them, nor warn that it stepped before the optimizer."""
     import warnings
 
-    from asl.engine import train_one_epoch
+    from asl.engine import Optimization, train_one_epoch
     from asl.losses import AsymmetricLoss
 
     torch.manual_seed(0)
@@ -159,11 +152,8 @@ def test_the_schedule_follows_the_steps_a_grad_scaler_takes():
         stats = train_one_epoch(
             model,
             torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4),
-            _Times(AsymmetricLoss(), 1e6),
-            opt,
+            Optimization(_Times(AsymmetricLoss(), 1e6), opt, scheduler=sched, scaler=scaler),
             torch.device("cpu"),
-            scheduler=sched,
-            scaler=scaler,
             print_freq=0,
         )
     taken = int(opt.state[model.weight]["step"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -10,6 +11,8 @@ from PIL import Image
 
 from asl.errors import DataError
 from asl.images import load_rgb
+from tests.conftest import make_tagged
+from tests.helpers import TINY, call, one_error, png_bomb
 
 
 def test_16_bit_grey_png_and_tiff_are_scaled_not_clipped(tmp_path):
@@ -66,3 +69,18 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(DataError, match="not a regular file"):
         load_rgb(fifo)
+
+
+def test_decompression_bomb_is_skipped_in_training_and_refused_by_infer(trained_run, tmp_path, capsys):
+    data = make_tagged(tmp_path / "d", n_train=16, n_val=8)
+    png_bomb(data / "img" / "0003.png")  # a training image
+    png_bomb(data / "img" / "0020.png")  # a validation image
+    rc, _, err = call("train", [data, "--dataset", "tagged", *TINY, "--output", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    rec = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["bad_images"] == 2 and "DecompressionBombError" in "\n".join(err)
+    rc, out, err = call(
+        "infer", ["--model-path", trained_run["out"] / "best.pth", "--pic-path", data / "img" / "0003.png"], capsys
+    )
+    one_error(rc, err, "cannot read image")
+    assert "DecompressionBombError" in err[-1] and out == ""

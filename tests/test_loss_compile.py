@@ -47,3 +47,36 @@ def test_fullgraph_compile_equals_eager(opts, kind):
     (gg,) = torch.autograd.grad(got.sum(), x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gg, gw, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["hard", "unknown", "soft"])
+@pytest.mark.parametrize("opts", CASES, ids=[f"{c['reduction']}-{i}" for i, c in enumerate(CASES)])
+def test_accelerator_path_reads_nothing_back(opts, kind):
+    """Off the CPU the loss takes the tensor-only path in eager mode too: on the meta device,
+    where any read-back (``float``, ``bool``, ``.item()``) raises, the value and its gradient are
+    still computed, in the right shapes."""
+    x = torch.randn(16, 10, device="meta", requires_grad=True)
+    y = _targets(kind).to("meta")
+    out = asymmetric_loss(x, y, **opts)
+    out.sum().backward()
+    assert out.shape == ((16, 10) if opts["reduction"] == "none" else ())
+    assert x.grad.shape == (16, 10)
+    with pytest.raises(RuntimeError, match="meta"):
+        float(out.detach().sum())  # the guard is real: a read-back here would have raised
+
+
+def test_accelerator_path_equals_cpu_fused_path(monkeypatch):
+    """The tensor-only path, forced on the CPU, gives the fused path's value and gradient."""
+    import asl.functional as AF
+
+    x = (torch.randn(16, 10, generator=torch.Generator().manual_seed(0)) * 6).requires_grad_(True)
+    y = _targets("unknown")
+    for opts in CASES[:4]:
+        want = asymmetric_loss(x, y, **opts)
+        (gw,) = torch.autograd.grad(want.sum(), x)
+        with monkeypatch.context() as m:
+            m.setattr(AF, "_tensor_only", lambda t: True)
+            got = asymmetric_loss(x, y, **opts)
+        (gg,) = torch.autograd.grad(got.sum(), x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gg, gw, rtol=1e-5, atol=1e-6)

@@ -36,7 +36,7 @@ def test_nan_scores_are_ranked_as_the_official_code_ranks_them():
 
 def test_validate_warns_when_scores_are_not_finite(trained_run, tmp_path, capsys, monkeypatch):
     import asl.engine as engine
-    from tests.test_safety import call
+    from tests.helpers import call
 
     real = engine.evaluate
 

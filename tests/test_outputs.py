@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +20,7 @@ from asl.errors import ConfigError, Interrupted, OutputError
 from asl.files import atomic_write, remove_stale_temporaries
 from asl.process import RunLock, StopSignal
 from tests.conftest import REPO, make_tagged
-from tests.test_safety import TINY, call, one_error, tree_digest
+from tests.helpers import TINY, call, one_error, tree_digest
 
 
 def test_a_run_never_writes_into_its_data_folder(tmp_path, capsys):
@@ -215,3 +217,50 @@ def test_a_second_signal_waits_for_the_file_being_written_then_exits_128_plus_n(
         raise Interrupted(signal.SIGTERM)
 
     assert cli.run(main) == 128 + signal.SIGTERM
+
+
+def test_a_folder_with_an_earlier_best_pth_is_refused(trained_run, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    shutil.copy(trained_run["out"] / "best.pth", out / "best.pth")
+    before = (out / "best.pth").read_bytes()
+    rc, _, err = call("train", [trained_run["data"], "--dataset", "tagged", *TINY, "--output", out], capsys)
+    one_error(rc, err, "already holds a run (best.pth)")
+    assert err[-1].index("choose a new --output") < err[-1].index("--overwrite")
+    assert (out / "best.pth").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["best.pth"]
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "proc"])
+def test_unwritable_outputs_fail_before_any_work(where, trained_run, tmp_path, capsys):
+    (tmp_path / "f").write_text("mine")
+    out = {"file": tmp_path / "f", "under_file": tmp_path / "f" / "sub", "proc": Path("/proc/asl_run")}[where]
+    rc, _, err = call("train", [trained_run["data"], "--dataset", "tagged", *TINY, "--output", out], capsys)
+    one_error(rc, err, "--output")
+    assert err == [err[-1]]
+    rc, out_text, err = call("validate", ["--model-path", trained_run["out"] / "best.pth", "--output", out], capsys)
+    one_error(rc, err, "--output")
+    assert out_text == "" and (tmp_path / "f").read_text() == "mine"
+
+
+def test_save_image_is_checked_before_tagging(trained_run, tmp_path, capsys):
+    best, pic = trained_run["out"] / "best.pth", trained_run["data"] / "img" / "0000.png"
+    for dest, fragment in (
+        (tmp_path / "x.unknownext", "unknown picture format"),
+        (pic, "already exists"),
+        (Path("/proc/x.png"), "cannot write"),
+    ):
+        before = pic.read_bytes()
+        rc, out, err = call("infer", ["--model-path", best, "--pic-path", pic, "--save-image", dest], capsys)
+        one_error(rc, err, fragment)
+        assert out == "" and pic.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_closed_stdout_ends_quietly(trained_run):
+    cmd = (
+        f"{sys.executable} {REPO / 'infer.py'} --model-path {trained_run['out'] / 'best.pth'} "
+        f"--pic-path {trained_run['data'] / 'img'} --th 0 | head -1"
+    )
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("\n") == 1 and "0000.png" in proc.stdout
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -11,7 +11,7 @@ from asl.errors import ConfigError
 from asl.models import create_model
 from asl.pretrained import resolve_pretrained
 from tests.conftest import make_tagged
-from tests.test_safety import call, one_error
+from tests.helpers import call, one_error
 
 TAG = "resnet10t.c3_in1k"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

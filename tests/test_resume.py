@@ -12,7 +12,8 @@ import torch
 
 from asl import cli
 from asl.checkpoint import load_checkpoint
-from asl.engine import NonFiniteLossError, train_one_epoch
+from asl.engine import NonFiniteLossError, Optimization, StepSettings, train_one_epoch
+from tests.helpers import TINY, call, one_error
 
 from .conftest import REPO, make_tagged
 
@@ -148,7 +149,9 @@ def test_non_finite_losses_stop_the_run_without_an_update():
         return (logits * float("nan")).sum()
 
     with pytest.raises(NonFiniteLossError, match="3 steps in a row"):
-        train_one_epoch(model, loader, nan_loss, opt, torch.device("cpu"), max_nonfinite=3, print_freq=0)
+        train_one_epoch(
+            model, loader, Optimization(nan_loss, opt), torch.device("cpu"), StepSettings(max_nonfinite=3), print_freq=0
+        )
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     # isolated bad steps are skipped and counted, the run goes on
@@ -159,7 +162,14 @@ def test_non_finite_losses_stop_the_run_without_an_update():
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
         return loss * float("nan") if calls["n"] % 3 == 0 else loss
 
-    stats = train_one_epoch(model, loader, sometimes_nan, opt, torch.device("cpu"), max_nonfinite=3, print_freq=0)
+    stats = train_one_epoch(
+        model,
+        loader,
+        Optimization(sometimes_nan, opt),
+        torch.device("cpu"),
+        StepSettings(max_nonfinite=3),
+        print_freq=0,
+    )
     assert stats["nonfinite_steps"] == 3 and stats["steps"] == 10
 
 
@@ -209,3 +219,32 @@ def test_signal_to_the_process_group_with_workers_saves(sig, reference, tmp_path
     args[args.index("--workers") + 1] = "0"  # in this process: no fork beside JAX's threads
     assert cli.run(train.main, [*args, "--resume", str(out / "last.pth")]) == 0
     assert load_checkpoint(out / "last.pth")["epoch"] == 2
+
+
+def test_resume_of_another_run_names_the_difference(trained_run, tmp_path, capsys):
+    last = trained_run["out"] / "last.pth"
+    rc, _, err = call(
+        "train",
+        [
+            trained_run["data"],
+            "--dataset",
+            "tagged",
+            *TINY,
+            "--model-name",
+            "resnet10t",
+            "--resume",
+            last,
+            "--output",
+            tmp_path / "a",
+        ],
+        capsys,
+    )
+    one_error(rc, err, "model test_resnet vs resnet10t")
+    assert err == [err[-1]]
+    three = make_tagged(tmp_path / "three", classes=("cat", "dog", "sky"))
+    same = [*TINY[:-4], "--epochs", "2", "--lr", "3e-3", "--ema-decay", "0.9", "--seed", "1", "--workers", "0"]
+    rc, _, err = call(
+        "train", [three, "--dataset", "tagged", *same, "--resume", last, "--output", tmp_path / "b"], capsys
+    )
+    one_error(rc, err, "4 classes vs 3")
+    assert "Traceback" not in "\n".join(err) and len(err[-1]) < 400

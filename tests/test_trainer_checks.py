@@ -6,9 +6,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 
-from tests.conftest import RUN_SETTINGS, make_tagged
-from tests.test_safety import TINY, call, one_error
+from asl.config import load_config
+from asl.errors import ConfigError
+from tests.conftest import REPO, RUN_SETTINGS, make_tagged
+from tests.helpers import TINY, call, one_error
 
 SAME = RUN_SETTINGS  # trained_run's own settings
 
@@ -114,3 +117,147 @@ def test_input_sizes_past_any_real_one_are_refused(trained_run, tmp_path, capsys
         "infer", ["--model-path", tmp_path / "big.pth", "--pic-path", trained_run["data"] / "img" / "0000.png"], capsys
     )
     one_error(rc, err, "'image_size' must be a whole number in [1, 4096]")
+
+
+def test_own_data_without_config_uses_the_finetuning_base(tmp_path, monkeypatch, capsys):
+    data = make_tagged(tmp_path / "mytags", n_train=16, n_val=8)
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = call("train", [data, "--dataset", "tagged", *TINY], capsys)
+    assert rc == 0, err
+    cfg = load_config(str(tmp_path / "runs" / "mytags" / "config.yaml"))  # runs/<name of the data folder>
+    fine = load_config(str(REPO / "configs" / "finetune.yaml"))
+    assert cfg.lr == fine.lr == 1e-4 and cfg.ema_warmup and cfg.ema_decay == fine.ema_decay
+    assert cfg.augment == "cutout_randaugment" and cfg.output == "runs/mytags"
+    assert "warning:" in "\n".join(err) and "only 8 images" in "\n".join(err)
+
+
+def test_help_lists_each_flag_once_with_the_default_that_runs(capsys):
+    import train
+
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    assert "configs/finetune.yaml" in text and "configs/demo.yaml" in text
+    assert text.count("--epochs EPOCHS") == 2  # the usage line and the option list
+    assert "--model_path MODEL_PATH" not in text and "--dataset DATASET, --dataset" not in text
+    lr_help = " ".join(text.split("--lr LR", 2)[2].split())
+    assert lr_help.startswith("learning rate (OneCycle maximum) (default: 0.0001; the demo: 0.002)")
+    with pytest.raises(ConfigError) as e:
+        train.main(["--epochs", "x"])
+    assert "--epochs/" not in str(e.value)
+
+
+def test_workers_are_capped_at_the_cores(tmp_path):
+    from asl.checks import available_cores, prepare_training
+
+    cfg = prepare_training(
+        None,
+        {
+            "dataset": "tagged",
+            "data_root": str(make_tagged(tmp_path / "d", 4, 2)),
+            "workers": 64,
+            "model_name": "test_resnet",
+            "image_size": 32,
+        },
+    )
+    assert cfg.workers == min(64, available_cores()) < 64
+
+
+def test_missing_init_weights_fail_before_the_data_is_read(tmp_path, capsys):
+    rc, _, err = call(
+        "train",
+        [
+            tmp_path / "nodata",
+            "--dataset",
+            "tagged",
+            "--init-checkpoint",
+            tmp_path / "resnet18_imagenet.pth",
+            "--output",
+            tmp_path / "o",
+        ],
+        capsys,
+    )
+    one_error(rc, err, "data folder not found")
+    data = make_tagged(tmp_path / "d", 4, 2)
+    rc, _, err = call(
+        "train",
+        [
+            data,
+            "--dataset",
+            "tagged",
+            "--init-checkpoint",
+            tmp_path / "resnet18_imagenet.pth",
+            "--output",
+            tmp_path / "o",
+        ],
+        capsys,
+    )
+    one_error(rc, err, "--pretrained-path")
+    assert "not found" in err[-1]
+    assert err == [err[-1]]  # nothing logged: no dataset summary came before the error
+
+
+def test_the_readmes_finetune_command_works_with_a_timm_state_dict(tmp_path, monkeypatch, capsys):
+    import timm
+
+    (tmp_path / "models_local").mkdir()
+    torch.save(
+        timm.create_model("resnet18", pretrained=False).state_dict(),  # the README's line, offline
+        tmp_path / "models_local" / "resnet18_imagenet.pth",
+    )
+    make_tagged(tmp_path / "data" / "mytags", n_train=16, n_val=8)
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = call(
+        "train",
+        [
+            "data/mytags",
+            "--dataset",
+            "tagged",
+            "--model-name",
+            "resnet18",
+            "--init-checkpoint",
+            "models_local/resnet18_imagenet.pth",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "head not loaded (fc.bias, fc.weight)" in "\n".join(err)
+    assert (tmp_path / "runs" / "mytags" / "best.pth").is_file()
+
+
+BAD_TRAIN = [
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--lr", "nan"], "finite"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--image-size", "0"], "--image-size"),
+    (["--image-size", "7"], "below 32"),
+    (["--augment", "bogus"], "unknown augment"),
+    (["--resize", "bogus"], "unknown resize"),
+    (["--workers", "-1"], "--workers"),
+    (["--optimizer", "foo"], "timm's optimizer registry"),
+    (["--accum-steps", "0"], "--accum-steps"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--stop-epoch", "-1"], "--stop-epoch"),
+    (["--epochs", "3", "--stop-epoch", "4"], "past the schedule"),
+    (["--ema-decay", "2"], "--ema-decay must be in [0, 1)"),
+    (["--val-fraction", "-0.5"], "--val-fraction"),
+    (["--gamma-neg", "-1"], "--gamma-neg"),
+    (["--clip", "1.5"], "--clip"),
+    (["--max-bad-fraction", "2"], "fraction"),
+    (["--model-name", "resnet_nope"], "unknown model name"),
+    (["--loss", "hinge"], "unknown loss"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", BAD_TRAIN, ids=[" ".join(a) for a, _ in BAD_TRAIN])
+def test_bad_training_values_fail_before_any_work(argv, fragment, tmp_path, capsys):
+    data = make_tagged(tmp_path / "d", 4, 2)
+    rc, _, err = call("train", [data, "--dataset", "tagged", "--output", tmp_path / "o", *argv], capsys)
+    one_error(rc, err, fragment)
+    assert err == [err[-1]] and not (tmp_path / "o").exists()  # no log line, no folder: nothing was done
