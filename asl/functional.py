@@ -80,14 +80,16 @@ def _prepare_targets(targets: torch.Tensor, dtype: torch.dtype, label_smoothing:
 
 
 class _Opts:
-    """Loss options resolved once per call (plain floats, tensors in the compute dtype)."""
+    """Loss options resolved once per call (plain floats, tensors in the compute dtype), built by
+    :func:`asymmetric_loss` and passed down as one object."""
 
-    __slots__ = ("gp", "gn", "clip", "eps", "log_eps", "detach", "pw", "weight")
+    __slots__ = ("gp", "gn", "clip", "eps", "log_eps", "detach", "pw", "weight", "reduction", "smoothing")
 
-    def __init__(self, gp, gn, clip, eps, detach, pw, weight):
+    def __init__(self, gp, gn, clip, eps, detach, pw, weight, reduction, smoothing):
         self.gp, self.gn, self.clip, self.eps, self.detach = gp, gn, clip, eps, detach
         self.log_eps = math.log(eps)
         self.pw, self.weight = pw, weight
+        self.reduction, self.smoothing = reduction, smoothing
 
 
 def _safe_pow(base: torch.Tensor, exponent) -> torch.Tensor:
@@ -247,9 +249,7 @@ def _reduce_scale(reduction: str, n: int, known: Optional[torch.Tensor], numel: 
     return None
 
 
-def _forward(
-    logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach, reduction, label_smoothing, need_grad
-):
+def _forward(logits: torch.Tensor, targets: torch.Tensor, o: _Opts, need_grad: bool):
     dtype = _compute_dtype(logits)
     c = logits.shape[-1] if logits.dim() else 1
     x = logits.detach()
@@ -257,18 +257,9 @@ def _forward(
         x = x.to(dtype)
     if x.dim() != 2:
         x, targets = x.reshape(-1, c), targets.reshape(-1, c)
-    y, known = _prepare_targets(targets, dtype, label_smoothing)
-    o = _Opts(
-        gamma_pos,
-        gamma_neg,
-        clip,
-        eps,
-        detach,
-        pos_weight.to(dtype) if pos_weight is not None else None,
-        weight.to(dtype) if weight is not None else None,
-    )
-    out, grad = _run(x.contiguous(), y.contiguous(), known, o, reduction, need_grad)
-    scale = _reduce_scale(reduction, logits.shape[0] if logits.dim() else 1, known, x.numel())
+    y, known = _prepare_targets(targets, dtype, o.smoothing)
+    out, grad = _run(x.contiguous(), y.contiguous(), known, o, o.reduction, need_grad)
+    scale = _reduce_scale(o.reduction, logits.shape[0] if logits.dim() else 1, known, x.numel())
     if grad is not None:
         grad = grad.reshape(logits.shape)  # (N, *) logits get their gradient in their own shape
     if scale is None:
@@ -286,23 +277,8 @@ class _FusedASL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach, reduction, label_smoothing
-    ):
-        out, grad, scale = _forward(
-            logits,
-            targets,
-            weight,
-            pos_weight,
-            gamma_pos,
-            gamma_neg,
-            clip,
-            eps,
-            detach,
-            reduction,
-            label_smoothing,
-            need_grad=True,
-        )
+    def forward(ctx, logits, targets, o):
+        out, grad, scale = _forward(logits, targets, o, need_grad=True)
         ctx.save_for_backward(grad)
         ctx.in_dtype = logits.dtype
         ctx.scale = scale
@@ -317,7 +293,7 @@ class _FusedASL(torch.autograd.Function):
             g.mul_(ctx.scale)
         if g.dtype != ctx.in_dtype:
             g = g.to(ctx.in_dtype)
-        return (g,) + (None,) * 10
+        return g, None, None
 
 
 def _is_soft(targets: torch.Tensor, label_smoothing: float) -> bool:
@@ -329,9 +305,7 @@ def _is_soft(targets: torch.Tensor, label_smoothing: float) -> bool:
     return bool(((targets > 0) & (targets < 1)).any())
 
 
-def _soft_asl(
-    logits, targets, weight, pos_weight, gamma_pos, gamma_neg, clip, eps, detach, reduction, label_smoothing
-) -> torch.Tensor:
+def _soft_asl(logits: torch.Tensor, targets: torch.Tensor, o: _Opts) -> torch.Tensor:
     """The official element formula for any target y in [0, 1], with autograd.
 
     One focusing weight per element, ``w = (1 - pt)^(g+ y + g- (1 - y))`` with
@@ -343,35 +317,33 @@ def _soft_asl(
     """
     dtype = _compute_dtype(logits)
     x = logits.to(dtype)
-    y, known = _prepare_targets(targets, dtype, label_smoothing)
+    y, known = _prepare_targets(targets, dtype, o.smoothing)
     p, q = torch.sigmoid(x), torch.sigmoid(-x)
-    log_pos = torch.log(p.clamp(min=eps))
-    if clip:
-        pm = (p - clip).clamp(min=0.0)
-        log_neg = torch.log((q + clip).clamp(max=1.0).clamp(min=eps))
+    log_pos = torch.log(p.clamp(min=o.eps))
+    if o.clip:
+        pm = (p - o.clip).clamp(min=0.0)
+        log_neg = torch.log((q + o.clip).clamp(max=1.0).clamp(min=o.eps))
     else:
         pm = p
-        log_neg = F.logsigmoid(-x).clamp(min=math.log(eps))
-    if pos_weight is not None:
-        log_pos = log_pos * pos_weight.to(dtype)
+        log_neg = F.logsigmoid(-x).clamp(min=o.log_eps)
+    if o.pw is not None:
+        log_pos = log_pos * o.pw
     loss = -(y * log_pos + (1.0 - y) * log_neg)
-    if gamma_pos or gamma_neg:
+    if o.gp or o.gn:
         base = y * q + (1.0 - y) * pm
-        loss = loss * _safe_pow(base.detach() if detach else base, gamma_pos * y + gamma_neg * (1.0 - y))
-    if weight is not None:
-        loss = loss * weight.to(dtype)
+        loss = loss * _safe_pow(base.detach() if o.detach else base, o.gp * y + o.gn * (1.0 - y))
+    if o.weight is not None:
+        loss = loss * o.weight
     if known is not None:
         loss = loss * known
-    scale = _reduce_scale(reduction, logits.shape[0] if logits.dim() else 1, known, loss.numel())
+    scale = _reduce_scale(o.reduction, logits.shape[0] if logits.dim() else 1, known, loss.numel())
     return loss if scale is None else loss.sum() * scale
 
 
-def _as_tensor(v, device) -> Optional[torch.Tensor]:
+def _as_tensor(v, device, dtype) -> Optional[torch.Tensor]:
     if v is None:
         return None
-    if isinstance(v, torch.Tensor):
-        return v.to(device)
-    return torch.as_tensor(v, dtype=torch.float32, device=device)
+    return torch.as_tensor(v, dtype=dtype, device=device)
 
 
 def asymmetric_loss(
@@ -428,22 +400,15 @@ def asymmetric_loss(
     if logits.numel() == 0:  # an empty batch: no loss, and a gradient of the right (empty) shape
         zero = logits.to(_compute_dtype(logits)).sum() * 0.0
         return zero.expand(logits.shape) if reduction == "none" else zero
-    if weight is not None:
-        weight = _as_tensor(weight, logits.device)
-    if pos_weight is not None:
-        pos_weight = _as_tensor(pos_weight, logits.device)
-    gamma_pos, gamma_neg = float(gamma_pos), float(gamma_neg)
-    clip = float(clip) if clip else None
-    args = (
-        logits,
-        targets,
-        weight,
-        pos_weight,
-        gamma_pos,
-        gamma_neg,
-        clip,
+    dtype = _compute_dtype(logits)
+    o = _Opts(
+        float(gamma_pos),
+        float(gamma_neg),
+        float(clip) if clip else None,
         eps,
         bool(disable_torch_grad_focal_loss),
+        _as_tensor(pos_weight, logits.device, dtype),
+        _as_tensor(weight, logits.device, dtype),
         reduction,
         label_smoothing,
     )
@@ -451,24 +416,10 @@ def asymmetric_loss(
         # the element formula covers hard and soft labels alike: under torch.compile and on an
         # accelerator it is the one path (no test of the labels' values, no host synchronization),
         # and there the compiler or the device's kernels carry its element-wise operations
-        return _soft_asl(*args)
+        return _soft_asl(logits, targets, o)
     if torch.is_grad_enabled() and logits.requires_grad:
-        return _FusedASL.apply(*args)
-    # No gradient wanted (evaluation): the value alone.
-    out, _, _ = _forward(
-        logits,
-        targets,
-        weight,
-        pos_weight,
-        gamma_pos,
-        gamma_neg,
-        clip,
-        eps,
-        True,
-        reduction,
-        label_smoothing,
-        need_grad=False,
-    )
+        return _FusedASL.apply(logits, targets, o)
+    out, _, _ = _forward(logits, targets, o, need_grad=False)  # no gradient wanted (evaluation)
     return out
 
 
