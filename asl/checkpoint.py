@@ -29,6 +29,7 @@ import torch.nn as nn
 from .config import OFFICIAL_IMAGE_SIZE, zoo_image_size
 from .errors import CheckpointError
 from .files import atomic_write
+from .heads import MLDecoderModel
 from .models import create_model, head_keys, unwrap_model
 from .predict import read_class_names  # noqa: F401  (a names file: torch-free, for the ONNX path too)
 
@@ -52,6 +53,9 @@ __all__ = [
 
 # Official ASL files carry no model name: the stem width tells the TResNet variant.
 TRESNET_BY_STEM_WIDTH = {64: "tresnet_m", 76: "tresnet_l", 83: "tresnet_xl"}
+# ML-Decoder's TResNet-L (timm's tresnet_v2_l) and XL have M's 64-wide stem; layer3's depth tells
+# them apart (M: 11 blocks).
+TRESNET_V2_BY_DEPTH = {23: "tresnet_v2_l", 34: "tresnet_v2_xl"}
 _BOTTLENECK_KEY = "head.fc.embedding_generator.0.weight"
 
 
@@ -80,7 +84,16 @@ def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
         ``{"dropped": [...], "missing": [...]}``.
     """
     # Official ASL files (inplace_abn layout) are converted to timm's layout first.
-    state = normalize_state_dict(state_dict_of(load_checkpoint(path, require_model=False), path))
+    state = normalize_state_dict(state_dict_of(load_checkpoint(path, require_model=False), path), path)
+    if isinstance(model, MLDecoderModel) and not any(k.startswith("backbone.") for k in state):
+        # a plain backbone (a linear-head file, ImageNet weights) under an ML-Decoder: its
+        # classifier goes with the head it no longer has
+        with torch.device("meta"):
+            linear = head_keys(create_model(model.backbone_name, 1)) if model.backbone_name else set()
+        state = {"backbone." + k: v for k, v in state.items() if k not in linear}
+    elif not isinstance(model, MLDecoderModel) and _ML_DECODER_QUERY in state:
+        # an ML-Decoder file's backbone under a linear head: the decoder stays behind
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     own = model.state_dict()
     dropped = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     unexpected = [k for k in state if k not in own]
@@ -105,15 +118,74 @@ def load_init_checkpoint(model: nn.Module, path: str) -> Dict[str, list]:
     return {"dropped": dropped, "missing": missing}
 
 
+# ML-Decoder's head before the official code's 2021-12-02 layout change (and timm's copy): these
+# four entries sat on the head itself, not under head.decoder.
+_ML_DECODER_MOVED = ("embed_standart.", "query_embed.", "duplicate_pooling")
+_ML_DECODER_QUERY = "head.decoder.query_embed.weight"
+
+
+def _ml_decoder_renamed(state: Dict[str, torch.Tensor], path: Any = "checkpoint") -> Dict[str, torch.Tensor]:
+    """The older ML-Decoder key layout renamed to ``head.decoder.*``; a file holding both is refused."""
+    new = [k for k in state if any(k.startswith("head.decoder." + m) for m in _ML_DECODER_MOVED)]
+    old = [k for k in state if any(k.startswith("head." + m) for m in _ML_DECODER_MOVED)]
+    if new and old:
+        raise CheckpointError(
+            f"{path}: its ML-Decoder head keys mix two layouts ({old[0]} of the older one beside {new[0]}); "
+            f"a file holds one of them"
+        )
+    if not old:
+        return state
+    return {("head.decoder." + k[len("head.") :] if k in old else k): v for k, v in state.items()}
+
+
+def ml_decoder_shape(state: Dict[str, torch.Tensor], path: Any = "checkpoint") -> Optional[Dict[str, int]]:
+    """The ML-Decoder head a state dict (``head.decoder.*`` layout) holds, read off its weights:
+    ``groups`` G, ``k`` K, ``embed_dim`` D, ``num_classes`` C, ``in_features``; None for another head.
+
+    Raises:
+        CheckpointError: the head's tensors disagree with each other or with the official
+            K = int(C / G + 0.999).
+    """
+    if _ML_DECODER_QUERY not in state:
+        return None
+    q = state[_ML_DECODER_QUERY]
+    pool, bias = state.get("head.decoder.duplicate_pooling"), state.get("head.decoder.duplicate_pooling_bias")
+    embed = state.get("head.decoder.embed_standart.weight")
+    if pool is None or bias is None or embed is None or q.ndim != 2 or pool.ndim != 3 or bias.ndim != 1:
+        raise CheckpointError(f"{path}: an incomplete ML-Decoder head (queries without group weights or projection)")
+    g, d = (int(v) for v in q.shape)
+    c = int(bias.shape[0])
+    if tuple(pool.shape[:2]) != (g, d) or embed.ndim != 2 or int(embed.shape[0]) != d:
+        raise CheckpointError(
+            f"{path}: its ML-Decoder tensors disagree: queries {tuple(q.shape)}, group weights "
+            f"{tuple(pool.shape)}, projection {tuple(embed.shape)}"
+        )
+    k = int(pool.shape[2])
+    if g > c or k != int(c / g + 0.999):
+        raise CheckpointError(
+            f"{path}: its ML-Decoder has {g} groups of {k} outputs for {c} classes; the official head has "
+            f"{int(c / min(g, c) + 0.999)} per group"
+        )
+    return {"groups": g, "k": k, "embed_dim": d, "num_classes": c, "in_features": int(embed.shape[1])}
+
+
 def is_official_layout(state: Dict[str, torch.Tensor]) -> bool:
     """The official inplace_abn layout: ``Sequential(conv, InPlaceABN)`` as ``conv1.0`` / ``conv1.1``."""
     return "body.conv1.0.weight" in state and "body.conv1.conv.weight" not in state
 
 
 def detect_official_tresnet(state: Dict[str, torch.Tensor]) -> Tuple[Optional[str], Optional[int], str]:
-    """(timm model name, class count, head) of a TResNet state dict, either layout."""
+    """(timm model name, class count, head) of a TResNet state dict, either layout, with a linear,
+    bottleneck or ML-Decoder head (either ML-Decoder layout)."""
+    state = strip_prefixes(state)
     stem = state.get("body.conv1.0.weight", state.get("body.conv1.conv.weight"))
     name = TRESNET_BY_STEM_WIDTH.get(int(stem.shape[0])) if stem is not None else None
+    if name == "tresnet_m":  # ML-Decoder's L and XL share M's stem: told apart by their depth
+        depth = len({k.split(".")[2] for k in state if k.startswith("body.layer3.")})
+        name = TRESNET_V2_BY_DEPTH.get(depth, name)
+    if _ML_DECODER_QUERY in state or "head.query_embed.weight" in state:
+        bias = state.get("head.decoder.duplicate_pooling_bias", state.get("head.duplicate_pooling_bias"))
+        return name, (int(bias.shape[0]) if bias is not None and bias.ndim == 1 else None), "ml_decoder"
     if _BOTTLENECK_KEY in state:
         fc = state.get("head.fc.FC.weight")
         return name, (int(fc.shape[0]) if fc is not None else None), "bottleneck"
@@ -121,14 +193,19 @@ def detect_official_tresnet(state: Dict[str, torch.Tensor]) -> Tuple[Optional[st
     return name, (int(fc.shape[0]) if fc is not None else None), "linear"
 
 
-def normalize_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def normalize_state_dict(state: Dict[str, torch.Tensor], path: Any = "checkpoint") -> Dict[str, torch.Tensor]:
     """Strip wrapper prefixes; convert the official inplace_abn TResNet layout to timm's with
-    ``timm.models.tresnet.checkpoint_filter_fn`` (InPlaceABN scales by |w| + eps)."""
-    state = strip_prefixes(state)
+    ``timm.models.tresnet.checkpoint_filter_fn`` (InPlaceABN scales by |w| + eps); rename the older
+    ML-Decoder layout, and put an official ML-Decoder file's backbone under ``backbone.``
+    (:class:`asl.heads.MLDecoderModel`'s layout)."""
+    state = _ml_decoder_renamed(strip_prefixes(state), path)
     if is_official_layout(state):
         from timm.models.tresnet import checkpoint_filter_fn
 
-        state = checkpoint_filter_fn(state, None)
+        head = {k: v for k, v in state.items() if k.startswith("head.decoder.")}
+        state = {**checkpoint_filter_fn({k: v for k, v in state.items() if k not in head}, None), **head}
+    if _ML_DECODER_QUERY in state and not any(k.startswith("backbone.") for k in state):
+        state = {(k if k.startswith("head.") else "backbone." + k): v for k, v in state.items()}
     return state
 
 
@@ -348,14 +425,22 @@ def match_classes(
 
 
 def model_from_checkpoint(
-    ckpt: Dict[str, Any], model_name: Optional[str] = None, path: Any = "checkpoint"
+    ckpt: Dict[str, Any],
+    model_name: Optional[str] = None,
+    path: Any = "checkpoint",
+    num_groups: Optional[int] = None,
+    decoder_embedding: Optional[int] = None,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights strictly.
 
     Args:
         ckpt: a dict from :func:`load_checkpoint`.
-        model_name: overrides the checkpoint's ``model_name`` (needed for files without one).
+        model_name: overrides the checkpoint's ``model_name`` (needed for files without one). On an
+            official ML-Decoder file, the official names ``tresnet_l`` / ``tresnet_xl`` mean that
+            repository's L and XL (``tresnet_v2_l``, ``tresnet_v2_xl``), as its commands mean them.
         path: for messages.
+        num_groups, decoder_embedding: ``--num-of-groups`` / ``--decoder-embedding``, checked
+            against the ML-Decoder head the weights hold (None or -1: not checked).
 
     Returns:
         (model in eval mode on the CPU, info dict with ``model_name``, ``num_classes``,
@@ -366,8 +451,18 @@ def model_from_checkpoint(
     check_stored_values(ckpt, path)
     detected, detected_classes, head = detect_official_tresnet(raw)
     head = ckpt.get("head") or head
-    state = normalize_state_dict(raw)
+    state = normalize_state_dict(raw, path)
+    decoder = ml_decoder_shape(state, path)
+    head = "ml_decoder" if decoder else ("linear" if head == "ml_decoder" else head)
     name = model_name or ckpt.get("model_name") or detected
+    if (
+        decoder
+        and model_name in ("tresnet_l", "tresnet_xl")
+        and not ckpt.get("model_name")
+        and detected in ("tresnet_v2_l", "tresnet_v2_xl")
+    ):
+        log.info("%s: ML-Decoder's %s is timm's %s", path, model_name, detected)
+        name = detected
     if not name:
         raise CheckpointError(f"{path}: names no model; pass --model-name")
     num_classes = ckpt.get("num_classes", detected_classes)
@@ -375,7 +470,13 @@ def model_from_checkpoint(
         num_classes = _head_size(name, state)  # a plain timm state dict: the head's row count
     if not isinstance(num_classes, int) or isinstance(num_classes, bool):
         raise CheckpointError(f"{path}: has no 'num_classes'")
-    model = create_model(name, num_classes, head=head)
+    extra = {}
+    if decoder:
+        _check_decoder_flags(decoder, num_classes, num_groups, decoder_embedding, path)
+        extra = dict(num_groups=decoder["groups"], decoder_embedding=decoder["embed_dim"])
+    elif num_groups not in (None, -1) or decoder_embedding not in (None, -1):
+        raise CheckpointError(f"{path}: --num-of-groups / --decoder-embedding: its head is {head}, not ML-Decoder")
+    model = create_model(name, num_classes, head=head, **extra)
     own = model.state_dict()
     problems = []
     for k, v in state.items():
@@ -402,12 +503,32 @@ def model_from_checkpoint(
         "named": bool(ckpt.get("idx_to_class")),
         "image_size": ckpt.get("image_size") or zoo_image_size(path) or OFFICIAL_IMAGE_SIZE.get(name.split(".")[0]),
         "head": head,
+        "decoder": decoder,
         "mean": tuple(ckpt.get("mean") or mean),
         "std": tuple(ckpt.get("std") or std),
         "thresholds": ckpt.get("thresholds"),
         "config": ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None,
     }
     return model, info
+
+
+def _check_decoder_flags(decoder: Dict[str, int], num_classes: int, groups, embed, path) -> None:
+    """``--num-of-groups`` and ``--decoder-embedding`` (as the official commands pass them) against
+    the ML-Decoder head the weights hold."""
+    if decoder["num_classes"] != num_classes:
+        raise CheckpointError(
+            f"{path}: says {num_classes} classes, its ML-Decoder head has {decoder['num_classes']} outputs"
+        )
+    if groups not in (None, -1) and min(int(groups), num_classes) != decoder["groups"]:
+        raise CheckpointError(
+            f"{path}: --num-of-groups {groups}, but its ML-Decoder head has {decoder['groups']} groups "
+            f"({decoder['k']} classes each); pass --num-of-groups {decoder['groups']} or leave it out"
+        )
+    if embed not in (None, -1) and int(embed) != decoder["embed_dim"]:
+        raise CheckpointError(
+            f"{path}: --decoder-embedding {embed}, but its ML-Decoder head is {decoder['embed_dim']} wide; "
+            f"pass --decoder-embedding {decoder['embed_dim']} or leave it out"
+        )
 
 
 # More outputs than any real label set (Open Images: 9,605): a bigger count is a damaged file, and

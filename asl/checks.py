@@ -87,6 +87,7 @@ def check_training(cfg: Config) -> Config:
     check_values(cfg, fields_for(TRAIN))
     check_dataset_options(cfg)
     check_image_size(cfg.model_name, cfg.image_size)
+    check_head(cfg)
     if cfg.dataset == "demo":
         from .data.demo import check_demo_folder
 
@@ -108,6 +109,25 @@ def check_training(cfg: Config) -> Config:
     if cfg.resume and not Path(cfg.resume).is_file():
         raise ConfigError(f"--resume {cfg.resume} not found")
     return cap_workers(cfg)
+
+
+def check_head(cfg: Config) -> None:
+    """The head's settings: ML-Decoder needs a backbone with spatial features or tokens (one
+    forward on the ``meta`` device) and a width its 8 attention heads divide; its flags mean
+    nothing to the linear head."""
+    if cfg.head != "ml_decoder":
+        if cfg.num_of_groups not in (None, -1) or cfg.decoder_embedding not in (None, -1):
+            raise ConfigError("--num-of-groups / --decoder-embedding set the ML-Decoder head: add --head ml_decoder")
+        return
+    from .heads import NUM_HEADS
+    from .models import feature_layout
+
+    if cfg.decoder_embedding not in (None, -1) and cfg.decoder_embedding % NUM_HEADS:
+        raise ConfigError(
+            f"--decoder-embedding {cfg.decoder_embedding} must be a multiple of {NUM_HEADS} "
+            f"(ML-Decoder's attention heads)"
+        )
+    feature_layout(cfg.model_name, cfg.image_size)
 
 
 def prepare_training(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:

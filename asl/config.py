@@ -239,6 +239,25 @@ class ModelConfig:
         help="start from timm's pretrained weights of --model-name NAME[.TAG], from the "
         "Hugging Face Hub cache (downloaded once; HF_HUB_OFFLINE=1 uses the cache only)",
     )
+    head: str = setting(
+        "linear",
+        commands=(TRAIN,),
+        choices=("linear", "ml_decoder"),
+        help="linear (timm's pooled classifier) or ml_decoder (ML-Decoder on the unpooled features; "
+        "validate / infer / export read the head off the weights)",
+    )
+    num_of_groups: Optional[int] = setting(
+        None,
+        "--num-of-groups",
+        check=_range(lambda v: v == -1 or v >= 1, ">= 1, or -1 (the official default)"),
+        help="ML-Decoder: query groups G (unset or -1: min(100, classes)); checked against a file's head",
+    )
+    decoder_embedding: Optional[int] = setting(
+        None,
+        "--decoder-embedding",
+        check=_range(lambda v: v == -1 or v >= 1, ">= 1, or -1 (768)"),
+        help="ML-Decoder: decoder width D (unset or -1: 768); checked against a file's head",
+    )
     class_names: Optional[str] = setting(
         None,
         commands=(VALIDATE, INFER, EXPORT),

@@ -175,7 +175,15 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
 
     if is_onnx(cfg.model_path):
         raise ConfigError(f"--model-path {cfg.model_path} is an ONNX model already: export a .pth checkpoint")
-    opened = open_model(cfg.model_path, cfg.model_name, cfg.image_size, cfg.class_names, cfg.num_classes)
+    opened = open_model(
+        cfg.model_path,
+        cfg.model_name,
+        cfg.image_size,
+        cfg.class_names,
+        cfg.num_classes,
+        num_groups=cfg.num_of_groups,
+        decoder_embedding=cfg.decoder_embedding,
+    )
     model, names, size = opened.net, opened.class_names, opened.image_size
     blurs = _rewrite_blur(model)
     net = _wrapped(model, cfg.sigmoid, cfg.fp16)

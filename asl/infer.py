@@ -137,7 +137,16 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
     if cfg.save_image:
         check_save_image(cfg.save_image, cfg.overwrite)
     paths = collect_images(cfg.pic_path)
-    model = open_model(cfg.model_path, cfg.model_name, cfg.image_size, cfg.class_names, cfg.num_classes, cfg.device)
+    model = open_model(
+        cfg.model_path,
+        cfg.model_name,
+        cfg.image_size,
+        cfg.class_names,
+        cfg.num_classes,
+        cfg.device,
+        cfg.num_of_groups,
+        cfg.decoder_embedding,
+    )
     n = model.num_classes
     if cfg.th is not None:
         thresholds = np.full(n, cfg.th, dtype=np.float32)

@@ -9,28 +9,76 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
+from .heads import BottleneckHead, MLDecoder, MLDecoderModel
 
-__all__ = ["create_model", "data_config", "unwrap_model", "check_image_size", "head_keys", "SelectOutputs"]
+__all__ = [
+    "create_model",
+    "is_model",
+    "feature_layout",
+    "data_config",
+    "unwrap_model",
+    "check_image_size",
+    "head_keys",
+    "SelectOutputs",
+]
 
 
-class BottleneckHead(nn.Module):
-    """The official Open Images head: Linear(features -> 512) then Linear(512 -> classes), no
-    activation between; the attribute names match the official state dict
-    (``head.fc.embedding_generator.0``, ``head.fc.FC``).
+HEADS = ("linear", "bottleneck", "ml_decoder")
 
-    Shapes: (N, features) -> (N, num_classes).
+# ML-Decoder's TResNet-XL (layers 3, 8, 34, 5; Bottleneck blocks; width 1.0): the v2 design at XL
+# depth, which timm builds but does not register. Its L is timm's tresnet_v2_l.
+EXTRA_MODELS = {"tresnet_v2_xl": dict(layers=[3, 8, 34, 5], width_factor=1.0, v2=True)}
+EXTRA_BASE = {"tresnet_v2_xl": "tresnet_v2_l"}  # the registered model whose timm config (mean, std) it shares
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a timm model (with or without its tag) or one of :data:`EXTRA_MODELS`."""
+    import timm
+
+    return name in EXTRA_MODELS or timm.is_model(name)
+
+
+def _timm_model(name: str, pretrained_file: Optional[str] = None, **kwargs) -> nn.Module:
+    import timm
+
+    if name in EXTRA_MODELS:
+        from timm.models.tresnet import TResNet
+
+        model = TResNet(**EXTRA_MODELS[name], **kwargs)
+        model.pretrained_cfg = dict(
+            timm.models.get_pretrained_cfg(EXTRA_BASE[name]).to_dict(), input_size=(3, 640, 640)
+        )
+        return model
+    if pretrained_file is not None:
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)), **kwargs
+        )
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def feature_layout(name: str, image_size: Optional[int] = None) -> Tuple[int, bool]:
+    """(width F, channels-last) of the features ``name``'s ``forward_features`` yields: a 4-D map
+    (channels first, or last for Swin-style models) or 3-D tokens (ViT). Measured by one forward
+    on the ``meta`` device (no memory, no weights).
+
+    Raises:
+        ConfigError: the model yields neither (ML-Decoder needs spatial features or tokens).
     """
-
-    def __init__(self, in_features: int, num_classes: int, bottleneck: int = 512):
-        super().__init__()
-        self.embedding_generator = nn.Sequential(nn.Linear(in_features, bottleneck))
-        self.FC = nn.Linear(bottleneck, num_classes)
-
-    def forward(self, x):
-        return self.FC(self.embedding_generator(x))
-
-
-HEADS = ("linear", "bottleneck")
+    with torch.device("meta"):
+        backbone = _timm_model(name, num_classes=0)
+        pcfg = getattr(backbone, "pretrained_cfg", None) or {}
+        size = image_size or int((pcfg.get("input_size") or (3, 224, 224))[-1])
+        try:
+            f = backbone.forward_features(torch.empty(1, 3, size, size))
+        except (RuntimeError, ValueError, AssertionError, NotImplementedError) as e:
+            raise ConfigError(f"--head ml_decoder: {name} gives no features at {size} px ({e})") from None
+    last = getattr(backbone, "output_fmt", "NCHW") == "NHWC"
+    if not isinstance(f, torch.Tensor) or f.dim() not in (3, 4):
+        shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+        raise ConfigError(
+            f"--head ml_decoder needs spatial features or tokens; {name}'s forward_features gives {shape}"
+        )
+    return int(f.shape[-1] if f.dim() == 3 or last else f.shape[1]), last
 
 
 class SelectOutputs(nn.Module):
@@ -50,23 +98,32 @@ class SelectOutputs(nn.Module):
 
 
 def create_model(
-    name: str, num_classes: int, head: str = "linear", pretrained_file: Optional[str] = None, **kwargs
+    name: str,
+    num_classes: int,
+    head: str = "linear",
+    pretrained_file: Optional[str] = None,
+    num_groups: Optional[int] = None,
+    decoder_embedding: Optional[int] = None,
+    **kwargs,
 ) -> nn.Module:
     """A timm model with ``num_classes`` logits, without downloading anything.
 
     Args:
         name: any timm model name, with or without its pretrained tag (``resnet10t``,
-            ``tresnet_m.miil_in21k``, ...).
+            ``tresnet_m.miil_in21k``, ...), or ``tresnet_v2_xl`` (ML-Decoder's XL).
         num_classes: size of the classifier head.
-        head: ``linear`` (timm's) or ``bottleneck`` (the official Open Images head, 512 wide).
+        head: ``linear`` (timm's), ``bottleneck`` (the official Open Images head, 512 wide) or
+            ``ml_decoder`` (:class:`asl.heads.MLDecoder` on the backbone's unpooled features).
         pretrained_file: timm's pretrained weights for ``name``, a local file
             (:func:`asl.pretrained.resolve_pretrained`); loaded by timm, which adapts the first
             convolution and drops the classifier when the class count differs (21K -> 80).
+        num_groups: ML-Decoder's G (``--num-of-groups``; None or -1: min(100, C)).
+        decoder_embedding: ML-Decoder's D (``--decoder-embedding``; None or -1: 768).
         **kwargs: passed to ``timm.create_model`` (``drop_rate``, ...).
     """
     import timm
 
-    if not timm.is_model(name):
+    if not is_model(name):
         close = timm.list_models(f"*{name}*")[:5]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown model name {name!r}{hint}")
@@ -82,16 +139,12 @@ def create_model(
                 f"{name} names no pretrained weights timm knows (no tag {tag!r} for {arch}; its tags: "
                 f"{', '.join(tags[:6])}{' ...' if len(tags) > 6 else ''})"
             ) from None
-    if pretrained_file is not None:
-        model = timm.create_model(
-            name,
-            pretrained=True,
-            pretrained_cfg_overlay=dict(file=str(pretrained_file)),
-            num_classes=num_classes,
-            **kwargs,
-        )
-    else:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if head == "ml_decoder":
+        width, channels_last = feature_layout(name)
+        backbone = _timm_model(name, pretrained_file, num_classes=0, **kwargs)
+        head_ = MLDecoder(num_classes, width, num_groups, decoder_embedding)
+        return MLDecoderModel(backbone, head_, channels_last, backbone_name=name)
+    model = _timm_model(name, pretrained_file, num_classes=num_classes, **kwargs)
     if head == "bottleneck":
         fc = model.get_classifier()
         if not isinstance(fc, nn.Linear) or not hasattr(model, "head") or getattr(model.head, "fc", None) is not fc:
@@ -147,9 +200,9 @@ def data_config(model_or_name) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     import timm
 
     if isinstance(model_or_name, str):
-        if not timm.is_model(model_or_name):
+        if not is_model(model_or_name):
             create_model(model_or_name, 1)  # raises the ConfigError with suggestions
-        pcfg = timm.models.get_pretrained_cfg(model_or_name)
+        pcfg = timm.models.get_pretrained_cfg(EXTRA_BASE.get(model_or_name, model_or_name))
         if pcfg is None:
             from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 

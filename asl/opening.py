@@ -146,6 +146,8 @@ def open_model(
     class_names: Optional[str] = None,
     num_classes: Optional[int] = None,
     device: str = "auto",
+    num_groups: Optional[int] = None,
+    decoder_embedding: Optional[int] = None,
 ) -> OpenedModel:
     """Open a ``.pth`` or an ``.onnx`` model file with what the command line says of it.
 
@@ -156,6 +158,8 @@ def open_model(
         class_names: ``--class-names FILE``: the outputs' names, in order.
         num_classes: ``--num-classes`` (the official flag), checked against the file.
         device: where it scores.
+        num_groups, decoder_embedding: the official ML-Decoder flags, checked against the head the
+            weights hold (an ONNX file's head is fixed: they are not read there).
 
     Raises:
         ASLError: one line, for a file that is missing, unsafe, of another kind or that does not
@@ -190,7 +194,7 @@ def open_model(
     from .models import check_image_size
 
     ckpt = load_checkpoint(path)
-    net, info = model_from_checkpoint(ckpt, model_name, path=path)
+    net, info = model_from_checkpoint(ckpt, model_name, path, num_groups, decoder_embedding)
     check_num_classes(num_classes, info["num_classes"], path)
     names, named = info["class_names"], info["named"]
     if class_names:  # the outputs' names, in order: for files without names, or with wrong ones

@@ -269,7 +269,12 @@ class Trainer:
         if smallest == 1 or cfg.batch_size == 1:
             check_batch_trainable(cfg.model_name, cfg.image_size, 1)
         model = create_model(
-            cfg.model_name, self.train_ds.num_classes, pretrained_file=str(source.file) if source is not None else None
+            cfg.model_name,
+            self.train_ds.num_classes,
+            head=cfg.head,
+            pretrained_file=str(source.file) if source is not None else None,
+            num_groups=cfg.num_of_groups,
+            decoder_embedding=cfg.decoder_embedding,
         )
         if source is not None:
             log.info("pretrained start: %s", source.describe())
@@ -347,6 +352,7 @@ class Trainer:
             mean=mean,
             std=std,
             config=cfg.to_dict(),
+            head=cfg.head,
         )
         self.adaptive = isinstance(self.loss_fn, AdaptiveAsymmetricLoss)
         self.hooks: List[Hook] = [

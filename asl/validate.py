@@ -117,7 +117,16 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         raise ConfigError(
             "--calibrate writes a calibrated copy of a PyTorch checkpoint: run it on the .pth, then export that copy"
         )
-    model = open_model(model_path, given.model_name, given.image_size, given.class_names, None, given.device)
+    model = open_model(
+        model_path,
+        given.model_name,
+        given.image_size,
+        given.class_names,
+        None,
+        given.device,
+        given.num_of_groups,
+        given.decoder_embedding,
+    )
     ckpt = model.checkpoint if model.checkpoint is not None else {"config": model.config}
     names, named = model.class_names, model.named
     base = base_config(ckpt, model)
