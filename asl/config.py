@@ -28,7 +28,8 @@ FINETUNE_CONFIG = CONFIGS / "finetune.yaml"
 
 # --- official defaults, in one place (the official train.py / validate.py / infer.py).
 DEFAULT_MODEL = "resnet10t"  # training without a model name: small, learns the demo from scratch on a CPU
-OFFICIAL_IMAGE_SIZE = {"tresnet_m": 224, "tresnet_l": 448, "tresnet_xl": 448}  # the official checkpoints'
+# the official checkpoints' (ML-Decoder's L and XL: tresnet_v2_l, tresnet_v2_xl)
+OFFICIAL_IMAGE_SIZE = {"tresnet_m": 224, "tresnet_l": 448, "tresnet_xl": 448, "tresnet_v2_l": 448, "tresnet_v2_xl": 640}
 DEFAULT_IMAGE_SIZE = 224  # other models
 # The largest input side any command accepts: the zoo's largest is 640; past this one batch of
 # one picture would take tens of GiB (100000 px: a MemoryError after every check had passed).
@@ -47,6 +48,12 @@ ZOO_IMAGE_SIZE = {
     "pascal_voc_tresnet_xl_448_96.0": 448,
     "nus_wide_trresnet_l_448_65.2": 240,
     "open_imagesv6_trresnet_l_448": 448,
+    # ML-Decoder's zoo
+    "tresnet_m_coco_224_84_2": 224,
+    "tresnet_l_coco__448_90_0": 448,
+    "tresnet_xl_coco_640_91_4": 640,
+    "tresnet_m_open_images_200_groups_86_8": 224,
+    "tresnet_l_stanford_card_96.41": 384,
 }
 
 

@@ -65,7 +65,7 @@ def feature_layout(name: str, image_size: Optional[int] = None) -> Tuple[int, bo
         ConfigError: the model yields neither (ML-Decoder needs spatial features or tokens).
     """
     with torch.device("meta"):
-        backbone = _timm_model(name, num_classes=0)
+        backbone = _timm_model(name, num_classes=0).eval()  # eval: a batch of one passes BatchNorm
         pcfg = getattr(backbone, "pretrained_cfg", None) or {}
         size = image_size or int((pcfg.get("input_size") or (3, 224, 224))[-1])
         try:
