@@ -8,6 +8,7 @@ _LAZY = {
     "AsymmetricLossOptimized": "losses",
     "ASLSingleLabel": "losses",
     "AdaptiveAsymmetricLoss": "losses",
+    "MLDecoder": "heads",
     "build_loss": "losses",
     "mAP": "metrics",
     "mAP_known": "metrics",

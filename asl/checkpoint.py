@@ -731,6 +731,9 @@ RESUME_FIXED = (
     "ema_decay",
     "ema_warmup",
     "loss",
+    "head",
+    "num_of_groups",
+    "decoder_embedding",
 )
 
 

@@ -430,3 +430,18 @@ def test_pretrained_backbone_under_an_ml_decoder(tmp_path, monkeypatch):
     body = [k for k in state if not k.startswith("fc.")]
     assert body and all(torch.equal(own["backbone." + k], state[k]) for k in body)
     assert not any(k.startswith("backbone.fc.") for k in own)
+
+
+@pytest.mark.slow
+def test_an_ml_decoder_run_resumes_and_refuses_another_head(tmp_path, capsys):
+    data = make_tagged(tmp_path / "d", 16, 8)
+    out = tmp_path / "run"
+    base = [data, "--dataset", "tagged", "--output", out, *TINY, "--batch-size", "8", "--epochs", "2"]
+    md = ["--head", "ml_decoder", "--decoder-embedding", "16"]
+    rc, _, err = call("train", [*base, *md, "--stop-epoch", "1"], capsys)
+    assert rc == 0, err
+    rc, _, err = call("train", [*base, "--resume", out / "last.pth"], capsys)  # the linear head
+    one_error(rc, err, "--head 'ml_decoder' vs 'linear'")
+    rc, _, err = call("train", [*base, *md, "--resume", out / "last.pth"], capsys)
+    assert rc == 0, err
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
