@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,8 @@ from .config import (
     load_config,
 )
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Files a training run writes into its output folder.
 RUN_FILES = ("last.pth", "best.pth", "metrics.jsonl", "config.yaml", "curves.png", "per_class_ap.json")
@@ -66,9 +69,20 @@ def default_output(data_root: str) -> str:
     return str(Path("runs") / (root.resolve().name or "run"))
 
 
+def resolve_dataset(root: str) -> str:
+    """``--dataset auto``: the format ``root`` holds (:func:`asl.data.detect.detect_dataset`), logged."""
+    from .data.detect import detect_dataset
+
+    name, why = detect_dataset(root)
+    log.info("--dataset auto: %s (%s)", name, why)
+    return name
+
+
 def resolve_training(cfg: Config) -> Config:
     """Fill what a training config leaves unset: the model (``DEFAULT_MODEL``), its input size
     (:func:`asl.config.default_image_size`), the output folder (``runs/<data folder>``)."""
+    if cfg.dataset == "auto":
+        cfg = dataclasses.replace(cfg, dataset=resolve_dataset(cfg.data_root))
     model = cfg.model_name or DEFAULT_MODEL
     size = cfg.image_size if cfg.image_size is not None else default_image_size(model)
     return dataclasses.replace(
@@ -172,6 +186,9 @@ RUN_LOCK = ".asl-run.lock"
 DATASET_MARKERS = (
     "labels.csv",
     "classes.txt",
+    "_classes.csv",
+    "metadata.jsonl",
+    "metadata.csv",
     "demo.json",
     "annotations",
     "images",

@@ -135,7 +135,10 @@ class DataConfig:
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE)
     dataset: str = setting(
-        "demo", help="coco | voc | nuswide | tagged | demo", choices=("coco", "voc", "nuswide", "tagged", "demo")
+        "demo",
+        help="coco | voc | nuswide | tagged | onehot | sidecar | imagefolder | labelstudio | demo, or auto "
+        "(told from what the folder holds)",
+        choices=("coco", "voc", "nuswide", "tagged", "onehot", "sidecar", "imagefolder", "labelstudio", "demo", "auto"),
     )
     data_root: str = setting(
         "data/demo", "--data-root", "--data", help="dataset folder (also the positional DATA_ROOT)"
@@ -192,6 +195,11 @@ class DataConfig:
         check=_OPEN_UNIT,
         help="tagged: held-out fraction when labels.csv has no split column; coco: of "
         "--ann-file's images when no --val-ann-file is given",
+    )
+    tag_separator: Optional[str] = setting(
+        None,
+        help="tagged: between the tags of labels.csv (unset: '|'; ' ' for Planet's 'image_name,tags'); "
+        "sidecar, imagefolder: between the tags of a .txt / a labels cell (unset: ',')",
     )
     ann_file: Optional[str] = setting(
         None, help="coco: a COCO-format JSON, nuswide: the split CSV, outside the standard layout"

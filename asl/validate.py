@@ -34,7 +34,15 @@ from .checkpoint import (
     save_checkpoint,
     with_thresholds,
 )
-from .checks import cap_workers, check_dataset_options, removed_on_error, resolve_device, writable_dir, writable_file
+from .checks import (
+    cap_workers,
+    check_dataset_options,
+    removed_on_error,
+    resolve_dataset,
+    resolve_device,
+    writable_dir,
+    writable_file,
+)
 from .config import (
     FIELDS,
     OFFICIAL_VALIDATE,
@@ -133,6 +141,9 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
     cfg = load_config(config_path, flags, base=base)
     if cfg.dataset != base.dataset:  # scored on another dataset than it was trained on
         cfg = load_config(config_path, flags, base=base_config(ckpt, model, cfg.dataset))
+    if cfg.dataset == "auto":
+        name = resolve_dataset(cfg.data_root)
+        cfg = load_config(config_path, {**flags, "dataset": name}, base=base_config(ckpt, model, name))
     if cfg.image_size is None:
         cfg = dataclasses.replace(cfg, image_size=model.image_size)
     expected = zoo_image_size(model_path) or model.own_size

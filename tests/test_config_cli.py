@@ -185,6 +185,6 @@ def test_the_checked_names_are_the_ones_the_library_takes():
     from asl.functional import REDUCTIONS
     from asl.losses import LOSSES
 
-    assert set(CHOICES["augment"]) == set(AUGMENTATIONS) and set(CHOICES["dataset"]) == set(DATASETS)
+    assert set(CHOICES["augment"]) == set(AUGMENTATIONS) and set(CHOICES["dataset"]) == set(DATASETS) | {"auto"}
     assert set(CHOICES["difficult"]) == set(DIFFICULT) and set(CHOICES["loss_reduction"]) == set(REDUCTIONS)
     assert set(CHOICES["loss"]) == set(LOSSES) - {"asl_single_label"}  # train.py's losses are multi-label

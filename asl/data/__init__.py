@@ -59,7 +59,11 @@ DATASETS: Dict[str, DatasetSpec] = {
     ),
     "voc": DatasetSpec("voc:create_voc", "trainval", "test", ("voc_year", "difficult")),
     "nuswide": DatasetSpec("nuswide:create_nuswide", "train", "val", ("ann_file", "image_dir")),
-    "tagged": DatasetSpec("tagged:create_tagged", "train", "val", ("val_fraction", "seed")),
+    "tagged": DatasetSpec("tagged:create_tagged", "train", "val", ("tag_separator", "val_fraction", "seed")),
+    "onehot": DatasetSpec("formats:create_onehot", "train", "val", ("val_fraction", "seed")),
+    "sidecar": DatasetSpec("formats:create_sidecar", "train", "val", ("tag_separator", "val_fraction", "seed")),
+    "imagefolder": DatasetSpec("formats:create_imagefolder", "train", "val", ("tag_separator", "val_fraction", "seed")),
+    "labelstudio": DatasetSpec("formats:create_labelstudio", "train", "val", ("val_fraction", "seed")),
     "demo": DatasetSpec("demo:create_demo", "train", "val", ("demo_classes",)),
 }
 # Every dataset-specific option (a config field of the same name, except ``seed``, the split's).

@@ -9,6 +9,7 @@ name per line) fixes the class order; otherwise classes are the sorted tags.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -24,8 +25,14 @@ def _resolve_csv(root: Path) -> Path:
     return root / "labels.csv" if root.is_dir() else root
 
 
-def read_tagged_csv(csv_path: Path):
-    """Parse the CSV into (rows of (image, [tags], split or None), has_split)."""
+NAME_COLUMNS = ("image", "image_name", "filename", "file_name")
+TAG_COLUMNS = ("labels", "tags")
+
+
+def read_tagged_csv(csv_path: Path, separator: str = "|"):
+    """Parse the CSV into (rows of (image, [tags], split or None), has_split). The header is
+    ``image,labels[,split]`` (also ``image_name,tags``, Planet's); a blank separator splits on
+    any whitespace."""
     rows = []
     try:
         # utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which is not part of 'image'
@@ -35,7 +42,13 @@ def read_tagged_csv(csv_path: Path):
             if header is None:
                 raise DataError(f"{csv_path}: empty file")
             header = [h.strip().lower() for h in header]
-            if header[:2] != ["image", "labels"] or len(header) > 3 or (len(header) == 3 and header[2] != "split"):
+            if (
+                len(header) < 2
+                or header[0] not in NAME_COLUMNS
+                or header[1] not in TAG_COLUMNS
+                or len(header) > 3
+                or (len(header) == 3 and header[2] != "split")
+            ):
                 raise DataError(f"{csv_path}: header must be 'image,labels[,split]', got {','.join(header)!r}")
             has_split = len(header) == 3
             for line_no, rec in enumerate(reader, start=2):
@@ -43,7 +56,8 @@ def read_tagged_csv(csv_path: Path):
                     continue
                 if len(rec) != len(header):
                     raise DataError(f"{csv_path}:{line_no}: expected {len(header)} fields, got {len(rec)}")
-                tags = [t.strip() for t in rec[1].split("|") if t.strip()]
+                parts = rec[1].split(separator) if separator.strip() else rec[1].split()
+                tags = list(dict.fromkeys(t.strip() for t in parts if t.strip()))
                 split = rec[2].strip() if has_split else None
                 if split is not None and split not in SPLITS:
                     raise DataError(f"{csv_path}:{line_no}: unknown split {split!r} (expected {'/'.join(SPLITS)})")
@@ -57,12 +71,32 @@ def read_tagged_csv(csv_path: Path):
     return rows, has_split
 
 
+def _with_extensions(paths: List[str], base: Path) -> List[str]:
+    """Names listed without an extension (Planet's ``train_0`` for ``train-jpg/train_0.jpg``) found
+    by their stem under ``base``, where exactly one picture has it; other paths are kept as listed."""
+    bare = [p for p in paths if not Path(p).suffix and not Path(p).exists()]
+    if not bare:
+        return paths
+    from ..images import IMAGE_EXTENSIONS
+
+    by_stem: dict = {}
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for n in filenames:
+            stem, ext = os.path.splitext(n)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                by_stem.setdefault(stem, []).append(os.path.join(dirpath, n))
+    found = {p: by_stem.get(Path(p).name, []) for p in bare}
+    return [found[p][0] if p in found and len(found[p]) == 1 else p for p in paths]
+
+
 def create_tagged(
     root: str,
     split: str = "train",
     transform: Optional[Callable] = None,
     val_fraction: float = 0.2,
     seed: int = 0,
+    tag_separator: Optional[str] = None,
     max_bad_fraction: float = 0.01,
     max_bad_images: int = 5,
     draft_size: Optional[int] = None,
@@ -75,11 +109,12 @@ def create_tagged(
         transform: PIL image -> tensor.
         val_fraction: held-out fraction when the CSV has no split column.
         seed: seed of that split.
+        tag_separator: between the tags (unset: ``|``; ``" "`` for Planet-style space-separated tags).
         max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
         draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
     """
     csv_path = check_file(_resolve_csv(Path(root)), "tagged dataset CSV")
-    rows, has_split = read_tagged_csv(csv_path)
+    rows, has_split = read_tagged_csv(csv_path, "|" if tag_separator is None else tag_separator)
     if not rows:
         raise DataError(f"{csv_path}: no images listed")
     classes_file = csv_path.parent / "classes.txt"
@@ -118,7 +153,7 @@ def create_tagged(
 
     targets = multi_hot([tags for _, tags, _ in selected], class_names)
     base = csv_path.parent
-    paths = [str(base / image) for image, _, _ in selected]
+    paths = _with_extensions([str(base / image) for image, _, _ in selected], base)
     return MultiLabelDataset(
         paths,
         targets,

@@ -1,0 +1,92 @@
+"""``--dataset auto``: which format a folder holds, told from what it holds (no picture is read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Tuple
+
+from ..errors import DataError
+from . import formats
+
+# What each format is recognised by, in the words of the error that lists them.
+LOOKED_FOR = (
+    ("demo", "demo.json"),
+    ("coco", "annotations/instances_*.json"),
+    ("voc", "VOCdevkit/, VOC20xx/ or JPEGImages/ + Annotations/"),
+    ("nuswide", "nus_wid_data.csv"),
+    ("tagged", "labels.csv with 'image,labels[,split]'"),
+    ("onehot", "_classes.csv or labels.csv with 'filename,<class>,...'"),
+    ("imagefolder", "metadata.jsonl / metadata.csv"),
+    ("labelstudio", "a Label Studio JSON export"),
+    ("sidecar", "pictures with a same-named .txt of tags"),
+)
+
+
+def _is_tagged_csv(path: Path) -> bool:
+    h = formats._header(path)
+    return len(h) >= 2 and h[0] in TAGGED_NAME_COLUMNS and h[1] in formats.LABEL_COLUMNS
+
+
+TAGGED_NAME_COLUMNS = ("image", "image_name", "filename", "file_name")
+
+
+def candidates(root: Path) -> List[Tuple[str, str]]:
+    """Every format ``root`` holds, with what it was told by."""
+    found = []
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            if _is_tagged_csv(root):
+                found.append(("tagged", root.name))
+            elif formats.is_onehot_csv(root):
+                found.append(("onehot", root.name))
+        elif root.suffix.lower() == ".json" and formats._labelstudio_files(root):
+            found.append(("labelstudio", root.name))
+        return found
+    folders = [root, *formats.split_folders(root).values()]
+    if (root / "demo.json").is_file():
+        return [("demo", "demo.json")]  # the demo's labels.csv is its own
+    if (root / "annotations").is_dir() and any((root / "annotations").glob("instances_*.json")):
+        found.append(("coco", "annotations/instances_*.json"))
+    if (
+        (root / "VOCdevkit").is_dir()
+        or any(root.glob("VOC20[0-9][0-9]"))
+        or ((root / "JPEGImages").is_dir() and (root / "Annotations").is_dir())
+    ):
+        found.append(("voc", "a VOC layout"))
+    if (root / "nus_wid_data.csv").is_file():
+        found.append(("nuswide", "nus_wid_data.csv"))
+    if (root / "labels.csv").is_file() and _is_tagged_csv(root / "labels.csv"):
+        found.append(("tagged", "labels.csv"))
+    onehot = [f for f in folders if formats._onehot_file(f) is not None]
+    if onehot:
+        found.append(("onehot", str(formats._onehot_file(onehot[0]).relative_to(root))))
+    meta = [f for f in folders if formats._metadata_file(f) is not None]
+    if meta:
+        found.append(("imagefolder", str(formats._metadata_file(meta[0]).relative_to(root))))
+    studio = [f for f in folders if formats._labelstudio_files(f)]
+    if studio:
+        found.append(("labelstudio", str(formats._labelstudio_files(studio[0])[0].relative_to(root))))
+    if not found and formats.has_sidecars(root):  # a labels file's folder may hold captions too
+        found.append(("sidecar", "pictures with same-named .txt files"))
+    return found
+
+
+def detect_dataset(root: str) -> Tuple[str, str]:
+    """(format, what told it) of ``root``.
+
+    Raises:
+        DataError: no format, or two (each named, with ``--dataset`` to choose).
+    """
+    path = Path(root)
+    if not path.exists():
+        raise DataError(f"data folder not found: {root}")
+    found = candidates(path)
+    if not found:
+        looked = "; ".join(f"{what} ({name})" for name, what in LOOKED_FOR)
+        raise DataError(f"{root} holds no dataset format --dataset auto knows; looked for: {looked}")
+    if len(found) > 1:
+        both = " and ".join(f"{name} ({why})" for name, why in found)
+        raise DataError(
+            f"{root} holds {len(found)} formats, {both}: pass --dataset {found[0][0]} or --dataset {found[1][0]}"
+        )
+    return found[0]

@@ -1,0 +1,527 @@
+"""The label formats people export, read into one table and one :class:`MultiLabelDataset`.
+
+- ``onehot``: a CSV ``filename,<class>,<class>,...`` of 0/1, where an empty cell or -1 is unknown
+  (Roboflow's multi-label CSV ``_classes.csv``, Kaggle multi-label competitions).
+- ``sidecar``: ``photo.jpg`` beside ``photo.txt`` holding ``tag1, tag2, ...`` (the image-tagger and
+  captioning convention), searched recursively; ``--tag-separator`` changes the comma.
+- ``imagefolder``: Hugging Face's ``imagefolder`` with ``metadata.jsonl`` or ``metadata.csv``
+  (``file_name`` and a list-valued ``labels`` or ``tags`` column).
+- ``labelstudio``: Label Studio's JSON export of a multi-choice image classification project.
+
+Splits: ``train/``, ``validation/`` (or ``valid/``, ``val/``) and ``test/`` sub-folders each
+holding the format, or one labelled folder split at random (``--val-fraction``, seeded), as for
+``labels.csv``. A ``classes.txt`` beside the labels fixes the class order; else the classes are
+sorted by name. Nothing under the dataset's folder is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import parse_qs, unquote, urlparse
+
+import numpy as np
+
+from ..errors import DataError
+from ..images import IMAGE_EXTENSIONS
+from .base import MultiLabelDataset, read_text
+
+log = logging.getLogger(__name__)
+
+SPLIT_FOLDERS = {"train": ("train",), "val": ("validation", "valid", "val"), "test": ("test",)}
+ONEHOT_FILES = ("_classes.csv", "labels.csv")
+ONEHOT_NAME_COLUMNS = ("filename", "file_name", "image", "image_name", "file", "path", "id", "image_id")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+LABEL_COLUMNS = ("labels", "tags", "label")
+
+
+@dataclass
+class LabelTable:
+    """Labels as read from a format, before a split is chosen.
+
+    Attributes:
+        source: the file or folder they came from (for messages).
+        images: absolute image paths, one per row.
+        tags: per row, the positive tag names.
+        unknown: per row, the tag names marked unknown (-1), where the format can say so.
+        splits: per row, ``train`` / ``val`` / ``test``, or None where the format holds no split.
+        classes_file: a ``classes.txt`` that fixes the order, or None.
+    """
+
+    source: Path
+    images: List[str] = field(default_factory=list)
+    tags: List[List[str]] = field(default_factory=list)
+    unknown: List[List[str]] = field(default_factory=list)
+    splits: List[Optional[str]] = field(default_factory=list)
+    classes_file: Optional[Path] = None
+    columns: Optional[List[str]] = None  # onehot: the CSV's class columns, in order
+
+    def add(self, image: str, tags: Sequence[str], split: Optional[str], unknown: Sequence[str] = ()) -> None:
+        self.images.append(image)
+        self.tags.append(list(tags))
+        self.unknown.append(list(unknown))
+        self.splits.append(split)
+
+    def extend(self, other: "LabelTable") -> None:
+        for i in range(len(other.images)):
+            self.add(other.images[i], other.tags[i], other.splits[i], other.unknown[i])
+        self.classes_file = self.classes_file or other.classes_file
+        self.columns = self.columns or other.columns
+
+    def class_names(self) -> List[str]:
+        if self.classes_file is not None:
+            names = [c.strip() for c in read_text(self.classes_file, "classes file").splitlines() if c.strip()]
+            known = set(names)
+            for image, tags, unk in zip(self.images, self.tags, self.unknown):
+                for t in list(tags) + list(unk):
+                    if t not in known:
+                        raise DataError(f"{self.source}: tag {t!r} of {image} is not in {self.classes_file}")
+            return names
+        if self.columns is not None:
+            return list(self.columns)
+        return sorted({t for tags in self.tags for t in tags} | {t for u in self.unknown for t in u})
+
+    def targets(self, rows: Sequence[int], class_names: Sequence[str]) -> np.ndarray:
+        index = {n: k for k, n in enumerate(class_names)}
+        out = np.zeros((len(rows), len(class_names)), dtype=np.float32)
+        for r, i in enumerate(rows):
+            for t in self.unknown[i]:
+                out[r, index[t]] = -1.0
+            for t in self.tags[i]:
+                out[r, index[t]] = 1.0
+        return out
+
+
+# --------------------------------------------------------------------------- split folders
+
+
+def split_folders(root: Path) -> Dict[str, Path]:
+    """The ``train/``, ``validation/`` ... sub-folders of ``root`` (split name -> folder)."""
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for n in names:
+            if (root / n).is_dir():
+                found[split] = root / n
+                break
+    return found if "train" in found else {}
+
+
+def _per_split(root: Path, read_one: Callable[[Path, Optional[str]], LabelTable], holds: Callable[[Path], bool]):
+    """One table over the split folders that hold the format, else over ``root`` itself."""
+    folders = {s: p for s, p in split_folders(root).items() if holds(p)}
+    if not folders:
+        return read_one(root, None)
+    table = LabelTable(root)
+    for split, folder in folders.items():
+        table.extend(read_one(folder, split))
+    if table.classes_file is None and (root / "classes.txt").is_file():
+        table.classes_file = root / "classes.txt"
+    return table
+
+
+def _classes_beside(folder: Path) -> Optional[Path]:
+    return folder / "classes.txt" if (folder / "classes.txt").is_file() else None
+
+
+def _inside(base: Path, name: str, source: Path, line: str) -> str:
+    """``base / name`` as an absolute path; a name that leaves ``base`` is refused (``../x``, ``/etc``)."""
+    path = (base / name).resolve()
+    if os.path.commonpath([str(path), str(base.resolve())]) != str(base.resolve()):
+        raise DataError(f"{source}{line}: {name!r} points outside {base}")
+    return str(path)
+
+
+def _open_text(path: Path, what: str):
+    try:
+        return open(path, newline="", encoding="utf-8-sig")
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, not {what}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def _read_csv(path: Path, what: str) -> List[List[str]]:
+    try:
+        with _open_text(path, what) as f:
+            return [rec for rec in csv.reader(f)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+
+
+def _header(path: Path) -> List[str]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [h.strip().lower() for h in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+# --------------------------------------------------------------------------- one-hot CSV
+
+
+def is_onehot_csv(path: Path) -> bool:
+    """A CSV whose first column names the image and whose other columns are classes."""
+    h = _header(path)
+    return len(h) >= 2 and h[0] in ONEHOT_NAME_COLUMNS and h[1] not in LABEL_COLUMNS
+
+
+def _onehot_file(folder: Path) -> Optional[Path]:
+    if folder.is_file():
+        return folder if is_onehot_csv(folder) else None
+    for name in ONEHOT_FILES:
+        if (folder / name).is_file() and is_onehot_csv(folder / name):
+            return folder / name
+    return None
+
+
+def _read_onehot(folder: Path, split: Optional[str]) -> LabelTable:
+    path = _onehot_file(folder)
+    if path is None:
+        raise DataError(f"{folder}: no one-hot CSV ({' or '.join(ONEHOT_FILES)} with 'filename,<class>,...')")
+    rows = _read_csv(path, "a one-hot CSV")
+    header = [h.strip() for h in rows[0]]
+    classes = header[1:]
+    if len(set(classes)) != len(classes) or any(not c for c in classes):
+        raise DataError(f"{path}: class columns must be distinct and named, got {','.join(classes)!r}")
+    table = LabelTable(path, classes_file=_classes_beside(path.parent), columns=classes)
+    for line_no, rec in enumerate(rows[1:], start=2):
+        if not rec or not any(v.strip() for v in rec):
+            continue
+        if len(rec) != len(header):
+            raise DataError(f"{path}:{line_no}: expected {len(header)} fields, got {len(rec)}")
+        pos, unk = [], []
+        for c, v in zip(classes, rec[1:]):
+            v = v.strip()
+            if v in ("", "-1", "-1.0"):
+                unk.append(c)
+            elif v in ("1", "1.0"):
+                pos.append(c)
+            elif v not in ("0", "0.0"):
+                raise DataError(f"{path}:{line_no}: column {c!r} holds {v!r}; a one-hot CSV holds 0, 1, or -1 / empty")
+        table.add(_inside(path.parent, rec[0].strip(), path, f":{line_no}"), pos, split, unk)
+    return table
+
+
+def read_onehot(root: str, tag_separator: Optional[str] = None) -> LabelTable:
+    root_p = Path(root)
+    if root_p.is_file():
+        return _read_onehot(root_p, None)
+    return _per_split(root_p, _read_onehot, lambda p: _onehot_file(p) is not None)
+
+
+# --------------------------------------------------------------------------- sidecar tag files
+
+
+def _images_under(folder: Path) -> List[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for n in sorted(filenames):
+            if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS:
+                out.append(Path(dirpath) / n)
+    return out
+
+
+def has_sidecars(folder: Path, limit: int = 2000) -> bool:
+    """Whether some picture under ``folder`` has a same-named ``.txt`` beside it (looks at the
+    first ``limit`` pictures only: detection stays fast on a large folder)."""
+    seen = 0
+    for _dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        names = set(filenames)
+        for n in filenames:
+            stem, ext = os.path.splitext(n)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                if stem + ".txt" in names:
+                    return True
+                seen += 1
+                if seen >= limit:
+                    return False
+    return False
+
+
+def _read_tag_file(path: Path, separator: str) -> List[str]:
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise DataError(f"{path}: a binary file, not a tag list")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    parts = text.split(separator) if separator.strip() else text.split()
+    return list(dict.fromkeys(t.strip() for t in parts if t.strip()))
+
+
+def _read_sidecar(folder: Path, split: Optional[str], separator: str) -> LabelTable:
+    table = LabelTable(folder, classes_file=_classes_beside(folder))
+    untagged = []
+    for img in _images_under(folder):
+        txt = img.with_suffix(".txt")
+        if not txt.is_file():
+            untagged.append(str(img))
+            continue
+        table.add(str(img.resolve()), _read_tag_file(txt, separator), split)
+    if untagged:
+        log.warning(
+            "%s: %d pictures have no .txt of tags and are left out (first: %s)", folder, len(untagged), untagged[0]
+        )
+    return table
+
+
+def read_sidecar(root: str, tag_separator: Optional[str] = None) -> LabelTable:
+    sep = tag_separator if tag_separator is not None else ","
+    return _per_split(Path(root), lambda f, s: _read_sidecar(f, s, sep), has_sidecars)
+
+
+# --------------------------------------------------------------------------- Hugging Face imagefolder
+
+
+def _metadata_file(folder: Path) -> Optional[Path]:
+    for name in METADATA_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _as_tags(value, path: Path, line: int, separator: str) -> List[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        s = value.strip()
+        if s.startswith("["):
+            try:
+                value = json.loads(s)
+            except json.JSONDecodeError:
+                raise DataError(f"{path}:{line}: labels {s[:40]!r} are not a JSON list") from None
+        else:
+            return [t.strip() for t in s.split(separator) if t.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+        return list(dict.fromkeys(str(v).strip() for v in value if str(v).strip()))
+    raise DataError(f"{path}:{line}: labels must be a list of names, got {value!r:.60}")
+
+
+def _read_imagefolder(folder: Path, split: Optional[str], separator: str) -> LabelTable:
+    path = _metadata_file(folder)
+    if path is None:
+        raise DataError(f"{folder}: no {' or '.join(METADATA_FILES)}")
+    table = LabelTable(path, classes_file=_classes_beside(folder))
+    if path.suffix == ".jsonl":
+        records = []
+        with _open_text(path, "a metadata file") as f:
+            try:
+                for line_no, line in enumerate(f, start=1):
+                    if line.strip():
+                        try:
+                            rec = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise DataError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+                        if not isinstance(rec, dict):
+                            raise DataError(f"{path}:{line_no}: each line must be a JSON object")
+                        records.append((line_no, rec))
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    else:
+        rows = _read_csv(path, "a metadata file")
+        header = [h.strip() for h in rows[0]] if rows else []
+        records = [(i, dict(zip(header, rec))) for i, rec in enumerate(rows[1:], start=2) if rec]
+    if not records:
+        raise DataError(f"{path}: no rows")
+    keys = set(records[0][1])
+    if "file_name" not in keys:
+        raise DataError(f"{path}: needs a 'file_name' column (Hugging Face imagefolder), got {sorted(keys)}")
+    column = next((c for c in LABEL_COLUMNS if c in keys), None)
+    if column is None:
+        lists = [k for k, v in records[0][1].items() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(
+                f"{path}: no labels column (looked for {', '.join(LABEL_COLUMNS)} or one list-valued column)"
+            )
+        column = lists[0]
+    for line_no, rec in records:
+        name = rec.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{path}:{line_no}: 'file_name' must be a path, got {name!r}")
+        table.add(
+            _inside(folder, name.strip(), path, f":{line_no}"),
+            _as_tags(rec.get(column), path, line_no, separator),
+            split,
+        )
+    return table
+
+
+def read_imagefolder(root: str, tag_separator: Optional[str] = None) -> LabelTable:
+    sep = tag_separator if tag_separator is not None else ","
+    return _per_split(Path(root), lambda f, s: _read_imagefolder(f, s, sep), lambda p: _metadata_file(p) is not None)
+
+
+# --------------------------------------------------------------------------- Label Studio
+
+
+def _labelstudio_files(folder: Path) -> List[Path]:
+    out = []
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else [folder]:
+        try:
+            with open(p, "rb") as f:
+                head = f.read(4096).lstrip()
+        except OSError:
+            continue
+        if head.startswith(b"[") and (b'"annotations"' in head or b'"data"' in head):
+            out.append(p)
+    return out
+
+
+def _local_name(url: str) -> str:
+    """The file a Label Studio image reference names: ``/data/local-files/?d=dir/x.jpg`` -> ``dir/x.jpg``,
+    an upload or a URL -> its file name."""
+    parsed = urlparse(url)
+    q = parse_qs(parsed.query).get("d")
+    if q:
+        return unquote(q[0])
+    return unquote(os.path.basename(parsed.path))
+
+
+def _read_labelstudio(folder: Path, split: Optional[str]) -> LabelTable:
+    files = _labelstudio_files(folder)
+    if not files:
+        raise DataError(f"{folder}: no Label Studio JSON export (a list of tasks with 'data' and 'annotations')")
+    if len(files) > 1:
+        raise DataError(f"{folder}: {len(files)} Label Studio exports ({files[0].name}, {files[1].name}); keep one")
+    path = files[0]
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a JSON file ({e})") from None
+    base = path.parent
+    by_name: Dict[str, List[Path]] = {}
+    for img in _images_under(base):
+        by_name.setdefault(img.name, []).append(img)
+    table = LabelTable(path, classes_file=_classes_beside(base))
+    skipped = 0
+    for n, task in enumerate(tasks if isinstance(tasks, list) else []):
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise DataError(f"{path}: task {n} is not a Label Studio task (no 'data')")
+        url = next((v for v in task["data"].values() if isinstance(v, str)), None)
+        annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        if url is None or not annotations:
+            skipped += 1
+            continue
+        tags = []
+        for r in annotations[-1].get("result") or []:  # the last annotation made of this task
+            kind = r.get("type") if isinstance(r, dict) else None
+            if kind != "choices":
+                raise DataError(
+                    f"{path}: task {n} holds a {kind!r} result; a multi-label classification export holds "
+                    f"'choices' (is it an export of another task type?)"
+                )
+            tags += [str(c) for c in (r.get("value") or {}).get("choices") or []]
+        name = _local_name(url)
+        local = base / name
+        if not local.is_file():
+            found = by_name.get(os.path.basename(name), [])
+            if len(found) == 1:
+                local = found[0]
+        table.add(_inside(base, os.path.relpath(local, base), path, f" task {n}"), list(dict.fromkeys(tags)), split)
+    if skipped:
+        log.warning("%s: %d tasks without an annotation are left out", path, skipped)
+    return table
+
+
+def read_labelstudio(root: str, tag_separator: Optional[str] = None) -> LabelTable:
+    root_p = Path(root)
+    if root_p.is_file():
+        return _read_labelstudio(root_p, None)
+    return _per_split(root_p, _read_labelstudio, lambda p: bool(_labelstudio_files(p)))
+
+
+READERS: Dict[str, Callable[..., LabelTable]] = {
+    "onehot": read_onehot,
+    "sidecar": read_sidecar,
+    "imagefolder": read_imagefolder,
+    "labelstudio": read_labelstudio,
+}
+
+
+# --------------------------------------------------------------------------- splits and the dataset
+
+
+def split_rows(
+    splits: Sequence[Optional[str]], split: str, val_fraction: float, seed: int, source: Path
+) -> Tuple[List[int], bool]:
+    """The rows of ``split``: by the table's own splits, or (none given) a seeded random hold-out
+    of ``val_fraction`` for ``val``. Returns (rows, whether the table had splits)."""
+    has_split = any(s is not None for s in splits)
+    if has_split:
+        return [i for i, s in enumerate(splits) if s == split], True
+    if split == "test":
+        raise DataError(f"{source}: has no split folders or column, so no 'test' split")
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(len(splits), dtype=bool)
+    is_val[rng.permutation(len(splits))[: int(round(val_fraction * len(splits)))]] = True
+    return [i for i, v in enumerate(is_val) if v == (split == "val")], False
+
+
+def dataset_from_table(
+    table: LabelTable,
+    kind: str,
+    split: str = "train",
+    transform: Optional[Callable] = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_bad_fraction: float = 0.01,
+    max_bad_images: int = 5,
+    draft_size: Optional[int] = None,
+) -> MultiLabelDataset:
+    """A split of ``table`` as a :class:`MultiLabelDataset` (missing or unreadable pictures are
+    skipped and named by it)."""
+    if not table.images:
+        raise DataError(f"{table.source}: no labelled pictures")
+    class_names = table.class_names()
+    if not class_names:
+        raise DataError(f"{table.source}: no labels at all")
+    rows, had = split_rows(table.splits, split, val_fraction, seed, table.source)
+    if not rows:
+        hint = "" if had else f" (--val-fraction {val_fraction} of {len(table.images)} pictures holds none)"
+        raise DataError(f"{table.source}: split {split!r} is empty{hint}")
+    return MultiLabelDataset(
+        [table.images[i] for i in rows],
+        table.targets(rows, class_names),
+        class_names,
+        transform,
+        name=f"{kind} {table.source} [{split}]",
+        max_bad_fraction=max_bad_fraction,
+        max_bad_images=max_bad_images,
+        draft_size=draft_size,
+    )
+
+
+def _factory(kind: str):
+    def create(
+        root: str,
+        split: str = "train",
+        transform: Optional[Callable] = None,
+        tag_separator: Optional[str] = None,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        **common,
+    ) -> MultiLabelDataset:
+        if not Path(root).exists():
+            raise DataError(f"data folder not found: {root}")
+        table = READERS[kind](root, tag_separator)
+        return dataset_from_table(table, kind, split, transform, val_fraction, seed, **common)
+
+    create.__name__ = f"create_{kind}"
+    create.__doc__ = f"A split of a {kind} dataset (module docstring)."
+    return create
+
+
+create_onehot = _factory("onehot")
+create_sidecar = _factory("sidecar")
+create_imagefolder = _factory("imagefolder")
+create_labelstudio = _factory("labelstudio")

@@ -1,0 +1,215 @@
+"""asl.data.formats and asl.data.detect: the label formats people export (one-hot CSV, sidecar
+tag files, Hugging Face imagefolder, Label Studio, Planet-style labels.csv), each read into the
+label matrix of the equivalent labels.csv, detected by --dataset auto, trained on for an epoch;
+and their bad input as one error line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asl.data import create_dataset
+from asl.data.detect import detect_dataset
+from asl.errors import DataError
+from tests.conftest import make_tagged
+from tests.helpers import TINY, call, one_error, tree_digest
+
+CLASSES = ("cat", "dog", "sky", "tree")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A tagged set (labels.csv with a split column) the formats are written from."""
+    root = make_tagged(tmp_path_factory.mktemp("src") / "tagged", 16, 8)
+    rows = list(csv.DictReader(open(root / "labels.csv")))
+    return root, rows
+
+
+def _copy_images(src: Path, rows, dest: Path, split_folders: bool):
+    """Each picture copied into ``dest`` (under train/ and validation/ when asked)."""
+    out = []
+    for r in rows:
+        sub = {"train": "train", "val": "validation"}[r["split"]] if split_folders else ""
+        target = dest / sub / "pics" / Path(r["image"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / r["image"], target)
+        out.append((target, r))
+    return out
+
+
+def write_onehot(src, rows, dest: Path) -> Path:
+    for split, folder in (("train", "train"), ("val", "valid")):  # Roboflow's folders and _classes.csv
+        (dest / folder).mkdir(parents=True)
+        with open(dest / folder / "_classes.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["filename", *CLASSES])
+            for r in rows:
+                if r["split"] == split:
+                    shutil.copy(src / r["image"], dest / folder / Path(r["image"]).name)
+                    tags = set(r["labels"].split("|"))
+                    w.writerow([Path(r["image"]).name, *(int(c in tags) for c in CLASSES)])
+    return dest
+
+
+def write_sidecar(src, rows, dest: Path) -> Path:
+    for target, r in _copy_images(src, rows, dest, split_folders=True):
+        target.with_suffix(".txt").write_text(", ".join(t for t in r["labels"].split("|") if t))
+    return dest
+
+
+def write_imagefolder(src, rows, dest: Path) -> Path:
+    for folder in ("train", "validation"):
+        (dest / folder).mkdir(parents=True)
+    files = {"train": [], "validation": []}
+    for target, r in _copy_images(src, rows, dest, split_folders=True):
+        folder = target.parent.parent
+        files[folder.name].append(
+            {"file_name": f"pics/{target.name}", "labels": [t for t in r["labels"].split("|") if t]}
+        )
+    for folder, recs in files.items():
+        (dest / folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return dest
+
+
+def write_labelstudio(src, rows, dest: Path) -> Path:
+    tasks = []
+    for i, (target, r) in enumerate(_copy_images(src, rows, dest, split_folders=False)):
+        result = [
+            {
+                "type": "choices",
+                "from_name": "tags",
+                "to_name": "image",
+                "value": {"choices": [t for t in r["labels"].split("|") if t]},
+            }
+        ]
+        tasks.append({"id": i, "data": {"image": f"/data/upload/1/{target.name}"}, "annotations": [{"result": result}]})
+    (dest / "project-1-at-2026-12-01.json").write_text(json.dumps(tasks))
+    return dest
+
+
+def write_planet(src, rows, dest: Path) -> Path:
+    (dest / "train-jpg").mkdir(parents=True)
+    with open(dest / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_name", "tags", "split"])
+        for r in rows:
+            shutil.copy(src / r["image"], dest / "train-jpg" / Path(r["image"]).name)
+            w.writerow([Path(r["image"]).stem, " ".join(t for t in r["labels"].split("|") if t), r["split"]])
+    return dest
+
+
+WRITERS = {
+    "onehot": write_onehot,
+    "sidecar": write_sidecar,
+    "imagefolder": write_imagefolder,
+    "labelstudio": write_labelstudio,
+    "tagged": write_planet,
+}
+
+
+def _by_name(ds):
+    return {Path(p).name: ds.targets[i] for i, p in enumerate(ds.paths)}, ds.class_names
+
+
+@pytest.mark.parametrize("fmt", list(WRITERS))
+def test_each_format_reads_the_label_matrix_of_the_equivalent_labels_csv(fmt, source, tmp_path):
+    src, rows = source
+    root = WRITERS[fmt](src, rows, tmp_path / fmt)
+    before = tree_digest(root)
+    assert detect_dataset(str(root))[0] == fmt
+    options = {"tag_separator": " "} if fmt == "tagged" else {}
+    # Label Studio exports hold no split: its seeded random split is compared as a whole
+    splits = [("train", "val")] if fmt == "labelstudio" else [("train",), ("val",)]
+    for group in splits:
+        want, got = {}, {}
+        for split in group:
+            w, want_names = _by_name(create_dataset("tagged", str(src), split))
+            g, names = _by_name(create_dataset(fmt, str(root), split, **options))
+            want.update(w)
+            got.update(g)
+            assert names == want_names == list(CLASSES)
+        assert got.keys() == want.keys()
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert tree_digest(root) == before  # nothing written into the user's folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", list(WRITERS))
+def test_each_format_trains_an_epoch_with_dataset_auto(fmt, source, tmp_path, capsys, caplog):
+    src, rows = source
+    root = WRITERS[fmt](src, rows, tmp_path / fmt)
+    extra = ["--tag-separator", " "] if fmt == "tagged" else []
+    rc, _, err = call("train", [root, "--dataset", "auto", *extra, "--output", tmp_path / "run", *TINY], capsys)
+    assert rc == 0, err
+    assert f"--dataset auto: {fmt}" in caplog.text
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"dataset: {fmt}" in config  # the resolved name: a resume reads the same format
+
+
+def test_onehot_unknown_cells_are_minus_one(tmp_path):
+    make_tagged(tmp_path / "src", 2, 0)
+    (tmp_path / "d").mkdir()
+    for i in range(2):
+        shutil.copy(tmp_path / "src" / "img" / f"{i:04d}.png", tmp_path / "d" / f"{i}.png")
+    (tmp_path / "d" / "labels.csv").write_text("filename,cat,dog,sky\n0.png,1,,0\n1.png,0,-1,1\n")
+    ds = create_dataset("onehot", str(tmp_path / "d"), "train", val_fraction=0.01)
+    got = dict(zip((Path(p).name for p in ds.paths), ds.targets.tolist()))
+    assert got == {"0.png": [1.0, -1.0, 0.0], "1.png": [0.0, -1.0, 1.0]}
+
+
+def test_bad_input_is_one_error_before_training(tmp_path, capsys):
+    make_tagged(tmp_path / "src", 2, 0)
+    pic = tmp_path / "src" / "img" / "0000.png"
+
+    def folder(name):
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(pic, d / "a.png")
+        return d
+
+    cases = []
+    d = folder("nothing")
+    cases.append((d, "auto", "holds no dataset format --dataset auto knows; looked for"))
+    d = folder("two")
+    (d / "a.txt").write_text("cat")
+    (d / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "labels": ["cat"]}) + "\n")
+    (d / "labels.csv").write_text("image,labels\na.png,cat\n")
+    cases.append((d, "auto", "pass --dataset tagged or --dataset imagefolder"))
+    d = folder("onehot")
+    (d / "_classes.csv").write_text("filename,cat,dog\na.png,1,2\n")
+    cases.append((d, "onehot", "column 'dog' holds '2'"))
+    d = folder("binary")
+    (d / "a.txt").write_bytes(b"\x89PNG\0\0\x01")
+    cases.append((d, "sidecar", "a binary file, not a tag list"))
+    d = folder("studio")
+    task = {"data": {"image": "/data/upload/1/a.png"}, "annotations": [{"result": [{"type": "rectanglelabels"}]}]}
+    (d / "export.json").write_text(json.dumps([task]))
+    cases.append((d, "labelstudio", "holds a 'rectanglelabels' result"))
+    d = folder("outside")
+    (d / "metadata.jsonl").write_text(json.dumps({"file_name": "../src/img/0000.png", "labels": ["cat"]}) + "\n")
+    cases.append((d, "imagefolder", "points outside"))
+    for root, dataset, fragment in cases:
+        before = tree_digest(root)
+        rc, _, err = call("train", [root, "--dataset", dataset, "--output", tmp_path / "o", *TINY], capsys)
+        one_error(rc, err, fragment)
+        assert tree_digest(root) == before and not (tmp_path / "o").exists()
+
+
+def test_a_sidecar_separator_and_pictures_without_tags(tmp_path, caplog):
+    make_tagged(tmp_path / "src", 3, 0)
+    d = tmp_path / "d" / "nested" / "deeper"
+    d.mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(tmp_path / "src" / "img" / f"{i:04d}.png", d / f"{i}.png")
+    (d / "0.txt").write_text("cat; dog")
+    (d / "1.txt").write_text("dog")  # 2.png has no tags file: left out, and said so
+    ds = create_dataset("sidecar", str(tmp_path / "d"), "train", tag_separator=";", val_fraction=0.01)
+    assert ds.class_names == ["cat", "dog"] and len(ds) == 2
+    assert "1 pictures have no .txt of tags" in caplog.text
+    with pytest.raises(DataError, match="split 'val' is empty"):
+        create_dataset("sidecar", str(tmp_path / "d"), "val", tag_separator=";", val_fraction=0.01)
