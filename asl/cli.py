@@ -274,5 +274,36 @@ def export_console() -> None:
     console("export")
 
 
+DATA_FIELDS = ("data_root", "dataset", "tag_separator", "val_fraction", "output")
+
+
+def data_config(command: str, description: str, argv, output_note: str, extra: Sequence[str] = ()) -> Config:
+    """The config of an ``asl-data`` command line: the dataset's fields of the schema, ``--dataset``
+    defaulting to ``auto``; logging set up."""
+    parser = build_parser(
+        f"asl-data {command}",
+        description,
+        [*DATA_FIELDS, *extra],
+        positional_data=True,
+        notes={"dataset": "'auto'", "output": output_note},
+    )
+    config_path, flags = parse_flags(parser, argv)
+    flags.setdefault("dataset", "auto")
+    cfg = load_config(config_path, flags)
+    setup_logging(verbose=False)
+    return cfg
+
+
+def data_console() -> None:
+    """``asl-data inspect DIR`` / ``asl-data convert DIR --output NEW``."""
+    commands = {"inspect": "data.inspect", "convert": "data.convert"}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        _write_error(f"usage: asl-data {{{','.join(commands)}}} DATA_ROOT [flags]  (asl-data inspect --help)")
+        raise SystemExit(2)
+    name = sys.argv.pop(1)
+    sys.argv[0] = f"asl-data {name}"
+    raise SystemExit(run(command(commands[name])))
+
+
 def study_console() -> None:
     console("study")

@@ -213,3 +213,34 @@ def test_a_sidecar_separator_and_pictures_without_tags(tmp_path, caplog):
     assert "1 pictures have no .txt of tags" in caplog.text
     with pytest.raises(DataError, match="split 'val' is empty"):
         create_dataset("sidecar", str(tmp_path / "d"), "val", tag_separator=";", val_fraction=0.01)
+
+
+@pytest.mark.parametrize("fmt", ["onehot", "sidecar", "labelstudio"])
+def test_convert_writes_the_same_labels_into_a_new_folder(fmt, source, tmp_path, capsys):
+    from asl.data import convert
+
+    src, rows = source
+    root = WRITERS[fmt](src, rows, tmp_path / fmt)
+    before = tree_digest(root)
+    rc, out, err = call_module(convert.main, [root, "--output", tmp_path / "new"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "new" / "classes.txt").read_text().split() == list(CLASSES)
+    for split in ("train", "val"):
+        want, _ = _by_name(create_dataset(fmt, str(root), split))
+        got, names = _by_name(create_dataset("tagged", str(tmp_path / "new"), split))
+        assert names == list(CLASSES) and got.keys() == want.keys()
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert tree_digest(root) == before
+    rc, _, err = call_module(convert.main, [root, "--output", root / "inside"], capsys)
+    one_error(rc, err, "is inside the source")
+    rc, _, err = call_module(convert.main, [root, "--output", tmp_path / "new"], capsys)
+    one_error(rc, err, "exists and is not an empty folder")
+    assert tree_digest(root) == before
+
+
+def call_module(main, argv, capsys):
+    from asl import cli
+
+    rc = cli.run(main, [str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, [ln for ln in err.splitlines() if ln.strip()]

@@ -1,0 +1,108 @@
+"""``asl-data convert SRC --output NEW``: any dataset format to our ``labels.csv`` + ``classes.txt``.
+
+The new folder must not exist yet (or be empty) and may not lie inside the source: nothing of
+the source is written. ``labels.csv`` names each picture by its path relative to the new folder,
+with ``image,labels,split`` (the split the source gives, or the seeded ``--val-fraction`` hold-out
+``train.py`` would draw). Unknown labels (-1) have no spelling in ``labels.csv``: they are written
+as negatives, and their count is said.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from ..errors import ConfigError, DataError
+from ..files import atomic_write
+
+log = logging.getLogger(__name__)
+
+__all__ = ["convert_dataset", "main"]
+
+
+def convert_dataset(
+    root: str, output: str, dataset: str = "auto", tag_separator: Optional[str] = None, val_fraction: float = 0.2
+) -> Dict[str, Any]:
+    """Write ``root``'s labels as ``output/labels.csv`` and ``output/classes.txt``.
+
+    Returns:
+        dict with ``dataset`` (the format read), ``images``, ``classes``, ``splits`` (rows per split),
+        ``unknown_as_negative``, ``labels_csv``.
+    """
+    from . import DATASETS, create_dataset, default_splits
+    from .detect import detect_dataset
+
+    src, out = Path(root).resolve(), Path(output).resolve()
+    if not src.exists():
+        raise DataError(f"data folder not found: {root}")
+    if out == src or src in out.parents or (src.is_file() and out == src.parent):
+        raise ConfigError(f"--output {output} is inside the source {root}: convert writes into a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--output {output} exists and is not an empty folder: convert writes into a new folder")
+    if dataset == "auto":
+        dataset, why = detect_dataset(root)
+        log.info("--dataset auto: %s (%s)", dataset, why)
+    spec = DATASETS[dataset]
+    options = {k: v for k, v in (("tag_separator", tag_separator), ("val_fraction", val_fraction)) if k in spec.options}
+    if "tag_separator" in options and options["tag_separator"] is None:
+        del options["tag_separator"]
+    parts = {}
+    train_split, eval_split = default_splits(dataset)
+    for split, name in ((train_split, "train"), (eval_split, "val"), ("test", "test")):
+        if name in parts.values():
+            continue
+        try:
+            parts[split] = (name, create_dataset(dataset, root, split, **options))
+        except DataError:
+            if split == train_split:
+                raise
+    classes = next(iter(parts.values()))[1].class_names
+    bad = [c for c in classes if "|" in c or "\n" in c]
+    if bad:
+        raise DataError(f"class name {bad[0]!r} holds '|' or a line break, which labels.csv cannot spell")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "labels", "split"])
+    unknown, counts = 0, {}
+    out.mkdir(parents=True, exist_ok=True)
+    for _, (name, ds) in parts.items():
+        counts[name] = len(ds)
+        for path, row in zip(ds.paths, ds.targets):
+            unknown += int((row < 0).sum())
+            tags = "|".join(c for c, v in zip(classes, row) if v == 1)
+            w.writerow([os.path.relpath(path, out), tags, name])
+    atomic_write(out / "classes.txt", "".join(c + "\n" for c in classes))
+    atomic_write(out / "labels.csv", buf.getvalue())
+    if unknown:
+        log.warning("warning: %d unknown labels (-1) are written as negatives: labels.csv has no unknown", unknown)
+    return {
+        "dataset": dataset,
+        "images": sum(counts.values()),
+        "classes": len(classes),
+        "splits": counts,
+        "unknown_as_negative": unknown,
+        "labels_csv": str(out / "labels.csv"),
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .. import cli
+
+    cfg = cli.data_config("convert", __doc__.split("\n\n")[0], argv, "(required) a new folder")
+    if not cfg.output:
+        raise ConfigError("pass --output NEW_FOLDER: convert writes labels.csv and classes.txt into a new folder")
+    r = convert_dataset(cfg.data_root, cfg.output, cfg.dataset, cfg.tag_separator, cfg.val_fraction)
+    splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items())
+    print(f"{cfg.data_root} ({r['dataset']}): {r['images']} images ({splits}), {r['classes']} classes")
+    print(f"  -> {r['labels_csv']}")
+    return 0
+
+
+if __name__ == "__main__":
+    from .. import cli
+
+    raise SystemExit(cli.run(main))
