@@ -33,7 +33,16 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 # Files a training run writes into its output folder.
-RUN_FILES = ("last.pth", "best.pth", "metrics.jsonl", "config.yaml", "curves.png", "per_class_ap.json")
+RUN_FILES = (
+    "last.pth",
+    "best.pth",
+    "metrics.jsonl",
+    "config.yaml",
+    "curves.png",
+    "per_class_ap.json",
+    "report.html",
+    "tensorboard",
+)
 PROBE = ".write-test-"  # prefix of the temporary file that proves a folder writable
 
 
@@ -102,6 +111,7 @@ def check_training(cfg: Config) -> Config:
     check_dataset_options(cfg)
     check_image_size(cfg.model_name, cfg.image_size)
     check_head(cfg)
+    check_tensorboard(cfg)
     if cfg.dataset == "demo":
         from .data.demo import check_demo_folder
 
@@ -123,6 +133,29 @@ def check_training(cfg: Config) -> Config:
     if cfg.resume and not Path(cfg.resume).is_file():
         raise ConfigError(f"--resume {cfg.resume} not found")
     return cap_workers(cfg)
+
+
+def tensorboard_dir(cfg: Config) -> Optional[str]:
+    """Where ``--tensorboard`` / ``--log-dir`` write event files (None: off)."""
+    if cfg.log_dir:
+        return cfg.log_dir
+    return str(Path(cfg.output) / "tensorboard") if cfg.tensorboard and cfg.output else None
+
+
+def check_tensorboard(cfg: Config) -> None:
+    """TensorBoard is an optional extra: asked for without it installed, one line saying how."""
+    if not (cfg.tensorboard or cfg.log_dir):
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install '.[tensorboard]'")
+    if cfg.log_dir:
+        log_dir, data = Path(cfg.log_dir).resolve(), Path(cfg.data_root).resolve()
+        if log_dir == data or data in log_dir.parents:
+            raise ConfigError(f"--log-dir {cfg.log_dir} is inside the data folder {cfg.data_root}")
+        if log_dir.exists() and not log_dir.is_dir():
+            raise ConfigError(f"--log-dir {cfg.log_dir} is a file, not a folder")
 
 
 def check_head(cfg: Config) -> None:

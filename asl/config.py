@@ -357,6 +357,19 @@ class RunConfig:
         "file (unset: beside the checkpoint)",
     )
     seed: int = setting(0, check=_range(lambda v: 0 <= v < 2**63, "in [0, 2^63)"), help="random seed")
+    tensorboard: bool = setting(
+        False,
+        commands=(TRAIN,),
+        result=False,
+        help="write TensorBoard event files into <output>/tensorboard (pip install '.[tensorboard]')",
+    )
+    log_dir: Optional[str] = setting(
+        None,
+        "--log-dir",
+        commands=(TRAIN,),
+        result=False,
+        help="TensorBoard event files into this folder instead (implies --tensorboard)",
+    )
     device: str = setting("auto", commands=(TRAIN, VALIDATE, INFER, EXPORT), help="auto | cpu | cuda | cuda:N")
     print_freq: int = setting(
         50, "--print-freq", "-p", check=_NONNEG, commands=(TRAIN, VALIDATE), result=False, help="log every N steps"

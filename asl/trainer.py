@@ -41,7 +41,16 @@ from .checkpoint import (
     save_checkpoint,
     training_checkpoint,
 )
-from .checks import RUN_FILES, check_output_dir, check_training, removed_on_error, resolve_device, resolve_training
+from .checks import (
+    RUN_FILES,
+    check_output_dir,
+    check_training,
+    removed_on_error,
+    resolve_device,
+    resolve_training,
+    tensorboard_dir,
+    writable_dir,
+)
 from .config import Config, dump_config
 from .data.base import split_warnings
 from .distributed import EpochSampler, ShardSampler, all_true, broadcast_buffers, gather_rows, init_distributed
@@ -59,6 +68,7 @@ from .engine import (
 )
 from .errors import ConfigError, DataError
 from .files import atomic_write, remove_stale_temporaries
+from .hooks import CheckpointEvery, GammaTrace, Hook, StopOnSignal, TensorBoard
 from .losses import AdaptiveAsymmetricLoss
 from .models import check_batch_trainable, create_model, data_config
 from .pretrained import resolve_pretrained
@@ -66,7 +76,7 @@ from .process import RunLock, StopSignal
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "RunResult", "Trainer", "Hook", "StopOnSignal", "CheckpointEvery", "GammaTrace"]
+__all__ = ["fit", "RunResult", "Trainer", "Hook", "StopOnSignal", "CheckpointEvery", "GammaTrace", "TensorBoard"]
 
 
 @dataclass
@@ -144,6 +154,8 @@ def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], hooks: S
             check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)  # ... or here, if it finished
             for tmp in remove_stale_temporaries(out, RUN_FILES):
                 log.info("removed %s, left by an interrupted write", tmp)
+            if cfg.log_dir and not cfg.dry_run:
+                writable_dir(Path(cfg.log_dir), "--log-dir")
         # the pretrained start, before any data is read: downloaded once, or one error line offline
         source = resolve_pretrained(cfg.model_name) if cfg.pretrained and not cfg.resume else None
         run = Trainer(cfg, out, resume_ckpt, source, hooks)
@@ -157,67 +169,6 @@ def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], hooks: S
         torch.backends.cudnn.benchmark = benchmark  # set for this run's fixed-size inputs only
         if lock is not None:
             lock.release()
-
-
-class Hook:
-    """Something that happens after a step or an epoch of :func:`fit`: subclass and override.
-
-    ``after_step(trainer, step, partial)`` runs after every optimizer step (``step``: steps since
-    the run began; ``partial``: the epoch's running sums so far); returning True ends the epoch
-    early and the run with it, its state saved in ``last.pth`` as a signal's stop is (under torchrun
-    every rank must return the same). ``after_epoch(trainer, record)`` runs once the epoch's record
-    (``metrics.jsonl``'s line) is made and before it is written: a hook may add fields to it.
-    Every rank calls them under torchrun; ``trainer.main`` is True on the one that writes files.
-    """
-
-    def after_step(self, trainer: "Trainer", step: int, partial: Dict[str, Any]) -> bool:
-        return False
-
-    def after_epoch(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
-        pass
-
-
-class StopOnSignal(Hook):
-    """SIGTERM / SIGINT end the epoch at the next step, on every rank at the same step."""
-
-    def after_step(self, trainer: "Trainer", step: int, partial: Dict[str, Any]) -> bool:
-        stop_now = trainer.stop.received
-        if trainer.dist.enabled:  # every rank stops at the same step, or the others would hang
-            stop_now = not all_true(not stop_now, trainer.dist)
-        trainer.stop_requested = stop_now
-        return stop_now
-
-
-class CheckpointEvery(Hook):
-    """``last.pth`` every ``every`` optimizer steps (0: never mid-epoch), and at a signal's stop."""
-
-    def __init__(self, every: int):
-        self.every = every
-
-    def after_step(self, trainer: "Trainer", step: int, partial: Dict[str, Any]) -> bool:
-        in_epoch = trainer.done_before + partial["steps"]
-        if trainer.stop_requested or (
-            self.every and step % self.every == 0 and in_epoch < len(trainer.train_loader) + trainer.done_before
-        ):
-            trainer.save_last(trainer.epoch, in_epoch, partial)
-        return False
-
-
-class GammaTrace(Hook):
-    """Adaptive ASL: gamma- after every step, and the epoch's gamma- and delta_p in its record."""
-
-    def __init__(self):
-        self.trace: List[float] = []  # this epoch's (emptied when its record is made)
-
-    def after_step(self, trainer: "Trainer", step: int, partial: Dict[str, Any]) -> bool:
-        self.trace.append(round(trainer.loss_fn.gamma_neg, 4))
-        return False
-
-    def after_epoch(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
-        record.update(
-            gamma_neg=trainer.loss_fn.gamma_neg, delta_p=trainer.loss_fn.delta_p, gamma_neg_steps=list(self.trace)
-        )
-        self.trace = []
 
 
 class Trainer:
@@ -359,8 +310,10 @@ class Trainer:
             StopOnSignal(),
             *([GammaTrace()] if self.adaptive else []),
             CheckpointEvery(cfg.checkpoint_every),
+            *([TensorBoard(tensorboard_dir(cfg))] if tensorboard_dir(cfg) else []),
             *hooks,
         ]
+        self.last_evaluation: Optional[tuple] = None  # (model's, EMA's) of the latest epoch
         self.stop_requested = False
         self.history: List[Dict[str, Any]] = []
         if cfg.resume and (out / "metrics.jsonl").exists():
@@ -397,6 +350,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def loop(self, stop: StopSignal) -> RunResult:
+        try:
+            return self._loop(stop)
+        finally:
+            for hook in self.hooks:
+                hook.after_run(self)
+
+    def _loop(self, stop: StopSignal) -> RunResult:
         cfg, state = self.cfg, self.state
         self.stop = stop
         start = state.next_epoch
@@ -502,6 +462,7 @@ class Trainer:
             "p_pos": float(ev["scores"][pos].mean()) if pos.any() else None,
             "p_neg": float(ev["scores"][neg].mean()) if neg.any() else None,
         }
+        self.last_evaluation = (ev, ev_ema)
         for hook in self.hooks:  # may add fields to the record before it is written
             hook.after_epoch(self, rec)
         if self.main:

@@ -4,7 +4,7 @@
     python tools/requirements.py --check  # exit 1 when a file differs from pyproject.toml
 
 The files are what `pip install -r ...` reads on a fresh machine (README: the two commands):
-requirements.txt (the dependencies), -export / -jax (an extra on top), -infer (torch-free: the
+requirements.txt (the dependencies), -export / -jax / -tensorboard (an extra on top), -infer (torch-free: the
 infer extra and the dependencies pyproject names torch-free), -dev (everything, plus the dev extra).
 """
 
@@ -44,9 +44,12 @@ def generate(pyproject: Path = ROOT / "pyproject.toml") -> Dict[str, str]:
         "requirements-jax.txt": HEADER
         + "# asl.jax (the PyTorch side does not need it); CPU wheels.\n"
         + lines(extras["jax"]),
+        "requirements-tensorboard.txt": HEADER
+        + "# train.py --tensorboard, on top of requirements.txt.\n"
+        + lines(extras["tensorboard"]),
         "requirements-infer.txt": HEADER + "# Tagging with an exported model.onnx: no PyTorch needed.\n" + lines(infer),
         "requirements-dev.txt": HEADER
-        + "-r requirements.txt\n-r requirements-jax.txt\n-r requirements-export.txt\n"
+        + "-r requirements.txt\n-r requirements-jax.txt\n-r requirements-export.txt\n-r requirements-tensorboard.txt\n"
         + lines(extras["dev"]),
     }
 
