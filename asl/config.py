@@ -429,6 +429,17 @@ class InferConfig:
         choices=("ms_coco", "coco", "openimages"),
         help="official infer.py: MS-COCO (th 0.7) or OpenImages (th 0.995)",
     )
+    tags_out: Optional[str] = setting(
+        None,
+        result=False,
+        help="write one .txt of comma-separated tags per picture into this folder, mirroring the tree of "
+        "the folders given (searched recursively); never over an existing file without --overwrite",
+    )
+    scores_csv: Optional[str] = setting(None, result=False, help="write every class's score of every picture (CSV)")
+    exclude_tags: Optional[str] = setting(
+        None, result=False, help="comma-separated class names never reported or written"
+    )
+    min_score: float = setting(0.0, check=_UNIT, result=False, help="report a tag only when its score is at least this")
 
 
 @dataclass

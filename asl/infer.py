@@ -15,8 +15,11 @@ The ``infer.py`` command; installed as ``asl-infer``, also ``python -m asl.infer
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -37,19 +40,38 @@ from .images import IMAGE_EXTENSIONS, load_rgb
 from .opening import open_model
 
 
-def collect_images(specs: List[str]) -> List[Path]:
-    """Files, folders (their images, sorted) and glob patterns, in the order given."""
+def _pictures_in(folder: Path, recursive: bool) -> List[Path]:
+    # regular files only: a FIFO named .jpg would block the reader forever
+    if not recursive:
+        return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for n in sorted(filenames):
+            f = Path(dirpath) / n
+            if not n.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                found.append(f)
+    return found
+
+
+def collect_images(specs: List[str], recursive: bool = False, relative: Optional[List[Path]] = None) -> List[Path]:
+    """Files, folders (their images, sorted; with ``recursive`` their whole tree) and glob
+    patterns, in the order given. ``relative``, when given, receives each picture's path relative
+    to the folder that named it (its own name for a file or a glob's match)."""
     paths: List[Path] = []
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            # regular files only: a FIFO named .jpg would block the reader forever
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            found = _pictures_in(p, recursive)
+            if relative is not None:
+                relative += [f.relative_to(p) for f in found]
             if not found:
                 raise DataError(f"no images in folder {spec}")
             paths += found
         elif p.is_file():
             paths.append(p)
+            if relative is not None:
+                relative.append(Path(p.name))
         elif p.exists():
             raise DataError(f"{spec} is not a regular file (a pipe or a device), so it is not read as an image")
         elif glob.has_magic(spec):
@@ -59,6 +81,8 @@ def collect_images(specs: List[str]) -> List[Path]:
             if not found:
                 raise DataError(f"no images match {spec}")
             paths += found
+            if relative is not None:
+                relative += [Path(f.name) for f in found]
         else:
             raise DataError(f"image not found: {spec}")
     return paths
@@ -110,11 +134,79 @@ def draw_labels(img, labels, dest: Path) -> None:
     img.save(dest)
 
 
+def check_tags_out(out: str, relative: Sequence[Path], overwrite: bool) -> List[Path]:
+    """``--tags-out``: one ``.txt`` per picture at its relative path under ``out``; two pictures
+    that would share a file, and an existing file without ``--overwrite``, are refused before
+    any work."""
+    from .checks import writable_dir
+
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--tags-out {out} is a file, not a folder")
+    files = [root / r.with_suffix(".txt") for r in relative]
+    seen: Dict[Path, int] = {}
+    for k, f in enumerate(files):
+        if f in seen:
+            raise ConfigError(
+                f"--tags-out: {relative[seen[f]]} and {relative[k]} would both be tagged in {f}; tag them separately"
+            )
+        seen[f] = k
+    existing = [f for f in files if f.exists()]
+    if existing and not overwrite:
+        more = f" (+{len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise ConfigError(f"--tags-out: {existing[0]} exists{more}; pass --overwrite to replace, or a new folder")
+    writable_dir(root, "--tags-out")
+    return files
+
+
+def exclusions(spec: Optional[str], class_names: Sequence[str]) -> np.ndarray:
+    """``--exclude-tags a,b``: a (C,) mask of the classes never reported; unknown names refused."""
+    mask = np.zeros(len(class_names), dtype=bool)
+    if not spec:
+        return mask
+    index = {n: k for k, n in enumerate(class_names)}
+    for name in (t.strip() for t in spec.split(",")):
+        if not name:
+            continue
+        if name not in index:
+            raise ConfigError(f"--exclude-tags: {name!r} is not a class of the model")
+        mask[index[name]] = True
+    return mask
+
+
+def write_tags(path: Path, tags: Sequence[str]) -> None:
+    """One sidecar file: the tags, comma-separated, highest score first (the image-tagger convention)."""
+    from .files import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, ", ".join(tags) + "\n")
+
+
+def write_scores_csv(path: Path, class_names: Sequence[str], rows) -> None:
+    """``image,<class>,...`` with every class's score, one row per picture."""
+    from .files import atomic_write
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", *class_names])
+    for image, scores in rows:
+        w.writerow([image, *(f"{float(v):.6f}" for v in scores)])
+    atomic_write(path, buf.getvalue())
+
+
+def _progress(total: int):
+    """A progress bar on stderr where it is a terminal (tqdm's ``disable=None``)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", disable=None, file=sys.stderr)
+
+
 def tag_images(cfg: Config) -> List[Dict[str, Any]]:
     """Tag pictures (:func:`_tag_images`); a folder created for ``--save-image`` is removed again on failure."""
     from .checks import removed_on_error
 
-    with removed_on_error(*([Path(cfg.save_image).parent] if cfg.save_image else [])):
+    made = [Path(cfg.save_image).parent] if cfg.save_image else []
+    with removed_on_error(*made, *([Path(cfg.tags_out)] if cfg.tags_out else [])):
         return _tag_images(cfg)
 
 
@@ -136,7 +228,13 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
         raise ConfigError("pass --pic-path IMAGE [IMAGE|DIR|GLOB ...]")
     if cfg.save_image:
         check_save_image(cfg.save_image, cfg.overwrite)
-    paths = collect_images(cfg.pic_path)
+    relative: List[Path] = []
+    paths = collect_images(cfg.pic_path, recursive=bool(cfg.tags_out), relative=relative)
+    tag_files = check_tags_out(cfg.tags_out, relative, cfg.overwrite) if cfg.tags_out else None
+    if cfg.scores_csv:
+        from .checks import writable_file
+
+        writable_file(Path(cfg.scores_csv), "--scores-csv", cfg.overwrite)
     model = open_model(
         cfg.model_path,
         cfg.model_name,
@@ -155,23 +253,31 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
     else:
         thresholds = np.full(n, OFFICIAL_INFER_THRESHOLDS[cfg.dataset_type or "ms_coco"], dtype=np.float32)
 
-    results, bad = [], []
+    excluded = exclusions(cfg.exclude_tags, model.class_names)
+    results, bad, score_rows = [], [], []
     first_img = None
+    progress = _progress(len(paths)) if tag_files is not None else None
     for start in range(0, len(paths), cfg.batch_size):
         batch, imgs = [], []
-        for p in paths[start : start + cfg.batch_size]:
+        for i in range(start, min(start + cfg.batch_size, len(paths))):
             try:
-                imgs.append(load_rgb(p))
+                imgs.append(load_rgb(paths[i]))
             except DataError as e:  # one bad picture (a macOS ._photo.jpg) is named; the rest are tagged
-                bad.append((str(p), str(e)))
+                bad.append((str(paths[i]), str(e)))
                 continue
-            batch.append(p)
+            batch.append(i)
+        if progress is not None:
+            progress.update(min(cfg.batch_size, len(paths) - start))
         if not batch:
             continue
         if first_img is None:
             first_img = imgs[0]
-        for p, s in zip(batch, model.scores(imgs)):
-            keep = np.flatnonzero(s > thresholds).tolist()  # strict, as the official infer.py
+        for i, s in zip(batch, model.scores(imgs)):
+            p = paths[i]
+            if cfg.scores_csv:
+                score_rows.append((str(p), s))
+            # strict, as the official infer.py; --min-score and --exclude-tags on top
+            keep = np.flatnonzero((s > thresholds) & (s >= cfg.min_score) & ~excluded).tolist()
             labels = sorted(
                 ({"label": model.class_names[k], "score": round(float(s[k]), 4)} for k in keep),
                 key=lambda d: -d["score"],
@@ -179,6 +285,10 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
             if cfg.top_k:
                 labels = labels[: cfg.top_k]
             results.append({"image": str(p), "labels": labels})
+            if tag_files is not None:
+                write_tags(tag_files[i], [lab["label"] for lab in labels])
+    if progress is not None:
+        progress.close()
 
     if not results:
         raise DataError(
@@ -188,8 +298,15 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
         print(f"warning: skipped: {why}", file=sys.stderr)
     if bad:
         print(f"warning: {len(bad)} of {len(paths)} pictures were unreadable and skipped", file=sys.stderr)
+    if cfg.scores_csv:
+        write_scores_csv(Path(cfg.scores_csv), model.class_names, score_rows)
     if cfg.json:
         print(json.dumps(results))
+    elif tag_files is not None:
+        print(
+            f"{len(results)} pictures tagged -> {cfg.tags_out}"
+            + (f" (scores -> {cfg.scores_csv})" if cfg.scores_csv else "")
+        )
     else:
         for r in results:
             tags = ", ".join(f"{lab['label']} ({lab['score']:.2f})" for lab in r["labels"]) or "(no label)"

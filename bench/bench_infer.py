@@ -8,12 +8,17 @@ Models: the demo checkpoint (``--demo-checkpoint``, default runs/demo/best.pth; 
 resnet10t with the demo's classes when it is absent: speed does not depend on the weights) and
 TResNet-M 224 (untrained, 80 classes).
 
-    python bench/bench_infer.py [--reps 5] [--skip-tresnet]
+Folder tagging: ``infer.py PICS --tags-out OUT`` on a nested folder of JPEGs, end to end, at
+batch 1 and 16, PyTorch and onnxruntime.
+
+    python bench/bench_infer.py [--reps 5] [--skip-tresnet] [--folder-pictures 128]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import subprocess
 import sys
@@ -82,6 +87,35 @@ def steady(fn, batch: np.ndarray, reps: int) -> float:
     return len(batch) / statistics.median(times)
 
 
+def folder_pictures(root: Path, n: int) -> Path:
+    """``n`` random 320 x 240 JPEGs in a two-level tree (what a folder to tag looks like)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        path = root / f"set{k % 4}" / f"sub{k % 2}" / f"{k:04d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(path, quality=90)
+    return root
+
+
+def folder_tagging(model: Path, pics: Path, out: Path, batch: int) -> float:
+    """images/s of ``infer.py PICS --tags-out OUT --batch-size B`` end to end in this process
+    (opening the model, decoding, preprocessing, scoring, writing the .txt files), after one
+    warm-up run."""
+    from asl.infer import tag_images
+
+    n = sum(1 for _ in pics.rglob("*.jpg"))
+    flags = {"model_path": str(model), "pic_path": [str(pics)], "tags_out": str(out), "batch_size": batch}
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # its one summary line per run
+            tag_images(load_config(None, {**flags, "overwrite": True}))
+        times.append(time.perf_counter() - t0)
+    return n / times[-1]
+
+
 def prepare(tmp: Path, demo_ckpt: Path, tresnet: bool):
     """[(label, checkpoint, onnx, size)]: the models, exported with a dynamic batch."""
     models = []
@@ -131,6 +165,7 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--demo-checkpoint", default=str(REPO / "runs" / "demo" / "best.pth"))
     ap.add_argument("--skip-tresnet", action="store_true")
+    ap.add_argument("--folder-pictures", type=int, default=128, help="pictures in the folder-tagging run")
     args = ap.parse_args(argv)
     pic = REPO / "pics" / "demo.png"
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,6 +197,13 @@ def main(argv=None) -> None:
                 f"{cells[3]:>11} | {cells[4]} | {cells[5]}"
             )
         print("images/s of the model alone (preprocessed batches); ratio = ONNX / PyTorch")
+        pics = folder_pictures(Path(tmp) / "pics", args.folder_pictures)
+        print(f"\nfolder tagging: infer.py PICS --tags-out OUT, {args.folder_pictures} JPEGs 320 x 240, end to end")
+        print(f"{'model':>34} | {'b1 PyTorch':>10} | {'b16 PyTorch':>11} | {'b1 ONNX':>8} | {'b16 ONNX':>8}")
+        for label, ckpt, onnx_path, _ in models:
+            cells = [folder_tagging(m, pics, Path(tmp) / "tags", b) for m in (ckpt, onnx_path) for b in (1, 16)]
+            print(f"{label:>34} | {cells[0]:>10.1f} | {cells[1]:>11.1f} | {cells[2]:>8.1f} | {cells[3]:>8.1f}")
+        print("images/s, opening the model and writing the tag files included")
 
 
 if __name__ == "__main__":

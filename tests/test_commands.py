@@ -17,7 +17,7 @@ from asl.checkpoint import load_checkpoint
 from asl.config import load_config
 from asl.errors import ConfigError
 from tests.conftest import REPO
-from tests.helpers import call, one_error, validation_metrics
+from tests.helpers import call, one_error, tree_digest, validation_metrics
 
 NO_TORCH = "import sys\nfor m in ('torch', 'timm', 'torchvision'): sys.modules[m] = None\n"
 
@@ -270,3 +270,60 @@ def test_bad_inference_and_validation_values(trained_run, tmp_path, capsys):
         assert out == ""
     rc, _, err = call("validate", ["--model-path", best, "--thre", "-3"], capsys)
     one_error(rc, err, "--thre must be in [0, 1]")
+
+
+def _nested_pictures(trained_run, root):
+    """Pictures in a nested tree: a/, a/b/ and the top."""
+    src = sorted((trained_run["data"] / "img").glob("*.png"))[:5]
+    for k, (rel) in enumerate(["top.png", "a/one.png", "a/two.png", "a/b/three.png", "a/b/four.png"]):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src[k], root / rel)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["pth", "onnx"])
+def test_folder_tagging_writes_a_sidecar_tree_and_a_scores_csv(kind, trained_run, tmp_path, capsys):
+    pics = _nested_pictures(trained_run, tmp_path / "pics")
+    model = trained_run["out"] / "best.pth"
+    if kind == "onnx":
+        rc, _, err = call("export", ["--model-path", model, "--output", tmp_path / "m.onnx", "--dynamic-batch"], capsys)
+        assert rc == 0, err
+        model = tmp_path / "m.onnx"
+    before = tree_digest(pics)
+    argv = ["--model-path", model, "--pic-path", pics, "--tags-out", tmp_path / "tags", "--batch-size", "16"]
+    argv += ["--scores-csv", tmp_path / "scores.csv", "--th", "0", "--exclude-tags", "dog"]
+    rc, out, err = call("infer", argv, capsys)
+    assert rc == 0, err
+    assert out.strip().startswith("5 pictures tagged ->")
+    written = sorted(str(p.relative_to(tmp_path / "tags")) for p in (tmp_path / "tags").rglob("*.txt"))
+    assert written == ["a/b/four.txt", "a/b/three.txt", "a/one.txt", "a/two.txt", "top.txt"]
+    rows = list(csv.reader(open(tmp_path / "scores.csv")))
+    assert rows[0] == ["image", "cat", "dog", "sky", "tree"] and len(rows) == 6
+    for row in rows[1:]:
+        rel = Path(row[0]).relative_to(pics).with_suffix(".txt")
+        tags = (tmp_path / "tags" / rel).read_text().strip().split(", ")
+        scores = dict(zip(rows[0][1:], map(float, row[1:])))
+        assert tags == sorted((c for c in scores if c != "dog"), key=lambda c: -scores[c])  # --th 0, dog excluded
+    assert tree_digest(pics) == before  # the pictures' folder is left as it was
+    rc, _, err = call("infer", argv, capsys)
+    one_error(rc, err, "exists (+4 more); pass --overwrite")
+    rc, _, err = call("infer", [*argv, "--overwrite", "--min-score", "1"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "tags" / "top.txt").read_text() == "\n"  # no score reaches 1: no tag
+
+
+def test_tags_out_bad_input_is_one_error(trained_run, tmp_path, capsys):
+    pics = _nested_pictures(trained_run, tmp_path / "pics")
+    shutil.copy(pics / "top.png", tmp_path / "top.png")
+    best = trained_run["out"] / "best.pth"
+    rc, _, err = call(
+        "infer", ["--model-path", best, "--pic-path", pics, tmp_path / "top.png", "--tags-out", tmp_path / "t"], capsys
+    )
+    one_error(rc, err, "would both be tagged in")
+    rc, _, err = call(
+        "infer",
+        ["--model-path", best, "--pic-path", pics, "--tags-out", tmp_path / "t", "--exclude-tags", "cow"],
+        capsys,
+    )
+    one_error(rc, err, "'cow' is not a class of the model")
+    assert not (tmp_path / "t").exists()
