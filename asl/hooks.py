@@ -13,7 +13,7 @@ from .distributed import all_true
 # The hooks receive the asl.trainer.Trainer that calls them (not imported: the trainer imports this).
 Trainer = Any
 
-__all__ = ["Hook", "StopOnSignal", "CheckpointEvery", "GammaTrace", "TensorBoard"]
+__all__ = ["Hook", "StopOnSignal", "CheckpointEvery", "GammaTrace", "TensorBoard", "HtmlReport"]
 
 
 class Hook:
@@ -145,3 +145,27 @@ class TensorBoard(Hook):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class HtmlReport(Hook):
+    """``report.html`` in the run's folder when the run ends (finished, or stopped by a signal),
+    from the evaluation ``best.pth`` was chosen by (:mod:`asl.report`)."""
+
+    def after_run(self, trainer: Trainer) -> None:
+        ev = trainer.best_evaluation
+        if not trainer.main or trainer.result is None or ev is None or trainer.cfg.dry_run:
+            return
+        from .report import write_report
+
+        best = trainer.state.best
+        write_report(
+            trainer.out / "report.html",
+            scores=ev["scores"],
+            targets=ev["targets"],
+            class_names=trainer.val_ds.class_names,
+            image_paths=trainer.val_ds.paths,
+            per_class_ap=ev["per_class_ap"],
+            title=f"{trainer.cfg.model_name} on {trainer.val_ds.name}: best.pth (epoch {best['epoch']}, "
+            f"{best['selected']} weights)",
+            headline={"mAP": float(ev["mAP"]), "epoch": best["epoch"], "images": int(ev["num_images"])},
+        )

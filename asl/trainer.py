@@ -68,7 +68,7 @@ from .engine import (
 )
 from .errors import ConfigError, DataError
 from .files import atomic_write, remove_stale_temporaries
-from .hooks import CheckpointEvery, GammaTrace, Hook, StopOnSignal, TensorBoard
+from .hooks import CheckpointEvery, GammaTrace, Hook, HtmlReport, StopOnSignal, TensorBoard
 from .losses import AdaptiveAsymmetricLoss
 from .models import check_batch_trainable, create_model, data_config
 from .pretrained import resolve_pretrained
@@ -311,9 +311,12 @@ class Trainer:
             *([GammaTrace()] if self.adaptive else []),
             CheckpointEvery(cfg.checkpoint_every),
             *([TensorBoard(tensorboard_dir(cfg))] if tensorboard_dir(cfg) else []),
+            HtmlReport(),
             *hooks,
         ]
         self.last_evaluation: Optional[tuple] = None  # (model's, EMA's) of the latest epoch
+        self.best_evaluation: Optional[Dict[str, Any]] = None  # the evaluation best.pth was chosen by
+        self.result: Optional[RunResult] = None  # set when the loop returns (not when it raises)
         self.stop_requested = False
         self.history: List[Dict[str, Any]] = []
         if cfg.resume and (out / "metrics.jsonl").exists():
@@ -351,7 +354,8 @@ class Trainer:
 
     def loop(self, stop: StopSignal) -> RunResult:
         try:
-            return self._loop(stop)
+            self.result = self._loop(stop)
+            return self.result
         finally:
             for hook in self.hooks:
                 hook.after_run(self)
@@ -482,6 +486,7 @@ class Trainer:
         current = max(ev["mAP"], ev_ema["mAP"] if ev_ema else -1.0)
         if current > state.best["mAP"]:
             state.best = {"mAP": current, "epoch": epoch, "selected": "ema" if use_ema else "model"}
+            self.best_evaluation = ev_ema if use_ema else ev
             if self.main:
                 with self.stop.saving():
                     save_checkpoint(

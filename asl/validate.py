@@ -61,9 +61,10 @@ from .errors import ConfigError
 from .files import atomic_write
 from .metrics import calibrate_thresholds, mAP, multilabel_metrics
 from .opening import OpenedModel, is_onnx, open_model
+from .report import write_report
 
 log = logging.getLogger(__name__)
-OUTPUT_FILES = ("metrics.json", "scores.npy", "targets.npy", "calibrated.pth")
+OUTPUT_FILES = ("metrics.json", "scores.npy", "targets.npy", "report.html", "calibrated.pth")
 
 
 def base_config(ckpt: dict, model: OpenedModel, dataset: Optional[str] = None) -> Config:
@@ -80,6 +81,15 @@ def base_config(ckpt: dict, model: OpenedModel, dataset: Optional[str] = None) -
             keep = {k: v for k, v in keep.items() if k not in DATASET_OPTIONS or k in DATASETS[dataset].options}
         return from_dict(keep, source="checkpoint config")
     return Config(**OFFICIAL_VALIDATE, image_size=model.image_size)
+
+
+def report_headline(metrics: Dict[str, Any], thre: float) -> Dict[str, Any]:
+    """The report's headline table: mAP, the threshold metrics, the image count."""
+    head = {"mAP": metrics["mAP"], **{f"{k} (at {thre})": metrics[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}}
+    if "calibrated" in metrics:
+        head.update({f"{k} (calibrated)": metrics["calibrated"][k] for k in ("CF1", "OF1")})
+    head["images"] = metrics["num_images"]
+    return head
 
 
 def format_metrics(m: dict) -> str:
@@ -113,7 +123,7 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
     output = given.output  # only where asked: never into the training run's folder by default
     if output:
         out = writable_dir(Path(output))
-        for name in OUTPUT_FILES if given.calibrate else OUTPUT_FILES[:3]:
+        for name in OUTPUT_FILES if given.calibrate else OUTPUT_FILES[:-1]:
             writable_file(out / name, "--output", given.overwrite)
     elif given.calibrate:
         writable_file(
@@ -223,8 +233,12 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         f"(threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)"
     )
 
+    marked = None  # the per-class thresholds the report marks, in the dataset's class order
+    if model.thresholds is not None:
+        marked = np.asarray(model.thresholds, np.float32)[order if order is not None else slice(None)]
     if cfg.calibrate:
         thr = calibrate_thresholds(targets, scores)  # in the dataset's class order
+        marked = thr
         cal = multilabel_metrics(targets, scores, thr)
         metrics["calibrated"] = cal
         print(f"calibrated per-class thresholds: {format_metrics(cal)}")
@@ -249,7 +263,18 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
         atomic_write(out / "scores.npy", writer=lambda f: np.save(f, scores))
         atomic_write(out / "targets.npy", writer=lambda f: np.save(f, targets))
-        print(f"metrics -> {out / 'metrics.json'}")
+        write_report(
+            out / "report.html",
+            scores=scores,
+            targets=targets,
+            class_names=ds.class_names,
+            image_paths=ds.paths,
+            per_class_ap=ev["per_class_ap"],
+            title=f"{model.model_name or Path(model_path).name} on {ds.name}",
+            headline=report_headline(metrics, cfg.thre),
+            thresholds=marked,
+        )
+        print(f"metrics -> {out / 'metrics.json'}, report -> {out / 'report.html'}")
     return metrics
 
 

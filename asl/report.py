@@ -1,0 +1,231 @@
+"""``report.html``: one self-contained page to look at after an evaluation (no network: every
+figure and picture is inline), readable on a phone.
+
+Sections, each with its ``id``:
+- ``metrics``: the headline numbers.
+- ``per-class-ap``: the per-class AP, sorted.
+- ``pr-curves``: precision-recall curves of the best and the worst classes.
+- ``f1-threshold``: F1 against one threshold for all classes, with the calibrated per-class
+  thresholds marked.
+- ``frequency-ap``: each class's positives against its AP.
+- ``contact-sheet``: the most confident false positives and the most missed positives, with their
+  scores.
+
+Written by ``validate.py --output`` and at the end of every training run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .files import atomic_write
+
+__all__ = ["SECTIONS", "write_report", "render_report"]
+
+SECTIONS = ("metrics", "per-class-ap", "pr-curves", "f1-threshold", "frequency-ap", "contact-sheet")
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:980px;padding:12px;
+color:#1d232a;line-height:1.4}h1{font-size:1.35em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}
+img{max-width:100%;height:auto}table{border-collapse:collapse}td,th{padding:2px 10px;text-align:right}
+th{text-align:left}.sheet{display:flex;flex-wrap:wrap;gap:8px}.sheet figure{margin:0;width:150px;font-size:.8em}
+.sheet img{width:150px;height:150px;object-fit:cover;border-radius:4px}.note{color:#5a6470;font-size:.9em}
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _thumb(path: str, side: int = 150) -> Optional[str]:
+    from .errors import DataError
+    from .images import load_rgb
+
+    try:
+        img = load_rgb(path)
+    except DataError:
+        return None
+    img.thumbnail((side * 2, side * 2))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _pr_curve(scores: np.ndarray, pos: np.ndarray):
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(pos[order])
+    precision = tp / np.arange(1, len(order) + 1)
+    recall = tp / max(pos.sum(), 1)
+    return recall, precision
+
+
+def _f1_curve(scores: np.ndarray, targets: np.ndarray, grid: np.ndarray):
+    """(overall F1, mean per-class F1) at each threshold of ``grid``, known labels only."""
+    known = targets >= 0
+    pos = (targets == 1) & known
+    of1, cf1 = [], []
+    for t in grid:
+        pred = (scores > t) & known
+        tp, fp, fn = (pred & pos).sum(0), (pred & ~pos).sum(0), (~pred & pos).sum(0)
+        of1.append(2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1))
+        cf1.append(np.mean(2 * tp / np.maximum(2 * tp + fp + fn, 1)))
+    return np.array(of1), np.array(cf1)
+
+
+def render_report(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    class_names: Sequence[str],
+    image_paths: Sequence[str],
+    per_class_ap: np.ndarray,
+    title: str,
+    headline: Dict[str, Any],
+    thresholds: Optional[Sequence[float]] = None,
+    sheet_size: int = 8,
+) -> str:
+    """The page's HTML.
+
+    Args:
+        scores: (N, C) sigmoid scores.
+        targets: (N, C) 1 / 0 / -1 (unknown).
+        class_names: C names.
+        image_paths: N pictures, in the rows' order (for the contact sheet).
+        per_class_ap: (C,) AP in [0, 1], NaN for a class without positives.
+        title: the page's heading (the model and the data).
+        headline: name -> value of the headline metrics, in order.
+        thresholds: calibrated per-class thresholds to mark, or None.
+        sheet_size: pictures per row of the contact sheet.
+    """
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    scores, targets = np.asarray(scores, np.float32), np.asarray(targets, np.float32)
+    ap = np.asarray(per_class_ap, np.float64) * 100
+    names = list(class_names)
+    valid = np.flatnonzero(~np.isnan(ap))
+    order = valid[np.argsort(-ap[valid], kind="stable")]
+    positives = (targets == 1).sum(0)
+    esc = html.escape
+    parts: List[str] = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+    ]
+
+    rows = "".join(
+        f"<tr><th>{esc(str(k))}</th><td>{v:.2f}</td></tr>"
+        if isinstance(v, float)
+        else f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>"
+        for k, v in headline.items()
+    )
+    parts.append(f"<section id='metrics'><h2>Metrics</h2><table>{rows}</table></section>")
+
+    fig, ax = plt.subplots(figsize=(9, max(2.5, min(0.16 * len(order), 40))))
+    ax.barh(range(len(order)), ap[order][::-1], color="#3b6ea8")
+    if len(order) <= 120:
+        ax.set_yticks(range(len(order)))
+        ax.set_yticklabels([names[i] for i in order][::-1], fontsize=7)
+    ax.set_xlabel("AP (%)")
+    ax.set_xlim(0, 100)
+    src = _png(fig)
+    plt.close(fig)
+    parts.append(
+        f"<section id='per-class-ap'><h2>Per-class AP, sorted</h2><img alt='per-class AP' src='{src}'>"
+        f"<p class='note'>{len(valid)} classes with positives; {len(names) - len(valid)} without (left out)</p>"
+        "</section>"
+    )
+
+    k = min(3, len(order))
+    picked = [*order[:k], *order[::-1][:k]] if len(order) > k else list(order)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i in dict.fromkeys(picked):
+        known = targets[:, i] >= 0
+        r, p = _pr_curve(scores[known, i], targets[known, i] == 1)
+        ax.plot(r, p, label=f"{names[i]} (AP {ap[i]:.1f})", linestyle="-" if i in order[:k] else "--")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="lower left")
+    src = _png(fig)
+    plt.close(fig)
+    parts.append(
+        "<section id='pr-curves'><h2>Precision-recall: the best and the worst classes</h2>"
+        f"<img alt='precision-recall curves' src='{src}'></section>"
+    )
+
+    grid = np.linspace(0.0, 0.99, 100)
+    of1, cf1 = _f1_curve(scores, targets, grid)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(grid, of1 * 100, label="overall F1 (OF1)")
+    ax.plot(grid, cf1 * 100, label="mean per-class F1 (F_C)")
+    if thresholds is not None:
+        for t in thresholds:
+            ax.axvline(float(t), color="#c44", alpha=0.25, linewidth=0.8)
+        ax.plot([], [], color="#c44", alpha=0.5, label="calibrated per-class thresholds")
+    ax.set_xlabel("threshold (one for all classes)")
+    ax.set_ylabel("F1 (%)")
+    ax.legend(fontsize=7)
+    src = _png(fig)
+    plt.close(fig)
+    best = float(grid[int(np.argmax(of1))])
+    parts.append(
+        "<section id='f1-threshold'><h2>F1 against the threshold</h2>"
+        f"<img alt='F1 against threshold' src='{src}'>"
+        f"<p class='note'>best single threshold for OF1: {best:.2f}"
+        + (" (red: the calibrated thresholds)" if thresholds is not None else "")
+        + "</p></section>"
+    )
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.scatter(np.maximum(positives[valid], 1), ap[valid], s=12, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_xlabel("positives in this split (log scale)")
+    ax.set_ylabel("AP (%)")
+    src = _png(fig)
+    plt.close(fig)
+    parts.append(
+        "<section id='frequency-ap'><h2>Frequency against AP</h2>"
+        f"<img alt='class frequency against AP' src='{src}'></section>"
+    )
+
+    neg = np.where(targets == 0, scores, -np.inf)
+    pos = np.where(targets == 1, scores, np.inf)
+
+    def sheet(flat_order, values, what):
+        cells = []
+        for idx in flat_order:
+            r, c = divmod(int(idx), scores.shape[1])
+            if not np.isfinite(values[r, c]) or len(cells) >= sheet_size:
+                continue
+            thumb = _thumb(image_paths[r]) if r < len(image_paths) else None
+            img = f"<img alt='{esc(names[c])}' src='{thumb}'>" if thumb else "<p>(unreadable)</p>"
+            cells.append(
+                f"<figure>{img}<figcaption><b>{esc(names[c])}</b> {scores[r, c]:.3f} {what}<br>"
+                f"{esc(os.path.basename(str(image_paths[r])))}</figcaption></figure>"
+            )
+        return "".join(cells) or "<p>none</p>"
+
+    fp = sheet(np.argsort(-neg, axis=None, kind="stable")[: sheet_size * 4], neg, "(not a label)")
+    fn = sheet(np.argsort(pos, axis=None, kind="stable")[: sheet_size * 4], pos, "(a missed label)")
+    parts.append(
+        "<section id='contact-sheet'><h2>Contact sheet</h2>"
+        f"<h3>Most confident false positives</h3><div class='sheet'>{fp}</div>"
+        f"<h3>Most missed positives</h3><div class='sheet'>{fn}</div></section>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(path: str | os.PathLike, **kwargs: Any) -> str:
+    """Render (:func:`render_report`'s arguments) and write ``path`` atomically; returns the path."""
+    atomic_write(path, render_report(**kwargs))
+    return str(path)
