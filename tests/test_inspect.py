@@ -62,3 +62,15 @@ def test_the_suggestion_follows_label_density(fraction, gamma_neg):
     assert s["gamma_neg"] == gamma_neg and f"{100 * fraction:.1f}% positive" in s["reason"]
     assert s["flags"].startswith(f"--gamma-neg {gamma_neg} ")
     assert "fewer than 5 positives" in suggest_loss(fraction, rare=3, num_classes=10)["reason"]
+
+
+def test_the_asl_data_console_dispatches_and_refuses_an_unknown_command(tmp_path, monkeypatch, capsys):
+    root = make_tagged(tmp_path / "d", 4, 2)
+    monkeypatch.setattr("sys.argv", ["asl-data", "inspect", str(root), "--output", str(tmp_path / "i")])
+    with pytest.raises(SystemExit) as done:
+        cli.data_console()
+    assert done.value.code == 0 and (tmp_path / "i" / "positives.png").is_file()
+    monkeypatch.setattr("sys.argv", ["asl-data", "look", str(root)])
+    with pytest.raises(SystemExit) as done:
+        cli.data_console()
+    assert done.value.code == 2 and "usage: asl-data {inspect,convert}" in capsys.readouterr().err
