@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -396,6 +398,53 @@ def test_train_export_and_tag_with_an_ml_decoder(arch, size, tmp_path, capsys):
     a = {d["label"]: d["score"] for d in json.loads(onnx_out)[0]["labels"]}
     b = {d["label"]: d["score"] for d in json.loads(torch_out)[0]["labels"]}
     assert a.keys() == b.keys() and max(abs(a[k] - b[k]) for k in a) <= 2e-4
+    if arch == "test_resnet":  # the exported decoder tags a folder with neither torch nor timm importable
+        code = (
+            "import sys\n"
+            "for m in ('torch', 'timm', 'torchvision'): sys.modules[m] = None\n"
+            "from asl import cli\nimport infer\n"
+            f"rc = cli.run(infer.main, ['--model-path', {str(tmp_path / 'm.onnx')!r}, '--pic-path', "
+            f"{str(data / 'img')!r}, '--tags-out', {str(tmp_path / 'tags')!r}, '--th', '0'])\n"
+            "print(rc, [m for m in ('torch', 'timm') if sys.modules.get(m) is not None])"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "0 []", proc.stderr
+        tags = (tmp_path / "tags" / "0000.txt").read_text().strip().split(", ")
+        assert sorted(tags) == sorted(a)  # --th 0: every class, as the PyTorch path scored them
+
+
+@pytest.mark.slow
+def test_torchrun_trains_an_ml_decoder_as_one_process_would_score_it(tmp_path, capsys):
+    import socket
+
+    data = make_tagged(tmp_path / "d", 16, 10)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(port), str(REPO / "train.py"), str(data), "--dataset", "tagged", "--output", str(out)]
+    cmd += [
+        *map(str, TINY),
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--head",
+        "ml_decoder",
+        "--decoder-embedding",
+        "16",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = load_checkpoint(out / "best.pth")
+    assert best["head"] == "ml_decoder" and not any(k.startswith("module.") for k in best["model"])
+    rc, _, err = call(
+        "validate", ["--model-path", out / "best.pth", "--workers", "0", "--output", tmp_path / "v"], capsys
+    )
+    assert rc == 0, err
+    single = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert abs(single["mAP"] - best["mAP"]) < 1e-6  # gathered over 2 ranks == one process
 
 
 def test_linear_weights_start_an_ml_decoder_and_back(tmp_path):
