@@ -149,11 +149,11 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
     names, named = model.class_names, model.named
     base = base_config(ckpt, model)
     cfg = load_config(config_path, flags, base=base)
+    if cfg.dataset == "auto":  # told from the folder, then as if named on the command line
+        flags = {**flags, "dataset": resolve_dataset(cfg.data_root)}
+        cfg = load_config(config_path, flags, base=base)
     if cfg.dataset != base.dataset:  # scored on another dataset than it was trained on
         cfg = load_config(config_path, flags, base=base_config(ckpt, model, cfg.dataset))
-    if cfg.dataset == "auto":
-        name = resolve_dataset(cfg.data_root)
-        cfg = load_config(config_path, {**flags, "dataset": name}, base=base_config(ckpt, model, name))
     if cfg.image_size is None:
         cfg = dataclasses.replace(cfg, image_size=model.image_size)
     expected = zoo_image_size(model_path) or model.own_size

@@ -244,3 +244,16 @@ def call_module(main, argv, capsys):
     rc = cli.run(main, [str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, [ln for ln in err.splitlines() if ln.strip()]
+
+
+def test_validate_reads_a_format_by_dataset_auto(trained_run, source, tmp_path, capsys, caplog):
+    src, rows = source
+    root = write_onehot(src, rows, tmp_path / "onehot")
+    rc, out, err = call(
+        "validate",
+        ["--model-path", trained_run["out"] / "best.pth", root, "--dataset", "auto", "--workers", "0"],
+        capsys,
+    )
+    assert rc == 0, err
+    assert "--dataset auto: onehot" in caplog.text and out.startswith("mAP ")
+    assert "8 images" in out  # the valid/ folder: the evaluation split
