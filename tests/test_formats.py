@@ -257,3 +257,19 @@ def test_validate_reads_a_format_by_dataset_auto(trained_run, source, tmp_path, 
     assert rc == 0, err
     assert "--dataset auto: onehot" in caplog.text and out.startswith("mAP ")
     assert "8 images" in out  # the valid/ folder: the evaluation split
+
+
+def test_linked_pictures_read_and_names_that_leave_the_folder_do_not(source, tmp_path):
+    src, rows = source
+    d = tmp_path / "linked"
+    (d / "pics").mkdir(parents=True)
+    recs = []
+    for r in rows[:6]:
+        (d / "pics" / Path(r["image"]).name).symlink_to((src / r["image"]).resolve())  # pictures kept elsewhere
+        recs.append({"file_name": f"pics/{Path(r['image']).name}", "labels": [t for t in r["labels"].split("|") if t]})
+    (d / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
+    ds = create_dataset("imagefolder", str(d), "train", val_fraction=0.01)
+    assert len(ds) == 6 and ds.bad_count == 0
+    (d / "metadata.jsonl").write_text(json.dumps({"file_name": "/etc/passwd", "labels": ["cat"]}) + "\n")
+    with pytest.raises(DataError, match="points outside"):
+        create_dataset("imagefolder", str(d), "train")

@@ -129,11 +129,13 @@ def _classes_beside(folder: Path) -> Optional[Path]:
 
 
 def _inside(base: Path, name: str, source: Path, line: str) -> str:
-    """``base / name`` as an absolute path; a name that leaves ``base`` is refused (``../x``, ``/etc``)."""
-    path = (base / name).resolve()
-    if os.path.commonpath([str(path), str(base.resolve())]) != str(base.resolve()):
+    """``base / name`` as an absolute path; a name that leaves ``base`` is refused (``../x``, ``/etc``).
+    The test is on the names, not on where symbolic links lead: a folder of linked pictures reads."""
+    root = os.path.abspath(base)
+    path = os.path.normpath(os.path.join(root, name))
+    if os.path.commonpath([path, root]) != root:
         raise DataError(f"{source}{line}: {name!r} points outside {base}")
-    return str(path)
+    return path
 
 
 def _open_text(path: Path, what: str):
@@ -267,7 +269,7 @@ def _read_sidecar(folder: Path, split: Optional[str], separator: str) -> LabelTa
         if not txt.is_file():
             untagged.append(str(img))
             continue
-        table.add(str(img.resolve()), _read_tag_file(txt, separator), split)
+        table.add(os.path.abspath(img), _read_tag_file(txt, separator), split)
     if untagged:
         log.warning(
             "%s: %d pictures have no .txt of tags and are left out (first: %s)", folder, len(untagged), untagged[0]
