@@ -80,3 +80,17 @@ def test_accelerator_path_equals_cpu_fused_path(monkeypatch):
         (gg,) = torch.autograd.grad(got.sum(), x)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(gg, gw, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the host synchronizations are counted there")
+def test_cuda_loss_step_makes_no_host_synchronization():
+    x = (torch.randn(64, 80, device="cuda") * 6).requires_grad_(True)
+    y = _targets("unknown").repeat(4, 8).to("cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronizing call raises
+    try:
+        for opts in CASES:
+            asymmetric_loss(x, y, **opts).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(x.grad).all()
