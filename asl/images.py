@@ -14,14 +14,14 @@ import stat
 import struct
 import zlib
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 
-__all__ = ["UNREADABLE", "IMAGE_EXTENSIONS", "load_rgb", "to_rgb"]
+__all__ = ["UNREADABLE", "IMAGE_EXTENSIONS", "iter_pictures", "load_rgb", "to_rgb"]
 
 # What decoding can raise when the file is not a readable picture. PIL's plugins raise more
 # than OSError on fuzzed input (DDS: NotImplementedError, TGA / ICO: struct.error, IndexError,
@@ -64,6 +64,18 @@ IMAGE_EXTENSIONS = {
     ".tga",
     ".ico",
 }
+
+
+def iter_pictures(folder: Union[str, os.PathLike]) -> Iterator[Path]:
+    """The pictures of ``folder``'s whole tree by their extension (``IMAGE_EXTENSIONS``), sorted
+    within each folder: regular files only (a FIFO named .jpg would block the reader forever),
+    hidden files and folders (``.git``, a macOS ``._photo.jpg``) passed over."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for n in sorted(filenames):
+            f = Path(dirpath) / n
+            if not n.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                yield f
 
 
 def _grey_to_8bit(img: Image.Image) -> Image.Image:

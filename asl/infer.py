@@ -19,7 +19,6 @@ import csv
 import glob
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -36,22 +35,15 @@ from .config import (
     load_config,
 )
 from .errors import ConfigError, DataError
-from .images import IMAGE_EXTENSIONS, load_rgb
+from .images import IMAGE_EXTENSIONS, iter_pictures, load_rgb
 from .opening import open_model
 
 
 def _pictures_in(folder: Path, recursive: bool) -> List[Path]:
+    if recursive:
+        return list(iter_pictures(folder))
     # regular files only: a FIFO named .jpg would block the reader forever
-    if not recursive:
-        return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for n in sorted(filenames):
-            f = Path(dirpath) / n
-            if not n.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
-                found.append(f)
-    return found
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
 
 
 def collect_images(specs: List[str], recursive: bool = False, relative: Optional[List[Path]] = None) -> List[Path]:

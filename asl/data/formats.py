@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from ..errors import DataError
-from ..images import IMAGE_EXTENSIONS
+from ..images import iter_pictures
 from .base import MultiLabelDataset, read_text
 
 log = logging.getLogger(__name__)
@@ -221,31 +221,14 @@ def read_onehot(root: str, tag_separator: Optional[str] = None) -> LabelTable:
 # --------------------------------------------------------------------------- sidecar tag files
 
 
-def _images_under(folder: Path) -> List[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for n in sorted(filenames):
-            if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS:
-                out.append(Path(dirpath) / n)
-    return out
-
-
 def has_sidecars(folder: Path, limit: int = 2000) -> bool:
     """Whether some picture under ``folder`` has a same-named ``.txt`` beside it (looks at the
     first ``limit`` pictures only: detection stays fast on a large folder)."""
-    seen = 0
-    for _dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        names = set(filenames)
-        for n in filenames:
-            stem, ext = os.path.splitext(n)
-            if ext.lower() in IMAGE_EXTENSIONS:
-                if stem + ".txt" in names:
-                    return True
-                seen += 1
-                if seen >= limit:
-                    return False
+    for n, img in enumerate(iter_pictures(folder)):
+        if img.with_suffix(".txt").is_file():
+            return True
+        if n + 1 >= limit:
+            return False
     return False
 
 
@@ -264,7 +247,7 @@ def _read_tag_file(path: Path, separator: str) -> List[str]:
 def _read_sidecar(folder: Path, split: Optional[str], separator: str) -> LabelTable:
     table = LabelTable(folder, classes_file=_classes_beside(folder))
     untagged = []
-    for img in _images_under(folder):
+    for img in iter_pictures(folder):
         txt = img.with_suffix(".txt")
         if not txt.is_file():
             untagged.append(str(img))
@@ -402,7 +385,7 @@ def _read_labelstudio(folder: Path, split: Optional[str]) -> LabelTable:
         raise DataError(f"{path}: not a JSON file ({e})") from None
     base = path.parent
     by_name: Dict[str, List[Path]] = {}
-    for img in _images_under(base):
+    for img in iter_pictures(base):
         by_name.setdefault(img.name, []).append(img)
     table = LabelTable(path, classes_file=_classes_beside(base))
     skipped = 0

@@ -9,7 +9,6 @@ name per line) fixes the class order; otherwise classes are the sorted tags.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -77,15 +76,11 @@ def _with_extensions(paths: List[str], base: Path) -> List[str]:
     bare = [p for p in paths if not Path(p).suffix and not Path(p).exists()]
     if not bare:
         return paths
-    from ..images import IMAGE_EXTENSIONS
+    from ..images import iter_pictures
 
     by_stem: dict = {}
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for n in filenames:
-            stem, ext = os.path.splitext(n)
-            if ext.lower() in IMAGE_EXTENSIONS:
-                by_stem.setdefault(stem, []).append(os.path.join(dirpath, n))
+    for f in iter_pictures(base):
+        by_stem.setdefault(f.stem, []).append(str(f))
     found = {p: by_stem.get(Path(p).name, []) for p in bare}
     return [found[p][0] if p in found and len(found[p]) == 1 else p for p in paths]
 
