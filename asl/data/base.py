@@ -6,7 +6,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -228,3 +228,25 @@ def read_text(path: Path, what: str) -> str:
         raise DataError(f"{path}: not a UTF-8 text file (save it as UTF-8)") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+def split_rows(
+    splits: Sequence[Optional[str]], split: str, val_fraction: float, seed: int, source, holds: str
+) -> Tuple[List[int], bool]:
+    """The rows of ``split``: by the labels' own splits, or (none given) a seeded random hold-out
+    of ``val_fraction`` for ``val``. Returns (rows, whether the labels had splits).
+
+    Args:
+        splits: per row, its split name or None.
+        source, holds: for the error of a ``test`` split asked of labels without splits
+            (``labels.csv has no split column``).
+    """
+    has_split = any(s is not None for s in splits)
+    if has_split:
+        return [i for i, s in enumerate(splits) if s == split], True
+    if split == "test":
+        raise DataError(f"{source}: has no {holds}, so no 'test' split")
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(len(splits), dtype=bool)
+    is_val[rng.permutation(len(splits))[: int(round(val_fraction * len(splits)))]] = True
+    return [i for i, v in enumerate(is_val) if v == (split == "val")], False

@@ -22,14 +22,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
 from ..errors import DataError
 from ..images import iter_pictures
-from .base import MultiLabelDataset, read_text
+from .base import MultiLabelDataset, read_text, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -436,22 +436,6 @@ READERS: Dict[str, Callable[..., LabelTable]] = {
 # --------------------------------------------------------------------------- splits and the dataset
 
 
-def split_rows(
-    splits: Sequence[Optional[str]], split: str, val_fraction: float, seed: int, source: Path
-) -> Tuple[List[int], bool]:
-    """The rows of ``split``: by the table's own splits, or (none given) a seeded random hold-out
-    of ``val_fraction`` for ``val``. Returns (rows, whether the table had splits)."""
-    has_split = any(s is not None for s in splits)
-    if has_split:
-        return [i for i, s in enumerate(splits) if s == split], True
-    if split == "test":
-        raise DataError(f"{source}: has no split folders or column, so no 'test' split")
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(len(splits), dtype=bool)
-    is_val[rng.permutation(len(splits))[: int(round(val_fraction * len(splits)))]] = True
-    return [i for i, v in enumerate(is_val) if v == (split == "val")], False
-
-
 def dataset_from_table(
     table: LabelTable,
     kind: str,
@@ -470,7 +454,7 @@ def dataset_from_table(
     class_names = table.class_names()
     if not class_names:
         raise DataError(f"{table.source}: no labels at all")
-    rows, had = split_rows(table.splits, split, val_fraction, seed, table.source)
+    rows, had = split_rows(table.splits, split, val_fraction, seed, table.source, "split folders or column")
     if not rows:
         hint = "" if had else f" (--val-fraction {val_fraction} of {len(table.images)} pictures holds none)"
         raise DataError(f"{table.source}: split {split!r} is empty{hint}")

@@ -12,10 +12,8 @@ import csv
 from pathlib import Path
 from typing import Callable, List, Optional
 
-import numpy as np
-
 from ..errors import DataError
-from .base import MultiLabelDataset, check_file, multi_hot, read_text
+from .base import MultiLabelDataset, check_file, multi_hot, read_text, split_rows
 
 SPLITS = ("train", "val", "test")
 
@@ -125,15 +123,8 @@ def create_tagged(
     if not class_names:
         raise DataError(f"{csv_path}: no labels at all")
 
-    if has_split:
-        selected = [r for r in rows if r[2] == split]
-    else:
-        if split == "test":
-            raise DataError(f"{csv_path}: has no split column, so no 'test' split")
-        rng = np.random.default_rng(seed)
-        is_val = np.zeros(len(rows), dtype=bool)
-        is_val[rng.permutation(len(rows))[: int(round(val_fraction * len(rows)))]] = True
-        selected = [r for r, v in zip(rows, is_val) if v == (split == "val")]
+    chosen, _ = split_rows([r[2] for r in rows], split, val_fraction, seed, csv_path, "split column")
+    selected = [rows[i] for i in chosen]
     if not selected:
         held = int(round(val_fraction * len(rows)))
         hint = (
