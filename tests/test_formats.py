@@ -273,3 +273,20 @@ def test_linked_pictures_read_and_names_that_leave_the_folder_do_not(source, tmp
     (d / "metadata.jsonl").write_text(json.dumps({"file_name": "/etc/passwd", "labels": ["cat"]}) + "\n")
     with pytest.raises(DataError, match="points outside"):
         create_dataset("imagefolder", str(d), "train")
+
+
+def test_convert_keeps_a_voc_evaluation_split_as_val(tmp_path, capsys):
+    """VOC's evaluation split is named test: it becomes labels.csv's val, not a second test."""
+    from asl.data import convert
+    from tests.conftest import make_voc
+
+    root = make_voc(tmp_path / "voc")
+    rc, _, err = call_module(convert.main, [root, "--dataset", "voc", "--output", tmp_path / "new"], capsys)
+    assert rc == 0, err
+    splits = [r["split"] for r in csv.DictReader(open(tmp_path / "new" / "labels.csv"))]
+    assert splits == ["train"] * 3 + ["val"] * 2
+    for ours, theirs in (("train", "trainval"), ("val", "test")):
+        want = create_dataset("voc", str(root), theirs)
+        got = create_dataset("tagged", str(tmp_path / "new"), ours)
+        assert got.class_names == want.class_names
+        assert np.array_equal(got.targets, np.where(want.targets < 0, 0, want.targets))  # unknown: negative

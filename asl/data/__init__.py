@@ -18,6 +18,7 @@ from .transforms import build_transform
 
 __all__ = [
     "create_dataset",
+    "dataset_splits",
     "DATASETS",
     "DatasetSpec",
     "MultiLabelDataset",
@@ -108,3 +109,31 @@ def create_dataset(
             f"dataset {name} does not take {', '.join(unknown)} (it reads {', '.join(COMMON_OPTIONS + spec.options)})"
         )
     return spec.build(root, split=split, transform=transform, **options)
+
+
+def dataset_splits(
+    name: str, root: str, tag_separator: Optional[str] = None, val_fraction: float = 0.2, **common: Any
+) -> Dict[str, MultiLabelDataset]:
+    """Every split a dataset holds, by its own split names, in order: the training split, the
+    evaluation split, then ``test`` where there is one (a missing or empty split other than the
+    training one is left out). The demo is read through its ``labels.csv``, whatever its class
+    count. ``tag_separator`` and ``val_fraction`` go to the datasets that read them.
+
+    Args:
+        **common: :data:`COMMON_OPTIONS` (``max_bad_fraction``, ...).
+    """
+    reader = "tagged" if name == "demo" else name
+    spec = _spec(reader)
+    options = dict(common)
+    if "tag_separator" in spec.options and tag_separator is not None:
+        options["tag_separator"] = tag_separator
+    if "val_fraction" in spec.options:
+        options["val_fraction"] = val_fraction
+    parts: Dict[str, MultiLabelDataset] = {}
+    for split in dict.fromkeys([spec.train_split, spec.eval_split, "test"]):
+        try:
+            parts[split] = create_dataset(reader, root, split, **options)
+        except DataError:
+            if split == spec.train_split:
+                raise
+    return parts

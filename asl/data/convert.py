@@ -33,7 +33,7 @@ def convert_dataset(
         dict with ``dataset`` (the format read), ``images``, ``classes``, ``splits`` (rows per split),
         ``unknown_as_negative``, ``labels_csv``.
     """
-    from . import DATASETS, create_dataset, default_splits
+    from . import dataset_splits, default_splits
     from .detect import detect_dataset
 
     src, out = Path(root).resolve(), Path(output).resolve()
@@ -46,21 +46,10 @@ def convert_dataset(
     if dataset == "auto":
         dataset, why = detect_dataset(root)
         log.info("--dataset auto: %s (%s)", dataset, why)
-    spec = DATASETS[dataset]
-    options = {k: v for k, v in (("tag_separator", tag_separator), ("val_fraction", val_fraction)) if k in spec.options}
-    if "tag_separator" in options and options["tag_separator"] is None:
-        del options["tag_separator"]
-    parts = {}
+    parts = dataset_splits(dataset, root, tag_separator, val_fraction)
     train_split, eval_split = default_splits(dataset)
-    for split, name in ((train_split, "train"), (eval_split, "val"), ("test", "test")):
-        if name in parts.values():
-            continue
-        try:
-            parts[split] = (name, create_dataset(dataset, root, split, **options))
-        except DataError:
-            if split == train_split:
-                raise
-    classes = next(iter(parts.values()))[1].class_names
+    ours = {train_split: "train", eval_split: "val"}  # labels.csv's split names; any other is test
+    classes = next(iter(parts.values())).class_names
     bad = [c for c in classes if "|" in c or "\n" in c]
     if bad:
         raise DataError(f"class name {bad[0]!r} holds '|' or a line break, which labels.csv cannot spell")
@@ -69,7 +58,8 @@ def convert_dataset(
     w.writerow(["image", "labels", "split"])
     unknown, counts = 0, {}
     out.mkdir(parents=True, exist_ok=True)
-    for _, (name, ds) in parts.items():
+    for split, ds in parts.items():
+        name = ours.get(split, "test")
         counts[name] = len(ds)
         for path, row in zip(ds.paths, ds.targets):
             unknown += int((row < 0).sum())

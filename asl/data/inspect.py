@@ -115,7 +115,7 @@ def inspect_dataset(
         tag_separator, val_fraction: the dataset options of ``train.py``.
         read_images: decode every picture to find the unreadable ones (else only missing ones).
     """
-    from . import DATASETS, create_dataset, default_splits
+    from . import dataset_splits
     from .detect import detect_dataset
 
     if not Path(root).exists():
@@ -123,24 +123,8 @@ def inspect_dataset(
     detected_by = "--dataset"
     if dataset == "auto":
         dataset, detected_by = detect_dataset(root)
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; available: {', '.join(sorted(DATASETS))}")
-    options = {}
-    spec = DATASETS["tagged" if dataset == "demo" else dataset]
-    if "tag_separator" in spec.options and tag_separator is not None:
-        options["tag_separator"] = tag_separator
-    if "val_fraction" in spec.options:
-        options["val_fraction"] = val_fraction
-    reader = "tagged" if dataset == "demo" else dataset  # the demo's labels.csv, whatever its class count
-    train_split, eval_split = default_splits(reader)
-    parts = {}
-    for split in dict.fromkeys([train_split, eval_split, "test"]):
-        try:
-            # every picture may be bad here: inspect reports them, it does not stop at a limit
-            parts[split] = create_dataset(reader, root, split, max_bad_fraction=1.0, max_bad_images=10**9, **options)
-        except DataError:
-            if split == train_split:
-                raise
+    # every picture may be bad here: inspect reports them, it does not stop at a limit
+    parts = dataset_splits(dataset, root, tag_separator, val_fraction, max_bad_fraction=1.0, max_bad_images=10**9)
     first = next(iter(parts.values()))
     classes = first.class_names
     paths = [p for ds in parts.values() for p in ds.paths]
