@@ -177,7 +177,6 @@ def is_official_layout(state: Dict[str, torch.Tensor]) -> bool:
 def detect_official_tresnet(state: Dict[str, torch.Tensor]) -> Tuple[Optional[str], Optional[int], str]:
     """(timm model name, class count, head) of a TResNet state dict, either layout, with a linear,
     bottleneck or ML-Decoder head (either ML-Decoder layout)."""
-    state = strip_prefixes(state)
     stem = state.get("body.conv1.0.weight", state.get("body.conv1.conv.weight"))
     name = TRESNET_BY_STEM_WIDTH.get(int(stem.shape[0])) if stem is not None else None
     if name == "tresnet_m":  # ML-Decoder's L and XL share M's stem: told apart by their depth

@@ -306,11 +306,12 @@ class Trainer:
             head=cfg.head,
         )
         self.adaptive = isinstance(self.loss_fn, AdaptiveAsymmetricLoss)
+        events = tensorboard_dir(cfg)  # TensorBoard's folder, or None
         self.hooks: List[Hook] = [
             StopOnSignal(),
             *([GammaTrace()] if self.adaptive else []),
             CheckpointEvery(cfg.checkpoint_every),
-            *([TensorBoard(tensorboard_dir(cfg))] if tensorboard_dir(cfg) else []),
+            *([TensorBoard(events)] if events else []),
             HtmlReport(),
             *hooks,
         ]
