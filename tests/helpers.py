@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -26,10 +27,11 @@ TINY = [
 ]
 
 
-def call(script: str, argv, capsys):
-    """Run a script's main in this process: (exit code, stdout, non-empty stderr lines)."""
-    module = __import__(script)
-    rc = cli.run(module.main, [str(a) for a in argv])
+def call(script, argv, capsys):
+    """Run a script's main (``script``: a top-level script's name, or a ``main`` function) in this
+    process: (exit code, stdout, non-empty stderr lines)."""
+    main = script if callable(script) else __import__(script).main
+    rc = cli.run(main, [str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, [ln for ln in err.splitlines() if ln.strip()]
 
@@ -68,3 +70,23 @@ def validation_metrics(argv, tmp_path, capsys, name):
     rc, _, err = call("validate", [*argv, "--workers", "0", "--output", tmp_path / name], capsys)
     assert rc == 0, err
     return json.loads((tmp_path / name / "metrics.json").read_text())
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # the official files' key lists and shapes
+
+
+def key_list(name: str):
+    """[(key, shape)] of a reference key list in tests/fixtures (``key\tshape\tdtype`` rows)."""
+    rows = [line.split("\t") for line in (FIXTURES / name).read_text().splitlines() if line.strip()]
+    return [(k, tuple(int(s) for s in re.findall(r"\d+", shape))) for k, shape, _ in rows]
+
+
+def to_timm_key(k: str) -> str:
+    """timm's own renaming rules of the official TResNet layout (timm.models.tresnet.checkpoint_filter_fn),
+    key side only."""
+    k = re.sub(r"conv(\d+)\.0.0", lambda x: f"conv{int(x.group(1))}.conv", k)
+    k = re.sub(r"conv(\d+)\.0.1", lambda x: f"conv{int(x.group(1))}.bn", k)
+    k = re.sub(r"conv(\d+)\.0", lambda x: f"conv{int(x.group(1))}.conv", k)
+    k = re.sub(r"conv(\d+)\.1", lambda x: f"conv{int(x.group(1))}.bn", k)
+    k = re.sub(r"downsample\.(\d+)\.0", lambda x: f"downsample.{int(x.group(1))}.conv", k)
+    return re.sub(r"downsample\.(\d+)\.1", lambda x: f"downsample.{int(x.group(1))}.bn", k)

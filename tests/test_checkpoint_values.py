@@ -152,58 +152,20 @@ def test_plain_timm_state_dict_validates_and_infers(trained_run, tmp_path, capsy
         [trained_run["data"], "--model-path", plain, *common, "--class-names", names], tmp_path, capsys, "b"
     )
     assert m["mAP"] == pytest.approx(true["mAP"], abs=1e-9)
-    rc, out, err = call(
-        "infer",
-        [
-            "--model-path",
-            plain,
-            "--model-name",
-            "test_resnet",
-            "--image-size",
-            "32",
-            "--pic-path",
-            trained_run["data"] / "img" / "0000.png",
-            "--th",
-            "0",
-            "--json",
-            "--class-names",
-            names,
-        ],
-        capsys,
-    )
+    plain_infer = [
+        "--model-path",
+        plain,
+        "--model-name",
+        "test_resnet",
+        "--pic-path",
+        trained_run["data"] / "img" / "0000.png",
+    ]
+    scored = [*plain_infer, "--image-size", "32", "--th", "0", "--json"]
+    rc, out, err = call("infer", [*scored, "--class-names", names], capsys)
     assert rc == 0, err
     assert {lab["label"] for lab in json.loads(out)[0]["labels"]} == {"cat", "dog", "sky", "tree"}
-    rc, out, err = call(
-        "infer",
-        [
-            "--model-path",
-            plain,
-            "--model-name",
-            "test_resnet",
-            "--image-size",
-            "32",
-            "--pic-path",
-            trained_run["data"] / "img" / "0000.png",
-            "--th",
-            "0",
-            "--json",
-        ],
-        capsys,
-    )
+    rc, out, err = call("infer", scored, capsys)
     assert rc == 0 and {lab["label"] for lab in json.loads(out)[0]["labels"]} == {f"class_{k}" for k in range(4)}
     names.write_text("cat\ndog\nsky\n")
-    rc, _, err = call(
-        "infer",
-        [
-            "--model-path",
-            plain,
-            "--model-name",
-            "test_resnet",
-            "--pic-path",
-            trained_run["data"] / "img" / "0000.png",
-            "--class-names",
-            names,
-        ],
-        capsys,
-    )
+    rc, _, err = call("infer", [*plain_infer, "--class-names", names], capsys)
     one_error(rc, err, "lists 3 names, the model has 4 classes")

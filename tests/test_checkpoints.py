@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
 from asl.checkpoint import detect_official_tresnet, load_checkpoint, load_init_checkpoint, model_from_checkpoint
 from asl.models import create_model
 
-from .conftest import REPO
-
-REF = REPO / "tests" / "fixtures"  # the official files' key lists and shapes
-
-
-def _key_list(name):
-    rows = [line.split("\t") for line in (REF / name).read_text().splitlines() if line.strip()]
-    return [(k, tuple(int(s) for s in re.findall(r"\d+", shape))) for k, shape, _ in rows]
-
-
-def _to_timm_key(k: str) -> str:
-    """timm's own renaming rules (timm.models.tresnet.checkpoint_filter_fn), key side only."""
-    k = re.sub(r"conv(\d+)\.0.0", lambda x: f"conv{int(x.group(1))}.conv", k)
-    k = re.sub(r"conv(\d+)\.0.1", lambda x: f"conv{int(x.group(1))}.bn", k)
-    k = re.sub(r"conv(\d+)\.0", lambda x: f"conv{int(x.group(1))}.conv", k)
-    k = re.sub(r"conv(\d+)\.1", lambda x: f"conv{int(x.group(1))}.bn", k)
-    k = re.sub(r"downsample\.(\d+)\.0", lambda x: f"downsample.{int(x.group(1))}.conv", k)
-    return re.sub(r"downsample\.(\d+)\.1", lambda x: f"downsample.{int(x.group(1))}.bn", k)
+from .helpers import key_list, to_timm_key
 
 
 def official_state_from_timm(model: torch.nn.Module, key_file: str):
@@ -37,10 +18,10 @@ def official_state_from_timm(model: torch.nn.Module, key_file: str):
     """
     timm_state = model.state_dict()
     out = {}
-    for k, shape in _key_list(key_file):
-        v = timm_state[_to_timm_key(k)].clone()
+    for k, shape in key_list(key_file):
+        v = timm_state[to_timm_key(k)].clone()
         assert tuple(v.shape) == shape, k
-        if _to_timm_key(k).endswith("bn.weight"):
+        if to_timm_key(k).endswith("bn.weight"):
             v = v - 1e-5
         out[k] = v
     assert len(out) == len([k for k in timm_state if not k.endswith("num_batches_tracked")])
@@ -89,7 +70,7 @@ def test_official_tresnet_m_loads_with_identical_logits(tmp_path):
     [("tresnet_l", "official_asl_tresnet_l_keys.tsv"), ("tresnet_xl", "official_asl_tresnet_xl_keys.tsv")],
 )
 def test_official_layouts_are_detected(variant, key_file):
-    keys = _key_list(key_file)
+    keys = key_list(key_file)
     state = {k: torch.empty(shape) for k, shape in keys}
     assert detect_official_tresnet(state) == (variant, 80, "linear")
     timm_keys = {
@@ -97,17 +78,17 @@ def test_official_layouts_are_detected(variant, key_file):
         for k, v in create_model(variant, 80).state_dict().items()
         if not k.endswith("num_batches_tracked")
     }
-    assert {_to_timm_key(k): s for k, s in keys} == timm_keys  # every key and shape has its twin
+    assert {to_timm_key(k): s for k, s in keys} == timm_keys  # every key and shape has its twin
 
 
 def test_open_images_bottleneck_head(tmp_path):
-    head = dict(_key_list("official_asl_tresnet_l_openimages_bottleneck_head_keys.tsv"))
+    head = dict(key_list("official_asl_tresnet_l_openimages_bottleneck_head_keys.tsv"))
     assert head["head.fc.embedding_generator.0.weight"] == (512, 2432)
     model = create_model("tresnet_l", 9605, head="bottleneck")
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for k, shape in head.items():
         assert own[k] == shape
-    state = {k: torch.empty(s) for k, s in _key_list("official_asl_tresnet_l_keys.tsv") if not k.startswith("head")}
+    state = {k: torch.empty(s) for k, s in key_list("official_asl_tresnet_l_keys.tsv") if not k.startswith("head")}
     state.update({k: torch.zeros(s) for k, s in head.items()})
     assert detect_official_tresnet(state) == ("tresnet_l", 9605, "bottleneck")
     x = torch.rand(1, 2432)

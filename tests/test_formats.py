@@ -222,7 +222,7 @@ def test_convert_writes_the_same_labels_into_a_new_folder(fmt, source, tmp_path,
     src, rows = source
     root = WRITERS[fmt](src, rows, tmp_path / fmt)
     before = tree_digest(root)
-    rc, out, err = call_module(convert.main, [root, "--output", tmp_path / "new"], capsys)
+    rc, out, err = call(convert.main, [root, "--output", tmp_path / "new"], capsys)
     assert rc == 0, err
     assert (tmp_path / "new" / "classes.txt").read_text().split() == list(CLASSES)
     for split in ("train", "val"):
@@ -231,19 +231,11 @@ def test_convert_writes_the_same_labels_into_a_new_folder(fmt, source, tmp_path,
         assert names == list(CLASSES) and got.keys() == want.keys()
         assert all(np.array_equal(got[k], want[k]) for k in want)
     assert tree_digest(root) == before
-    rc, _, err = call_module(convert.main, [root, "--output", root / "inside"], capsys)
+    rc, _, err = call(convert.main, [root, "--output", root / "inside"], capsys)
     one_error(rc, err, "is inside the source")
-    rc, _, err = call_module(convert.main, [root, "--output", tmp_path / "new"], capsys)
+    rc, _, err = call(convert.main, [root, "--output", tmp_path / "new"], capsys)
     one_error(rc, err, "exists and is not an empty folder")
     assert tree_digest(root) == before
-
-
-def call_module(main, argv, capsys):
-    from asl import cli
-
-    rc = cli.run(main, [str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, [ln for ln in err.splitlines() if ln.strip()]
 
 
 def test_validate_reads_a_format_by_dataset_auto(trained_run, source, tmp_path, capsys, caplog):
@@ -281,7 +273,7 @@ def test_convert_keeps_a_voc_evaluation_split_as_val(tmp_path, capsys):
     from tests.conftest import make_voc
 
     root = make_voc(tmp_path / "voc")
-    rc, _, err = call_module(convert.main, [root, "--dataset", "voc", "--output", tmp_path / "new"], capsys)
+    rc, _, err = call(convert.main, [root, "--dataset", "voc", "--output", tmp_path / "new"], capsys)
     assert rc == 0, err
     splits = [r["split"] for r in csv.DictReader(open(tmp_path / "new" / "labels.csv"))]
     assert splits == ["train"] * 3 + ["val"] * 2

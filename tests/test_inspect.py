@@ -11,20 +11,14 @@ from asl import cli
 from asl.data import demo
 from asl.data.inspect import inspect_dataset, main, suggest_loss
 from tests.conftest import make_tagged
-from tests.helpers import one_error, tree_digest
-
-
-def _run(argv, capsys):
-    rc = cli.run(main, [str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, [ln for ln in err.splitlines() if ln.strip()]
+from tests.helpers import call, one_error, tree_digest
 
 
 def test_inspect_the_demo_prints_a_summary_and_writes_its_chart(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DEFAULTS", dict(demo.DEFAULTS, num_train=12, num_val=6, image_size=16))
     root = demo.ensure_demo(tmp_path / "demo", num_classes=20)
     before = tree_digest(root)
-    rc, out, err = _run([root, "--output", tmp_path / "insp"], capsys)
+    rc, out, err = call(main, [root, "--output", tmp_path / "insp"], capsys)
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].startswith(f"{root}: demo (demo.json); 18 images in train 12, val 6")
@@ -36,9 +30,9 @@ def test_inspect_the_demo_prints_a_summary_and_writes_its_chart(tmp_path, monkey
     summary = json.loads((tmp_path / "insp" / "summary.json").read_text())
     assert summary["images"] == 18 and len(summary["positives"]) == 20 and sum(summary["positives"]) > 0
     assert tree_digest(root) == before
-    rc, _, err = _run([root, "--output", tmp_path / "insp"], capsys)
+    rc, _, err = call(main, [root, "--output", tmp_path / "insp"], capsys)
     one_error(rc, err, "already exists")
-    rc, _, err = _run([root, "--output", root / "x"], capsys)
+    rc, _, err = call(main, [root, "--output", root / "x"], capsys)
     one_error(rc, err, "inside the dataset")
 
 

@@ -19,9 +19,8 @@ from asl.errors import CheckpointError, ConfigError
 from asl.heads import MLDecoder, ml_decoder_groups
 from asl.models import create_model
 from tests.conftest import REPO, make_tagged
-from tests.helpers import TINY, call, one_error
+from tests.helpers import TINY, call, key_list, one_error, to_timm_key
 
-REF = REPO / "tests" / "fixtures"
 OLD_LAYOUT = {  # the older official layout (and timm's copy): four entries on the head itself
     "head.decoder.embed_standart.": "head.embed_standart.",
     "head.decoder.query_embed.": "head.query_embed.",
@@ -162,32 +161,17 @@ def test_training_mode_applies_dropout_and_trains_only_what_the_official_trains(
 # --------------------------------------------------------------------------- official files
 
 
-def _key_list(name):
-    rows = [line.split("\t") for line in (REF / name).read_text().splitlines() if line.strip()]
-    return [(k, tuple(int(s) for s in re.findall(r"\d+", shape))) for k, shape, _ in rows]
-
-
-def _to_timm_key(k: str) -> str:
-    """timm's renaming rules of the official TResNet layout, key side only."""
-    k = re.sub(r"conv(\d+)\.0.0", lambda x: f"conv{int(x.group(1))}.conv", k)
-    k = re.sub(r"conv(\d+)\.0.1", lambda x: f"conv{int(x.group(1))}.bn", k)
-    k = re.sub(r"conv(\d+)\.0", lambda x: f"conv{int(x.group(1))}.conv", k)
-    k = re.sub(r"conv(\d+)\.1", lambda x: f"conv{int(x.group(1))}.bn", k)
-    k = re.sub(r"downsample\.(\d+)\.0", lambda x: f"downsample.{int(x.group(1))}.conv", k)
-    return re.sub(r"downsample\.(\d+)\.1", lambda x: f"downsample.{int(x.group(1))}.bn", k)
-
-
 def official_file_state(model, variant: str, layout: str, nbt: bool) -> dict:
     """Our ML-Decoder model's weights in an official file's keys and conventions, key by key
     from the reference list: backbone in the inplace_abn layout (scale |w| + 1e-5, so the stored
     weight is w - 1e-5), the head in the ``head.decoder.*`` or the older layout."""
     own = model.state_dict()
     out = {}
-    for k, shape in _key_list(f"official_ml_decoder_{variant}_keys{'_nbt' if nbt else ''}.tsv"):
+    for k, shape in key_list(f"official_ml_decoder_{variant}_keys{'_nbt' if nbt else ''}.tsv"):
         if k.endswith("num_batches_tracked"):
             out[k] = torch.tensor(7)
             continue
-        ours = k if k.startswith("head.") else "backbone." + _to_timm_key(k)
+        ours = k if k.startswith("head.") else "backbone." + to_timm_key(k)
         v = own[ours].clone()
         assert tuple(v.shape) == shape, k
         if ours.endswith("bn.weight"):
@@ -255,7 +239,7 @@ def test_official_tresnet_m_file_tags_with_the_official_heads_scores(
 def _shape_only_state(variant: str) -> dict:
     g = torch.Generator().manual_seed(0)
     state = {}
-    for k, shape in _key_list(f"official_ml_decoder_{variant}_keys.tsv"):
+    for k, shape in key_list(f"official_ml_decoder_{variant}_keys.tsv"):
         state[k] = torch.rand(shape, generator=g) + 0.5 if "running_var" in k else torch.randn(shape, generator=g)
     return state
 

@@ -164,34 +164,11 @@ def test_workers_are_capped_at_the_cores(tmp_path):
 
 
 def test_missing_init_weights_fail_before_the_data_is_read(tmp_path, capsys):
-    rc, _, err = call(
-        "train",
-        [
-            tmp_path / "nodata",
-            "--dataset",
-            "tagged",
-            "--init-checkpoint",
-            tmp_path / "resnet18_imagenet.pth",
-            "--output",
-            tmp_path / "o",
-        ],
-        capsys,
-    )
+    flags = ["--dataset", "tagged", "--init-checkpoint", tmp_path / "resnet18_imagenet.pth", "--output", tmp_path / "o"]
+    rc, _, err = call("train", [tmp_path / "nodata", *flags], capsys)
     one_error(rc, err, "data folder not found")
     data = make_tagged(tmp_path / "d", 4, 2)
-    rc, _, err = call(
-        "train",
-        [
-            data,
-            "--dataset",
-            "tagged",
-            "--init-checkpoint",
-            tmp_path / "resnet18_imagenet.pth",
-            "--output",
-            tmp_path / "o",
-        ],
-        capsys,
-    )
+    rc, _, err = call("train", [data, *flags], capsys)
     one_error(rc, err, "--pretrained-path")
     assert "not found" in err[-1]
     assert err == [err[-1]]  # nothing logged: no dataset summary came before the error
