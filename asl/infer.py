@@ -221,7 +221,7 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
     if cfg.save_image:
         check_save_image(cfg.save_image, cfg.overwrite)
     relative: List[Path] = []
-    paths = collect_images(cfg.pic_path, recursive=bool(cfg.tags_out), relative=relative)
+    paths = collect_images(cfg.pic_path, recursive=bool(cfg.tags_out), relative=relative if cfg.tags_out else None)
     tag_files = check_tags_out(cfg.tags_out, relative, cfg.overwrite) if cfg.tags_out else None
     if cfg.scores_csv:
         from .checks import writable_file

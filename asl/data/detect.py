@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from ..errors import DataError
-from . import formats
+from . import formats, tagged
 
 # What each format is recognised by, in the words of the error that lists them.
 LOOKED_FOR = (
@@ -23,11 +23,9 @@ LOOKED_FOR = (
 
 
 def _is_tagged_csv(path: Path) -> bool:
+    """A header the labels.csv reader takes (``image,labels``, ``image_name,tags``, ...)."""
     h = formats._header(path)
-    return len(h) >= 2 and h[0] in TAGGED_NAME_COLUMNS and h[1] in formats.LABEL_COLUMNS
-
-
-TAGGED_NAME_COLUMNS = ("image", "image_name", "filename", "file_name")
+    return len(h) >= 2 and h[0] in tagged.NAME_COLUMNS and h[1] in tagged.TAG_COLUMNS
 
 
 def candidates(root: Path) -> List[Tuple[str, str]]:
