@@ -4,11 +4,14 @@ trace, TensorBoard). A new logger or metric is a new hook, not an edit of the lo
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any, Dict, List
 
 import numpy as np
 
 from .distributed import all_true
+from .files import output_error
 
 # The hooks receive the asl.trainer.Trainer that calls them (not imported: the trainer imports this).
 Trainer = Any
@@ -100,33 +103,59 @@ class TensorBoard(Hook):
         self.log_dir, self.max_pr_classes = str(log_dir), int(max_pr_classes)
         self.writer = None
         self.last = (0.0, 0)
+        self._excepthook = None
 
     def _open(self, trainer: Trainer):
         if self.writer is None and trainer.main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(self.log_dir)
+            # The writer's thread raises a failed write (a full disk) again in the run's thread,
+            # where it becomes one error line; its own traceback is not printed. Restored in after_run.
+            previous = self._excepthook = threading.excepthook
+
+            def quiet(args, previous=previous):
+                if type(args.thread).__name__ != "_AsyncWriterThread":
+                    previous(args)
+
+            threading.excepthook = quiet
+            with self._writing():
+                self.writer = SummaryWriter(self.log_dir)
         return self.writer
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except OSError as e:
+            raise output_error(self.log_dir, e) from None
 
     def after_step(self, trainer: Trainer, step: int, partial: Dict[str, Any]) -> bool:
         w = self._open(trainer)
         if w is None:
             return False
+        with self._writing():
+            self._step(w, trainer, step, partial)
+        return False
+
+    def _step(self, w, trainer: Trainer, step: int, partial: Dict[str, Any]) -> None:
         loss_sum, batches = float(partial["loss_sum"]), int(partial["steps"]) - int(float(partial["skipped"]))
         prev_sum, prev_batches = self.last if batches >= self.last[1] else (0.0, 0)  # a new epoch starts at 0
         if batches > prev_batches:
             w.add_scalar("train/loss", (loss_sum - prev_sum) / (batches - prev_batches), step)
         self.last = (loss_sum, batches)
         w.add_scalar("train/lr", trainer.optimizer.param_groups[0]["lr"], step)
-        if getattr(trainer, "adaptive", False):
+        if trainer.adaptive:
             w.add_scalar("train/gamma_neg", trainer.loss_fn.gamma_neg, step)
-        return False
 
     def after_epoch(self, trainer: Trainer, record: Dict[str, Any]) -> None:
         w = self._open(trainer)
         self.last = (0.0, 0)
         if w is None:
             return
+        with self._writing():
+            self._epoch(w, trainer, record)
+
+    def _epoch(self, w, trainer: Trainer, record: Dict[str, Any]) -> None:
         epoch = record["epoch"]
         for key in ("mAP", "mAP_ema", "train_loss", "p_pos", "p_neg", "images_per_s", "gamma_neg", "delta_p"):
             if record.get(key) is not None:
@@ -143,8 +172,12 @@ class TensorBoard(Hook):
 
     def after_run(self, trainer: Trainer) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            try:
+                with self._writing():
+                    self.writer.close()
+            finally:
+                self.writer = None
+                threading.excepthook = self._excepthook
 
 
 class HtmlReport(Hook):

@@ -50,3 +50,23 @@ def test_log_dir_and_a_missing_extra_are_checked_before_work(tmp_path, capsys, m
     )
     one_error(rc, err, "pip install '.[tensorboard]'")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_under_the_event_files_is_one_error_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorboard", reason="the optional tensorboard extra is not installed")
+    import errno
+    import threading
+
+    import torch.utils.tensorboard as tb
+
+    class Full(tb.SummaryWriter):
+        def add_scalar(self, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tb, "SummaryWriter", Full)
+    hook = threading.excepthook
+    data = make_tagged(tmp_path / "d", 8, 4)
+    argv = [data, "--dataset", "tagged", "--output", tmp_path / "run", *TINY, "--batch-size", "4", "--tensorboard"]
+    rc, _, err = call("train", argv, capsys)
+    one_error(rc, err, f"cannot write {tmp_path / 'run' / 'tensorboard'}: No space left on device")
+    assert threading.excepthook is hook  # the run's quieting of the writer thread is undone
