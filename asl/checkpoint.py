@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -329,6 +330,41 @@ def sniff_weights(path: Path) -> str:
     if head[:1] == b"\x08" and any(w in head for w in (b"pytorch", b"onnx", b"tf2onnx", b"skl2onnx")):
         return "onnx"
     return "unknown"
+
+
+def check_weights_file(path: Path) -> str:
+    """That ``path`` is a whole weights file, read without loading its tensors: a safetensors
+    header that parses and fits the file, a torch.save zip whose directory reads and whose members
+    fit, or a legacy pickle. Returns the kind (:func:`sniff_weights`).
+
+    Raises:
+        CheckpointError: not a weights file, or one cut short.
+    """
+    kind = sniff_weights(path)
+    if kind == "safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({str(e)[:120]})") from None
+    elif kind == "torch":
+        with open(path, "rb") as f:
+            legacy = f.read(1) == b"\x80"  # a pickle (torch before 1.6): nothing to check without unpickling
+        if not legacy:
+            try:
+                with zipfile.ZipFile(path) as z:
+                    bad = z.testzip()
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise CheckpointError(f"{path}: a torch.save file cut short ({e})") from None
+            if bad is not None:
+                raise CheckpointError(f"{path}: a torch.save file with a damaged member ({bad})")
+    else:
+        raise CheckpointError(
+            f"{path}: not a weights file (neither safetensors nor a torch.save file, by its first bytes)"
+        )
+    return kind
 
 
 def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:

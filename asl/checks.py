@@ -1,17 +1,15 @@
 """Is this run possible: every check a command makes before any work (values, names, files,
 the dataset's options, the output folder, the device, the loader workers), as one ``error:`` line.
 
-Nothing here reads a dataset, builds a model or writes a file but the output folder it creates
-and proves writable (removed again when the command fails).
+Nothing here reads a dataset, builds a model or writes a file; where commands write is
+:mod:`asl.rundir`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -31,19 +29,6 @@ from .config import (
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-# Files a training run writes into its output folder.
-RUN_FILES = (
-    "last.pth",
-    "best.pth",
-    "metrics.jsonl",
-    "config.yaml",
-    "curves.png",
-    "per_class_ap.json",
-    "report.html",
-    "tensorboard",
-)
-PROBE = ".write-test-"  # prefix of the temporary file that proves a folder writable
 
 
 def train_base(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
@@ -151,10 +136,10 @@ def check_tensorboard(cfg: Config) -> None:
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install '.[tensorboard]'")
     if cfg.log_dir:
-        log_dir, data = Path(cfg.log_dir).resolve(), Path(cfg.data_root).resolve()
-        if log_dir == data or data in log_dir.parents:
-            raise ConfigError(f"--log-dir {cfg.log_dir} is inside the data folder {cfg.data_root}")
-        if log_dir.exists() and not log_dir.is_dir():
+        from .rundir import check_apart, config_sources
+
+        check_apart("--log-dir", cfg.log_dir, config_sources(cfg), folder=True)
+        if Path(cfg.log_dir).exists() and not Path(cfg.log_dir).is_dir():
             raise ConfigError(f"--log-dir {cfg.log_dir} is a file, not a folder")
 
 
@@ -184,141 +169,6 @@ def prepare_training(config_path: Optional[str], flags: Mapping[str, Any]) -> Co
         # a weights file given on the command line is the start: the fine-tuning base's timm weights step aside
         flags = {**flags, "pretrained": False}
     return check_training(resolve_training(load_config(config_path, flags, base=train_base(config_path, flags))))
-
-
-def writable_dir(path: Path, flag: str = "--output") -> Path:
-    """Create ``path`` (and parents) and prove it takes a file; else one-line ConfigError."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=PROBE, dir=path)
-        os.close(fd)
-        os.unlink(probe)  # the probe is this call's own file
-    except OSError as e:
-        raise ConfigError(f"cannot write into {flag} {path}: {e.strerror or e}") from None
-    return path
-
-
-def writable_file(path: Path, flag: str, overwrite: bool) -> Path:
-    """A file path this command may write: not an existing file (unless ``--overwrite``), in a
-    folder that takes files."""
-    if path.is_dir():
-        raise ConfigError(f"{flag} {path} is a folder, not a file")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{flag} {path} already exists; choose another path (or pass --overwrite to replace it)")
-    writable_dir(path.parent if str(path.parent) else Path("."), flag=f"the folder of {flag}")
-    return path
-
-
-# A run's own files besides RUN_FILES: its lock and marker, and the probes and temporaries of its writes.
-
-
-RUN_LOCK = ".asl-run.lock"
-# Names that say a folder is a dataset, not a run's output.
-DATASET_MARKERS = (
-    "labels.csv",
-    "classes.txt",
-    "_classes.csv",
-    "metadata.jsonl",
-    "metadata.csv",
-    "demo.json",
-    "annotations",
-    "images",
-    "JPEGImages",
-    "train2014",
-    "val2014",
-    "train2017",
-    "val2017",
-)
-
-
-def _is_run_own(name: str) -> bool:
-    """A file every run may find in its folder: its lock, a rank's writability probe, a temporary
-    file of an interrupted atomic write of a run file."""
-    if name == RUN_LOCK or name.startswith(PROBE):
-        return True
-    return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
-
-
-def _data_folder(data_root: str) -> Path:
-    root = Path(data_root).expanduser()
-    return (root.parent if root.suffix.lower() in (".csv", ".json", ".txt") else root).resolve()
-
-
-def check_output_dir(out: Path, overwrite: bool, resume: Optional[str] = None, data_root: Optional[str] = None) -> bool:
-    """A run writes only into a fresh (or empty) folder, or the folder of the run it resumes.
-
-    Anything else in the folder, an earlier run's ``best.pth`` alone included, is refused unless
-    ``overwrite``; ``overwrite`` replaces only what a run wrote (a folder holding other files, a
-    dataset above all, is refused). The output is never the dataset's folder, inside it, or a
-    folder the dataset is inside. The folder is created and proved writable.
-
-    Returns:
-        whether this call created the folder (a command that then fails removes it again).
-    """
-    if data_root is not None:
-        data, target = _data_folder(data_root), out.expanduser().resolve()
-        if target == data or data in target.parents or target in data.parents:
-            where = "the" if target == data else "inside the" if data in target.parents else "a folder holding the"
-            raise ConfigError(
-                f"--output {out} is {where} dataset folder {data_root}: a run never writes into its "
-                f"data; choose another --output"
-            )
-    held = sorted(p.name for p in out.iterdir() if not _is_run_own(p.name)) if out.is_dir() else []
-    own = resume is not None and Path(resume).resolve().parent == out.resolve()
-    if held and not own:
-        foreign = [n for n in held if n not in RUN_FILES]
-        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        if foreign:
-            kind = "a dataset" if any(n in DATASET_MARKERS for n in held) else "files no run wrote"
-            raise ConfigError(
-                f"{out} holds {kind} ({shown}), not a run's output: choose a new --output "
-                f"(--overwrite replaces only a run's own files)"
-            )
-        if not overwrite:
-            hint = f", resume it with --resume {out / 'last.pth'}" if "last.pth" in held and not resume else ""
-            raise ConfigError(
-                f"{out} already holds a run ({shown}); choose a new --output{hint}, or pass --overwrite to replace it"
-            )
-    created = not out.exists()
-    writable_dir(out)
-    return created
-
-
-@contextlib.contextmanager
-def removed_on_error(*paths: Path, always: bool = False):
-    """Folders this block creates (``paths`` and their missing parents) are removed again, when
-    still empty, if the block raises (``always``: also when it ends well, as a dry run): a command
-    that fails leaves no empty output folder behind."""
-    missing = []
-    for path in paths:
-        p = Path(path).absolute()
-        while not p.exists() and p != p.parent:
-            missing.append(p)
-            p = p.parent
-
-    def clean():
-        for p in sorted(set(missing), key=lambda q: len(q.parts), reverse=True):
-            remove_if_empty(p)
-
-    try:
-        yield
-    except BaseException:
-        clean()
-        raise
-    if always:
-        clean()
-
-
-def remove_if_empty(out: Path) -> None:
-    """Remove a folder a failed command created, when nothing but its lock is in it."""
-    try:
-        if (out / RUN_LOCK).is_file() and [p.name for p in out.iterdir()] == [RUN_LOCK]:
-            (out / RUN_LOCK).unlink()
-        out.rmdir()  # only ever succeeds on an empty folder
-    except OSError:
-        pass
 
 
 _DEFAULTS = Config()

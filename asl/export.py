@@ -134,7 +134,7 @@ def graph_report(model_proto) -> Dict[str, Any]:
 def export_onnx(cfg: Config) -> Dict[str, Any]:
     """Export ``cfg.model_path`` to ``cfg.output`` (:func:`_export_onnx`); a folder it creates for
     the output is removed again when it fails."""
-    from .checks import removed_on_error
+    from .rundir import removed_on_error
 
     with removed_on_error(*([Path(cfg.output).parent] if cfg.output else [])):
         return _export_onnx(cfg)
@@ -152,12 +152,13 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
     check_values(cfg, fields_for(EXPORT))
     if not cfg.model_path:
         raise ConfigError("pass --model-path CHECKPOINT")
-    from .checks import writable_file
+    from .rundir import check_apart, check_output_file, file_sources
 
     dest = Path(cfg.output) if cfg.output else Path(cfg.model_path).with_suffix(".onnx")
     if dest.suffix.lower() != ".onnx":
         raise ConfigError(f"--output {dest}: an ONNX file ends in .onnx")
-    writable_file(dest, "--output", cfg.overwrite)
+    check_apart("--output", dest, file_sources(model_path=cfg.model_path, class_names=cfg.class_names))
+    check_output_file(dest, "--output", cfg.overwrite, "onnx")
     try:
         import onnx
         import onnxruntime as ort

@@ -12,11 +12,11 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, List, Optional, Union
+from typing import BinaryIO, Callable, Optional, Union
 
 from .errors import OutputError
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "output_error"]
+__all__ = ["atomic_write", "output_error"]
 
 # Errors that say the output cannot take the file (not a bug): one error line, no traceback.
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
@@ -106,19 +106,3 @@ class _Recording:
 
     def __getattr__(self, name):
         return getattr(self._f, name)
-
-
-def remove_stale_temporaries(folder: Union[str, os.PathLike], names: Iterable[str]) -> List[Path]:
-    """Remove the temporary files :func:`atomic_write` left for ``names`` in ``folder`` when a
-    process was killed mid-write (``.<name>.<random>.tmp``); nothing else is touched.
-
-    Returns:
-        the paths removed.
-    """
-    folder, removed = Path(folder), []
-    for name in names:
-        for tmp in folder.glob(f".{name}.*.tmp"):
-            if tmp.is_file() and not tmp.is_symlink():
-                tmp.unlink()
-                removed.append(tmp)
-    return removed

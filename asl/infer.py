@@ -37,6 +37,7 @@ from .config import (
 from .errors import ConfigError, DataError
 from .images import IMAGE_EXTENSIONS, iter_pictures, load_rgb
 from .opening import open_model
+from .rundir import TAGGING, Source, check_apart, check_output_file, claim, file_sources
 
 
 def _pictures_in(folder: Path, recursive: bool) -> List[Path]:
@@ -81,10 +82,11 @@ def collect_images(specs: List[str], recursive: bool = False, relative: Optional
 
 
 def check_save_image(path: str, overwrite: bool) -> Path:
-    """``--save-image``: a format PIL writes (by its extension), a new file in a writable folder."""
+    """``--save-image``: a format PIL writes (by its extension), a new file (or, with
+    ``--overwrite``, a picture infer.py drew) in a writable folder."""
     from PIL import Image
 
-    from .checks import writable_file
+    from .rundir import check_output_file
 
     Image.init()
     dest = Path(path)
@@ -95,20 +97,22 @@ def check_save_image(path: str, overwrite: bool) -> Path:
         )
     writes = fmt in Image.SAVE  # PIL reads PSD, FITS, XPM, CUR, ... but cannot write them
     if writes:
-        import io
-
         try:  # and some it writes only in other modes than RGB (BLP: palette pictures)
             Image.new("RGB", (8, 8)).save(io.BytesIO(), format=fmt)
         except (OSError, ValueError, KeyError):
             writes = False
     if not writes:
         raise ConfigError(f"--save-image {path}: Pillow reads {fmt} pictures but cannot write them; use .png or .jpg")
-    return writable_file(dest, "--save-image", overwrite)
+    return check_output_file(dest, "--save-image", overwrite, "picture")
 
 
 def draw_labels(img, labels, dest: Path) -> None:
-    """Save ``img`` with its labels written in its top-left corner (PIL, no window)."""
-    from PIL import ImageDraw
+    """Save ``img`` with its labels written in its top-left corner (PIL, no window), marked as
+    infer.py's (a PNG text chunk or a JPEG comment) so that ``--overwrite`` may replace it later."""
+    from PIL import Image, ImageDraw, PngImagePlugin
+
+    from .files import atomic_write
+    from .rundir import PICTURE_MARK
 
     img = img.copy()
     if max(img.size) < 256:  # tiny images get enlarged so the text stays legible
@@ -122,16 +126,28 @@ def draw_labels(img, labels, dest: Path) -> None:
         draw.rectangle([box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2], fill=(0, 0, 0))
         draw.text((4, y), line, fill=(255, 255, 0))
         y = box[3] + 6
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    img.save(dest)
+    fmt = Image.registered_extensions()[dest.suffix.lower()]
+    mark = {}
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", PICTURE_MARK)
+        mark = {"pnginfo": info}
+    elif fmt == "JPEG":
+        mark = {"comment": PICTURE_MARK.encode()}
+    atomic_write(dest, writer=lambda f: img.save(f, format=fmt, **mark))
+
+
+def pictures_read(specs: Sequence[str], paths: Sequence[Path]) -> List["Source"]:
+    """What tagging reads, for :func:`asl.rundir.check_apart`: each folder named (nothing is
+    written inside it) and each picture."""
+    folders = [Source(f"the pictures' folder --pic-path {s}", Path(s), folder=True) for s in specs if Path(s).is_dir()]
+    return folders + [Source(f"the picture {p}", p) for p in paths]
 
 
 def check_tags_out(out: str, relative: Sequence[Path], overwrite: bool) -> List[Path]:
-    """``--tags-out``: one ``.txt`` per picture at its relative path under ``out``; two pictures
-    that would share a file, and an existing file without ``--overwrite``, are refused before
-    any work."""
-    from .checks import writable_dir
-
+    """``--tags-out``: one ``.txt`` per picture at its relative path under ``out``. Every target
+    is checked before any work: two pictures that would share a file, a folder or a file where a
+    tag file or its folder goes, an existing tag file without ``--overwrite``."""
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--tags-out {out} is a file, not a folder")
@@ -143,11 +159,19 @@ def check_tags_out(out: str, relative: Sequence[Path], overwrite: bool) -> List[
                 f"--tags-out: {relative[seen[f]]} and {relative[k]} would both be tagged in {f}; tag them separately"
             )
         seen[f] = k
+    folders = {p for f in files for p in f.parents if root in p.parents}
+    for p in sorted(folders):
+        if p.is_symlink() or (p.exists() and not p.is_dir()):
+            raise ConfigError(
+                f"--tags-out: {p} is {'a link' if p.is_symlink() else 'a file'}, where a folder of tags goes"
+            )
+    for f in files:
+        if f.is_symlink() or f.is_dir():
+            raise ConfigError(f"--tags-out: {f} is {'a link' if f.is_symlink() else 'a folder'}, where a tag file goes")
     existing = [f for f in files if f.exists()]
     if existing and not overwrite:
         more = f" (+{len(existing) - 1} more)" if len(existing) > 1 else ""
         raise ConfigError(f"--tags-out: {existing[0]} exists{more}; pass --overwrite to replace, or a new folder")
-    writable_dir(root, "--tags-out")
     return files
 
 
@@ -167,10 +191,14 @@ def exclusions(spec: Optional[str], class_names: Sequence[str]) -> np.ndarray:
 
 
 def write_tags(path: Path, tags: Sequence[str]) -> None:
-    """One sidecar file: the tags, comma-separated, highest score first (the image-tagger convention)."""
-    from .files import atomic_write
+    """One sidecar file: the tags, comma-separated, highest score first (the image-tagger convention).
+    Its folders were checked by :func:`check_tags_out`."""
+    from .files import atomic_write, output_error
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(path.parent, e) from None
     atomic_write(path, ", ".join(tags) + "\n")
 
 
@@ -194,11 +222,12 @@ def _progress(total: int):
 
 
 def tag_images(cfg: Config) -> List[Dict[str, Any]]:
-    """Tag pictures (:func:`_tag_images`); a folder created for ``--save-image`` is removed again on failure."""
-    from .checks import removed_on_error
+    """Tag pictures (:func:`_tag_images`); ``--tags-out`` is claimed (:func:`asl.rundir.claim`),
+    and a folder created for ``--save-image`` is removed again on failure."""
+    from .rundir import removed_on_error
 
     made = [Path(cfg.save_image).parent] if cfg.save_image else []
-    with removed_on_error(*made, *([Path(cfg.tags_out)] if cfg.tags_out else [])):
+    with removed_on_error(*made, *([Path(cfg.scores_csv).parent] if cfg.scores_csv else [])):
         return _tag_images(cfg)
 
 
@@ -218,15 +247,27 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
         raise ConfigError("pass --model-path CHECKPOINT")
     if not cfg.pic_path:
         raise ConfigError("pass --pic-path IMAGE [IMAGE|DIR|GLOB ...]")
-    if cfg.save_image:
-        check_save_image(cfg.save_image, cfg.overwrite)
     relative: List[Path] = []
     paths = collect_images(cfg.pic_path, recursive=bool(cfg.tags_out), relative=relative if cfg.tags_out else None)
-    tag_files = check_tags_out(cfg.tags_out, relative, cfg.overwrite) if cfg.tags_out else None
-    if cfg.scores_csv:
-        from .checks import writable_file
+    sources = pictures_read(cfg.pic_path, paths) + file_sources(model_path=cfg.model_path, class_names=cfg.class_names)
+    for flag, dest in (("--save-image", cfg.save_image), ("--scores-csv", cfg.scores_csv)):
+        if dest:
+            check_apart(flag, dest, sources)
+    if cfg.save_image:
+        check_save_image(cfg.save_image, cfg.overwrite)
+    if not cfg.tags_out:
+        return _tag(cfg, paths, None)
+    tag_files = check_tags_out(cfg.tags_out, relative, cfg.overwrite)
+    check_apart("--tags-out", cfg.tags_out, sources, folder=True, files=tag_files)
+    # a folder of tags is infer.py's own (its lock), or new: --overwrite then covers the tag files only
+    with claim(cfg.tags_out, TAGGING, overwrite=True, sources=sources, flag="--tags-out"):
+        return _tag(cfg, paths, tag_files)
 
-        writable_file(Path(cfg.scores_csv), "--scores-csv", cfg.overwrite)
+
+def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> List[Dict[str, Any]]:
+    """Tag ``paths`` (checked), write the outputs asked for, print the tags."""
+    if cfg.scores_csv:
+        check_output_file(cfg.scores_csv, "--scores-csv", cfg.overwrite, "scores_csv")
     model = open_model(
         cfg.model_path,
         cfg.model_name,

@@ -82,6 +82,25 @@ def _pretrained_cfg(name: str):
     return cfg
 
 
+def _check_cached(path: Path, tag: str, repo: str) -> None:
+    """The cached file holds weights (the check ``--pretrained-path`` files get): an interrupted
+    download or a damaged disk leaves random bytes, half a file, or a header that declares more
+    than the file holds, and the user is told which cache entry to delete."""
+    from .checkpoint import check_weights_file
+    from .errors import CheckpointError
+
+    try:
+        check_weights_file(path)
+    except CheckpointError as e:
+        entry = next((p for p in path.parents if p.name.startswith("models--")), path)
+        reason = str(e).replace(str(path), "").lstrip(": ")
+        raise ConfigError(
+            f"--pretrained {tag}: the cached file {path} is damaged ({reason}); an interrupted download "
+            f"leaves this: delete its cache entry (rm -r {entry}, or huggingface-cli delete-cache) and run "
+            f"again to download hf-hub:{repo} anew"
+        ) from None
+
+
 def resolve_pretrained(name: str) -> PretrainedSource:
     """The local file of timm's pretrained weights for ``name`` (``NAME`` or ``NAME.TAG``),
     downloaded into the Hugging Face Hub cache when it is not there yet.
@@ -108,6 +127,7 @@ def resolve_pretrained(name: str) -> PretrainedSource:
             path = hf_hub_download(
                 repo, filename, revision=revision or None, cache_dir=cache, local_files_only=_offline()
             )
+            _check_cached(Path(path), tag, repo)
             return PretrainedSource(tag=tag, repo=repo, file=Path(path))
         except LocalEntryNotFoundError:
             continue  # not cached (offline), or no network: the next name, then the message below

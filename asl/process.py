@@ -1,48 +1,14 @@
-"""Process-wide concerns of a run: signals (SIGTERM / SIGINT save and stop), the lock on a run's
-output folder, the loader workers' process groups. Each is undone when its run ends."""
+"""Process-wide concerns of a run: signals (SIGTERM / SIGINT save and stop), the loader workers'
+process groups. Each is undone when its run ends. (The lock on a run's folder is
+:class:`asl.rundir.RunLock`.)"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-from pathlib import Path
 
-from .checks import RUN_LOCK
-from .errors import ConfigError, Interrupted
-
-
-class RunLock:
-    """An exclusive lock on a run's output folder (``.asl-run.lock``, ``flock``), held while the run
-    writes: a second run into the same folder is refused, and the lock goes with its process, so
-    a killed run leaves no stale lock behind. The file also marks the folder as a run's."""
-
-    def __init__(self, out: Path):
-        self.path = out / RUN_LOCK
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise ConfigError(f"cannot write into --output {out}: {e.strerror or e}") from None
-        try:
-            import fcntl
-
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # no flock (Windows): no lock there; the folder checks still refuse a used folder
-            pass
-        except OSError:
-            other = os.pread(self.fd, 64, 0).decode("ascii", "replace").strip()
-            os.close(self.fd)
-            raise ConfigError(
-                f"another run is writing into {out}{f' (pid {other})' if other else ''}: wait for it "
-                f"to end, or choose another --output"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode("ascii"), 0)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = None
+from .errors import Interrupted
 
 
 class StopSignal:

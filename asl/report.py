@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .files import atomic_write
+from .rundir import REPORT_GENERATOR
 
 __all__ = ["SECTIONS", "write_report", "render_report"]
 
@@ -116,6 +117,7 @@ def render_report(
     parts: List[str] = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        REPORT_GENERATOR,  # what tells a report this package wrote from a user's page
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
     ]

@@ -41,16 +41,7 @@ from .checkpoint import (
     save_checkpoint,
     training_checkpoint,
 )
-from .checks import (
-    RUN_FILES,
-    check_output_dir,
-    check_training,
-    removed_on_error,
-    resolve_device,
-    resolve_training,
-    tensorboard_dir,
-    writable_dir,
-)
+from .checks import check_training, resolve_device, resolve_training, tensorboard_dir
 from .config import Config, dump_config
 from .data.base import split_warnings
 from .distributed import EpochSampler, ShardSampler, all_true, broadcast_buffers, gather_rows, init_distributed
@@ -67,12 +58,13 @@ from .engine import (
     train_one_epoch,
 )
 from .errors import ConfigError, DataError
-from .files import atomic_write, remove_stale_temporaries
+from .files import atomic_write
 from .hooks import CheckpointEvery, GammaTrace, Hook, HtmlReport, StopOnSignal, TensorBoard
 from .losses import AdaptiveAsymmetricLoss
 from .models import check_batch_trainable, create_model, data_config
 from .pretrained import resolve_pretrained
-from .process import RunLock, StopSignal
+from .process import StopSignal
+from .rundir import TRAINING, claim, config_sources, writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -139,23 +131,27 @@ def fit(cfg: Config, hooks: Sequence["Hook"] = ()) -> RunResult:
         resume_ckpt = load_resume_checkpoint(cfg.resume)
         check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, config=cfg)
     out = Path(cfg.output)
-    with removed_on_error(out, always=cfg.dry_run):  # a start that fails (or a dry run) leaves no empty folder
-        return _fit(cfg, out, resume_ckpt, hooks)
-
-
-def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], hooks: Sequence["Hook"]) -> RunResult:
-    """Claim the output folder (checked, locked), build the run, train it."""
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes (and holds the lock)
-    check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)
-    lock = RunLock(out) if main else None  # a second run into this folder is refused here ...
+    with claim(
+        out,
+        TRAINING,
+        overwrite=cfg.overwrite,
+        sources=config_sources(cfg),
+        resume=cfg.resume,
+        is_main=main,
+        dry_run=cfg.dry_run,  # a start that fails (or a dry run) leaves no empty folder
+    ):
+        return _fit(cfg, out, resume_ckpt, hooks, main)
+
+
+def _fit(
+    cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], hooks: Sequence["Hook"], main: bool
+) -> RunResult:
+    """Build the run in its claimed folder, train it."""
     benchmark = torch.backends.cudnn.benchmark
     try:
-        if main:
-            check_output_dir(out, cfg.overwrite, cfg.resume, data_root=cfg.data_root)  # ... or here, if it finished
-            for tmp in remove_stale_temporaries(out, RUN_FILES):
-                log.info("removed %s, left by an interrupted write", tmp)
-            if cfg.log_dir and not cfg.dry_run:
-                writable_dir(Path(cfg.log_dir), "--log-dir")
+        if main and cfg.log_dir and not cfg.dry_run:
+            writable_dir(Path(cfg.log_dir), "--log-dir")
         # the pretrained start, before any data is read: downloaded once, or one error line offline
         source = resolve_pretrained(cfg.model_name) if cfg.pretrained and not cfg.resume else None
         run = Trainer(cfg, out, resume_ckpt, source, hooks)
@@ -167,8 +163,6 @@ def _fit(cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], hooks: S
             return run.loop(stop)
     finally:
         torch.backends.cudnn.benchmark = benchmark  # set for this run's fixed-size inputs only
-        if lock is not None:
-            lock.release()
 
 
 class Trainer:

@@ -28,21 +28,13 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from . import cli
-from .builders import dataset_from_config, loader_for, prepare_data
+from .builders import dataset_from_config, loader_for
 from .checkpoint import (
     match_classes,
     save_checkpoint,
     with_thresholds,
 )
-from .checks import (
-    cap_workers,
-    check_dataset_options,
-    removed_on_error,
-    resolve_dataset,
-    resolve_device,
-    writable_dir,
-    writable_file,
-)
+from .checks import cap_workers, check_dataset_options, resolve_dataset, resolve_device
 from .config import (
     FIELDS,
     OFFICIAL_VALIDATE,
@@ -57,14 +49,14 @@ from .config import (
 )
 from .data import DATASET_OPTIONS, DATASETS
 from .data.base import split_warnings
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .files import atomic_write
 from .metrics import calibrate_thresholds, mAP, multilabel_metrics
 from .opening import OpenedModel, is_onnx, open_model
 from .report import write_report
+from .rundir import VALIDATION, check_apart, check_folder, check_output_file, claim, config_sources
 
 log = logging.getLogger(__name__)
-OUTPUT_FILES = ("metrics.json", "scores.npy", "targets.npy", "report.html", "calibrated.pth")
 
 
 def base_config(ckpt: dict, model: OpenedModel, dataset: Optional[str] = None) -> Config:
@@ -98,18 +90,12 @@ def format_metrics(m: dict) -> str:
 
 
 def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any]:
-    """Evaluate the checkpoint a command line names (:func:`_validate`); a folder it creates for
-    ``--output`` is removed again when it fails."""
-    given = load_config(config_path, flags)
-    with removed_on_error(*([Path(given.output)] if given.output else [])):
-        return _validate(config_path, flags)
-
-
-def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any]:
     """Evaluate the checkpoint a command line names; print and return its metrics.
 
     Settings are layered: the checkpoint's training config (else the official defaults) <-
-    ``--config`` <- flags. Every value and file is checked before the data is read.
+    ``--config`` <- flags. Every value and file is checked before the data is read; ``--output``
+    is claimed (:func:`asl.rundir.claim`: apart from the data and the model, a new folder or an
+    earlier validation's, locked) before the data is read, and removed again when it fails.
 
     Returns:
         the metrics dict (``metrics.json``): ``mAP``, CP ... OF1, ``num_images``, ``per_class_ap``,
@@ -117,20 +103,29 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
     """
     given = load_config(config_path, flags)  # what the command line sets; None where it leaves unset
     check_values(given, fields_for(VALIDATE))  # before the checkpoint is even read
-    model_path = given.model_path
-    if not model_path:
+    if not given.model_path:
         raise ConfigError("pass --model-path CHECKPOINT")
-    output = given.output  # only where asked: never into the training run's folder by default
-    if output:
-        out = writable_dir(Path(output))
-        for name in OUTPUT_FILES if given.calibrate else OUTPUT_FILES[:-1]:
-            writable_file(out / name, "--output", given.overwrite)
+    if given.output:  # only where asked: never into the training run's folder by default
+        out = Path(given.output)
+        check_apart("--output", out, config_sources(given), folder=True, files=[out / n for n in VALIDATION.files])
+        check_folder(out, VALIDATION, given.overwrite)
     elif given.calibrate:
-        writable_file(
-            Path(model_path).with_suffix(".calibrated.pth"),
-            "--calibrate's checkpoint (beside the model)",
-            given.overwrite,
-        )
+        dest = Path(given.model_path).with_suffix(".calibrated.pth")
+        check_apart(CALIBRATED_BESIDE, dest, config_sources(given))
+        check_output_file(dest, CALIBRATED_BESIDE, given.overwrite, "checkpoint")
+    cfg, model = _resolve(config_path, flags, given)
+    if not given.output:
+        return _score(cfg, given, model)
+    with claim(given.output, VALIDATION, overwrite=given.overwrite, sources=config_sources(cfg)):
+        return _score(cfg, given, model)
+
+
+CALIBRATED_BESIDE = "--calibrate's checkpoint (beside the model)"
+
+
+def _resolve(config_path: Optional[str], flags: Dict[str, Any], given: Config):
+    """The opened model and the config it is validated with (checked; nothing read or written)."""
+    model_path = given.model_path
     if given.calibrate and is_onnx(model_path):
         raise ConfigError(
             "--calibrate writes a calibrated copy of a PyTorch checkpoint: run it on the .pth, then export that copy"
@@ -146,7 +141,6 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
         given.decoder_embedding,
     )
     ckpt = model.checkpoint if model.checkpoint is not None else {"config": model.config}
-    names, named = model.class_names, model.named
     base = base_config(ckpt, model)
     cfg = load_config(config_path, flags, base=base)
     if cfg.dataset == "auto":  # told from the folder, then as if named on the command line
@@ -182,8 +176,23 @@ def _validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, An
     model = replace(model.at_size(cfg.image_size), device=cfg.device)
     cfg = cap_workers(cfg)
     check_num_classes(cfg.num_classes, model.num_classes, model_path)
+    if model.kind == "pytorch":
+        resolve_device(cfg.device)  # a device that is not there: one line before any data is read
+    if not Path(cfg.data_root).exists():  # validation reads a dataset; it never generates one (the demo)
+        where = "" if flags.get("data_root") else f" (named by {model_path}'s config: pass the data folder)"
+        raise DataError(f"data folder not found: {cfg.data_root}{where}")
+    if cfg.dataset == "demo":
+        from .data.demo import check_demo_folder
+
+        check_demo_folder(Path(cfg.data_root))  # a user's folder read as the demo: say --dataset tagged
+    return cfg, model
+
+
+def _score(cfg: Config, given: Config, model: OpenedModel) -> Dict[str, Any]:
+    """Score ``model`` on ``cfg``'s evaluation split; print the metrics and write what was asked."""
+    model_path, output = given.model_path, given.output
+    names, named = model.class_names, model.named
     device = resolve_device(cfg.device) if model.kind == "pytorch" else resolve_device("cpu")
-    prepare_data(cfg)
     ds = dataset_from_config(cfg, train=False, mean=model.mean, std=model.std)
     order = match_classes(names, ds.class_names, named, path=model_path)
     if order is not None:

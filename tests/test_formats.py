@@ -232,7 +232,7 @@ def test_convert_writes_the_same_labels_into_a_new_folder(fmt, source, tmp_path,
         assert all(np.array_equal(got[k], want[k]) for k in want)
     assert tree_digest(root) == before
     rc, _, err = call(convert.main, [root, "--output", root / "inside"], capsys)
-    one_error(rc, err, "is inside the source")
+    one_error(rc, err, "is inside the dataset folder")
     rc, _, err = call(convert.main, [root, "--output", tmp_path / "new"], capsys)
     one_error(rc, err, "exists and is not an empty folder")
     assert tree_digest(root) == before

@@ -40,7 +40,7 @@ def test_tensorboard_writes_scalars_and_pr_curves(tmp_path, capsys):
 def test_log_dir_and_a_missing_extra_are_checked_before_work(tmp_path, capsys, monkeypatch):
     data = make_tagged(tmp_path / "d", 4, 2)
     rc, _, err = call("train", [data, "--dataset", "tagged", "--log-dir", data / "tb", *TINY], capsys)
-    one_error(rc, err, "is inside the data folder")
+    one_error(rc, err, "is inside the dataset folder")
     import importlib.util
 
     real = importlib.util.find_spec

@@ -31,7 +31,7 @@ def test_inspect_the_demo_prints_a_summary_and_writes_its_chart(tmp_path, monkey
     assert summary["images"] == 18 and len(summary["positives"]) == 20 and sum(summary["positives"]) > 0
     assert tree_digest(root) == before
     rc, _, err = call(main, [root, "--output", tmp_path / "insp"], capsys)
-    one_error(rc, err, "already exists")
+    one_error(rc, err, "already holds an inspection")
     rc, _, err = call(main, [root, "--output", root / "x"], capsys)
     one_error(rc, err, "inside the dataset")
 

@@ -1,4 +1,4 @@
-"""Where commands write (asl.files, asl.checks, asl.process): never into a user's folder, one run per folder,
+"""Where commands write (asl.files, asl.rundir, asl.process): never into a user's folder, one run per folder,
 a full disk or read-only folder is one error line, no temporary or empty folder left behind."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from asl import cli
-from asl.checks import check_output_dir
 from asl.errors import ConfigError, Interrupted, OutputError
-from asl.files import atomic_write, remove_stale_temporaries
-from asl.process import RunLock, StopSignal
+from asl.files import atomic_write
+from asl.process import StopSignal
+from asl.rundir import TRAINING, RunLock, check_folder, remove_stale_temporaries
 from tests.conftest import REPO, make_tagged
 from tests.helpers import TINY, call, one_error, tree_digest
 
@@ -41,18 +41,18 @@ def test_overwrite_replaces_only_a_runs_own_files(tmp_path):
     (mine / "config.yaml").write_text("mine: 1\n")
     (mine / "notes.txt").write_text("keep")
     with pytest.raises(ConfigError, match="no run wrote"):
-        check_output_dir(mine, overwrite=True)
+        check_folder(mine, TRAINING, overwrite=True)
     (mine / "notes.txt").unlink()
     (mine / "labels.csv").write_text("image,labels\n")
     with pytest.raises(ConfigError, match="holds a dataset"):
-        check_output_dir(mine, overwrite=True)
+        check_folder(mine, TRAINING, overwrite=True)
     run = tmp_path / "run"
     run.mkdir()
     for f in ("config.yaml", "metrics.jsonl", "best.pth", ".last.pth.abc123.tmp", ".asl-run.lock"):
         (run / f).write_text("x")
     with pytest.raises(ConfigError, match="already holds a run"):
-        check_output_dir(run, overwrite=False)
-    check_output_dir(run, overwrite=True)  # a run's own files: replaced on request
+        check_folder(run, TRAINING, overwrite=False)
+    check_folder(run, TRAINING, overwrite=True)  # a run's own files: replaced on request
 
 
 @pytest.mark.slow
@@ -264,3 +264,146 @@ def test_closed_stdout_ends_quietly(trained_run):
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert proc.stdout.count("\n") == 1 and "0000.png" in proc.stdout
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- outputs apart from inputs (asl.rundir)
+
+
+def test_no_output_of_infer_is_one_of_its_inputs_or_lies_among_them(trained_run, tmp_path, capsys):
+    pics = tmp_path / "P"
+    shutil.copytree(trained_run["data"] / "img", pics)
+    before = tree_digest(pics)
+    best = trained_run["out"] / "best.pth"
+    base = ["--model-path", best, "--pic-path", pics]
+    for extra, fragment in (
+        (["--tags-out", tmp_path / "T", "--scores-csv", pics / "0000.png"], "--scores-csv"),
+        (["--scores-csv", pics / "new.csv"], "is inside the pictures' folder"),
+        (["--save-image", pics / "0001.png"], "already exists and is the picture"),
+        (["--tags-out", pics], "is the pictures' folder"),
+        (["--tags-out", pics / "tags"], "is inside the pictures' folder"),
+        (["--scores-csv", best], "is --model-path"),
+    ):
+        rc, out, err = call("infer", [*base, *extra, "--overwrite"], capsys)
+        one_error(rc, err, fragment)
+        assert "--overwrite or not" in err[-1] and out == ""
+    assert tree_digest(pics) == before and not (tmp_path / "T").exists()
+    assert best.read_bytes()[:2] == b"PK"
+
+
+def test_export_never_writes_over_its_checkpoint(trained_run, tmp_path, capsys):
+    onnx = tmp_path / "m.onnx"
+    shutil.copy(trained_run["out"] / "best.pth", onnx)  # a checkpoint under an .onnx name
+    before = onnx.read_bytes()
+    rc, _, err = call("export", ["--model-path", onnx, "--output", onnx, "--overwrite"], capsys)
+    one_error(rc, err, "is --model-path")
+    (tmp_path / "notes.onnx").write_text("mine")
+    rc, _, err = call(
+        "export",
+        ["--model-path", trained_run["out"] / "best.pth", "--output", tmp_path / "notes.onnx", "--overwrite"],
+        capsys,
+    )
+    one_error(rc, err, "is not a file this command wrote")
+    assert onnx.read_bytes() == before and (tmp_path / "notes.onnx").read_text() == "mine"
+
+
+def test_a_symlinked_lock_is_never_followed(trained_run, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    for command, argv in (
+        ("train", [trained_run["data"], "--dataset", "tagged", *TINY]),
+        ("validate", ["--model-path", trained_run["out"] / "best.pth"]),
+    ):
+        out = tmp_path / f"out-{command}"
+        out.mkdir()
+        (out / ".asl-run.lock").symlink_to(notes)
+        rc, _, err = call(command, [*argv, "--output", out], capsys)
+        one_error(rc, err, "is a symbolic link")
+        assert notes.read_text() == "my notes" and os.path.islink(out / ".asl-run.lock")
+    fifo = tmp_path / "fifo-out"
+    fifo.mkdir()
+    os.mkfifo(fifo / ".asl-run.lock")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        RunLock(fifo)
+
+
+def test_a_users_own_config_yaml_is_not_a_run(trained_run, tmp_path, capsys):
+    mine = tmp_path / "recipe"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("epochs: 40\nlr: 2.0e-4\n")
+    for extra in ([], ["--overwrite"]):
+        rc, _, err = call(
+            "train", [trained_run["data"], "--dataset", "tagged", *TINY, "--output", mine, *extra], capsys
+        )
+        one_error(rc, err, "holds files no run wrote (config.yaml)")
+    assert (mine / "config.yaml").read_text() == "epochs: 40\nlr: 2.0e-4\n" and len(list(mine.iterdir())) == 1
+    # what a run writes, with a run's content, is a run's: a copied best.pth that loads, a metrics.jsonl that parses
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    shutil.copy(trained_run["out"] / "best.pth", copied / "best.pth")
+    shutil.copy(trained_run["out"] / "metrics.jsonl", copied / "metrics.jsonl")
+    check_folder(copied, TRAINING, overwrite=True)
+    (copied / "metrics.jsonl").write_text("not json\n")
+    with pytest.raises(ConfigError, match="holds files no run wrote \\(metrics.jsonl\\) beside a run's \\(best.pth\\)"):
+        check_folder(copied, TRAINING, overwrite=True)
+
+
+def test_overwrite_names_the_files_no_run_wrote(trained_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained_run["out"], out)
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError) as info:
+        check_folder(out, TRAINING, overwrite=True)
+    assert "files no run wrote (notes.txt) beside a run's (best.pth" in str(info.value)
+
+
+def test_data_named_by_its_label_file_protects_the_whole_folder(tmp_path, capsys):
+    from asl.data import convert, inspect
+
+    data = make_tagged(tmp_path / "D", n_train=8, n_val=4)
+    before = tree_digest(data)
+    labels = data / "labels.csv"
+    rc, _, err = call(convert.main, [labels, "--output", data / "conv"], capsys)
+    one_error(rc, err, "is inside the dataset folder")
+    rc, _, err = call(inspect.main, [labels, "--output", data / "insp"], capsys)
+    one_error(rc, err, "is inside the dataset folder")
+    pytest.importorskip("tensorboard")
+    rc, _, err = call(
+        "train", [labels, "--dataset", "tagged", *TINY, "--output", tmp_path / "X", "--log-dir", data / "tb"], capsys
+    )
+    one_error(rc, err, "--log-dir")
+    assert "dataset folder" in err[-1]
+    assert tree_digest(data) == before and not (tmp_path / "X").exists()
+
+
+def test_validate_output_is_apart_from_the_data_and_from_a_training_run(trained_run, tmp_path, capsys):
+    data = tmp_path / "D"
+    shutil.copytree(trained_run["data"], data)
+    before = tree_digest(data)
+    best = trained_run["out"] / "best.pth"
+    for out in (data, data / "val"):
+        rc, _, err = call("validate", [data, "--model-path", best, "--output", out, "--overwrite"], capsys)
+        one_error(rc, err, "a run never writes into its data")
+    assert tree_digest(data) == before
+    # a finished training run's folder is not validate's to write, --overwrite or not
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["out"], run)
+    report = (run / "report.html").read_bytes()
+    rc, _, err = call("validate", [data, "--model-path", run / "best.pth", "--output", run, "--overwrite"], capsys)
+    one_error(rc, err, "holds a run's files")
+    assert (run / "report.html").read_bytes() == report
+    # a folder a training run is writing (its lock held) is refused too
+    held = tmp_path / "held"
+    held.mkdir()
+    lock = RunLock(held)
+    try:
+        rc, _, err = call("validate", [data, "--model-path", best, "--output", held], capsys)
+        one_error(rc, err, "another run is writing into")
+    finally:
+        lock.release()
+    # validate's own earlier output is replaced with --overwrite
+    mine = tmp_path / "val"
+    for extra in ([], ["--overwrite"]):
+        rc, _, err = call("validate", [data, "--model-path", best, "--output", mine, "--workers", "0", *extra], capsys)
+        assert rc == 0, err
+    rc, _, err = call("validate", [data, "--model-path", best, "--output", mine], capsys)
+    one_error(rc, err, "already holds a validation")

@@ -236,3 +236,30 @@ def test_the_demo_trains_from_scratch():
 def test_resolving_an_unknown_model_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown timm model 'nope_net'"):
         resolve_pretrained("nope_net")
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "huge_header"])
+def test_a_damaged_cached_file_is_one_line_saying_how_to_clear_it(damage, hub, tmp_path, capsys):
+    import os
+    import struct
+
+    lay_out_cache(hub)
+    cached = hub / f"models--timm--{TAG}" / "snapshots" / COMMIT / "model.safetensors"
+    whole = cached.read_bytes()
+    cached.write_bytes(
+        {
+            "random": os.urandom(4096),
+            "truncated": whole[: len(whole) // 2],  # what an interrupted download leaves
+            "huge_header": struct.pack("<Q", 2**60) + b'{"a":' + b"0" * 64,
+        }[damage]
+    )
+    data = make_tagged(tmp_path / "d", n_train=8, n_val=4)
+    for extra in ([], ["--dry-run"]):
+        rc, _, err = call(
+            "train",
+            [data, "--dataset", "tagged", "--model-name", TAG, "--pretrained", "--output", tmp_path / "o", *extra],
+            capsys,
+        )
+        one_error(rc, err, f"--pretrained {TAG}: the cached file {cached}")
+        assert f"models--timm--{TAG}" in err[-1] and "delete" in err[-1]
+        assert not (tmp_path / "o").exists()

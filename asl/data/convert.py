@@ -1,10 +1,11 @@
 """``asl-data convert SRC --output NEW``: any dataset format to our ``labels.csv`` + ``classes.txt``.
 
-The new folder must not exist yet (or be empty) and may not lie inside the source: nothing of
-the source is written. ``labels.csv`` names each picture by its path relative to the new folder,
-with ``image,labels,split`` (the split the source gives, or the seeded ``--val-fraction`` hold-out
-``train.py`` would draw). Unknown labels (-1) have no spelling in ``labels.csv``: they are written
-as negatives, and their count is said.
+The new folder must not exist yet (or be empty) and may not lie inside the source's folder (the
+folder of its label file, when a file is named): nothing of the source is written. ``labels.csv``
+names each picture by its path relative to the new folder, with ``image,labels,split`` (the split
+the source gives, or the seeded ``--val-fraction`` hold-out ``train.py`` would draw). Unknown
+labels (-1) have no spelling in ``labels.csv``: they are written as negatives, and their count is
+said.
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ def convert_dataset(
         dict with ``dataset`` (the format read), ``images``, ``classes``, ``splits`` (rows per split),
         ``unknown_as_negative``, ``labels_csv``.
     """
+    from ..rundir import CONVERSION, claim, dataset_source
+
+    if not Path(root).exists():
+        raise DataError(f"data folder not found: {root}")
+    with claim(output, CONVERSION, sources=dataset_source(root)) as out:
+        return _convert(root, out.resolve(), dataset, tag_separator, val_fraction)
+
+
+def _convert(root: str, out: Path, dataset: str, tag_separator: Optional[str], val_fraction: float) -> Dict[str, Any]:
     from . import dataset_splits, default_splits
     from .detect import detect_dataset
 
-    src, out = Path(root).resolve(), Path(output).resolve()
-    if not src.exists():
-        raise DataError(f"data folder not found: {root}")
-    if out == src or src in out.parents or (src.is_file() and out == src.parent):
-        raise ConfigError(f"--output {output} is inside the source {root}: convert writes into a new folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--output {output} exists and is not an empty folder: convert writes into a new folder")
     if dataset == "auto":
         dataset, why = detect_dataset(root)
         log.info("--dataset auto: %s (%s)", dataset, why)
@@ -57,7 +60,6 @@ def convert_dataset(
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["image", "labels", "split"])
     unknown, counts = 0, {}
-    out.mkdir(parents=True, exist_ok=True)
     for split, ds in parts.items():
         name = ours.get(split, "test")
         counts[name] = len(ds)

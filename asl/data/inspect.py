@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..files import atomic_write
 from ..images import load_rgb
 
@@ -231,20 +231,14 @@ def write_inspection(r: Inspection, out: Path) -> Dict[str, Path]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .. import cli
-    from ..checks import removed_on_error, writable_dir, writable_file
+    from ..rundir import INSPECTION, claim, dataset_folder, dataset_source
 
     cfg = cli.data_config("inspect", __doc__.split("\n\n")[0], argv, "runs/inspect-<data folder>", extra=["overwrite"])
     root = Path(cfg.data_root)
-    out = Path(cfg.output) if cfg.output else Path("runs") / f"inspect-{root.resolve().name}"
-    data = root.resolve()
-    if out.resolve() == data or data in out.resolve().parents:
-        raise ConfigError(f"--output {out} is inside the dataset {root}: inspect never writes there")
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
-    with removed_on_error(out):
-        writable_dir(out)
-        for name in ("summary.json", "positives.png"):
-            writable_file(out / name, "--output", cfg.overwrite)
+    out = Path(cfg.output) if cfg.output else Path("runs") / f"inspect-{dataset_folder(root).resolve().name}"
+    with claim(out, INSPECTION, overwrite=cfg.overwrite, sources=dataset_source(root)):
         result = inspect_dataset(str(root), cfg.dataset, cfg.tag_separator, cfg.val_fraction)
         print(format_inspection(result))
         written = write_inspection(result, out)
