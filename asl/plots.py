@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 from .files import atomic_write
 
@@ -18,6 +19,24 @@ def _pyplot():
     return plt
 
 
+def plain_labels(draw: Callable) -> Callable:
+    """Every figure-drawing function of the package is wrapped in this: the text it puts into a
+    figure (class names, titles, file names) is drawn as plain text. Matplotlib would otherwise
+    read ``$...$`` as mathtext, and a class named ``$\\frac$`` or ``a_$x^$`` fails the drawing with
+    a parse error. The setting holds for this call only (``rc_context``); a Text keeps the value it
+    was created with."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+@plain_labels
 def plot_training_curves(history: List[Dict], path: str | os.PathLike) -> Path:
     """``curves.png``: train loss, mAP of the plain and EMA model, learning rate, per epoch.
 

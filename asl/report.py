@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .files import atomic_write
+from .plots import plain_labels
 from .rundir import REPORT_GENERATOR
 
 __all__ = ["SECTIONS", "write_report", "render_report"]
@@ -80,6 +81,7 @@ def _f1_curve(scores: np.ndarray, targets: np.ndarray, grid: np.ndarray):
     return np.array(of1), np.array(cf1)
 
 
+@plain_labels
 def render_report(
     scores: np.ndarray,
     targets: np.ndarray,

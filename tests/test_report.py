@@ -84,3 +84,24 @@ def test_the_contact_sheet_holds_the_most_confident_errors():
     assert fp.index("0.990") < fp.index("0.050")
     assert "<b>dog</b> 0.100 (a missed label)" in missed and missed.index("0.100") < missed.index("0.200")
     assert "0.900" not in missed  # an unknown label is neither
+
+
+def test_class_names_in_matplotlib_mathtext_are_drawn_as_plain_text(tmp_path, capsys):
+    from asl.data import inspect
+    from tests.conftest import make_tagged
+    from tests.helpers import TINY
+
+    names = ("$\\frac$", "a_$x^$", "$$", "tree")
+    data = make_tagged(tmp_path / "d", n_train=16, n_val=8, classes=names)
+    rc, _, err = call("train", [data, "--dataset", "tagged", *TINY, "--output", tmp_path / "run"], capsys)
+    assert rc == 0, err
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "$\\frac$" in page and "a_$x^$" in page
+    rc, _, err = call(
+        "validate", [data, "--model-path", tmp_path / "run" / "best.pth", "--output", tmp_path / "val"], capsys
+    )
+    assert rc == 0, err
+    assert (tmp_path / "val" / "report.html").is_file()
+    rc, _, err = call(inspect.main, [data, "--output", tmp_path / "insp"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "insp" / "positives.png").is_file()

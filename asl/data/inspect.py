@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import DataError
 from ..files import atomic_write
 from ..images import load_rgb
+from ..plots import plain_labels
 
 __all__ = ["Inspection", "inspect_dataset", "suggest_loss", "format_inspection", "write_inspection", "main"]
 
@@ -205,6 +206,7 @@ def format_inspection(r: Inspection) -> str:
     return "\n".join(lines)
 
 
+@plain_labels
 def write_inspection(r: Inspection, out: Path) -> Dict[str, Path]:
     """``summary.json`` and ``positives.png`` (positives per class, sorted, log scale) into ``out``."""
     from ..plots import _pyplot

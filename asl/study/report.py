@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..files import atomic_write
+from ..plots import plain_labels
 from .runner import Run, _points, best_lr_per_setting, final_map
 from .spec import Experiment, Study
 from .stats import dataset_stats, fmt_ci, seed_slopes
@@ -64,6 +65,7 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+@plain_labels
 def write_report(
     study: Study, planned: Dict[str, List[Run]], elapsed: Optional[float] = None, source: str = "<study.yaml>"
 ) -> Path:
