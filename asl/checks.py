@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Tuple
 
 from .config import (
     DEFAULT_MODEL,
@@ -84,18 +84,25 @@ def resolve_training(cfg: Config) -> Config:
     )
 
 
-def check_training(cfg: Config) -> Config:
+def check_training(cfg: Config, given: Iterable[str] = ()) -> Config:
     """Every check of a resolved training config that needs no data: values in range, names
     known, dataset options the dataset reads, the model and its input size, the files named
     (data, init weights, resume). Nothing is read, built or written. Returns ``cfg`` with the
     loader workers capped at the cores; the output folder is checked next, by the trainer, once
-    the resume checkpoint (if any) is known to fit."""
+    the resume checkpoint (if any) is known to fit.
+
+    Args:
+        cfg: the resolved config.
+        given: the settings named on the command line (a loss option given there for a loss that
+            does not read it is refused even at its default value).
+    """
     from .models import check_image_size
 
     check_values(cfg, fields_for(TRAIN))
     check_dataset_options(cfg)
     check_image_size(cfg.model_name, cfg.image_size)
     check_head(cfg)
+    check_fits(cfg)
     check_tensorboard(cfg)
     if cfg.dataset == "demo":
         from .data.demo import check_demo_folder
@@ -103,6 +110,12 @@ def check_training(cfg: Config) -> Config:
         check_demo_folder(Path(cfg.data_root), cfg.demo_classes)  # a user's folder without --dataset: say so first
     elif not Path(cfg.data_root).exists():
         raise ConfigError(f"data folder not found: {cfg.data_root}")
+    if cfg.init_checkpoint and cfg.model_path and cfg.init_checkpoint != cfg.model_path:
+        raise ConfigError(
+            f"--model-path {cfg.model_path} and --pretrained-path {cfg.init_checkpoint} both name the "
+            f"weights training starts from (train.py reads --model-path as --init-checkpoint): keep one"
+        )
+    check_loss_options(cfg, given)
     init = cfg.init_checkpoint or cfg.model_path
     if init and cfg.pretrained:
         raise ConfigError(
@@ -162,13 +175,65 @@ def check_head(cfg: Config) -> None:
     feature_layout(cfg.model_name, cfg.image_size)
 
 
+def machine_memory(device: str = "auto") -> Tuple[int, str]:
+    """(bytes, what) a run's tensors can use: the GPU's memory where training runs on CUDA, else
+    the machine's RAM."""
+    import torch
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_properties(dev).total_memory, f"the {torch.cuda.get_device_name(dev)}"
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): no bound known
+        return 1 << 62, "this machine"
+    return ram, "this machine's RAM"
+
+
+def check_fits(cfg: Config) -> None:
+    """Every size flag bounded by what the machine holds, before anything is built: the model
+    with its head (``--decoder-embedding``, ``--num-of-groups``; built on the ``meta`` device,
+    no memory) and its training state (weights, gradients, Adam's two moments: 4 copies), and one
+    input batch (``--batch-size`` x ``--image-size``). The class count is not known before the
+    data is read; the head is sized for ``--num-classes`` or one class, a lower bound."""
+    import torch
+
+    from .models import create_model
+
+    with torch.device("meta"):
+        model = create_model(
+            cfg.model_name,
+            cfg.num_classes or 1,
+            head=cfg.head,
+            num_groups=cfg.num_of_groups if cfg.num_classes else None,  # G = min(G, C): 1 for one class
+            decoder_embedding=cfg.decoder_embedding,
+        )
+    params = sum(p.numel() for p in model.parameters())
+    have, where = machine_memory(cfg.device)
+    gib = 1 << 30
+    if 16 * params > have:
+        raise ConfigError(
+            f"{cfg.model_name} with these settings has {params / 1e9:.1f} G parameters: training holds "
+            f"{16 * params / gib:,.0f} GiB of weights, gradients and optimizer state, more than {where} "
+            f"({have / gib:,.0f} GiB); lower --decoder-embedding / --num-of-groups, or choose a smaller model"
+        )
+    batch = 4 * 3 * cfg.batch_size * cfg.image_size**2
+    if batch > have:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} at --image-size {cfg.image_size}: one input batch is "
+            f"{batch / gib:,.0f} GiB, more than {where} ({have / gib:,.0f} GiB); lower either"
+        )
+
+
 def prepare_training(config_path: Optional[str], flags: Mapping[str, Any]) -> Config:
     """The training config of a command line (base <- ``--config`` <- flags), resolved and
     checked (:func:`resolve_training`, :func:`check_training`)."""
     if not config_path and (flags.get("init_checkpoint") or flags.get("model_path")) and "pretrained" not in flags:
         # a weights file given on the command line is the start: the fine-tuning base's timm weights step aside
         flags = {**flags, "pretrained": False}
-    return check_training(resolve_training(load_config(config_path, flags, base=train_base(config_path, flags))))
+    return check_training(
+        resolve_training(load_config(config_path, flags, base=train_base(config_path, flags))), given=flags
+    )
 
 
 _DEFAULTS = Config()
@@ -186,6 +251,28 @@ def check_dataset_options(cfg: Config) -> None:
         raise ConfigError(
             f"{flag_name(o)} {getattr(cfg, o)!r} is not read by --dataset {cfg.dataset} (it is a "
             f"{'/'.join(owners[o])} option); remove it, or name the dataset it belongs to"
+        )
+
+
+def check_loss_options(cfg: Config, given: Iterable[str] = ()) -> None:
+    """One ``error:`` line for a loss option the chosen loss does not read (``--loss bce
+    --gamma-neg 4``): set on the command line (``given``), or to another value than the default."""
+    from .losses import COMMON_LOSS_OPTIONS, LOSS_OPTIONS
+
+    name = choice(cfg.loss)
+    if name not in LOSS_OPTIONS:
+        return  # an unknown loss is the loss builder's error, with the known names
+    every = {o for opts in LOSS_OPTIONS.values() for o in opts} - set(COMMON_LOSS_OPTIONS)
+    given = set(given)
+    unread = sorted(
+        o for o in every - set(LOSS_OPTIONS[name]) if o in given or getattr(cfg, o) != getattr(_DEFAULTS, o)
+    )
+    if unread:
+        o = unread[0]
+        readers = [n for n, opts in LOSS_OPTIONS.items() if o in opts]
+        raise ConfigError(
+            f"{flag_name(o)} {getattr(cfg, o)!r} is not read by --loss {cfg.loss} (it is an option of "
+            f"{'/'.join(readers)}); remove it, or choose the loss it belongs to"
         )
 
 

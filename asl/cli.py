@@ -100,9 +100,34 @@ def build_parser(
     return p
 
 
+def _check_once(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """A setting given under two of its names (``--init-checkpoint A --pretrained-path B``) is
+    refused: argparse would keep the last one and drop the other silently. The same name given
+    twice is the shell's usual "the last one wins"."""
+    used: Dict[str, List[str]] = {}
+    for token in argv:
+        if token == "--":
+            break
+        name = token.split("=", 1)[0]
+        action = parser._option_string_actions.get(name) if name.startswith("-") else None
+        if action is None or action.dest in ("help", "config"):
+            continue
+        canonical = name.replace("_", "-")
+        if canonical.startswith("--no-"):  # --pretrained / --no-pretrained: one name, two values
+            canonical = "--" + canonical[5:]
+        names = used.setdefault(action.dest, [])
+        if canonical not in names:
+            names.append(canonical)
+    for dest, names in used.items():
+        if len(names) > 1:
+            raise ConfigError(f"{' and '.join(names)} set the same setting ({dest}): give it once")
+
+
 def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
     """(``--config`` path or None, {field: value} of the flags actually given)."""
-    ns = vars(parser.parse_args(argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    ns = vars(parser.parse_args(args))
+    _check_once(parser, args)
     config_path = ns.pop("config", None)
     pos = ns.pop("data_root_pos", None)
     if pos is not None:

@@ -14,6 +14,7 @@ state dict loads key for key (``head.decoder.*``; :mod:`asl.checkpoint` also ren
 
 from __future__ import annotations
 
+import logging
 from typing import Optional, Tuple
 
 import torch
@@ -21,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BottleneckHead", "MLDecoder", "MLDecoderModel", "ml_decoder_groups", "DEFAULT_GROUPS", "DEFAULT_EMBED"]
 
@@ -57,6 +60,13 @@ def ml_decoder_groups(num_classes: int, num_groups: Optional[int] = None) -> Tup
     g = DEFAULT_GROUPS if num_groups is None or num_groups < 0 else int(num_groups)
     if g == 0:
         raise ConfigError("--num-of-groups must be >= 1 (or -1: the official default, min(100, classes))")
+    if g > num_classes and num_groups not in (None, -1):
+        log.warning(
+            "warning: --num-of-groups %d is more than the %d classes: ML-Decoder uses %d groups (one query per class)",
+            g,
+            num_classes,
+            num_classes,
+        )
     g = min(g, num_classes)
     k = int(num_classes / g + 0.999)
     if g * k < num_classes:  # the official rounding falls short past 1000 groups

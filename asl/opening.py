@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .config import check_num_classes, default_image_size, zoo_image_size
+from .errors import ConfigError
 
 __all__ = ["OpenedModel", "open_model", "is_onnx"]
 
@@ -159,7 +160,7 @@ def open_model(
         num_classes: ``--num-classes`` (the official flag), checked against the file.
         device: where it scores.
         num_groups, decoder_embedding: the official ML-Decoder flags, checked against the head the
-            weights hold (an ONNX file's head is fixed: they are not read there).
+            weights hold (an ONNX file's head is fixed: they are refused there).
 
     Raises:
         ASLError: one line, for a file that is missing, unsafe, of another kind or that does not
@@ -171,6 +172,16 @@ def open_model(
         names = read_class_names(class_names) if class_names else None
         tagger = OnnxTagger(path, device=device, image_size=image_size, class_names=names)
         tagger.check_model_name(model_name)
+        fixed = [
+            f
+            for f, v in (("--num-of-groups", num_groups), ("--decoder-embedding", decoder_embedding))
+            if v not in (None, -1)
+        ]
+        if fixed:
+            raise ConfigError(
+                f"{' and '.join(fixed)} describe the ML-Decoder head of a PyTorch file; {path} is an exported "
+                f"model whose head is part of its graph: drop {' and '.join(fixed)}"
+            )
         check_num_classes(num_classes, tagger.num_classes, path)
         saved = tagger.meta.get("config")
         return OpenedModel(

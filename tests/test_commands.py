@@ -327,3 +327,19 @@ def test_tags_out_bad_input_is_one_error(trained_run, tmp_path, capsys):
     )
     one_error(rc, err, "'cow' is not a class of the model")
     assert not (tmp_path / "t").exists()
+
+
+def test_validate_never_generates_data(trained_run, tmp_path, monkeypatch, capsys):
+    """A checkpoint whose config names the demo's relative folder, validated from another folder:
+    one error line, and no demo is generated there."""
+    import torch
+
+    ckpt = torch.load(trained_run["out"] / "best.pth", weights_only=True)
+    ckpt["config"] = dict(ckpt["config"], data_root="data/demo", dataset="demo")
+    torch.save(ckpt, tmp_path / "best.pth")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    rc, _, err = call("validate", ["--model-path", tmp_path / "best.pth"], capsys)
+    one_error(rc, err, "data folder not found: data/demo")
+    assert "pass the data folder" in err[-1] and list(elsewhere.iterdir()) == []

@@ -478,3 +478,18 @@ def test_an_ml_decoder_run_resumes_and_refuses_another_head(tmp_path, capsys):
     rc, _, err = call("train", [*base, *md, "--resume", out / "last.pth"], capsys)
     assert rc == 0, err
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_size_flags_beyond_the_machine_are_one_error_before_anything_is_built(tmp_path, capsys, caplog):
+    data = make_tagged(tmp_path / "d", n_train=8, n_val=4)
+    for extra in ([], ["--dry-run"]):
+        argv = [data, "--dataset", "tagged", *TINY, "--head", "ml_decoder", "--decoder-embedding", "1048576"]
+        rc, _, err = call("train", [*argv, "--output", tmp_path / "o", *extra], capsys)
+        one_error(rc, err, "G parameters: training holds")
+        assert "--decoder-embedding" in err[-1] and not (tmp_path / "o").exists()
+    # more groups than classes: capped, and said
+    argv = [data, "--dataset", "tagged", *TINY, "--head", "ml_decoder", "--num-of-groups", "50", "--dry-run"]
+    rc, _, err = call("train", [*argv, "--output", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    assert "--num-of-groups 50 is more than the 4 classes: ML-Decoder uses 4 groups" in caplog.text
+    assert caplog.text.count("--num-of-groups 50 is more than") == 1

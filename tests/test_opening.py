@@ -42,3 +42,6 @@ def test_flags_apply_to_both_kinds(pair, tmp_path):
     assert open_model(str(pair[0])).at_size(64).image_size == 64
     with pytest.raises(ASLError, match="does not apply"):
         open_model(str(pair[1]), model_name="resnet50")
+    for flags in ({"num_groups": 4}, {"decoder_embedding": 64}):  # an exported head is fixed: refused, not ignored
+        with pytest.raises(ASLError, match="drop --(num-of-groups|decoder-embedding)"):
+            open_model(str(pair[1]), **flags)

@@ -229,6 +229,11 @@ BAD_TRAIN = [
     (["--max-bad-fraction", "2"], "fraction"),
     (["--model-name", "resnet_nope"], "unknown model name"),
     (["--loss", "hinge"], "unknown loss"),
+    (["--loss", "bce", "--gamma-neg", "4"], "--gamma-neg 4.0 is not read by --loss bce"),
+    (["--loss", "focal", "--clip", "0.05"], "--clip 0.05 is not read by --loss focal"),
+    (["--loss", "asl", "--focal-gamma", "3"], "--focal-gamma 3.0 is not read by --loss asl"),
+    (["--init-checkpoint", "a.pth", "--pretrained-path", "b.pth"], "set the same setting (init_checkpoint)"),
+    (["--model-path", "a.pth", "--pretrained-path", "b.pth"], "both name the weights training starts from"),
 ]
 
 
