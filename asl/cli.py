@@ -208,7 +208,7 @@ def command(module: str) -> Callable[[Optional[Sequence[str]]], Optional[int]]:
 
 def _write_error(text: str) -> None:
     try:
-        print(text, file=sys.stderr)
+        print(text.translate(_CONTROL), file=sys.stderr)
     except (OSError, ValueError, AttributeError):  # stderr closed as well: nothing left to tell
         pass
 
@@ -218,14 +218,51 @@ def _flush_stdout() -> None:
         sys.stdout.flush()  # a closed pipe or a full disk shows here, not at interpreter exit
 
 
+# C0 and C1 control characters but tab, line feed and carriage return (progress bars), as \xNN:
+# a class name or a file name holding ESC sequences never drives the terminal.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A, 0x0D)}
+
+
+class _Terminal:
+    """A command's standard output or error for one :func:`run`: control characters written to
+    it are escaped, and the OSError a write raised is remembered (a full disk behind standard
+    output is told apart from a full ``--output``)."""
+
+    def __init__(self, stream):
+        self._stream, self.error = stream, None
+
+    def write(self, text):
+        try:
+            return self._stream.write(text.translate(_CONTROL) if isinstance(text, str) else text)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        try:
+            return self._stream.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
     """Call a script's main; bad input becomes one ``error: ...`` line and exit code 2.
 
-    Standard output that cannot encode a class name (an ASCII-only terminal) gets it escaped
-    (``\\u00e9``) for this call; a full or closed standard output is one error line."""
-    stdout, errors = sys.stdout, getattr(sys.stdout, "errors", None)
+    For this call, standard output and error escape control characters (a class name holding a
+    terminal escape is printed as ``\\x1b``), and standard output that cannot encode a class name
+    (an ASCII-only terminal) gets it escaped (``\\u00e9``); a full or closed standard output is one
+    error line."""
+    stdout, stderr, errors = sys.stdout, sys.stderr, getattr(sys.stdout, "errors", None)
     if errors == "strict" and hasattr(stdout, "reconfigure"):
         stdout.reconfigure(errors="backslashreplace")
+    out = _Terminal(stdout) if stdout is not None else None
+    sys.stdout = out
+    if stderr is not None:
+        sys.stderr = _Terminal(stderr)
     try:
         rc = int(main(argv) or 0)
         _flush_stdout()
@@ -247,15 +284,15 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
             raise
         text = f"{hint} ({e})"
     except OSError as e:
-        if (
-            e.errno not in (errno.ENOSPC, errno.EBADF, errno.EDQUOT, errno.EIO)
-            or stdout is None
-            or getattr(e, "filename", None)
-        ):
+        if out is not None and e is out.error and e.errno in (errno.ENOSPC, errno.EBADF, errno.EDQUOT, errno.EIO):
+            _silence_stdout()
+            text = f"cannot write to standard output: {e.strerror or e}"
+        elif e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) and not getattr(e, "filename", None):
+            text = f"cannot write an output of this command: {e.strerror or e}"  # one a command failed to name
+        else:
             raise
-        _silence_stdout()
-        text = f"cannot write to standard output: {e.strerror or e}"
     finally:
+        sys.stdout, sys.stderr = stdout, stderr
         if errors == "strict" and hasattr(stdout, "reconfigure"):
             try:
                 stdout.reconfigure(errors=errors)

@@ -36,6 +36,7 @@ from .config import (
 )
 from .errors import ConfigError, DataError
 from .images import IMAGE_EXTENSIONS, iter_pictures, load_rgb
+from .metrics import nonfinite_note
 from .opening import open_model
 from .rundir import TAGGING, Source, check_apart, check_output_file, claim, file_sources
 
@@ -288,6 +289,7 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
 
     excluded = exclusions(cfg.exclude_tags, model.class_names)
     results, bad, score_rows = [], [], []
+    broken = np.zeros(n, dtype=bool)  # classes that scored NaN or inf on some picture
     first_img = None
     progress = _progress(len(paths)) if tag_files is not None else None
     for start in range(0, len(paths), cfg.batch_size):
@@ -305,7 +307,9 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
             continue
         if first_img is None:
             first_img = imgs[0]
-        for i, s in zip(batch, model.scores(imgs)):
+        batch_scores = model.scores(imgs)
+        broken |= ~np.isfinite(batch_scores).all(axis=0)
+        for i, s in zip(batch, batch_scores):
             p = paths[i]
             if cfg.scores_csv:
                 score_rows.append((str(p), s))
@@ -331,6 +335,9 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
         print(f"warning: skipped: {why}", file=sys.stderr)
     if bad:
         print(f"warning: {len(bad)} of {len(paths)} pictures were unreadable and skipped", file=sys.stderr)
+    note = nonfinite_note(broken, model.class_names)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     if cfg.scores_csv:
         write_scores_csv(Path(cfg.scores_csv), model.class_names, score_rows)
     if cfg.json:

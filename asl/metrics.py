@@ -24,11 +24,14 @@ threads (numpy's sort releases the GIL).
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "average_precision",
@@ -234,6 +237,29 @@ def map_and_ap(targs, preds, ignore_index: Optional[float] = -1):
     return float(100.0 * np.mean(sums / (npos + 1e-8))), ap
 
 
+def nonfinite_note(scores: np.ndarray, class_names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The warning for a model whose scores hold NaN or inf (a diverged checkpoint), naming how
+    many classes score so, or None when every score is finite. Said wherever scores are made:
+    metrics rank NaN first as the official code does, and a NaN score never passes a threshold,
+    so such classes are silently never tagged.
+
+    Args:
+        scores: (N, C) scores, or a (C,) mask of the classes already found non-finite.
+    """
+    s = np.asarray(scores)
+    bad = s if s.dtype == bool else ~np.isfinite(s).all(axis=0)
+    if not bad.any():
+        return None
+    which = np.flatnonzero(bad)
+    shown = ""
+    if class_names is not None:
+        shown = ": " + ", ".join(str(class_names[k]) for k in which[:5]) + (", ..." if len(which) > 5 else "")
+    return (
+        f"{len(which)} of {bad.size} classes score NaN or inf{shown}; the model's output is broken there "
+        f"(its metrics rank them first, as the official code does, and they are never tagged)"
+    )
+
+
 def evaluation_result(scores: np.ndarray, targets: np.ndarray, seconds: float, dataset=None) -> Dict[str, Any]:
     """What an evaluation returns (``asl.engine.evaluate``, the ONNX path of validate.py): mAP and
     per-class AP (:func:`map_and_ap`: unknown labels left out, else the official mAP), the scores
@@ -243,8 +269,11 @@ def evaluation_result(scores: np.ndarray, targets: np.ndarray, seconds: float, d
         scores: (N, C) scores.
         targets: (N, C) targets.
         seconds: the evaluation's wall time.
-        dataset: the evaluated dataset (its ``bad_count``), or None.
+        dataset: the evaluated dataset (its ``bad_count``, its ``class_names``), or None.
     """
+    note = nonfinite_note(scores, getattr(dataset, "class_names", None))
+    if note:
+        log.warning("warning: %s", note)
     m, ap = map_and_ap(targets, scores)
     return {
         "mAP": m,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from .errors import ConfigError
+from .files import output_error
 
 log = logging.getLogger(__name__)
 
@@ -529,8 +530,12 @@ class RunLock:
                 f"another run is writing into {out}{f' (pid {other[0]})' if other else ''}: wait for it "
                 f"to end, or choose another --output"
             ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n{command}\n".encode("ascii"), 0)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n{command}\n".encode("ascii"), 0)
+        except OSError as e:  # a full disk: one line naming the folder, not a bare errno
+            self.release()
+            raise output_error(self.path, e) from None
 
     def release(self) -> None:
         if self.fd is not None:

@@ -343,3 +343,35 @@ def test_validate_never_generates_data(trained_run, tmp_path, monkeypatch, capsy
     rc, _, err = call("validate", ["--model-path", tmp_path / "best.pth"], capsys)
     one_error(rc, err, "data folder not found: data/demo")
     assert "pass the data folder" in err[-1] and list(elsewhere.iterdir()) == []
+
+
+def test_nan_scores_are_said_with_their_class_count(trained_run, tmp_path, capsys):
+    """A diverged checkpoint whose outputs are NaN for 2 of its 4 classes: validate.py and infer.py
+    both say how many classes score NaN, and name them."""
+    import torch
+
+    ckpt = torch.load(trained_run["out"] / "best.pth", weights_only=True)
+    state = ckpt["model"]
+    bias = next(k for k, v in state.items() if k.endswith("bias") and v.shape == (4,))
+    state[bias][:2] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pth")
+    rc, out, err = call("validate", [trained_run["data"], "--model-path", tmp_path / "nan.pth"], capsys)
+    assert rc == 0 and "mAP" in out
+    assert any("2 of 4 classes score NaN or inf: cat, dog" in line for line in err), err
+    rc, out, err = call(
+        "infer", ["--model-path", tmp_path / "nan.pth", "--pic-path", trained_run["data"] / "img"], capsys
+    )
+    assert rc == 0
+    assert any("2 of 4 classes score NaN or inf: cat, dog" in line and "never tagged" in line for line in err), err
+
+
+def test_every_tag_file_target_is_checked_before_the_first_write(trained_run, tmp_path, capsys):
+    pics = _nested_pictures(trained_run, tmp_path / "pics")
+    out = tmp_path / "tags"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "b").write_text("mine")  # a file where the folder of a/b/*.txt goes
+    argv = ["--model-path", trained_run["out"] / "best.pth", "--pic-path", pics, "--tags-out", out, "--batch-size", "1"]
+    rc, _, err = call("infer", argv, capsys)
+    one_error(rc, err, f"{out / 'a' / 'b'} is a file, where a folder of tags goes")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["a", "a/b"]  # nothing tagged
+    assert (out / "a" / "b").read_text() == "mine"

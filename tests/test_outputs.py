@@ -407,3 +407,50 @@ def test_validate_output_is_apart_from_the_data_and_from_a_training_run(trained_
         assert rc == 0, err
     rc, _, err = call("validate", [data, "--model-path", best, "--output", mine], capsys)
     one_error(rc, err, "already holds a validation")
+
+
+def test_a_full_output_disk_is_named_as_the_output_not_standard_output(trained_run, tmp_path, capsys, monkeypatch):
+    import asl.rundir
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(asl.rundir.os, "pwrite", full)
+    rc, _, err = call("train", [trained_run["data"], "--dataset", "tagged", *TINY, "--output", tmp_path / "o"], capsys)
+    one_error(rc, err, f"cannot write {tmp_path / 'o' / '.asl-run.lock'}: No space left on device")
+    assert "standard output" not in err[-1] and not (tmp_path / "o").exists()
+
+    def main(argv):  # a write no command named: said as an output's, not as standard output's
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert cli.run(main) == 2
+    assert "cannot write an output of this command" in capsys.readouterr().err
+
+
+def test_convert_onto_a_read_only_mount_is_one_error_line(tmp_path, capsys, monkeypatch):
+    from asl.data import convert
+
+    data = make_tagged(tmp_path / "D", n_train=8, n_val=4)
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if str(self).startswith(str(tmp_path / "RO")):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    rc, _, err = call(convert.main, [data, "--output", tmp_path / "RO" / "out"], capsys)
+    one_error(rc, err, "Read-only file system")
+
+
+def test_terminal_escapes_in_class_names_are_printed_escaped(tmp_path, capsys):
+    names = ("cat\x1b[2J", "dog", "sky", "tree")
+    data = make_tagged(tmp_path / "d", n_train=16, n_val=8, classes=names)
+    rc, out, err = call("train", [data, "--dataset", "tagged", *TINY, "--output", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    rc, out2, err2 = call(
+        "infer", ["--model-path", tmp_path / "o" / "best.pth", "--pic-path", data / "img", "--th", "0"], capsys
+    )
+    assert rc == 0, err2
+    text = out + "\n".join(err) + out2 + "\n".join(err2)
+    assert "\x1b" not in text and "cat\\x1b[2J" in text
