@@ -189,7 +189,7 @@ def test_bad_input_is_one_error_before_training(tmp_path, capsys):
     d = folder("studio")
     task = {"data": {"image": "/data/upload/1/a.png"}, "annotations": [{"result": [{"type": "rectanglelabels"}]}]}
     (d / "export.json").write_text(json.dumps([task]))
-    cases.append((d, "labelstudio", "holds a 'rectanglelabels' result"))
+    cases.append((d, "labelstudio", "only 'rectanglelabels'"))
     d = folder("outside")
     (d / "metadata.jsonl").write_text(json.dumps({"file_name": "../src/img/0000.png", "labels": ["cat"]}) + "\n")
     cases.append((d, "imagefolder", "points outside"))
@@ -282,3 +282,145 @@ def test_convert_keeps_a_voc_evaluation_split_as_val(tmp_path, capsys):
         got = create_dataset("tagged", str(tmp_path / "new"), ours)
         assert got.class_names == want.class_names
         assert np.array_equal(got.targets, np.where(want.targets < 0, 0, want.targets))  # unknown: negative
+
+
+# --------------------------------------------------------------------------- hostile inputs, one family each
+
+
+def _pictures(tmp_path, folder: Path, names):
+    """Copies of generated pictures under ``folder`` with the given relative names."""
+    src = make_tagged(tmp_path / "_src", len(names), 0)
+    for i, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / "img" / f"{i:04d}.png", folder / name)
+    return folder
+
+
+def _task(image, *annotations, **data):
+    return {
+        "data": {**data, "image": image},
+        "annotations": [
+            {"result": [{"type": "choices", "to_name": "image", "value": {"choices": c}} for c in [a]]}
+            for a in annotations
+        ],
+    }
+
+
+def _labels(ds):
+    return {
+        Path(p).name: sorted(c for c, v in zip(ds.class_names, row) if v == 1) for p, row in zip(ds.paths, ds.targets)
+    }
+
+
+def test_labelstudio_hostile_exports(tmp_path, caplog):
+    d = _pictures(tmp_path, tmp_path / "ls", ["a.png", "b.png", "c.png"])
+    tasks = [
+        _task("/data/upload/1/a.png", ["cat"], ["dog"]),  # two annotators who disagree: joined, and said
+        _task("/data/upload/1/8f3a2b1c-b.png", "cat"),  # a choice as a string; an upload's hash prefix
+        {
+            "data": {"caption": "a dog on a sofa.jpg", "img": "/data/upload/1/c.png"},  # a text field first
+            "annotations": [
+                {
+                    "result": [
+                        {"type": "choices", "to_name": "img", "value": {"choices": ["sky"]}},
+                        {"type": "textarea", "to_name": "img", "value": {"text": ["nice"]}},
+                        {"type": "taxonomy", "to_name": "img", "value": {"taxonomy": [["Animal", "Cat"]]}},
+                    ]
+                }
+            ],
+        },
+    ]
+    (d / "project-1.json").write_text(json.dumps(tasks))
+    (d / "unrelated.json").write_text(json.dumps([{"name": "not a task"}]))  # not an export, by its shape
+    ds = create_dataset("labelstudio", str(d), "train", val_fraction=0.01)
+    assert _labels(ds) == {"a.png": ["cat", "dog"], "b.png": ["cat"], "c.png": ["sky"]}
+    assert ds.class_names == ["cat", "dog", "sky"]
+    assert "1 tasks have annotations that disagree" in caplog.text
+    assert "2 results that are not choices (textarea 1, taxonomy 1) are left out" in caplog.text
+    assert detect_dataset(str(d))[0] == "labelstudio"
+    # a list where the value object goes: one line
+    tasks[1]["annotations"][0]["result"][0]["value"] = ["cat"]
+    (d / "project-1.json").write_text(json.dumps(tasks))
+    with pytest.raises(DataError, match="task 1: a 'choices' result whose value is \\['cat'\\]"):
+        create_dataset("labelstudio", str(d), "train", val_fraction=0.01)
+    # two pictures of one upload name: ambiguous, not missing
+    tasks[1]["annotations"][0]["result"][0]["value"] = {"choices": ["cat"]}
+    (d / "project-1.json").write_text(json.dumps(tasks))
+    _pictures(tmp_path, d / "more", ["b.png"])
+    with pytest.raises(DataError, match="'8f3a2b1c-b.png' matches 2 pictures .*ambiguous"):
+        create_dataset("labelstudio", str(d), "train", val_fraction=0.01)
+
+
+def test_imagefolder_hostile_metadata(tmp_path):
+    d = _pictures(tmp_path, tmp_path / "hf", ["x.png", "y.png"])
+    (d / "metadata.csv").write_text("file_name,labels\nx.png,cat,dog\ny.png,sky\n")  # unquoted extra tags
+    with pytest.raises(DataError, match="metadata.csv:2: expected 2 fields, got 3"):
+        create_dataset("imagefolder", str(d), "train", val_fraction=0.01)
+    (d / "metadata.jsonl").write_text("")
+    with pytest.raises(DataError, match="holds both metadata.jsonl and metadata.csv"):
+        create_dataset("imagefolder", str(d), "train", val_fraction=0.01)
+    (d / "metadata.csv").unlink()
+    recs = [{"file_name": "x.png", "labels": ["cat"]}, {"file_name": "y.png", "tags": ["dog"]}]
+    (d / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(DataError, match="two columns \\('labels', 'tags'\\)"):
+        create_dataset("imagefolder", str(d), "train", val_fraction=0.01)
+    # a root metadata.jsonl whose paths start with split folders is split by them, not at random
+    r = _pictures(tmp_path, tmp_path / "root", ["train/a.png", "train/b.png", "test/c.png"])
+    recs = [
+        {"file_name": n, "labels": [t]}
+        for n, t in (("train/a.png", "cat"), ("train/b.png", "dog"), ("test/c.png", "cat"))
+    ]
+    (r / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
+    assert sorted(_labels(create_dataset("imagefolder", str(r), "train"))) == ["a.png", "b.png"]
+    assert sorted(_labels(create_dataset("imagefolder", str(r), "test"))) == ["c.png"]
+
+
+def test_planet_through_dataset_auto_splits_tags_on_spaces(source, tmp_path):
+    src, rows = source
+    root = write_planet(src, rows, tmp_path / "planet")
+    assert detect_dataset(str(root))[0] == "tagged"
+    ds = create_dataset("tagged", str(root), "train")  # no --tag-separator, as --dataset auto runs it
+    assert ds.class_names == list(CLASSES)
+
+
+def test_onehot_two_files_and_ids_without_extensions(tmp_path):
+    d = _pictures(tmp_path, tmp_path / "oh", ["train/a.png", "valid/b.png"])
+    (d / "train" / "_classes.csv").write_text("filename,cat,dog\na.png,1,0\n")
+    (d / "valid" / "_classes.csv").write_text("filename,cat,dog\nb.png,0,1\n")
+    (d / "labels.csv").write_text("filename,cat,dog\ntrain/a.png,0,1\n")
+    with pytest.raises(DataError, match="in itself and in its split folders \\(train/, valid/\\)"):
+        create_dataset("onehot", str(d), "train")
+    with pytest.raises(DataError, match="two label sets"):
+        detect_dataset(str(d)) and create_dataset("onehot", str(d), "train")
+    # Kaggle: ids without an extension, the pictures in images/
+    k = _pictures(tmp_path, tmp_path / "kaggle", ["images/Train_0.png", "images/Train_1.png"])
+    (k / "train.csv").write_text("image_id,healthy,rust\nTrain_0,1,0\nTrain_1,0,1\n")
+    ds = create_dataset("onehot", str(k / "train.csv"), "train", val_fraction=0.01)
+    assert _labels(ds) == {"Train_0.png": ["healthy"], "Train_1.png": ["rust"]}
+
+
+def test_sidecar_one_tag_a_line_and_extensions_in_any_case(tmp_path):
+    d = _pictures(tmp_path, tmp_path / "sc", ["photo.PNG", "other.png"])
+    (d / "photo.TXT").write_text("bird\ncat\n")
+    (d / "other.txt").write_text("cat, dog")
+    assert detect_dataset(str(d))[0] == "sidecar"
+    ds = create_dataset("sidecar", str(d), "train", val_fraction=0.01)
+    assert _labels(ds) == {"photo.PNG": ["bird", "cat"], "other.png": ["cat", "dog"]}
+
+
+def test_a_leftover_demo_json_and_split_folders_without_train_labels(tmp_path, capsys):
+    from asl.data import inspect
+
+    d = _pictures(tmp_path, tmp_path / "hf", ["x.png", "y.png"])
+    (d / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": n, "labels": ["cat"]}) + "\n" for n in ("x.png", "y.png"))
+    )
+    (d / "demo.json").write_text('{"num_classes": 80}')
+    assert detect_dataset(str(d))[0] == "imagefolder"
+    rc, out, err = call(inspect.main, [d, "--output", tmp_path / "insp"], capsys)
+    assert rc == 0, err
+    s = _pictures(tmp_path, tmp_path / "splits", ["train/a.png", "val/b.png"])
+    (s / "val" / "_classes.csv").write_text("filename,cat\nb.png,1\n")
+    (s / "train" / "a.txt").write_text("cat")
+    with pytest.raises(DataError, match="not in train/ \\(train/ holds sidecar .*; val/ holds onehot"):
+        create_dataset("onehot", str(s), "train")

@@ -230,6 +230,35 @@ def read_text(path: Path, what: str) -> str:
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
+def find_by_stem(paths: Sequence[str], base: Path, source) -> List[str]:
+    """Names listed without an extension (Planet's ``train_0``, a Kaggle CSV's ``Train_0`` for
+    ``images/Train_0.jpg``) found by their stem among the pictures under ``base``; other paths are
+    kept as listed.
+
+    Raises:
+        DataError: a stem that two pictures share (ambiguous, not missing).
+    """
+    bare = [p for p in paths if not Path(p).suffix and not os.path.exists(p)]
+    if not bare:
+        return list(paths)
+    from ..images import iter_pictures
+
+    by_stem: dict = {}
+    for f in iter_pictures(base):
+        by_stem.setdefault(f.stem, []).append(str(f))
+    found = {}
+    for p in bare:
+        hits = by_stem.get(Path(p).name, [])
+        if len(hits) > 1:
+            raise DataError(
+                f"{source}: {Path(p).name!r} names {len(hits)} pictures ({hits[0]}, {hits[1]}): ambiguous; "
+                f"name each with its extension and folder"
+            )
+        if hits:
+            found[p] = hits[0]
+    return [found.get(p, p) for p in paths]
+
+
 def split_rows(
     splits: Sequence[Optional[str]], split: str, val_fraction: float, seed: int, source, holds: str
 ) -> Tuple[List[int], bool]:

@@ -41,8 +41,8 @@ def candidates(root: Path) -> List[Tuple[str, str]]:
             found.append(("labelstudio", root.name))
         return found
     folders = [root, *formats.split_folders(root).values()]
-    if (root / "demo.json").is_file():
-        return [("demo", "demo.json")]  # the demo's labels.csv is its own
+    if (root / "demo.json").is_file() and (root / "labels.csv").is_file():
+        return [("demo", "demo.json")]  # the demo's labels.csv is its own (a demo.json alone is a leftover)
     if (root / "annotations").is_dir() and any((root / "annotations").glob("instances_*.json")):
         found.append(("coco", "annotations/instances_*.json"))
     if (

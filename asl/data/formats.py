@@ -20,6 +20,8 @@ import csv
 import json
 import logging
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -28,8 +30,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from ..errors import DataError
-from ..images import iter_pictures
-from .base import MultiLabelDataset, read_text, split_rows
+from ..images import IMAGE_EXTENSIONS, iter_pictures
+from .base import MultiLabelDataset, find_by_stem, read_text, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +113,41 @@ def split_folders(root: Path) -> Dict[str, Path]:
     return found if "train" in found else {}
 
 
-def _per_split(root: Path, read_one: Callable[[Path, Optional[str]], LabelTable], holds: Callable[[Path], bool]):
-    """One table over the split folders that hold the format, else over ``root`` itself."""
-    folders = {s: p for s, p in split_folders(root).items() if holds(p)}
+def _found_in(folder: Path) -> str:
+    """What ``folder`` holds, in detection's words (for messages about split folders)."""
+    from .detect import candidates
+
+    found = candidates(folder)
+    return ", ".join(f"{name} ({why})" for name, why in found) if found else "no labels a format reads"
+
+
+def _per_split(
+    root: Path,
+    read_one: Callable[[Path, Optional[str]], LabelTable],
+    holds: Callable[[Path], bool],
+    what: str,
+    root_holds: Optional[Callable[[Path], bool]] = None,
+):
+    """One table over the split folders that hold the format, else over ``root`` itself.
+
+    Raises:
+        DataError: the format both in ``root`` and in its split folders (two datasets, one would
+            be dropped), or split folders that hold it everywhere but in ``train/`` (each folder
+            named with what it holds).
+    """
+    splits = split_folders(root)
+    folders = {s: p for s, p in splits.items() if holds(p)}
     if not folders:
         return read_one(root, None)
+    if root_holds is not None and root_holds(root):
+        inner = ", ".join(f"{p.name}/" for p in folders.values())
+        raise DataError(
+            f"{root} holds {what} in itself and in its split folders ({inner}): two label sets, one of which "
+            f"would be dropped; keep one"
+        )
+    if "train" not in folders:
+        found = "; ".join(f"{p.name}/ holds {_found_in(p)}" for p in splits.values())
+        raise DataError(f"{root}: {what} in the split folders but not in {splits['train'].name}/ ({found})")
     table = LabelTable(root)
     for split, folder in folders.items():
         table.extend(read_one(folder, split))
@@ -175,12 +207,17 @@ def is_onehot_csv(path: Path) -> bool:
 
 
 def _onehot_file(folder: Path) -> Optional[Path]:
+    """The one-hot CSV of ``folder`` (or ``folder`` itself, a CSV).
+
+    Raises:
+        DataError: two of them (``_classes.csv`` and a one-hot ``labels.csv``): two label sets.
+    """
     if folder.is_file():
         return folder if is_onehot_csv(folder) else None
-    for name in ONEHOT_FILES:
-        if (folder / name).is_file() and is_onehot_csv(folder / name):
-            return folder / name
-    return None
+    found = [folder / n for n in ONEHOT_FILES if (folder / n).is_file() and is_onehot_csv(folder / n)]
+    if len(found) > 1:
+        raise DataError(f"{folder} holds two one-hot CSVs ({found[0].name}, {found[1].name}): keep one")
+    return found[0] if found else None
 
 
 def _read_onehot(folder: Path, split: Optional[str]) -> LabelTable:
@@ -208,6 +245,7 @@ def _read_onehot(folder: Path, split: Optional[str]) -> LabelTable:
             elif v not in ("0", "0.0"):
                 raise DataError(f"{path}:{line_no}: column {c!r} holds {v!r}; a one-hot CSV holds 0, 1, or -1 / empty")
         table.add(_inside(path.parent, rec[0].strip(), path, f":{line_no}"), pos, split, unk)
+    table.images = find_by_stem(table.images, path.parent, path)  # Kaggle's ids without an extension
     return table
 
 
@@ -215,17 +253,30 @@ def read_onehot(root: str, tag_separator: Optional[str] = None) -> LabelTable:
     root_p = Path(root)
     if root_p.is_file():
         return _read_onehot(root_p, None)
-    return _per_split(root_p, _read_onehot, lambda p: _onehot_file(p) is not None)
+    has = lambda p: _onehot_file(p) is not None  # noqa: E731
+    return _per_split(root_p, _read_onehot, has, "one-hot CSVs", root_holds=has)
 
 
 # --------------------------------------------------------------------------- sidecar tag files
+
+
+def sidecar_of(img: Path) -> Optional[Path]:
+    """The tag file of a picture: same name, extension ``.txt`` in any case (``photo.JPG`` +
+    ``photo.TXT``, as a camera or Windows writes them)."""
+    exact = img.with_suffix(".txt")
+    if exact.is_file():
+        return exact
+    for ext in (".TXT", ".Txt"):
+        if img.with_suffix(ext).is_file():
+            return img.with_suffix(ext)
+    return None
 
 
 def has_sidecars(folder: Path, limit: int = 2000) -> bool:
     """Whether some picture under ``folder`` has a same-named ``.txt`` beside it (looks at the
     first ``limit`` pictures only: detection stays fast on a large folder)."""
     for n, img in enumerate(iter_pictures(folder)):
-        if img.with_suffix(".txt").is_file():
+        if sidecar_of(img) is not None:
             return True
         if n + 1 >= limit:
             return False
@@ -233,6 +284,8 @@ def has_sidecars(folder: Path, limit: int = 2000) -> bool:
 
 
 def _read_tag_file(path: Path, separator: str) -> List[str]:
+    """The tags of one file: ``separator``-separated, and one tag a line too (the other common
+    tagger layout)."""
     data = path.read_bytes()
     if b"\0" in data:
         raise DataError(f"{path}: a binary file, not a tag list")
@@ -240,7 +293,10 @@ def _read_tag_file(path: Path, separator: str) -> List[str]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-    parts = text.split(separator) if separator.strip() else text.split()
+    if separator.strip():
+        parts = [t for line in text.splitlines() for t in line.split(separator)]
+    else:
+        parts = text.split()
     return list(dict.fromkeys(t.strip() for t in parts if t.strip()))
 
 
@@ -248,8 +304,8 @@ def _read_sidecar(folder: Path, split: Optional[str], separator: str) -> LabelTa
     table = LabelTable(folder, classes_file=_classes_beside(folder))
     untagged = []
     for img in iter_pictures(folder):
-        txt = img.with_suffix(".txt")
-        if not txt.is_file():
+        txt = sidecar_of(img)
+        if txt is None:
             untagged.append(str(img))
             continue
         table.add(os.path.abspath(img), _read_tag_file(txt, separator), split)
@@ -262,17 +318,21 @@ def _read_sidecar(folder: Path, split: Optional[str], separator: str) -> LabelTa
 
 def read_sidecar(root: str, tag_separator: Optional[str] = None) -> LabelTable:
     sep = tag_separator if tag_separator is not None else ","
-    return _per_split(Path(root), lambda f, s: _read_sidecar(f, s, sep), has_sidecars)
+    return _per_split(Path(root), lambda f, s: _read_sidecar(f, s, sep), has_sidecars, "tag files")
 
 
 # --------------------------------------------------------------------------- Hugging Face imagefolder
 
 
 def _metadata_file(folder: Path) -> Optional[Path]:
-    for name in METADATA_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    """The ``metadata.jsonl`` or ``metadata.csv`` of ``folder``.
+
+    Raises:
+        DataError: both (Hugging Face refuses that too: one would be dropped)."""
+    found = [folder / n for n in METADATA_FILES if (folder / n).is_file()]
+    if len(found) > 1:
+        raise DataError(f"{folder} holds both {found[0].name} and {found[1].name}: keep one")
+    return found[0] if found else None
 
 
 def _as_tags(value, path: Path, line: int, separator: str) -> List[str]:
@@ -315,15 +375,27 @@ def _read_imagefolder(folder: Path, split: Optional[str], separator: str) -> Lab
     else:
         rows = _read_csv(path, "a metadata file")
         header = [h.strip() for h in rows[0]] if rows else []
-        records = [(i, dict(zip(header, rec))) for i, rec in enumerate(rows[1:], start=2) if rec]
+        records = []
+        for line_no, rec in enumerate(rows[1:], start=2):
+            if not rec:
+                continue
+            if len(rec) != len(header):  # unquoted tags after a comma would be dropped: quote them, or use JSON lists
+                raise DataError(
+                    f"{path}:{line_no}: expected {len(header)} fields, got {len(rec)} (quote a cell that holds "
+                    f'commas: "cat,dog", or a JSON list)'
+                )
+            records.append((line_no, dict(zip(header, rec))))
     if not records:
         raise DataError(f"{path}: no rows")
-    keys = set(records[0][1])
+    keys = set().union(*(rec.keys() for _, rec in records))
     if "file_name" not in keys:
         raise DataError(f"{path}: needs a 'file_name' column (Hugging Face imagefolder), got {sorted(keys)}")
-    column = next((c for c in LABEL_COLUMNS if c in keys), None)
+    named = [c for c in LABEL_COLUMNS if c in keys]
+    if len(named) > 1:
+        raise DataError(f"{path}: records name their labels in two columns ({named[0]!r}, {named[1]!r}): use one")
+    column = named[0] if named else None
     if column is None:
-        lists = [k for k, v in records[0][1].items() if isinstance(v, list)]
+        lists = sorted({k for _, rec in records for k, v in rec.items() if isinstance(v, list)})
         if len(lists) != 1:
             raise DataError(
                 f"{path}: no labels column (looked for {', '.join(LABEL_COLUMNS)} or one list-valued column)"
@@ -333,33 +405,61 @@ def _read_imagefolder(folder: Path, split: Optional[str], separator: str) -> Lab
         name = rec.get("file_name")
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{path}:{line_no}: 'file_name' must be a path, got {name!r}")
-        table.add(
-            _inside(folder, name.strip(), path, f":{line_no}"),
-            _as_tags(rec.get(column), path, line_no, separator),
-            split,
+        image = _inside(folder, name.strip(), path, f":{line_no}")
+        table.add(image, _as_tags(rec.get(column), path, line_no, separator), split or _split_of(folder, image))
+    if split is None and any(table.splits) and not all(table.splits):
+        loose = next(i for i, s in zip(table.images, table.splits) if s is None)
+        raise DataError(
+            f"{path}: some pictures are in split folders (train/, validation/, test/) and some are not "
+            f"({loose}): put every picture in one, or none"
         )
     return table
 
 
+def _split_of(root: Path, image: str) -> Optional[str]:
+    """The split a picture's first folder under ``root`` names (``train/x.jpg``: train), as
+    Hugging Face reads a root ``metadata.jsonl`` whose paths start with split folders."""
+    first = Path(os.path.relpath(image, root)).parts[0]
+    return next((s for s, names in SPLIT_FOLDERS.items() if first in names), None)
+
+
 def read_imagefolder(root: str, tag_separator: Optional[str] = None) -> LabelTable:
     sep = tag_separator if tag_separator is not None else ","
-    return _per_split(Path(root), lambda f, s: _read_imagefolder(f, s, sep), lambda p: _metadata_file(p) is not None)
+    has = lambda p: _metadata_file(p) is not None  # noqa: E731
+    return _per_split(Path(root), lambda f, s: _read_imagefolder(f, s, sep), has, "metadata files", root_holds=has)
 
 
 # --------------------------------------------------------------------------- Label Studio
 
 
+def _is_labelstudio_export(path: Path) -> bool:
+    """A Label Studio JSON export by its shape: a list of tasks, each an object with a ``data``
+    object and an ``annotations`` (or ``predictions``) list. An unrelated JSON beside it is not one."""
+    try:
+        with open(path, "rb") as f:
+            if not f.read(4096).lstrip().startswith(b"["):
+                return False
+        tasks = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return (
+        isinstance(tasks, list)
+        and bool(tasks)
+        and all(
+            isinstance(t, dict)
+            and isinstance(t.get("data"), dict)
+            and isinstance(t.get("annotations", t.get("predictions")), list)
+            for t in tasks
+        )
+    )
+
+
 def _labelstudio_files(folder: Path) -> List[Path]:
-    out = []
-    for p in sorted(folder.glob("*.json")) if folder.is_dir() else [folder]:
-        try:
-            with open(p, "rb") as f:
-                head = f.read(4096).lstrip()
-        except OSError:
-            continue
-        if head.startswith(b"[") and (b'"annotations"' in head or b'"data"' in head):
-            out.append(p)
-    return out
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else [folder]
+    return [p for p in files if p.is_file() and _is_labelstudio_export(p)]
+
+
+UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio renames an upload photo.jpg to 8f3a2b1c-photo.jpg
 
 
 def _local_name(url: str) -> str:
@@ -372,57 +472,117 @@ def _local_name(url: str) -> str:
     return unquote(os.path.basename(parsed.path))
 
 
+def _image_reference(data: dict, results: Sequence[dict]) -> Optional[str]:
+    """The picture of a task: the ``data`` key its results point at (``to_name``, the image
+    object's name, which is its data key in the usual configs), else ``image``, else the one value
+    that names a picture file (a text field beside it is not taken for the picture)."""
+    for key in [r.get("to_name") for r in results if isinstance(r, dict)] + ["image", "img"]:
+        if isinstance(key, str) and isinstance(data.get(key), str):
+            return data[key]
+    pictures = [
+        v for v in data.values() if isinstance(v, str) and Path(_local_name(v)).suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    return pictures[0] if len(pictures) == 1 else None
+
+
+def _choices(result: dict, where: str) -> List[str]:
+    value = result.get("value")
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: a 'choices' result whose value is {value!r:.60}, not an object with 'choices'")
+    chosen = value.get("choices") or []
+    if isinstance(chosen, str):  # one choice written as a string, not a list of one
+        chosen = [chosen]
+    if not isinstance(chosen, list):
+        raise DataError(f"{where}: 'choices' must be a list of names, got {chosen!r:.60}")
+    return [str(c) for c in chosen]
+
+
 def _read_labelstudio(folder: Path, split: Optional[str]) -> LabelTable:
+    """A Label Studio export. Several annotations of one task (several annotators) are joined: a
+    class any of them chose is a positive, and the tasks where they disagree are counted and said.
+    Results of other types beside the choices (a text area, a taxonomy) are left out and counted."""
     files = _labelstudio_files(folder)
     if not files:
         raise DataError(f"{folder}: no Label Studio JSON export (a list of tasks with 'data' and 'annotations')")
     if len(files) > 1:
         raise DataError(f"{folder}: {len(files)} Label Studio exports ({files[0].name}, {files[1].name}); keep one")
     path = files[0]
-    try:
-        tasks = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a JSON file ({e})") from None
+    tasks = json.loads(path.read_text(encoding="utf-8-sig"))  # its shape was checked
     base = path.parent
     by_name: Dict[str, List[Path]] = {}
     for img in iter_pictures(base):
         by_name.setdefault(img.name, []).append(img)
     table = LabelTable(path, classes_file=_classes_beside(base))
-    skipped = 0
-    for n, task in enumerate(tasks if isinstance(tasks, list) else []):
-        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            raise DataError(f"{path}: task {n} is not a Label Studio task (no 'data')")
-        url = next((v for v in task["data"].values() if isinstance(v, str)), None)
+    skipped, disagree, other, n_choices = 0, 0, Counter(), 0
+    for n, task in enumerate(tasks):
         annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        results = [r for a in annotations for r in a.get("result") or [] if isinstance(r, dict)]
+        url = _image_reference(task["data"], results)
         if url is None or not annotations:
             skipped += 1
             continue
-        tags = []
-        for r in annotations[-1].get("result") or []:  # the last annotation made of this task
-            kind = r.get("type") if isinstance(r, dict) else None
-            if kind != "choices":
-                raise DataError(
-                    f"{path}: task {n} holds a {kind!r} result; a multi-label classification export holds "
-                    f"'choices' (is it an export of another task type?)"
-                )
-            tags += [str(c) for c in (r.get("value") or {}).get("choices") or []]
-        name = _local_name(url)
-        local = base / name
-        if not local.is_file():
-            found = by_name.get(os.path.basename(name), [])
-            if len(found) == 1:
-                local = found[0]
-        table.add(_inside(base, os.path.relpath(local, base), path, f" task {n}"), list(dict.fromkeys(tags)), split)
+        per_annotator = []
+        for a in annotations:
+            chosen = []
+            for r in a.get("result") or []:
+                if not isinstance(r, dict) or r.get("type") != "choices":
+                    other[r.get("type") if isinstance(r, dict) else type(r).__name__] += 1
+                    continue
+                chosen += _choices(r, f"{path}: task {n}")
+                n_choices += 1
+            per_annotator.append(list(dict.fromkeys(chosen)))
+        if len({tuple(sorted(c)) for c in per_annotator}) > 1:
+            disagree += 1
+        tags = list(dict.fromkeys(t for chosen in per_annotator for t in chosen))
+        table.add(_resolve_upload(base, _local_name(url), by_name, path, n), tags, split)
+    if not n_choices and other:
+        kinds = ", ".join(f"{k!r}" for k in other)
+        raise DataError(
+            f"{path}: no 'choices' result in any task, only {kinds}: a multi-label classification export holds "
+            f"'choices' (is it an export of another task type?)"
+        )
+    if other:
+        log.warning(
+            "%s: %d results that are not choices (%s) are left out",
+            path,
+            sum(other.values()),
+            ", ".join(f"{k} {v}" for k, v in other.items()),
+        )
+    if disagree:
+        log.warning(
+            "%s: %d tasks have annotations that disagree; their choices are joined (a class any annotator "
+            "chose is a positive)",
+            path,
+            disagree,
+        )
     if skipped:
         log.warning("%s: %d tasks without an annotation are left out", path, skipped)
     return table
+
+
+def _resolve_upload(base: Path, name: str, by_name: Dict[str, List[Path]], source: Path, n: int) -> str:
+    """A task's picture under ``base``: the path it names, else the one picture of its file name
+    (an upload's ``8f3a2b1c-`` prefix removed, as Label Studio adds it)."""
+    local = base / name
+    if not local.is_file():
+        plain = os.path.basename(name)
+        found = by_name.get(plain, []) or by_name.get(UPLOAD_PREFIX.sub("", plain), [])
+        if len(found) > 1:
+            raise DataError(
+                f"{source} task {n}: {plain!r} matches {len(found)} pictures ({found[0]}, {found[1]}): ambiguous; "
+                f"keep one picture of that name, or name it with its folder (?d=folder/{plain})"
+            )
+        if found:
+            local = found[0]
+    return _inside(base, os.path.relpath(local, base), source, f" task {n}")
 
 
 def read_labelstudio(root: str, tag_separator: Optional[str] = None) -> LabelTable:
     root_p = Path(root)
     if root_p.is_file():
         return _read_labelstudio(root_p, None)
-    return _per_split(root_p, _read_labelstudio, lambda p: bool(_labelstudio_files(p)))
+    has = lambda p: bool(_labelstudio_files(p))  # noqa: E731
+    return _per_split(root_p, _read_labelstudio, has, "Label Studio exports", root_holds=has)
 
 
 READERS: Dict[str, Callable[..., LabelTable]] = {

@@ -9,11 +9,14 @@ name per line) fixes the class order; otherwise classes are the sorted tags.
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..errors import DataError
-from .base import MultiLabelDataset, check_file, multi_hot, read_text, split_rows
+from .base import MultiLabelDataset, check_file, find_by_stem, multi_hot, read_text, split_rows
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -26,11 +29,12 @@ NAME_COLUMNS = ("image", "image_name", "filename", "file_name")
 TAG_COLUMNS = ("labels", "tags")
 
 
-def read_tagged_csv(csv_path: Path, separator: str = "|"):
+def read_tagged_csv(csv_path: Path, separator: Optional[str] = None):
     """Parse the CSV into (rows of (image, [tags], split or None), has_split). The header is
     ``image,labels[,split]`` (also ``image_name,tags``, Planet's); a blank separator splits on
-    any whitespace."""
-    rows = []
+    any whitespace. Unset (None), the separator is ``|``, or whitespace for Planet's ``tags``
+    column when no cell holds a ``|`` (``haze primary water`` is three tags)."""
+    rows, raw = [], []
     try:
         # utf-8-sig: a CSV saved by Excel starts with a byte-order mark, which is not part of 'image'
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -53,34 +57,24 @@ def read_tagged_csv(csv_path: Path, separator: str = "|"):
                     continue
                 if len(rec) != len(header):
                     raise DataError(f"{csv_path}:{line_no}: expected {len(header)} fields, got {len(rec)}")
-                parts = rec[1].split(separator) if separator.strip() else rec[1].split()
-                tags = list(dict.fromkeys(t.strip() for t in parts if t.strip()))
                 split = rec[2].strip() if has_split else None
                 if split is not None and split not in SPLITS:
                     raise DataError(f"{csv_path}:{line_no}: unknown split {split!r} (expected {'/'.join(SPLITS)})")
-                rows.append((rec[0].strip(), tags, split))
+                raw.append((rec[0].strip(), rec[1], split))
     except UnicodeDecodeError as e:
         raise DataError(f"{csv_path}: not a UTF-8 text file ({e.reason})") from None
     except IsADirectoryError:
         raise DataError(f"{csv_path} is a folder, not a labels file") from None
     except csv.Error as e:
         raise DataError(f"{csv_path}: malformed CSV ({e})") from None
+    if separator is None:
+        separator = " " if header[1] == "tags" and not any("|" in cell for _, cell, _ in raw) else "|"
+        if separator == " ":
+            log.info("%s: Planet's 'tags' column without '|': tags separated by spaces (--tag-separator)", csv_path)
+    for image, cell, split in raw:
+        parts = cell.split(separator) if separator.strip() else cell.split()
+        rows.append((image, list(dict.fromkeys(t.strip() for t in parts if t.strip())), split))
     return rows, has_split
-
-
-def _with_extensions(paths: List[str], base: Path) -> List[str]:
-    """Names listed without an extension (Planet's ``train_0`` for ``train-jpg/train_0.jpg``) found
-    by their stem under ``base``, where exactly one picture has it; other paths are kept as listed."""
-    bare = [p for p in paths if not Path(p).suffix and not Path(p).exists()]
-    if not bare:
-        return paths
-    from ..images import iter_pictures
-
-    by_stem: dict = {}
-    for f in iter_pictures(base):
-        by_stem.setdefault(f.stem, []).append(str(f))
-    found = {p: by_stem.get(Path(p).name, []) for p in bare}
-    return [found[p][0] if p in found and len(found[p]) == 1 else p for p in paths]
 
 
 def create_tagged(
@@ -102,12 +96,13 @@ def create_tagged(
         transform: PIL image -> tensor.
         val_fraction: held-out fraction when the CSV has no split column.
         seed: seed of that split.
-        tag_separator: between the tags (unset: ``|``; ``" "`` for Planet-style space-separated tags).
+        tag_separator: between the tags (unset: ``|``, or spaces for Planet's ``tags`` column without
+            any ``|``; ``" "`` for space-separated tags).
         max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
         draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
     """
     csv_path = check_file(_resolve_csv(Path(root)), "tagged dataset CSV")
-    rows, has_split = read_tagged_csv(csv_path, "|" if tag_separator is None else tag_separator)
+    rows, has_split = read_tagged_csv(csv_path, tag_separator)
     if not rows:
         raise DataError(f"{csv_path}: no images listed")
     classes_file = csv_path.parent / "classes.txt"
@@ -139,7 +134,7 @@ def create_tagged(
 
     targets = multi_hot([tags for _, tags, _ in selected], class_names)
     base = csv_path.parent
-    paths = _with_extensions([str(base / image) for image, _, _ in selected], base)
+    paths = find_by_stem([str(base / image) for image, _, _ in selected], base, csv_path)
     return MultiLabelDataset(
         paths,
         targets,
