@@ -36,14 +36,16 @@ def test_nan_scores_are_ranked_as_the_official_code_ranks_them():
 
 def test_validate_warns_when_scores_are_not_finite(trained_run, tmp_path, capsys, monkeypatch):
     import asl.engine as engine
+    from asl.metrics import evaluation_result
     from tests.helpers import call
 
     real = engine.evaluate
 
     def broken(*a, **k):
         ev = real(*a, **k)
-        ev["scores"][0, 0] = np.nan
-        return ev
+        scores = ev["scores"].copy()
+        scores[0, 0] = np.nan
+        return evaluation_result(scores, ev["targets"], 1.0)
 
     monkeypatch.setattr(engine, "evaluate", broken)
     rc, _, err = call(
@@ -51,7 +53,7 @@ def test_validate_warns_when_scores_are_not_finite(trained_run, tmp_path, capsys
         [trained_run["data"], "--dataset", "tagged", "--model-path", trained_run["out"] / "best.pth", "--workers", "0"],
         capsys,
     )
-    assert rc == 0 and any("1 of 96 scores are not finite" in ln for ln in err), err
+    assert rc == 0 and any("1 of 4 classes score NaN or inf" in ln for ln in err), err
 
 
 @pytest.mark.parametrize("bad", [2.0, -2.0, 1.5, float("nan")])

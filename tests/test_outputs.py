@@ -454,3 +454,36 @@ def test_terminal_escapes_in_class_names_are_printed_escaped(tmp_path, capsys):
     assert rc == 0, err2
     text = out + "\n".join(err) + out2 + "\n".join(err2)
     assert "\x1b" not in text and "cat\\x1b[2J" in text
+
+
+def test_no_command_writes_into_the_data_or_its_pictures(trained_run, tmp_path, capsys):
+    """The README's promises, "pictures are never touched" and "never into the data", tried through
+    every command that writes, with the data named by its folder and by its label file, with and
+    without --overwrite."""
+    from asl.data import convert, inspect
+
+    data = tmp_path / "D"
+    shutil.copytree(trained_run["data"], data)
+    shutil.copy(trained_run["out"] / "best.pth", data / "model.pth")  # a model kept beside the data
+    before = tree_digest(data)
+    best, pics = trained_run["out"] / "best.pth", data / "img"
+    attempts = []
+    for root in (data, data / "labels.csv"):
+        attempts += [
+            ("train", [root, "--dataset", "tagged", *TINY, "--output", data / "run"]),
+            ("validate", [root, "--model-path", best, "--output", data / "val"]),
+            ("validate", [root, "--model-path", data / "model.pth", "--calibrate"]),
+            (inspect.main, [root, "--output", data / "insp"]),
+            (convert.main, [root, "--output", data / "conv"]),
+        ]
+    attempts += [
+        ("infer", ["--model-path", best, "--pic-path", pics, "--tags-out", pics / "t"]),
+        ("infer", ["--model-path", best, "--pic-path", pics, "--scores-csv", pics / "s.csv"]),
+        ("infer", ["--model-path", best, "--pic-path", pics / "0000.png", "--save-image", pics / "0000.png"]),
+        ("export", ["--model-path", data / "model.pth", "--output", data / "model.pth"]),
+    ]
+    for command, argv in attempts:
+        for extra in ([], ["--overwrite"]):
+            rc, _, err = call(command, [*argv, *extra], capsys)
+            assert rc == 2 and err[-1].startswith("error: "), (command, argv, err)
+            assert tree_digest(data) == before, (command, argv)

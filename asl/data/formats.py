@@ -114,11 +114,21 @@ def split_folders(root: Path) -> Dict[str, Path]:
 
 
 def _found_in(folder: Path) -> str:
-    """What ``folder`` holds, in detection's words (for messages about split folders)."""
-    from .detect import candidates
-
-    found = candidates(folder)
-    return ", ".join(f"{name} ({why})" for name, why in found) if found else "no labels a format reads"
+    """The formats ``folder`` holds, by name (for messages about split folders)."""
+    tests = {
+        "onehot": lambda f: _onehot_file(f) is not None,
+        "imagefolder": lambda f: _metadata_file(f) is not None,
+        "labelstudio": lambda f: bool(_labelstudio_files(f)),
+        "sidecar": has_sidecars,
+    }
+    found = []
+    for name, holds in tests.items():
+        try:
+            if holds(folder):
+                found.append(name)
+        except DataError:  # two files of one format: it holds that format all the same
+            found.append(name)
+    return ", ".join(found) if found else "no labels a format reads"
 
 
 def _per_split(
