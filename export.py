@@ -6,13 +6,9 @@
 The command lives in the package (asl/export.py, also installed as ``asl-export``).
 """
 
-import sys
-
-from asl import cli
-
-main = cli.command("export")  # imported when called: a missing PyTorch is one error line
+from asl.export import console, main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    console()

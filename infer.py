@@ -4,13 +4,9 @@ The command lives in the package, asl/infer.py (also installed as ``asl-infer``)
 ``python infer.py --help`` lists its flags and examples.
 """
 
-import sys
-
-from asl import cli
-
-main = cli.command("infer")  # imported when called: a missing PyTorch is one error line
+from asl.infer import console, main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    console()

@@ -4,13 +4,9 @@ The command lives in the package, asl/train.py (also installed as ``asl-train``)
 ``python train.py --help`` lists its flags and examples.
 """
 
-import sys
-
-from asl import cli
-
-main = cli.command("train")  # imported when called: a missing PyTorch is one error line
+from asl.train import console, main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    console()

@@ -4,13 +4,9 @@ The command lives in the package, asl/validate.py (also installed as ``asl-valid
 ``python validate.py --help`` lists its flags and examples.
 """
 
-import sys
-
-from asl import cli
-
-main = cli.command("validate")  # imported when called: a missing PyTorch is one error line
+from asl.validate import console, main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    console()

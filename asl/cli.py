@@ -315,27 +315,6 @@ def _silence_stdout() -> None:
         pass
 
 
-def console(module: str) -> None:
-    """A console script: ``asl-<module>`` (its main imported under :func:`run`)."""
-    sys.exit(run(command(module)))
-
-
-def train_console() -> None:
-    console("train")
-
-
-def validate_console() -> None:
-    console("validate")
-
-
-def infer_console() -> None:
-    console("infer")
-
-
-def export_console() -> None:
-    console("export")
-
-
 DATA_FIELDS = ("data_root", "dataset", "tag_separator", "val_fraction", "output")
 
 
@@ -365,7 +344,3 @@ def data_console() -> None:
     name = sys.argv.pop(1)
     sys.argv[0] = f"asl-data {name}"
     raise SystemExit(run(command(commands[name])))
-
-
-def study_console() -> None:
-    console("study")

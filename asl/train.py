@@ -20,9 +20,7 @@ import sys
 from typing import Dict, Optional, Sequence, Tuple
 
 from . import cli
-from .checks import prepare_training
 from .config import DEMO_CONFIG, FIELDS, FINETUNE_CONFIG, Config, load_config
-from .trainer import fit
 
 
 def train_help_notes() -> Tuple[Config, Dict[str, str]]:
@@ -50,6 +48,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     config_path, flags = cli.parse_flags(parser, argv)
     cli.setup_logging()
+    from .checks import prepare_training
+    from .trainer import fit  # PyTorch, imported here: without it the command says what to install
+
     result = fit(prepare_training(config_path, flags))  # every value, name and file checked first
     if result.stopped_by:
         print(f"stopped by {result.stopped_by}; resume with --resume {result.last_checkpoint}", file=sys.stderr)

@@ -17,23 +17,18 @@ The ``validate.py`` command; installed as ``asl-validate``, also ``python -m asl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from . import cli
-from .builders import dataset_from_config, loader_for
-from .checkpoint import (
-    match_classes,
-    save_checkpoint,
-    with_thresholds,
-)
 from .checks import cap_workers, check_dataset_options, resolve_dataset, resolve_device
 from .config import (
     FIELDS,
@@ -47,32 +42,64 @@ from .config import (
     load_config,
     zoo_image_size,
 )
-from .data import DATASET_OPTIONS, DATASETS
-from .data.base import split_warnings
 from .errors import ConfigError, DataError
-from .files import atomic_write
-from .metrics import calibrate_thresholds, mAP, multilabel_metrics
 from .opening import OpenedModel, is_onnx, open_model
-from .report import write_report
 from .rundir import VALIDATION, check_apart, check_folder, check_output_file, claim, config_sources
 
 log = logging.getLogger(__name__)
 
+CALIBRATED_BESIDE = "--calibrate's checkpoint (beside the model)"
 
-def base_config(ckpt: dict, model: OpenedModel, dataset: Optional[str] = None) -> Config:
-    """The checkpoint's training config, or the official validate.py defaults (``OFFICIAL_VALIDATE``).
+
+@dataclass(frozen=True)
+class Validation:
+    """What :func:`resolve_validation` settled before any data is read.
+
+    Attributes:
+        cfg: the layered config it runs with.
+        given: what the command line set (None where it left a field unset).
+        model: the opened checkpoint or ONNX model, at ``cfg``'s input size.
+    """
+
+    cfg: Config
+    given: Config
+    model: OpenedModel
+
+
+@dataclass
+class Scores:
+    """What :func:`score` measured.
+
+    Attributes:
+        dataset: the evaluated dataset.
+        order: the model's outputs in the dataset's class order (None: the same order).
+        evaluation: ``asl.metrics.evaluation_result``'s dict.
+        metrics: ``metrics.json``'s dict.
+    """
+
+    dataset: Any
+    order: Optional[List[int]]
+    evaluation: Dict[str, Any]
+    metrics: Dict[str, Any]
+
+
+def base_config(saved: Optional[Dict[str, Any]], image_size: int, dataset: Optional[str] = None) -> Config:
+    """The training config a model file carries, or the official validate.py defaults (``OFFICIAL_VALIDATE``).
 
     Args:
-        dataset: the dataset asked for (``--dataset``), when given: the checkpoint's options of
-            another dataset described its training data and are dropped.
+        saved: the file's training config, or None.
+        image_size: the model's input side (for the official defaults).
+        dataset: the dataset asked for (``--dataset``), when given: the file's options of another
+            dataset described its training data and are dropped.
     """
-    saved = ckpt.get("config")
+    from .data import DATASET_OPTIONS, DATASETS
+
     if isinstance(saved, dict):
         keep = {k: v for k, v in saved.items() if k in FIELDS and k != "output"}
         if dataset is not None and dataset != keep.get("dataset"):
             keep = {k: v for k, v in keep.items() if k not in DATASET_OPTIONS or k in DATASETS[dataset].options}
         return from_dict(keep, source="checkpoint config")
-    return Config(**OFFICIAL_VALIDATE, image_size=model.image_size)
+    return Config(**OFFICIAL_VALIDATE, image_size=image_size)
 
 
 def report_headline(metrics: Dict[str, Any], thre: float) -> Dict[str, Any]:
@@ -92,19 +119,37 @@ def format_metrics(m: dict) -> str:
 def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any]:
     """Evaluate the checkpoint a command line names; print and return its metrics.
 
-    Settings are layered: the checkpoint's training config (else the official defaults) <-
-    ``--config`` <- flags. Every value and file is checked before the data is read; ``--output``
-    is claimed (:func:`asl.rundir.claim`: apart from the data and the model, a new folder or an
-    earlier validation's, locked) before the data is read, and removed again when it fails.
+    :func:`resolve_validation`, then ``--output`` is claimed (:func:`asl.rundir.claim`: apart
+    from the data and the model, a new folder or an earlier validation's, locked; removed again
+    when the command fails), then :func:`score`, :func:`calibrate` when asked, :func:`write_outputs`.
 
     Returns:
         the metrics dict (``metrics.json``): ``mAP``, CP ... OF1, ``num_images``, ``per_class_ap``,
         ``calibrated`` when asked.
     """
-    given = load_config(config_path, flags)  # what the command line sets; None where it leaves unset
-    check_values(given, fields_for(VALIDATE))  # before the checkpoint is even read
-    if not given.model_path:
-        raise ConfigError("pass --model-path CHECKPOINT")
+    v = resolve_validation(config_path, flags)
+    output = v.given.output
+    owned = claim(output, VALIDATION, overwrite=v.given.overwrite, sources=config_sources(v.cfg)) if output else None
+    with owned or contextlib.nullcontext():
+        scored = score(v)
+        marked = None  # the per-class thresholds the report marks, in the dataset's class order
+        if v.model.thresholds is not None:
+            marked = np.asarray(v.model.thresholds, np.float32)[_picked(scored.order)]
+        if v.cfg.calibrate:
+            marked = calibrate(v, scored)
+        if output:
+            write_outputs(v, scored, Path(output), marked)
+    return scored.metrics
+
+
+def _picked(order: Optional[Sequence[int]]):
+    return order if order is not None else slice(None)
+
+
+def _check_outputs(given: Config) -> None:
+    """The outputs a command line asks for, before the checkpoint is read: ``--output`` (apart
+    from the inputs, a new folder or an earlier validation's), or the calibrated copy beside the
+    model."""
     if given.output:  # only where asked: never into the training run's folder by default
         out = Path(given.output)
         check_apart("--output", out, config_sources(given), folder=True, files=[out / n for n in VALIDATION.files])
@@ -113,25 +158,26 @@ def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any
         dest = Path(given.model_path).with_suffix(".calibrated.pth")
         check_apart(CALIBRATED_BESIDE, dest, config_sources(given))
         check_output_file(dest, CALIBRATED_BESIDE, given.overwrite, "checkpoint")
-    cfg, model = _resolve(config_path, flags, given)
-    if not given.output:
-        return _score(cfg, given, model)
-    with claim(given.output, VALIDATION, overwrite=given.overwrite, sources=config_sources(cfg)):
-        return _score(cfg, given, model)
-
-
-CALIBRATED_BESIDE = "--calibrate's checkpoint (beside the model)"
-
-
-def _resolve(config_path: Optional[str], flags: Dict[str, Any], given: Config):
-    """The opened model and the config it is validated with (checked; nothing read or written)."""
-    model_path = given.model_path
-    if given.calibrate and is_onnx(model_path):
+    if given.calibrate and is_onnx(given.model_path):
         raise ConfigError(
             "--calibrate writes a calibrated copy of a PyTorch checkpoint: run it on the .pth, then export that copy"
         )
+
+
+def resolve_validation(config_path: Optional[str], flags: Dict[str, Any]) -> Validation:
+    """The model and the config it is validated with, checked; nothing read but the model file,
+    nothing written.
+
+    Settings are layered: the file's training config (else the official defaults) <-
+    ``--config`` <- flags; ``--dataset auto`` is told from the folder, then read as if named.
+    """
+    given = load_config(config_path, flags)  # what the command line sets; None where it leaves unset
+    check_values(given, fields_for(VALIDATE))  # before the checkpoint is even read
+    if not given.model_path:
+        raise ConfigError("pass --model-path CHECKPOINT")
+    _check_outputs(given)
     model = open_model(
-        model_path,
+        given.model_path,
         given.model_name,
         given.image_size,
         given.class_names,
@@ -140,74 +186,89 @@ def _resolve(config_path: Optional[str], flags: Dict[str, Any], given: Config):
         given.num_of_groups,
         given.decoder_embedding,
     )
-    ckpt = model.checkpoint if model.checkpoint is not None else {"config": model.config}
-    base = base_config(ckpt, model)
+    base = base_config(model.config, model.image_size)
     cfg = load_config(config_path, flags, base=base)
     if cfg.dataset == "auto":  # told from the folder, then as if named on the command line
         flags = {**flags, "dataset": resolve_dataset(cfg.data_root)}
         cfg = load_config(config_path, flags, base=base)
     if cfg.dataset != base.dataset:  # scored on another dataset than it was trained on
-        cfg = load_config(config_path, flags, base=base_config(ckpt, model, cfg.dataset))
+        cfg = load_config(config_path, flags, base=base_config(model.config, model.image_size, cfg.dataset))
     if cfg.image_size is None:
         cfg = dataclasses.replace(cfg, image_size=model.image_size)
-    expected = zoo_image_size(model_path) or model.own_size
+    _warn_about_size(cfg, given, model)
+    if cfg.dataset == "coco" and given.ann_file and not given.val_ann_file and given.val_split is None:
+        cfg = dataclasses.replace(cfg, val_split="all")  # the file named here is scored whole
+    check_values(cfg, fields_for(VALIDATE))
+    check_dataset_options(cfg)
+    model = dataclasses.replace(model.at_size(cfg.image_size), device=cfg.device)
+    cfg = cap_workers(cfg)
+    check_num_classes(cfg.num_classes, model.num_classes, given.model_path)
+    if model.kind == "pytorch":
+        resolve_device(cfg.device)  # a device that is not there: one line before any data is read
+    _check_data(cfg, given.model_path, from_flags="data_root" in flags)
+    return Validation(cfg, given, model)
+
+
+def _warn_about_size(cfg: Config, given: Config, model: OpenedModel) -> None:
+    """Say when the input size differs from the one the model was trained or scored at, or is only
+    the model's default."""
+    expected = zoo_image_size(model.path) or model.own_size
     if expected and cfg.image_size != expected:
         log.warning(
             "warning: validating at %d px, but %s %s at %d px: the number will differ from that one "
             "(pass --image-size %d to measure it)",
             cfg.image_size,
-            model_path,
-            "was scored by the model zoo" if zoo_image_size(model_path) else "was trained",
+            model.path,
+            "was scored by the model zoo" if zoo_image_size(model.path) else "was trained",
             expected,
             expected,
         )
-    if model.size_from == "default" and given.image_size is None and not (ckpt.get("config") or {}).get("image_size"):
+    if model.size_from == "default" and given.image_size is None and not (model.config or {}).get("image_size"):
         log.warning(
             "warning: %s names no input size: validating at %d px, the default of %s (pass --image-size "
             "to use the size it was trained at)",
-            model_path,
+            model.path,
             cfg.image_size,
             model.model_name,
         )
-    if cfg.dataset == "coco" and given.ann_file and not given.val_ann_file and given.val_split is None:
-        cfg = dataclasses.replace(cfg, val_split="all")  # the file named here is scored whole
-    check_values(cfg, fields_for(VALIDATE))
-    check_dataset_options(cfg)
-    model = replace(model.at_size(cfg.image_size), device=cfg.device)
-    cfg = cap_workers(cfg)
-    check_num_classes(cfg.num_classes, model.num_classes, model_path)
-    if model.kind == "pytorch":
-        resolve_device(cfg.device)  # a device that is not there: one line before any data is read
-    if not Path(cfg.data_root).exists():  # validation reads a dataset; it never generates one (the demo)
-        where = "" if flags.get("data_root") else f" (named by {model_path}'s config: pass the data folder)"
+
+
+def _check_data(cfg: Config, model_path: str, from_flags: bool) -> None:
+    """The data folder is there: validation reads a dataset, it never generates one (the demo)."""
+    if not Path(cfg.data_root).exists():
+        where = "" if from_flags else f" (named by {model_path}'s config: pass the data folder)"
         raise DataError(f"data folder not found: {cfg.data_root}{where}")
     if cfg.dataset == "demo":
         from .data.demo import check_demo_folder
 
         check_demo_folder(Path(cfg.data_root))  # a user's folder read as the demo: say --dataset tagged
-    return cfg, model
 
 
-def _score(cfg: Config, given: Config, model: OpenedModel) -> Dict[str, Any]:
-    """Score ``model`` on ``cfg``'s evaluation split; print the metrics and write what was asked."""
-    model_path, output = given.model_path, given.output
-    names, named = model.class_names, model.named
+def score(v: Validation) -> Scores:
+    """Score the model on the config's evaluation split: read the data, match the classes by name,
+    evaluate (PyTorch or onnxruntime, on the same input tensors), print the metrics line."""
+    from .builders import dataset_from_config, loader_for
+    from .checkpoint import match_classes
+    from .data.base import split_warnings
+    from .metrics import mAP, multilabel_metrics
+
+    cfg, model = v.cfg, v.model
     device = resolve_device(cfg.device) if model.kind == "pytorch" else resolve_device("cpu")
     ds = dataset_from_config(cfg, train=False, mean=model.mean, std=model.std)
-    order = match_classes(names, ds.class_names, named, path=model_path)
+    order = match_classes(model.class_names, ds.class_names, model.named, path=model.path)
     if order is not None:
         log.info("the checkpoint lists the dataset's classes in another order: outputs matched by name")
-    if not named:
+    if not model.named:
         log.warning(
             "warning: %s has no class names; its outputs are taken in the dataset's order (pass "
             "--class-names FILE to check them)",
-            model_path,
+            model.path,
         )
     log.info(
         "validating %s at %d px (%s), mean %s, std %s",
-        model.model_name or model_path,
+        model.model_name or model.path,
         cfg.image_size,
-        "--image-size" if given.image_size else "the default" if model.size_from == "default" else "the checkpoint's",
+        "--image-size" if v.given.image_size else "the default" if model.size_from == "default" else "the checkpoint's",
         tuple(round(float(m), 4) for m in model.mean),
         tuple(round(float(s), 4) for s in model.std),
     )
@@ -215,7 +276,7 @@ def _score(cfg: Config, given: Config, model: OpenedModel) -> Dict[str, Any]:
     for warning in split_warnings(None, ds):
         log.warning("warning: %s", warning)
     loader = loader_for(ds, cfg, train=False, device=device)
-    ev = model.evaluate(loader, amp=cfg.amp, order=order)  # onnxruntime or PyTorch, on the same input tensors
+    ev = model.evaluate(loader, amp=cfg.amp, order=order)
     scores, targets = ev["scores"], ev["targets"]
     metrics = {
         "mAP": ev["mAP"],
@@ -233,50 +294,62 @@ def _score(cfg: Config, given: Config, model: OpenedModel) -> Dict[str, Any]:
         f"mAP {metrics['mAP']:.2f}  {format_metrics(metrics)}  "
         f"(threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)"
     )
+    return Scores(ds, order, ev, metrics)
 
-    marked = None  # the per-class thresholds the report marks, in the dataset's class order
-    if model.thresholds is not None:
-        marked = np.asarray(model.thresholds, np.float32)[order if order is not None else slice(None)]
-    if cfg.calibrate:
-        thr = calibrate_thresholds(targets, scores)  # in the dataset's class order
-        marked = thr
-        cal = multilabel_metrics(targets, scores, thr)
-        metrics["calibrated"] = cal
-        print(f"calibrated per-class thresholds: {format_metrics(cal)}")
-        per_output = np.empty_like(thr)
-        per_output[order if order is not None else slice(None)] = thr  # back to the model's output order
-        dest = Path(output) / "calibrated.pth" if output else Path(model_path).with_suffix(".calibrated.pth")
-        save_checkpoint(
-            with_thresholds(
-                model.checkpoint,
-                per_output,
-                model_name=model.model_name,
-                class_names=names,
-                image_size=cfg.image_size,
-                mean=model.mean,
-                std=model.std,
-            ),
-            dest,
-        )
-        print(f"calibrated checkpoint -> {dest}")
-    if output:
-        out = Path(output)
-        atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
-        atomic_write(out / "scores.npy", writer=lambda f: np.save(f, scores))
-        atomic_write(out / "targets.npy", writer=lambda f: np.save(f, targets))
-        write_report(
-            out / "report.html",
-            scores=scores,
-            targets=targets,
-            class_names=ds.class_names,
-            image_paths=ds.paths,
-            per_class_ap=ev["per_class_ap"],
-            title=f"{model.model_name or Path(model_path).name} on {ds.name}",
-            headline=report_headline(metrics, cfg.thre),
-            thresholds=marked,
-        )
-        print(f"metrics -> {out / 'metrics.json'}, report -> {out / 'report.html'}")
-    return metrics
+
+def calibrate(v: Validation, scored: Scores) -> np.ndarray:
+    """Per-class thresholds that maximise each class's F1 on these scores (added to the metrics
+    as ``calibrated``), saved into a copy of the checkpoint (``--output``'s ``calibrated.pth``,
+    else beside the model). Returns them in the dataset's class order."""
+    from .checkpoint import save_checkpoint, with_thresholds
+    from .metrics import calibrate_thresholds, multilabel_metrics
+
+    scores, targets = scored.evaluation["scores"], scored.evaluation["targets"]
+    thr = calibrate_thresholds(targets, scores)  # in the dataset's class order
+    cal = multilabel_metrics(targets, scores, thr)
+    scored.metrics["calibrated"] = cal
+    print(f"calibrated per-class thresholds: {format_metrics(cal)}")
+    per_output = np.empty_like(thr)
+    per_output[_picked(scored.order)] = thr  # back to the model's output order
+    output, model = v.given.output, v.model
+    dest = Path(output) / "calibrated.pth" if output else Path(model.path).with_suffix(".calibrated.pth")
+    save_checkpoint(
+        with_thresholds(
+            model.checkpoint,
+            per_output,
+            model_name=model.model_name,
+            class_names=model.class_names,
+            image_size=v.cfg.image_size,
+            mean=model.mean,
+            std=model.std,
+        ),
+        dest,
+    )
+    print(f"calibrated checkpoint -> {dest}")
+    return thr
+
+
+def write_outputs(v: Validation, scored: Scores, out: Path, marked: Optional[np.ndarray]) -> None:
+    """``metrics.json``, ``scores.npy``, ``targets.npy`` and ``report.html`` into ``out``."""
+    from .files import atomic_write
+    from .report import write_report
+
+    scores, targets = scored.evaluation["scores"], scored.evaluation["targets"]
+    atomic_write(out / "metrics.json", json.dumps(scored.metrics, indent=1))
+    atomic_write(out / "scores.npy", writer=lambda f: np.save(f, scores))
+    atomic_write(out / "targets.npy", writer=lambda f: np.save(f, targets))
+    write_report(
+        out / "report.html",
+        scores=scores,
+        targets=targets,
+        class_names=scored.dataset.class_names,
+        image_paths=scored.dataset.paths,
+        per_class_ap=scored.evaluation["per_class_ap"],
+        title=f"{v.model.model_name or Path(v.model.path).name} on {scored.dataset.name}",
+        headline=report_headline(scored.metrics, v.cfg.thre),
+        thresholds=marked,
+    )
+    print(f"metrics -> {out / 'metrics.json'}, report -> {out / 'report.html'}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

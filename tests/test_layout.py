@@ -236,11 +236,12 @@ def test_wheel_ships_the_commands_and_base_configs(tmp_path):
         "asl/study/report.py",
     } <= names
     for script, target in (
-        ("asl-train", "asl.cli:train_console"),
-        ("asl-validate", "asl.cli:validate_console"),
-        ("asl-infer", "asl.cli:infer_console"),
-        ("asl-study", "asl.cli:study_console"),
-        ("asl-export", "asl.cli:export_console"),
+        ("asl-train", "asl.train:console"),
+        ("asl-validate", "asl.validate:console"),
+        ("asl-infer", "asl.infer:console"),
+        ("asl-study", "asl.study:console"),
+        ("asl-export", "asl.export:console"),
+        ("asl-data", "asl.cli:data_console"),
     ):
         assert f"{script} = {target}" in scripts
     assert not [n for n in names if n.split("/")[0] in {"train.py", "validate.py", "infer.py", "tests"}]
@@ -295,3 +296,58 @@ def test_the_requirements_files_are_generated_from_pyproject():
     assert "torch" not in {
         requirements._name(r) for r in files["requirements-infer.txt"].splitlines() if r and not r.startswith("#")
     }
+
+
+def test_every_console_script_is_one_entry_point_that_logs(trained_run, tmp_path, monkeypatch, capsys):
+    """Each [project.scripts] entry, called as pip's wrapper calls it (``sys.argv`` set, then the
+    function): it runs the command and its first line is the command's own (an INFO line for the
+    commands that log, the first output line for the others)."""
+    import importlib
+
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    best, data = trained_run["out"] / "best.pth", trained_run["data"]
+    study_yaml = tmp_path / "study.yaml"
+    study_yaml.write_text(
+        f"name: s\nbase_config: {REPO / 'configs' / 'demo.yaml'}\nbaseline: a\noutput: {tmp_path / 'r'}\n"
+        "seeds: [0]\nsettings: [{name: a, overrides: {loss: bce}}]\n"
+        "experiments: [{name: e, settings: [a], lrs: [0.001]}]\n"
+    )
+    argv = {
+        "asl-train": [
+            data,
+            "--dataset",
+            "tagged",
+            "--model-name",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--no-pretrained",
+            "--dry-run",
+        ],
+        "asl-validate": [data, "--model-path", best, "--workers", "0"],
+        "asl-infer": ["--model-path", best, "--pic-path", data / "img" / "0000.png"],
+        "asl-export": ["--model-path", best, "--output", tmp_path / "m.onnx"],
+        "asl-study": [study_yaml, "--dry-run"],
+        "asl-data": ["inspect", data, "--output", tmp_path / "insp"],
+    }
+    first = {
+        "asl-train": "tagged ",  # the dataset summary, logged at INFO
+        "asl-validate": "validating test_resnet at 32 px",
+        "asl-infer": "0000.png: ",
+        "asl-export": "onnxruntime vs PyTorch on 4 pictures",
+        "asl-study": "study s: 1 experiments over 1 settings",
+        "asl-data": f"{data}: tagged",
+    }
+    assert set(scripts) == set(argv)
+    for script, target in scripts.items():
+        module, func = target.split(":")
+        console = getattr(importlib.import_module(module), func)
+        monkeypatch.setattr(sys, "argv", [script, *map(str, argv[script])])
+        with pytest.raises(SystemExit) as info:
+            console()
+        out, err = capsys.readouterr()
+        assert info.value.code == 0, (script, err)
+        lines = [ln for ln in (err + out).splitlines() if ln.strip() and not ln.startswith("warning")]
+        assert any(first[script] in ln for ln in lines[:3]), (script, lines[:3])

@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="count the runs, train nothing")
     ap.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
     args = ap.parse_args(argv)
+    cli.setup_logging()
     if args.jobs < 1:
         raise ConfigError("--jobs must be at least 1")
     study = load_study(args.study, quick=args.quick)
@@ -74,5 +75,4 @@ def console() -> None:
     """The ``asl-study`` entry point (also ``python -m asl.study``, ``python tools/study.py``)."""
     from .. import cli
 
-    cli.setup_logging()
     sys.exit(cli.run(main))

@@ -211,6 +211,14 @@ def execute(runs: List[Run], jobs: int) -> None:
 
 def run_study(study: Study, jobs: int = 1, dry_run: bool = False, train: bool = True) -> Dict[str, List[Run]]:
     """Plan (and unless ``dry_run`` or not ``train``, train) every experiment in order."""
+    log.info(
+        "study %s%s: %d experiments over %d settings, records in %s",
+        study.name,
+        " (quick profile)" if study.is_quick else "",
+        len(study.experiments),
+        len(study.settings),
+        Path(study.output) / study.runs_name,
+    )
     planned: Dict[str, List[Run]] = {}
     best: Dict[str, Dict[str, float]] = {}
     counted: Dict[str, Run] = {}
