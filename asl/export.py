@@ -141,7 +141,8 @@ def export_onnx(cfg: Config) -> Dict[str, Any]:
 
 
 def _export_onnx(cfg: Config) -> Dict[str, Any]:
-    """Export ``cfg.model_path`` to ``cfg.output`` (see the module docstring).
+    """Export ``cfg.model_path`` to ``cfg.output`` (see the module docstring): resolve and check,
+    :func:`trace`, :func:`attach_metadata`, :func:`check_against_torch`, write atomically.
 
     Returns:
         ``{"output", "max_abs_diff", "graph": graph_report, "metadata", "blur_rewritten"}``.
@@ -149,33 +150,10 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
     Raises:
         ASLError: bad input (one line), or :class:`ExportError` when onnxruntime disagrees.
     """
-    check_values(cfg, fields_for(EXPORT))
-    if not cfg.model_path:
-        raise ConfigError("pass --model-path CHECKPOINT")
-    from .rundir import check_apart, check_output_file, file_sources
-
-    dest = Path(cfg.output) if cfg.output else Path(cfg.model_path).with_suffix(".onnx")
-    if dest.suffix.lower() != ".onnx":
-        raise ConfigError(f"--output {dest}: an ONNX file ends in .onnx")
-    check_apart("--output", dest, file_sources(model_path=cfg.model_path, class_names=cfg.class_names))
-    check_output_file(dest, "--output", cfg.overwrite, "onnx")
-    try:
-        import onnx
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ConfigError(
-            f"export needs onnx and onnxruntime ({e.name} is missing): pip install -r requirements-export.txt"
-        ) from None
-    import numpy as np
-    import torch
-
-    from .data.transforms import build_infer_transform
+    dest = _check_export(cfg)
     from .files import atomic_write
-    from .opening import is_onnx, open_model
-    from .predict import providers
+    from .opening import open_model
 
-    if is_onnx(cfg.model_path):
-        raise ConfigError(f"--model-path {cfg.model_path} is an ONNX model already: export a .pth checkpoint")
     opened = open_model(
         cfg.model_path,
         cfg.model_name,
@@ -185,11 +163,70 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
         num_groups=cfg.num_of_groups,
         decoder_embedding=cfg.decoder_embedding,
     )
-    model, names, size = opened.net, opened.class_names, opened.image_size
-    blurs = _rewrite_blur(model)
-    net = _wrapped(model, cfg.sigmoid, cfg.fp16)
-    example = torch.zeros(1, 3, size, size)
+    blurs = _rewrite_blur(opened.net)
+    net = _wrapped(opened.net, cfg.sigmoid, cfg.fp16)
+    proto = trace(net, opened, cfg)
+    meta = attach_metadata(proto, opened, cfg)
+    report = graph_report(proto)
+    if report["custom"] or report["reflect_pads"]:
+        raise ExportError(
+            f"the graph breaks the export rules: custom ops {report['custom'][:3]}, reflect pads "
+            f"{report['reflect_pads'][:3]}"
+        )
+    data = proto.SerializeToString()
+    diff = check_against_torch(data, net, opened, cfg, dest) if cfg.check else None
+    atomic_write(dest, data)
+    shape = "dynamic batch" if cfg.dynamic_batch else "batch 1"
+    dtype = "float16" if cfg.fp16 else "float32"
+    print(
+        f"{opened.model_name} ({opened.num_classes} classes, {opened.image_size} px, {shape}, {dtype} weights, "
+        f"{meta['output']}) -> {dest} "
+        f"({len(data) / 2**20:.1f} MiB, {report['nodes']} nodes, no custom op, no reflect padding"
+        + (f": {blurs} anti-aliasing blurs padded explicitly" if blurs else "")
+        + ")"
+    )
+    return {"output": dest, "max_abs_diff": diff, "graph": report, "metadata": meta, "blur_rewritten": blurs}
+
+
+def _check_export(cfg: Config) -> Path:
+    """The command line's values and files, the destination (apart from the model, new or an
+    earlier export), the exporter's packages. Returns the destination."""
+    check_values(cfg, fields_for(EXPORT))
+    if not cfg.model_path:
+        raise ConfigError("pass --model-path CHECKPOINT")
+    from .opening import is_onnx
+    from .rundir import check_apart, check_output_file, file_sources
+
+    dest = Path(cfg.output) if cfg.output else Path(cfg.model_path).with_suffix(".onnx")
+    if dest.suffix.lower() != ".onnx":
+        raise ConfigError(f"--output {dest}: an ONNX file ends in .onnx")
+    check_apart("--output", dest, file_sources(model_path=cfg.model_path, class_names=cfg.class_names))
+    check_output_file(dest, "--output", cfg.overwrite, "onnx")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            f"export needs onnx and onnxruntime ({e.name} is missing): pip install -r requirements-export.txt"
+        ) from None
+    if is_onnx(cfg.model_path):
+        raise ConfigError(f"--model-path {cfg.model_path} is an ONNX model already: export a .pth checkpoint")
+    return dest
+
+
+def _output_name(cfg: Config) -> str:
+    return "scores" if cfg.sigmoid else "logits"
+
+
+def trace(net, opened, cfg: Config):
+    """The ONNX graph of ``net`` (TorchScript exporter at ``--opset``; a dynamic batch axis with
+    ``--dynamic-batch``), as an ``onnx.ModelProto``."""
+    import onnx
+    import torch
+
+    example = torch.zeros(1, 3, opened.image_size, opened.image_size)
     buf = io.BytesIO()
+    out = _output_name(cfg)
     with warnings.catch_warnings():
         # the TorchScript exporter's deprecation notice (timm's onnx_export.py uses it too) and tracer notes
         warnings.simplefilter("ignore")
@@ -202,11 +239,9 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
                     dynamo=False,
                     opset_version=cfg.opset,
                     input_names=["images"],
-                    output_names=["scores" if cfg.sigmoid else "logits"],
+                    output_names=[out],
                     do_constant_folding=True,
-                    dynamic_axes={"images": {0: "batch"}, ("scores" if cfg.sigmoid else "logits"): {0: "batch"}}
-                    if cfg.dynamic_batch
-                    else None,
+                    dynamic_axes={"images": {0: "batch"}, out: {0: "batch"}} if cfg.dynamic_batch else None,
                 )
             except Exception as e:  # noqa: BLE001  (the exporter raises its own classes: an op with no form here)
                 why = str(e).strip().splitlines()[0][:240] if str(e).strip() else ""
@@ -214,16 +249,21 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
                     f"{opened.model_name} cannot be exported at --opset {cfg.opset} "
                     f"({type(e).__name__}: {why}); try a newer opset (the default, 17, or up to 21)"
                 ) from None
-    proto = onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(buf.getvalue())
+
+
+def attach_metadata(proto, opened, cfg: Config) -> Dict[str, str]:
+    """What tagging needs without the checkpoint, in the graph's ``metadata_props``: the model,
+    classes, input size, normalisation, thresholds, training config. Returns them."""
     meta = {
         "asl_format": "1",
         "model_name": opened.model_name,
-        "class_names": json.dumps(list(names)),
-        "image_size": str(size),
+        "class_names": json.dumps(list(opened.class_names)),
+        "image_size": str(opened.image_size),
         "mean": json.dumps(list(opened.mean)),
         "std": json.dumps(list(opened.std)),
         "resize": "pil_squish",
-        "output": "scores" if cfg.sigmoid else "logits",
+        "output": _output_name(cfg),
         "source": Path(cfg.model_path).name,
     }
     if opened.thresholds is not None:
@@ -233,54 +273,49 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
-    report = graph_report(proto)
-    if report["custom"] or report["reflect_pads"]:
+    return meta
+
+
+def check_against_torch(data: bytes, net, opened, cfg: Config, dest: Path) -> float:
+    """onnxruntime's outputs on generated pictures against PyTorch's; the largest difference.
+
+    Raises:
+        ExportError: onnxruntime cannot load the graph, or differs by more than ``TOLERANCE``.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from .data.transforms import build_infer_transform
+    from .predict import providers
+
+    transform = build_infer_transform(opened.image_size, opened.mean, opened.std)
+    batch = torch.stack([transform(p) for p in sample_pictures(opened.image_size)])
+    with torch.no_grad():
+        want = net(batch).numpy()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(data, opts, providers=providers(cfg.device if cfg.device != "auto" else "cpu"))
+    except Exception as e:  # noqa: BLE001  (onnxruntime's own unexported classes)
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ExportError(
-            f"the graph breaks the export rules: custom ops {report['custom'][:3]}, reflect pads "
-            f"{report['reflect_pads'][:3]}"
-        )
-    data = proto.SerializeToString()
-    diff = None
-    if cfg.check:
-        transform = build_infer_transform(size, opened.mean, opened.std)
-        batch = torch.stack([transform(p) for p in sample_pictures(size)])
-        with torch.no_grad():
-            want = net(batch).numpy()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(
-                data, opts, providers=providers(cfg.device if cfg.device != "auto" else "cpu")
-            )
-        except Exception as e:  # noqa: BLE001  (onnxruntime's own unexported classes)
-            why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise ExportError(
-                f"onnxruntime cannot load the graph exported at --opset {cfg.opset} ({why}); try "
-                f"another --opset; {dest} was not written"
-            ) from None
-        got = (
-            np.concatenate([session.run(None, {"images": batch[i : i + 1].numpy()})[0] for i in range(len(batch))])
-            if not cfg.dynamic_batch
-            else session.run(None, {"images": batch.numpy()})[0]
-        )
-        diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
-        print(f"onnxruntime vs PyTorch on {len(batch)} pictures: max |diff| {diff:.2e} (bound {TOLERANCE[cfg.fp16]:g})")
-        if not diff <= TOLERANCE[cfg.fp16]:
-            raise ExportError(
-                f"onnxruntime's outputs differ from PyTorch's by {diff:.3g} (> {TOLERANCE[cfg.fp16]:g}); "
-                f"{dest} was not written"
-            )
-    atomic_write(dest, data)
-    shape = "dynamic batch" if cfg.dynamic_batch else "batch 1"
-    dtype = "float16" if cfg.fp16 else "float32"
-    print(
-        f"{opened.model_name} ({len(names)} classes, {size} px, {shape}, {dtype} weights, {meta['output']}) "
-        f"-> {dest} "
-        f"({len(data) / 2**20:.1f} MiB, {report['nodes']} nodes, no custom op, no reflect padding"
-        + (f": {blurs} anti-aliasing blurs padded explicitly" if blurs else "")
-        + ")"
+            f"onnxruntime cannot load the graph exported at --opset {cfg.opset} ({why}); try "
+            f"another --opset; {dest} was not written"
+        ) from None
+    got = (
+        np.concatenate([session.run(None, {"images": batch[i : i + 1].numpy()})[0] for i in range(len(batch))])
+        if not cfg.dynamic_batch
+        else session.run(None, {"images": batch.numpy()})[0]
     )
-    return {"output": dest, "max_abs_diff": diff, "graph": report, "metadata": meta, "blur_rewritten": blurs}
+    diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+    print(f"onnxruntime vs PyTorch on {len(batch)} pictures: max |diff| {diff:.2e} (bound {TOLERANCE[cfg.fp16]:g})")
+    if not diff <= TOLERANCE[cfg.fp16]:
+        raise ExportError(
+            f"onnxruntime's outputs differ from PyTorch's by {diff:.3g} (> {TOLERANCE[cfg.fp16]:g}); "
+            f"{dest} was not written"
+        )
+    return diff
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -20,8 +20,9 @@ import glob
 import io
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -265,8 +266,72 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
         return _tag(cfg, paths, tag_files)
 
 
+def thresholds_for(cfg: Config, model) -> np.ndarray:
+    """(C,) thresholds: ``--th``, else the model's calibrated ones, else the official one of
+    ``--dataset-type``."""
+    n = model.num_classes
+    if cfg.th is not None:
+        return np.full(n, cfg.th, dtype=np.float32)
+    if model.thresholds is not None and cfg.dataset_type is None:
+        return np.asarray(model.thresholds, dtype=np.float32)
+    return np.full(n, OFFICIAL_INFER_THRESHOLDS[cfg.dataset_type or "ms_coco"], dtype=np.float32)
+
+
+@dataclass
+class Tagged:
+    """One picture, tagged: its index in the pictures, path, decoded picture, scores (C,) and
+    labels (highest score first)."""
+
+    index: int
+    path: Path
+    picture: Any
+    scores: np.ndarray
+    labels: List[Dict[str, Any]]
+
+
+@dataclass
+class Batches:
+    """What :func:`tag_batches` met besides the tags: unreadable pictures (path, why) and the
+    classes that scored NaN or inf on some picture."""
+
+    bad: List[Tuple[str, str]]
+    broken: np.ndarray
+
+
+def tag_batches(model, paths: Sequence[Path], cfg: Config, seen: Batches, progress=None) -> Iterator[Tagged]:
+    """Decode ``paths`` in batches of ``cfg.batch_size``, score them, and yield each picture's tags:
+    strictly above its class's threshold (as the official infer.py), at least ``--min-score``,
+    not excluded, the ``--top-k`` highest. An unreadable picture is recorded in ``seen`` and
+    passed over."""
+    thresholds = thresholds_for(cfg, model)
+    excluded = exclusions(cfg.exclude_tags, model.class_names)
+    for start in range(0, len(paths), cfg.batch_size):
+        batch, imgs = [], []
+        for i in range(start, min(start + cfg.batch_size, len(paths))):
+            try:
+                imgs.append(load_rgb(paths[i]))
+            except DataError as e:  # one bad picture (a macOS ._photo.jpg) is named; the rest are tagged
+                seen.bad.append((str(paths[i]), str(e)))
+                continue
+            batch.append(i)
+        if progress is not None:
+            progress.update(min(cfg.batch_size, len(paths) - start))
+        if not batch:
+            continue
+        batch_scores = model.scores(imgs)
+        seen.broken |= ~np.isfinite(batch_scores).all(axis=0)
+        for i, img, s in zip(batch, imgs, batch_scores):
+            keep = np.flatnonzero((s > thresholds) & (s >= cfg.min_score) & ~excluded).tolist()
+            labels = sorted(
+                ({"label": model.class_names[k], "score": round(float(s[k]), 4)} for k in keep),
+                key=lambda d: -d["score"],
+            )
+            yield Tagged(i, paths[i], img, s, labels[: cfg.top_k] if cfg.top_k else labels)
+
+
 def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> List[Dict[str, Any]]:
-    """Tag ``paths`` (checked), write the outputs asked for, print the tags."""
+    """Tag ``paths`` (checked) and emit the tags through the writers asked for: tag files, the
+    scores CSV, the printed lines or JSON, the labelled picture."""
     if cfg.scores_csv:
         check_output_file(cfg.scores_csv, "--scores-csv", cfg.overwrite, "scores_csv")
     model = open_model(
@@ -279,70 +344,48 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
         cfg.num_of_groups,
         cfg.decoder_embedding,
     )
-    n = model.num_classes
-    if cfg.th is not None:
-        thresholds = np.full(n, cfg.th, dtype=np.float32)
-    elif model.thresholds is not None and cfg.dataset_type is None:
-        thresholds = np.asarray(model.thresholds, dtype=np.float32)
-    else:
-        thresholds = np.full(n, OFFICIAL_INFER_THRESHOLDS[cfg.dataset_type or "ms_coco"], dtype=np.float32)
-
-    excluded = exclusions(cfg.exclude_tags, model.class_names)
-    results, bad, score_rows = [], [], []
-    broken = np.zeros(n, dtype=bool)  # classes that scored NaN or inf on some picture
-    first_img = None
+    seen = Batches([], np.zeros(model.num_classes, dtype=bool))
+    results, score_rows, first = [], [], None
     progress = _progress(len(paths)) if tag_files is not None else None
-    for start in range(0, len(paths), cfg.batch_size):
-        batch, imgs = [], []
-        for i in range(start, min(start + cfg.batch_size, len(paths))):
-            try:
-                imgs.append(load_rgb(paths[i]))
-            except DataError as e:  # one bad picture (a macOS ._photo.jpg) is named; the rest are tagged
-                bad.append((str(paths[i]), str(e)))
-                continue
-            batch.append(i)
-        if progress is not None:
-            progress.update(min(cfg.batch_size, len(paths) - start))
-        if not batch:
-            continue
-        if first_img is None:
-            first_img = imgs[0]
-        batch_scores = model.scores(imgs)
-        broken |= ~np.isfinite(batch_scores).all(axis=0)
-        for i, s in zip(batch, batch_scores):
-            p = paths[i]
-            if cfg.scores_csv:
-                score_rows.append((str(p), s))
-            # strict, as the official infer.py; --min-score and --exclude-tags on top
-            keep = np.flatnonzero((s > thresholds) & (s >= cfg.min_score) & ~excluded).tolist()
-            labels = sorted(
-                ({"label": model.class_names[k], "score": round(float(s[k]), 4)} for k in keep),
-                key=lambda d: -d["score"],
-            )
-            if cfg.top_k:
-                labels = labels[: cfg.top_k]
-            results.append({"image": str(p), "labels": labels})
-            if tag_files is not None:
-                write_tags(tag_files[i], [lab["label"] for lab in labels])
+    for t in tag_batches(model, paths, cfg, seen, progress):
+        first = first or t
+        results.append({"image": str(t.path), "labels": t.labels})
+        if cfg.scores_csv:
+            score_rows.append((str(t.path), t.scores))
+        if tag_files is not None:
+            write_tags(tag_files[t.index], [lab["label"] for lab in t.labels])
     if progress is not None:
         progress.close()
-
     if not results:
+        bad = seen.bad
         raise DataError(
             bad[0][1] if len(bad) == 1 else f"none of the {len(paths)} pictures could be read (first: {bad[0][1]})"
         )
-    for _, why in bad:
-        print(f"warning: skipped: {why}", file=sys.stderr)
-    if bad:
-        print(f"warning: {len(bad)} of {len(paths)} pictures were unreadable and skipped", file=sys.stderr)
-    note = nonfinite_note(broken, model.class_names)
-    if note:
-        print(f"warning: {note}", file=sys.stderr)
+    _warn(seen, len(paths), model.class_names)
     if cfg.scores_csv:
         write_scores_csv(Path(cfg.scores_csv), model.class_names, score_rows)
+    print_results(results, cfg)
+    if cfg.save_image:
+        save_labelled(first, cfg)
+    return results
+
+
+def _warn(seen: Batches, total: int, class_names: Sequence[str]) -> None:
+    for _, why in seen.bad:
+        print(f"warning: skipped: {why}", file=sys.stderr)
+    if seen.bad:
+        print(f"warning: {len(seen.bad)} of {total} pictures were unreadable and skipped", file=sys.stderr)
+    note = nonfinite_note(seen.broken, class_names)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+
+
+def print_results(results: List[Dict[str, Any]], cfg: Config) -> None:
+    """The tags on standard output: JSON (``--json``), one summary line (``--tags-out``), or a
+    line per picture."""
     if cfg.json:
         print(json.dumps(results))
-    elif tag_files is not None:
+    elif cfg.tags_out:
         print(
             f"{len(results)} pictures tagged -> {cfg.tags_out}"
             + (f" (scores -> {cfg.scores_csv})" if cfg.scores_csv else "")
@@ -351,14 +394,16 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
         for r in results:
             tags = ", ".join(f"{lab['label']} ({lab['score']:.2f})" for lab in r["labels"]) or "(no label)"
             print(f"{r['image']}: {tags}")
-    if cfg.save_image:
-        try:
-            draw_labels(first_img, results[0]["labels"], Path(cfg.save_image))
-        except OSError as e:  # checked writable before any work; a full disk can still fail here
-            raise ConfigError(f"cannot write --save-image {cfg.save_image}: {e.strerror or e}") from None
-        if not cfg.json:
-            print(f"labelled picture -> {cfg.save_image}")
-    return results
+
+
+def save_labelled(first: Tagged, cfg: Config) -> None:
+    """``--save-image``: the first picture with its labels drawn in."""
+    try:
+        draw_labels(first.picture, first.labels, Path(cfg.save_image))
+    except OSError as e:  # checked writable before any work; a full disk can still fail here
+        raise ConfigError(f"cannot write --save-image {cfg.save_image}: {e.strerror or e}") from None
+    if not cfg.json:
+        print(f"labelled picture -> {cfg.save_image}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
