@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .distributed import EpochSampler  # noqa: F401  (its former home)
+from .checkpoint.resume import set_rng_state
 from .errors import ASLError
 from .metrics import evaluation_result
 from .models import unwrap_model
@@ -26,72 +26,12 @@ from .models import unwrap_model
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "amp_dtype_for",
-    "build_optimizer",
-    "build_scheduler",
     "train_one_epoch",
     "Optimization",
     "StepSettings",
     "evaluate",
-    "seed_everything",
-    "get_rng_state",
-    "set_rng_state",
     "NonFiniteLossError",
 ]
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def amp_dtype_for(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
-    """Autocast dtype: bf16 on CUDA where supported, else fp16; None (off) on the CPU."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-# timm names whose optimizer is torch's own Adam / AdamW / SGD, which have a fused implementation
-# (one kernel for all parameters, and a step skipped on the device: StepSettings.defer_sync).
-FUSED = ("adam", "adamw", "sgd", "nesterov", "momentum")
-
-
-def build_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, fused: bool = False
-) -> torch.optim.Optimizer:
-    """timm's optimizer factory; no weight decay on biases and 1-D parameters (as official).
-
-    Args:
-        fused: torch's fused implementation where ``name`` has one (``FUSED``; the trainer asks
-            for it on CUDA); other names ignore it.
-    """
-    from timm.optim import create_optimizer_v2
-
-    extra = {"fused": True} if fused and name.lower() in FUSED else {}
-    return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, filter_bias_and_bn=True, **extra)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, lr: float, epochs: int, steps_per_epoch: int, pct_start: float = 0.2
-):
-    """OneCycle over the planned ``epochs`` (the official recipe plans 80, stops at 40).
-
-    OneCycle divides by its warm-up length in steps, so a tiny run (a handful of steps) gets
-    at least two warm-up steps, and one of fewer than four steps a constant rate.
-    """
-    total = max(epochs * steps_per_epoch, 1)
-    if total < 4:
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    pct_start = min(max(pct_start, 2.0 / total), 1.0 - 2.0 / total)
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=max(steps_per_epoch, 1), pct_start=pct_start
-    )
 
 
 def _progress(iterable, desc: str, total: Optional[int] = None):
@@ -99,39 +39,6 @@ def _progress(iterable, desc: str, total: Optional[int] = None):
 
     # disable=None: a bar on a terminal, nothing in logs and CI.
     return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True)
-
-
-def get_rng_state() -> Dict[str, Any]:
-    """Python, numpy, torch (and CUDA) RNG states as tensors and plain values (weights_only-safe)."""
-    import random
-
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (
-            np_state[0],
-            torch.from_numpy(np_state[1].astype(np.int64)),
-            int(np_state[2]),
-            int(np_state[3]),
-            float(np_state[4]),
-        ),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    import random
-
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class NonFiniteLossError(ASLError):

@@ -1,71 +1,92 @@
-"""What happens after a step, an epoch and a run of :func:`asl.trainer.fit`: the :class:`Hook`
-interface and the run's own hooks (stop on a signal, ``last.pth`` every N steps, the adaptive-gamma
-trace, TensorBoard). A new logger or metric is a new hook, not an edit of the loop."""
+"""What a run does after a step, an epoch and its end, beyond training: the :class:`Hook`
+protocol, the :class:`RunView` a hook sees of the run, and the run's own hooks (the adaptive-gamma
+trace, TensorBoard, ``report.html``). A new logger or metric is a new hook, not an edit of the loop.
+
+A hook sees a :class:`RunView`, not the trainer: the config, the output folder, the rank, the
+run's state (epoch, steps, best mAP), the loss, the learning rate, the latest evaluation, and
+:meth:`RunView.request_stop`. Stopping on a signal and ``--checkpoint-every`` are the loop's own.
+
+    from asl.trainer import Hook, fit
+
+    class PrintLr(Hook):
+        def after_step(self, run, step, partial):
+            if step % 100 == 0 and run.is_main:
+                print(step, run.lr)
+
+    fit(cfg, hooks=[PrintLr()])
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from .distributed import all_true
 from .files import output_error
 
-# The hooks receive the asl.trainer.Trainer that calls them (not imported: the trainer imports this).
-Trainer = Any
+__all__ = ["Hook", "RunView", "GammaTrace", "TensorBoard", "HtmlReport"]
 
-__all__ = ["Hook", "StopOnSignal", "CheckpointEvery", "GammaTrace", "TensorBoard", "HtmlReport"]
+
+class RunView(Protocol):
+    """What a hook sees of a run (read-only, but for :meth:`request_stop`).
+
+    Attributes:
+        cfg: the run's resolved config (:class:`asl.config.Config`).
+        out: the run's output folder.
+        rank: this process's rank (0 in a single process).
+        is_main: this process writes the run's files (rank 0).
+        state: where the run stands (:class:`asl.checkpoint.RunState`: ``epoch``, ``global_step``,
+            ``best``).
+        loss_fn: the loss module (adaptive ASL's ``gamma_neg`` and ``delta_p`` live there).
+        lr: the learning rate now.
+        last_evaluation: (the model's, the EMA's or None) evaluation of the latest epoch
+            (:func:`asl.metrics.evaluation_result`'s dicts), None before the first.
+        best_evaluation: the evaluation ``best.pth`` was chosen by, or None.
+        val_dataset: the evaluation dataset (``class_names``, ``paths``, ``name``).
+        finished: the loop returned (it did not raise).
+    """
+
+    cfg: Any
+    out: Path
+    rank: int
+    is_main: bool
+    state: Any
+    loss_fn: Any
+    lr: float
+    last_evaluation: Optional[Tuple[Dict[str, Any], Optional[Dict[str, Any]]]]
+    best_evaluation: Optional[Dict[str, Any]]
+    val_dataset: Any
+    finished: bool
+
+    def request_stop(self) -> None:
+        """End the epoch after this step, and the run with it: its state is saved in ``last.pth``
+        as a signal's stop is (under torchrun every rank must ask at the same step)."""
 
 
 class Hook:
-    """Something that happens after a step or an epoch of :func:`fit`: subclass and override.
+    """Something that happens after a step, an epoch or the run of :func:`asl.trainer.fit`:
+    subclass and override.
 
-    ``after_step(trainer, step, partial)`` runs after every optimizer step (``step``: steps since
-    the run began; ``partial``: the epoch's running sums so far); returning True ends the epoch
-    early and the run with it, its state saved in ``last.pth`` as a signal's stop is (under torchrun
-    every rank must return the same). ``after_epoch(trainer, record)`` runs once the epoch's record
-    (``metrics.jsonl``'s line) is made and before it is written: a hook may add fields to it;
-    ``trainer.last_evaluation`` then holds that epoch's evaluation (model, EMA). ``after_run(trainer)``
-    runs once when the loop ends.
-    Every rank calls them under torchrun; ``trainer.main`` is True on the one that writes files.
+    ``after_step(run, step, partial)`` runs after every optimizer step (``step``: steps since
+    the run began; ``partial``: the epoch's running sums so far); returning True (or calling
+    ``run.request_stop()``) ends the epoch early and the run with it. ``after_epoch(run, record)``
+    runs once the epoch's record (``metrics.jsonl``'s line) is made and before it is written: a
+    hook may add fields to it; ``run.last_evaluation`` then holds that epoch's evaluation.
+    ``after_run(run)`` runs once when the loop ends. Every rank calls them under torchrun;
+    ``run.is_main`` is True on the one that writes files.
     """
 
-    def after_step(self, trainer: Trainer, step: int, partial: Dict[str, Any]) -> bool:
+    def after_step(self, run: RunView, step: int, partial: Dict[str, Any]) -> bool:
         return False
 
-    def after_epoch(self, trainer: Trainer, record: Dict[str, Any]) -> None:
+    def after_epoch(self, run: RunView, record: Dict[str, Any]) -> None:
         pass
 
-    def after_run(self, trainer: Trainer) -> None:
+    def after_run(self, run: RunView) -> None:
         """Once, when the run's loop ends (finished, stopped early or by a signal)."""
-
-
-class StopOnSignal(Hook):
-    """SIGTERM / SIGINT end the epoch at the next step, on every rank at the same step."""
-
-    def after_step(self, trainer: Trainer, step: int, partial: Dict[str, Any]) -> bool:
-        stop_now = trainer.stop.received
-        if trainer.dist.enabled:  # every rank stops at the same step, or the others would hang
-            stop_now = not all_true(not stop_now, trainer.dist)
-        trainer.stop_requested = stop_now
-        return stop_now
-
-
-class CheckpointEvery(Hook):
-    """``last.pth`` every ``every`` optimizer steps (0: never mid-epoch), and at a signal's stop."""
-
-    def __init__(self, every: int):
-        self.every = every
-
-    def after_step(self, trainer: Trainer, step: int, partial: Dict[str, Any]) -> bool:
-        in_epoch = trainer.done_before + partial["steps"]
-        if trainer.stop_requested or (
-            self.every and step % self.every == 0 and in_epoch < len(trainer.train_loader) + trainer.done_before
-        ):
-            trainer.save_last(trainer.epoch, in_epoch, partial)
-        return False
 
 
 class GammaTrace(Hook):
@@ -74,14 +95,12 @@ class GammaTrace(Hook):
     def __init__(self):
         self.trace: List[float] = []  # this epoch's (emptied when its record is made)
 
-    def after_step(self, trainer: Trainer, step: int, partial: Dict[str, Any]) -> bool:
-        self.trace.append(round(trainer.loss_fn.gamma_neg, 4))
+    def after_step(self, run: RunView, step: int, partial: Dict[str, Any]) -> bool:
+        self.trace.append(round(run.loss_fn.gamma_neg, 4))
         return False
 
-    def after_epoch(self, trainer: Trainer, record: Dict[str, Any]) -> None:
-        record.update(
-            gamma_neg=trainer.loss_fn.gamma_neg, delta_p=trainer.loss_fn.delta_p, gamma_neg_steps=list(self.trace)
-        )
+    def after_epoch(self, run: RunView, record: Dict[str, Any]) -> None:
+        record.update(gamma_neg=run.loss_fn.gamma_neg, delta_p=run.loss_fn.delta_p, gamma_neg_steps=list(self.trace))
         self.trace = []
 
 
@@ -105,8 +124,8 @@ class TensorBoard(Hook):
         self.last = (0.0, 0)
         self._excepthook = None
 
-    def _open(self, trainer: Trainer):
-        if self.writer is None and trainer.main:
+    def _open(self, run: RunView):
+        if self.writer is None and run.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             # The writer's thread raises a failed write (a full disk) again in the run's thread,
@@ -129,40 +148,40 @@ class TensorBoard(Hook):
         except OSError as e:
             raise output_error(self.log_dir, e) from None
 
-    def after_step(self, trainer: Trainer, step: int, partial: Dict[str, Any]) -> bool:
-        w = self._open(trainer)
+    def after_step(self, run: RunView, step: int, partial: Dict[str, Any]) -> bool:
+        w = self._open(run)
         if w is None:
             return False
         with self._writing():
-            self._step(w, trainer, step, partial)
+            self._step(w, run, step, partial)
         return False
 
-    def _step(self, w, trainer: Trainer, step: int, partial: Dict[str, Any]) -> None:
+    def _step(self, w, run: RunView, step: int, partial: Dict[str, Any]) -> None:
         loss_sum, batches = float(partial["loss_sum"]), int(partial["steps"]) - int(float(partial["skipped"]))
         prev_sum, prev_batches = self.last if batches >= self.last[1] else (0.0, 0)  # a new epoch starts at 0
         if batches > prev_batches:
             w.add_scalar("train/loss", (loss_sum - prev_sum) / (batches - prev_batches), step)
         self.last = (loss_sum, batches)
-        w.add_scalar("train/lr", trainer.optimizer.param_groups[0]["lr"], step)
-        if trainer.adaptive:
-            w.add_scalar("train/gamma_neg", trainer.loss_fn.gamma_neg, step)
+        w.add_scalar("train/lr", run.lr, step)
+        if hasattr(run.loss_fn, "delta_p"):  # adaptive ASL: its gamma- moves
+            w.add_scalar("train/gamma_neg", run.loss_fn.gamma_neg, step)
 
-    def after_epoch(self, trainer: Trainer, record: Dict[str, Any]) -> None:
-        w = self._open(trainer)
+    def after_epoch(self, run: RunView, record: Dict[str, Any]) -> None:
+        w = self._open(run)
         self.last = (0.0, 0)
         if w is None:
             return
         with self._writing():
-            self._epoch(w, trainer, record)
+            self._epoch(w, run, record)
 
-    def _epoch(self, w, trainer: Trainer, record: Dict[str, Any]) -> None:
+    def _epoch(self, w, run: RunView, record: Dict[str, Any]) -> None:
         epoch = record["epoch"]
         for key in ("mAP", "mAP_ema", "train_loss", "p_pos", "p_neg", "images_per_s", "gamma_neg", "delta_p"):
             if record.get(key) is not None:
                 w.add_scalar(f"epoch/{key}", record[key], epoch)
-        ev, _ = trainer.last_evaluation
+        ev, _ = run.last_evaluation
         targets, scores = ev["targets"], ev["scores"]
-        names = trainer.train_ds.class_names
+        names = run.val_dataset.class_names
         order = np.argsort(-(targets == 1).sum(0), kind="stable")[: self.max_pr_classes]
         for k in order:
             known = targets[:, k] >= 0
@@ -170,7 +189,7 @@ class TensorBoard(Hook):
                 w.add_pr_curve(f"pr/{names[k]}", targets[known, k] == 1, scores[known, k], epoch)
         w.flush()
 
-    def after_run(self, trainer: Trainer) -> None:
+    def after_run(self, run: RunView) -> None:
         if self.writer is not None:
             try:
                 with self._writing():
@@ -184,21 +203,21 @@ class HtmlReport(Hook):
     """``report.html`` in the run's folder when the run ends (finished, or stopped by a signal),
     from the evaluation ``best.pth`` was chosen by (:mod:`asl.report`)."""
 
-    def after_run(self, trainer: Trainer) -> None:
-        ev = trainer.best_evaluation
-        if not trainer.main or trainer.result is None or ev is None or trainer.cfg.dry_run:
+    def after_run(self, run: RunView) -> None:
+        ev = run.best_evaluation
+        if not run.is_main or not run.finished or ev is None:
             return
         from .report import write_report
 
-        best = trainer.state.best
+        best = run.state.best
         write_report(
-            trainer.out / "report.html",
+            run.out / "report.html",
             scores=ev["scores"],
             targets=ev["targets"],
-            class_names=trainer.val_ds.class_names,
-            image_paths=trainer.val_ds.paths,
+            class_names=run.val_dataset.class_names,
+            image_paths=run.val_dataset.paths,
             per_class_ap=ev["per_class_ap"],
-            title=f"{trainer.cfg.model_name} on {trainer.val_ds.name}: best.pth (epoch {best['epoch']}, "
+            title=f"{run.cfg.model_name} on {run.val_dataset.name}: best.pth (epoch {best['epoch']}, "
             f"{best['selected']} weights)",
             headline={"mAP": float(ev["mAP"]), "epoch": best["epoch"], "images": int(ev["num_images"])},
         )

@@ -16,6 +16,7 @@ imports neither torch nor timm (``asl.predict``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -23,7 +24,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .config import check_num_classes, default_image_size, zoo_image_size
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OpenedModel", "open_model", "is_onnx"]
 
@@ -111,7 +114,8 @@ class OpenedModel:
         ``order`` picks the outputs in the dataset's class order."""
         if self.kind == "onnx":
             return _evaluate_onnx(self.net, loader, order)
-        from .engine import amp_dtype_for, evaluate
+        from .builders import amp_dtype_for
+        from .engine import evaluate
         from .models import SelectOutputs
 
         device = _torch_device(self.device)
@@ -167,7 +171,8 @@ def open_model(
             fit what the flags say.
     """
     if is_onnx(path):
-        from .predict import OnnxTagger, read_class_names
+        from .classes import read_class_names
+        from .predict import OnnxTagger
 
         names = read_class_names(class_names) if class_names else None
         tagger = OnnxTagger(path, device=device, image_size=image_size, class_names=names)
@@ -201,7 +206,8 @@ def open_model(
             net=tagger,
             device=device,
         )
-    from .checkpoint import load_checkpoint, model_from_checkpoint, read_class_names
+    from .checkpoint import load_checkpoint
+    from .classes import read_class_names
     from .models import check_image_size
 
     ckpt = load_checkpoint(path)
@@ -229,3 +235,122 @@ def open_model(
         net=net,
         device=device,
     )
+
+
+def model_from_checkpoint(
+    ckpt: Dict[str, Any],
+    model_name: Optional[str] = None,
+    path: Any = "checkpoint",
+    num_groups: Optional[int] = None,
+    decoder_embedding: Optional[int] = None,
+) -> Tuple[Any, Dict[str, Any]]:
+    """Build the model a checkpoint describes and load its weights strictly.
+
+    Args:
+        ckpt: a dict from :func:`load_checkpoint`.
+        model_name: overrides the checkpoint's ``model_name`` (needed for files without one). On an
+            official ML-Decoder file, the official names ``tresnet_l`` / ``tresnet_xl`` mean that
+            repository's L and XL (``tresnet_v2_l``, ``tresnet_v2_xl``), as its commands mean them.
+        path: for messages.
+        num_groups, decoder_embedding: ``--num-of-groups`` / ``--decoder-embedding``, checked
+            against the ML-Decoder head the weights hold (None or -1: not checked).
+
+    Returns:
+        (model in eval mode on the CPU, info dict with ``model_name``, ``num_classes``,
+        ``class_names`` (``class_<k>`` when the file has none, and then ``named`` is False),
+        ``image_size``, ``mean``, ``std``, ``thresholds``, ``config``).
+    """
+    from .checkpoint import check_stored_values, state_dict_of
+    from .checkpoint.official import (
+        detect_official_tresnet,
+        head_size,
+        ml_decoder_shape,
+        normalize_state_dict,
+        strip_prefixes,
+    )
+    from .classes import class_names_of
+    from .config import OFFICIAL_IMAGE_SIZE
+    from .models import create_model
+
+    raw = strip_prefixes(state_dict_of(ckpt, path))
+    check_stored_values(ckpt, path)
+    detected, detected_classes, head = detect_official_tresnet(raw)
+    head = ckpt.get("head") or head
+    state = normalize_state_dict(raw, path)
+    decoder = ml_decoder_shape(state, path)
+    head = "ml_decoder" if decoder else ("linear" if head == "ml_decoder" else head)
+    name = model_name or ckpt.get("model_name") or detected
+    if (
+        decoder
+        and model_name in ("tresnet_l", "tresnet_xl")
+        and not ckpt.get("model_name")
+        and detected in ("tresnet_v2_l", "tresnet_v2_xl")
+    ):
+        log.info("%s: ML-Decoder's %s is timm's %s", path, model_name, detected)
+        name = detected
+    if not name:
+        raise CheckpointError(f"{path}: names no model; pass --model-name")
+    num_classes = ckpt.get("num_classes", detected_classes)
+    if num_classes is None:
+        num_classes = head_size(name, state)  # a plain timm state dict: the head's row count
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
+        raise CheckpointError(f"{path}: has no 'num_classes'")
+    extra = {}
+    if decoder:
+        _check_decoder_flags(decoder, num_classes, num_groups, decoder_embedding, path)
+        extra = dict(num_groups=decoder["groups"], decoder_embedding=decoder["embed_dim"])
+    elif num_groups not in (None, -1) or decoder_embedding not in (None, -1):
+        raise CheckpointError(f"{path}: --num-of-groups / --decoder-embedding: its head is {head}, not ML-Decoder")
+    model = create_model(name, num_classes, head=head, **extra)
+    own = model.state_dict()
+    problems = []
+    for k, v in state.items():
+        if k not in own:
+            problems.append(f"unexpected key {k}")
+        elif tuple(v.shape) != tuple(own[k].shape):
+            problems.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    # BatchNorm's step counter is not in inplace_abn files and carries no weights.
+    problems += [f"missing key {k}" for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if problems:
+        raise CheckpointError(
+            f"{path}: does not fit {name} with {num_classes} classes "
+            f"({len(problems)} problems; first: {'; '.join(problems[:3])})"
+        )
+    model.load_state_dict(state, strict=False)  # every key was checked above
+    model.eval()
+    from .models import data_config
+
+    mean, std = data_config(model)
+    info = {
+        "model_name": name,
+        "num_classes": num_classes,
+        "class_names": class_names_of(ckpt, num_classes),
+        "named": bool(ckpt.get("idx_to_class")),
+        "image_size": ckpt.get("image_size") or zoo_image_size(path) or OFFICIAL_IMAGE_SIZE.get(name.split(".")[0]),
+        "head": head,
+        "decoder": decoder,
+        "mean": tuple(ckpt.get("mean") or mean),
+        "std": tuple(ckpt.get("std") or std),
+        "thresholds": ckpt.get("thresholds"),
+        "config": ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None,
+    }
+    return model, info
+
+
+def _check_decoder_flags(decoder: Dict[str, int], num_classes: int, groups, embed, path) -> None:
+    """``--num-of-groups`` and ``--decoder-embedding`` (as the official commands pass them) against
+    the ML-Decoder head the weights hold."""
+    if decoder["num_classes"] != num_classes:
+        raise CheckpointError(
+            f"{path}: says {num_classes} classes, its ML-Decoder head has {decoder['num_classes']} outputs"
+        )
+    if groups not in (None, -1) and min(int(groups), num_classes) != decoder["groups"]:
+        raise CheckpointError(
+            f"{path}: --num-of-groups {groups}, but its ML-Decoder head has {decoder['groups']} groups "
+            f"({decoder['k']} classes each); pass --num-of-groups {decoder['groups']} or leave it out"
+        )
+    if embed not in (None, -1) and int(embed) != decoder["embed_dim"]:
+        raise CheckpointError(
+            f"{path}: --decoder-embedding {embed}, but its ML-Decoder head is {decoder['embed_dim']} wide; "
+            f"pass --decoder-embedding {decoder['embed_dim']} or leave it out"
+        )

@@ -16,23 +16,21 @@ the same labels and scores. Nothing in this module imports torch or timm.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Type
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .errors import ASLError, CheckpointError, ConfigError
+from .classes import check_class_names
+from .errors import CheckpointError, ConfigError
 
 __all__ = [
     "OnnxTagger",
     "METADATA",
     "read_metadata",
     "preprocess",
-    "read_class_names",
     "check_metadata",
-    "check_class_names",
 ]
 
 # metadata_props keys written by asl.export (values are strings; JSON where structured)
@@ -49,26 +47,6 @@ METADATA = {
     "config": "JSON: the training config, when the checkpoint had one (validate.py's defaults)",
     "source": "the checkpoint's file name",
 }
-
-
-def read_class_names(path: str | os.PathLike, num_classes: Optional[int] = None) -> list:
-    """Class names from a text file, one per line (blank lines skipped), e.g. a tagged set's
-    ``classes.txt``; their count must be ``num_classes`` when given."""
-    p = Path(path)
-    try:
-        names = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        raise CheckpointError(f"--class-names file not found: {path}") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"--class-names {path} is a folder, not a file of names") from None
-    except UnicodeDecodeError:
-        raise CheckpointError(f"--class-names {path}: not a UTF-8 text file") from None
-    except OSError as e:
-        raise CheckpointError(f"--class-names {path}: cannot read it ({e.strerror or type(e).__name__})") from None
-    check_class_names(names, f"--class-names {path}")
-    if num_classes is not None and len(names) != num_classes:
-        raise CheckpointError(f"--class-names {path} lists {len(names)} names, the model has {num_classes} classes")
-    return names
 
 
 def read_metadata(session) -> Dict[str, Any]:
@@ -139,29 +117,6 @@ def check_metadata(
                 + f", each in [0, 1]; got {len(thr) if isinstance(thr, list) else repr(thr)}"
             )
     return meta
-
-
-def check_class_names(
-    names: Sequence[str], what: str, unique: bool = True, error: Type[ASLError] = CheckpointError
-) -> List[str]:
-    """Class names as every dataset and model file must hold them: non-empty, on one line each (no
-    newline, tab or NUL), without surrounding spaces, and (``unique``) each listed once; else one
-    ``error`` line (a dataset's: :class:`~asl.errors.DataError`)."""
-    seen, dup = set(), []
-    for n in names:
-        if not isinstance(n, str) or not n.strip():
-            raise error(f"{what}: a class name is empty")
-        if any(ch in n for ch in "\n\r\t\x00") or n != n.strip():
-            raise error(f"{what}: class name {n!r} holds a newline, tab, NUL or surrounding spaces")
-        if n in seen:
-            dup.append(n)
-        seen.add(n)
-    if dup and unique:
-        raise error(
-            f"{what}: {len(dup)} class name{'s are' if len(dup) > 1 else ' is'} listed twice "
-            f"({', '.join(map(repr, dup[:3]))}); each class needs one name of its own"
-        )
-    return list(names)
 
 
 def preprocess(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

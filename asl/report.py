@@ -20,7 +20,8 @@ import base64
 import html
 import io
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -81,6 +82,20 @@ def _f1_curve(scores: np.ndarray, targets: np.ndarray, grid: np.ndarray):
     return np.array(of1), np.array(cf1)
 
 
+@dataclass
+class _Data:
+    """What every section reads: scores (N, C), targets (N, C), names, AP in percent (C,), the
+    classes with positives sorted by AP (best first), positives per class."""
+
+    scores: np.ndarray
+    targets: np.ndarray
+    names: List[str]
+    ap: np.ndarray
+    valid: np.ndarray
+    order: np.ndarray
+    positives: np.ndarray
+
+
 @plain_labels
 def render_report(
     scores: np.ndarray,
@@ -106,82 +121,117 @@ def render_report(
         thresholds: calibrated per-class thresholds to mark, or None.
         sheet_size: pictures per row of the contact sheet.
     """
-    from .plots import _pyplot
-
-    plt = _pyplot()
     scores, targets = np.asarray(scores, np.float32), np.asarray(targets, np.float32)
     ap = np.asarray(per_class_ap, np.float64) * 100
-    names = list(class_names)
     valid = np.flatnonzero(~np.isnan(ap))
-    order = valid[np.argsort(-ap[valid], kind="stable")]
-    positives = (targets == 1).sum(0)
+    d = _Data(
+        scores,
+        targets,
+        list(class_names),
+        ap,
+        valid,
+        valid[np.argsort(-ap[valid], kind="stable")],
+        (targets == 1).sum(0),
+    )
     esc = html.escape
-    parts: List[str] = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        REPORT_GENERATOR,  # what tells a report this package wrote from a user's page
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-    ]
+    return "\n".join(
+        [
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            REPORT_GENERATOR,  # what tells a report this package wrote from a user's page
+            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+            f"<h1>{esc(title)}</h1>",
+            _metrics_section(headline),
+            _ap_section(d),
+            _pr_section(d),
+            _f1_section(d, thresholds),
+            _frequency_section(d),
+            _contact_sheet(d, image_paths, sheet_size),
+            "</body></html>",
+        ]
+    )
 
+
+def _metrics_section(headline: Dict[str, Any]) -> str:
+    esc = html.escape
     rows = "".join(
         f"<tr><th>{esc(str(k))}</th><td>{v:.2f}</td></tr>"
         if isinstance(v, float)
         else f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>"
         for k, v in headline.items()
     )
-    parts.append(f"<section id='metrics'><h2>Metrics</h2><table>{rows}</table></section>")
+    return f"<section id='metrics'><h2>Metrics</h2><table>{rows}</table></section>"
 
-    fig, ax = plt.subplots(figsize=(9, max(2.5, min(0.16 * len(order), 40))))
-    ax.barh(range(len(order)), ap[order][::-1], color="#3b6ea8")
-    if len(order) <= 120:
-        ax.set_yticks(range(len(order)))
-        ax.set_yticklabels([names[i] for i in order][::-1], fontsize=7)
-    ax.set_xlabel("AP (%)")
-    ax.set_xlim(0, 100)
+
+def _figure(draw: Callable[[Any], None], size) -> str:
+    """A figure drawn by ``draw(ax)``, as an inline PNG."""
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=size)
+    draw(ax)
     src = _png(fig)
     plt.close(fig)
-    parts.append(
+    return src
+
+
+def _ap_section(d: _Data) -> str:
+    def draw(ax):
+        ax.barh(range(len(d.order)), d.ap[d.order][::-1], color="#3b6ea8")
+        if len(d.order) <= 120:
+            ax.set_yticks(range(len(d.order)))
+            ax.set_yticklabels([d.names[i] for i in d.order][::-1], fontsize=7)
+        ax.set_xlabel("AP (%)")
+        ax.set_xlim(0, 100)
+
+    src = _figure(draw, (9, max(2.5, min(0.16 * len(d.order), 40))))
+    return (
         f"<section id='per-class-ap'><h2>Per-class AP, sorted</h2><img alt='per-class AP' src='{src}'>"
-        f"<p class='note'>{len(valid)} classes with positives; {len(names) - len(valid)} without (left out)</p>"
+        f"<p class='note'>{len(d.valid)} classes with positives; {len(d.names) - len(d.valid)} without (left out)</p>"
         "</section>"
     )
 
-    k = min(3, len(order))
-    picked = [*order[:k], *order[::-1][:k]] if len(order) > k else list(order)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for i in dict.fromkeys(picked):
-        known = targets[:, i] >= 0
-        r, p = _pr_curve(scores[known, i], targets[known, i] == 1)
-        ax.plot(r, p, label=f"{names[i]} (AP {ap[i]:.1f})", linestyle="-" if i in order[:k] else "--")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, loc="lower left")
-    src = _png(fig)
-    plt.close(fig)
-    parts.append(
+
+def _pr_section(d: _Data) -> str:
+    k = min(3, len(d.order))
+    picked = [*d.order[:k], *d.order[::-1][:k]] if len(d.order) > k else list(d.order)
+
+    def draw(ax):
+        for i in dict.fromkeys(picked):
+            known = d.targets[:, i] >= 0
+            r, p = _pr_curve(d.scores[known, i], d.targets[known, i] == 1)
+            ax.plot(r, p, label=f"{d.names[i]} (AP {d.ap[i]:.1f})", linestyle="-" if i in d.order[:k] else "--")
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7, loc="lower left")
+
+    src = _figure(draw, (6, 4.5))
+    return (
         "<section id='pr-curves'><h2>Precision-recall: the best and the worst classes</h2>"
         f"<img alt='precision-recall curves' src='{src}'></section>"
     )
 
+
+def _f1_section(d: _Data, thresholds: Optional[Sequence[float]]) -> str:
     grid = np.linspace(0.0, 0.99, 100)
-    of1, cf1 = _f1_curve(scores, targets, grid)
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.plot(grid, of1 * 100, label="overall F1 (OF1)")
-    ax.plot(grid, cf1 * 100, label="mean per-class F1 (F_C)")
-    if thresholds is not None:
-        for t in thresholds:
-            ax.axvline(float(t), color="#c44", alpha=0.25, linewidth=0.8)
-        ax.plot([], [], color="#c44", alpha=0.5, label="calibrated per-class thresholds")
-    ax.set_xlabel("threshold (one for all classes)")
-    ax.set_ylabel("F1 (%)")
-    ax.legend(fontsize=7)
-    src = _png(fig)
-    plt.close(fig)
+    of1, cf1 = _f1_curve(d.scores, d.targets, grid)
+
+    def draw(ax):
+        ax.plot(grid, of1 * 100, label="overall F1 (OF1)")
+        ax.plot(grid, cf1 * 100, label="mean per-class F1 (F_C)")
+        if thresholds is not None:
+            for t in thresholds:
+                ax.axvline(float(t), color="#c44", alpha=0.25, linewidth=0.8)
+            ax.plot([], [], color="#c44", alpha=0.5, label="calibrated per-class thresholds")
+        ax.set_xlabel("threshold (one for all classes)")
+        ax.set_ylabel("F1 (%)")
+        ax.legend(fontsize=7)
+
+    src = _figure(draw, (6, 3.8))
     best = float(grid[int(np.argmax(of1))])
-    parts.append(
+    return (
         "<section id='f1-threshold'><h2>F1 against the threshold</h2>"
         f"<img alt='F1 against threshold' src='{src}'>"
         f"<p class='note'>best single threshold for OF1: {best:.2f}"
@@ -189,44 +239,47 @@ def render_report(
         + "</p></section>"
     )
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.scatter(np.maximum(positives[valid], 1), ap[valid], s=12, alpha=0.7)
-    ax.set_xscale("log")
-    ax.set_xlabel("positives in this split (log scale)")
-    ax.set_ylabel("AP (%)")
-    src = _png(fig)
-    plt.close(fig)
-    parts.append(
+
+def _frequency_section(d: _Data) -> str:
+    def draw(ax):
+        ax.scatter(np.maximum(d.positives[d.valid], 1), d.ap[d.valid], s=12, alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_xlabel("positives in this split (log scale)")
+        ax.set_ylabel("AP (%)")
+
+    src = _figure(draw, (6, 3.8))
+    return (
         "<section id='frequency-ap'><h2>Frequency against AP</h2>"
         f"<img alt='class frequency against AP' src='{src}'></section>"
     )
 
-    neg = np.where(targets == 0, scores, -np.inf)
-    pos = np.where(targets == 1, scores, np.inf)
+
+def _contact_sheet(d: _Data, image_paths: Sequence[str], sheet_size: int) -> str:
+    esc = html.escape
+    neg = np.where(d.targets == 0, d.scores, -np.inf)
+    pos = np.where(d.targets == 1, d.scores, np.inf)
 
     def sheet(flat_order, values, what):
         cells = []
         for idx in flat_order:
-            r, c = divmod(int(idx), scores.shape[1])
+            r, c = divmod(int(idx), d.scores.shape[1])
             if not np.isfinite(values[r, c]) or len(cells) >= sheet_size:
                 continue
             thumb = _thumb(image_paths[r]) if r < len(image_paths) else None
-            img = f"<img alt='{esc(names[c])}' src='{thumb}'>" if thumb else "<p>(unreadable)</p>"
+            img = f"<img alt='{esc(d.names[c])}' src='{thumb}'>" if thumb else "<p>(unreadable)</p>"
             cells.append(
-                f"<figure>{img}<figcaption><b>{esc(names[c])}</b> {scores[r, c]:.3f} {what}<br>"
+                f"<figure>{img}<figcaption><b>{esc(d.names[c])}</b> {d.scores[r, c]:.3f} {what}<br>"
                 f"{esc(os.path.basename(str(image_paths[r])))}</figcaption></figure>"
             )
         return "".join(cells) or "<p>none</p>"
 
     fp = sheet(np.argsort(-neg, axis=None, kind="stable")[: sheet_size * 4], neg, "(not a label)")
     fn = sheet(np.argsort(pos, axis=None, kind="stable")[: sheet_size * 4], pos, "(a missed label)")
-    parts.append(
+    return (
         "<section id='contact-sheet'><h2>Contact sheet</h2>"
         f"<h3>Most confident false positives</h3><div class='sheet'>{fp}</div>"
         f"<h3>Most missed positives</h3><div class='sheet'>{fn}</div></section>"
     )
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def write_report(path: str | os.PathLike, **kwargs: Any) -> str:

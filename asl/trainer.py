@@ -19,7 +19,6 @@ calls ``fit``; rank 0 writes the files.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -30,45 +29,33 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .builders import dataset_from_config, loader_for, loss_from_config, prepare_data
+from .builders import RunObjects, build_run
 from .checkpoint import (
     RunState,
     check_resume,
-    load_init_checkpoint,
+    get_rng_state,
     load_resume_checkpoint,
     make_checkpoint,
     restore_training_state,
     save_checkpoint,
+    set_rng_state,
     training_checkpoint,
 )
-from .checks import check_training, resolve_device, resolve_training, tensorboard_dir
+from .checks import check_training, resolve_training, tensorboard_dir
 from .config import Config, dump_config
-from .data.base import split_warnings
-from .distributed import EpochSampler, ShardSampler, all_true, broadcast_buffers, gather_rows, init_distributed
-from .engine import (
-    Optimization,
-    StepSettings,
-    amp_dtype_for,
-    build_optimizer,
-    build_scheduler,
-    evaluate,
-    get_rng_state,
-    seed_everything,
-    set_rng_state,
-    train_one_epoch,
-)
-from .errors import ConfigError, DataError
+from .distributed import all_true, broadcast_buffers, gather_rows
+from .engine import evaluate, train_one_epoch
+from .errors import DataError
 from .files import atomic_write
-from .hooks import CheckpointEvery, GammaTrace, Hook, HtmlReport, StopOnSignal, TensorBoard
+from .hooks import GammaTrace, Hook, HtmlReport, RunView, TensorBoard
 from .losses import AdaptiveAsymmetricLoss
-from .models import check_batch_trainable, create_model, data_config
 from .pretrained import resolve_pretrained
 from .process import StopSignal
 from .rundir import TRAINING, claim, config_sources, writable_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit", "RunResult", "Trainer", "Hook", "StopOnSignal", "CheckpointEvery", "GammaTrace", "TensorBoard"]
+__all__ = ["fit", "RunResult", "Trainer", "Hook", "RunView", "GammaTrace", "TensorBoard", "HtmlReport"]
 
 
 @dataclass
@@ -109,15 +96,17 @@ class RunResult:
         return self.output / "last.pth"
 
 
-def fit(cfg: Config, hooks: Sequence["Hook"] = ()) -> RunResult:
+def fit(cfg: Config, hooks: Sequence[Hook] = (), checked: bool = False) -> RunResult:
     """Train, evaluate every epoch, keep the best and the last state.
 
     Args:
-        cfg: a training config (``asl.checks.prepare_training`` builds it from a command line);
-            unset fields are resolved (model, input size, output folder) and every value, name
-            and file is checked before anything is read or written.
-        hooks: :class:`Hook` objects called after every optimizer step and every epoch, after
-            the run's own (signals, the adaptive gamma- trace, ``--checkpoint-every``).
+        cfg: a training config; unset fields are resolved (model, input size, output folder) and
+            every value, name and file is checked before anything is read or written
+            (:func:`asl.checks.check_training`), unless ``checked``.
+        hooks: :class:`Hook` objects called after every optimizer step and every epoch, after the
+            run's own (the adaptive gamma- trace, TensorBoard, the report).
+        checked: ``cfg`` comes from :func:`asl.checks.prepare_training` (the command line): the
+            checks are not run twice.
 
     Returns:
         :class:`RunResult`.
@@ -125,13 +114,16 @@ def fit(cfg: Config, hooks: Sequence["Hook"] = ()) -> RunResult:
     Raises:
         ASLError: bad input (config, data, checkpoint): the command line prints it as one line.
     """
-    cfg = check_training(resolve_training(cfg))
+    if not checked:
+        cfg = check_training(resolve_training(cfg))
     resume_ckpt = None
     if cfg.resume:
         resume_ckpt = load_resume_checkpoint(cfg.resume)
         check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, config=cfg)
     out = Path(cfg.output)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes (and holds the lock)
+    benchmark = torch.backends.cudnn.benchmark
+    # a start that fails (or a dry run) leaves no empty folder
     with claim(
         out,
         TRAINING,
@@ -139,185 +131,92 @@ def fit(cfg: Config, hooks: Sequence["Hook"] = ()) -> RunResult:
         sources=config_sources(cfg),
         resume=cfg.resume,
         is_main=main,
-        dry_run=cfg.dry_run,  # a start that fails (or a dry run) leaves no empty folder
+        dry_run=cfg.dry_run,
     ):
-        return _fit(cfg, out, resume_ckpt, hooks, main)
+        try:
+            if main and cfg.log_dir and not cfg.dry_run:
+                writable_dir(Path(cfg.log_dir), "--log-dir")
+            # the pretrained start, before any data is read: downloaded once, or one error line offline
+            source = resolve_pretrained(cfg.model_name) if cfg.pretrained and not cfg.resume else None
+            run = build_run(cfg, resume_ckpt, source)
+            trainer = Trainer(run, out, resume_ckpt, hooks)
+            if cfg.dry_run:  # everything resolved and checked: say what would run, write nothing
+                print(run.plan)
+                print(f"dry run: nothing trained or written; without --dry-run the run writes into {out}")
+                return RunResult(out, trainer.state.best, [], is_main=trainer.main)
+            with StopSignal() as stop:  # the previous handlers come back when fit returns
+                return trainer.loop(stop)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark  # set for this run's fixed-size inputs only
 
 
-def _fit(
-    cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], hooks: Sequence["Hook"], main: bool
-) -> RunResult:
-    """Build the run in its claimed folder, train it."""
-    benchmark = torch.backends.cudnn.benchmark
-    try:
-        if main and cfg.log_dir and not cfg.dry_run:
-            writable_dir(Path(cfg.log_dir), "--log-dir")
-        # the pretrained start, before any data is read: downloaded once, or one error line offline
-        source = resolve_pretrained(cfg.model_name) if cfg.pretrained and not cfg.resume else None
-        run = Trainer(cfg, out, resume_ckpt, source, hooks)
-        if cfg.dry_run:  # everything resolved and checked: say what would run, write nothing
-            print(run.plan)
-            print(f"dry run: nothing trained or written; without --dry-run the run writes into {out}")
-            return RunResult(out, run.state.best, [], is_main=run.main)
-        with StopSignal() as stop:  # the previous handlers come back when fit returns
-            return run.loop(stop)
-    finally:
-        torch.backends.cudnn.benchmark = benchmark  # set for this run's fixed-size inputs only
+@dataclass(frozen=True)
+class EpochPosition:
+    """Where the loop is inside an epoch: the epoch, and the steps it had done before this
+    process started it (a mid-epoch resume), which a step's count within the epoch adds to."""
+
+    epoch: int
+    done_before: int = 0
 
 
 class Trainer:
-    """The objects of one run, built in torchvision's ``main()`` order (device, data, model,
-    optimizer, schedule, EMA, scaler, resume), and its epoch loop with explicit state
-    (:class:`asl.checkpoint.RunState`) and hooks. :func:`fit` builds and runs one.
+    """The epoch loop of one run over its built objects (:class:`asl.builders.RunObjects`), with
+    explicit state (:class:`asl.checkpoint.RunState`) and hooks. :func:`fit` builds and runs one.
 
     Args:
-        cfg: the checked training config.
+        run: the run's objects (:func:`asl.builders.build_run`).
         out: the run's output folder (claimed by :func:`fit`).
         resume_ckpt: the ``last.pth`` dict to resume from, or None.
-        source: the pretrained start (:class:`asl.pretrained.PretrainedSource`), or None.
         hooks: extra :class:`Hook` objects, called after the run's own.
     """
 
-    def __init__(
-        self, cfg: Config, out: Path, resume_ckpt: Optional[Dict[str, Any]], source=None, hooks: Sequence[Hook] = ()
-    ):
-        self.cfg, self.out = cfg, out
-        self.dist, device = init_distributed(resolve_device(cfg.device))
-        self.device = device
-        cuda = device.type == "cuda"
-        # CUDA: channels_last unless --no-channels-last (NHWC convolutions; measured on an H100, torch 2.11:
-        # 374 vs 312 img/s for TResNet-L 448, 3118 vs 2136 for TResNet-M 224); cuDNN picks its
-        # fastest kernels for the fixed input size; fused optimizer steps that skip on the device.
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
-        cfg = self.cfg = dataclasses.replace(cfg, channels_last=self.channels_last)  # what ran, in config.yaml
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-        self.main = self.dist.is_main  # only it writes files (logging is already rank 0 only)
-        if self.main and (out / "metrics.jsonl").exists() and not cfg.resume and not cfg.dry_run:
+    def __init__(self, run: RunObjects, out: Path, resume_ckpt: Optional[Dict[str, Any]], hooks: Sequence[Hook] = ()):
+        self.run, self.cfg, self.out = run, run.cfg, out
+        self.main = run.dist.is_main  # only it writes files (logging is already rank 0 only)
+        writes = self.main and not self.cfg.dry_run
+        if writes and (out / "metrics.jsonl").exists() and not self.cfg.resume:
             (out / "metrics.jsonl").unlink()  # an --overwrite run replaces the earlier one's record
-        seed_everything(cfg.seed)
-        self.amp_dtype = amp_dtype_for(device, cfg.amp)
-
-        self.loss_fn = loss_from_config(cfg).to(device)  # a bad loss setting fails before any data is read
-        # Data first: the class count sizes the head; mean/std come from the model's timm config.
-        mean, std = data_config(cfg.model_name)
-        prepare_data(cfg)
-        self.train_ds = dataset_from_config(cfg, train=True, mean=mean, std=std)
-        self.val_ds = dataset_from_config(cfg, train=False, mean=mean, std=std)
-        log.info("%s\n%s", self.train_ds.summary(), self.val_ds.summary())
-        for warning in split_warnings(self.train_ds, self.val_ds) + count_warnings(cfg, self.train_ds, self.val_ds):
-            log.warning("warning: %s", warning)
-        if resume_ckpt is not None:
-            check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, self.train_ds.class_names)
-        per_rank = -(-len(self.train_ds) // self.dist.world_size)
-        smallest = cfg.batch_size if per_rank > cfg.batch_size else per_rank  # later batches of one are dropped
-        if smallest == 1 or cfg.batch_size == 1:
-            check_batch_trainable(cfg.model_name, cfg.image_size, 1)
-        model = create_model(
-            cfg.model_name,
-            self.train_ds.num_classes,
-            head=cfg.head,
-            pretrained_file=str(source.file) if source is not None else None,
-            num_groups=cfg.num_of_groups,
-            decoder_embedding=cfg.decoder_embedding,
-        )
-        if source is not None:
-            log.info("pretrained start: %s", source.describe())
-        init = cfg.init_checkpoint or cfg.model_path
-        if init:
-            load_init_checkpoint(model, init)
-        if cfg.sync_bn and self.dist.enabled:
-            if device.type != "cuda":
-                raise ConfigError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU implementation)")
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.plan = recipe(cfg, source, mean, std, self.train_ds, self.val_ds)
-        log.info("%s", self.plan)
-
-        self.sampler = EpochSampler(len(self.train_ds), cfg.seed, self.dist.rank, self.dist.world_size)
-        self.train_loader = loader_for(self.train_ds, cfg, train=True, device=device, sampler=self.sampler)
-        val_sampler = (
-            ShardSampler(len(self.val_ds), self.dist.rank, self.dist.world_size) if self.dist.enabled else None
-        )
-        self.val_loader = loader_for(self.val_ds, cfg, train=False, device=device, sampler=val_sampler)
-        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, fused=cuda)
-        self.scheduler = build_scheduler(
-            self.optimizer, cfg.lr, cfg.epochs, max(len(self.train_loader) // cfg.accum_steps, 1), cfg.pct_start
-        )
-        self.ema = None
-        if cfg.ema:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
-        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
-        # no host synchronization per step where the optimizer can skip a step on the device
-        self.defer_sync = cuda and self.scaler is None and getattr(self.optimizer, "_step_supports_amp_scaling", False)
-        self.optimization = Optimization(
-            self.loss_fn, self.optimizer, self.scheduler, self.ema, self.scaler, cfg.grad_clip
-        )
-        self.step_settings = StepSettings(
-            amp_dtype=self.amp_dtype,
-            channels_last=self.channels_last,
-            accum_steps=cfg.accum_steps,
-            max_nonfinite=cfg.max_nonfinite,
-            all_finite=(lambda ok: all_true(ok, self.dist)) if self.dist.enabled else None,
-            defer_sync=self.defer_sync,
-        )
-        net = model  # what the steps run: DDP under torchrun; EMA and checkpoints use the bare model
-        if self.dist.enabled:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        if cfg.compile:
-            net = torch.compile(net)
-        self.net = net
-
-        self.state = RunState()
-        if resume_ckpt is not None:
-            self.state = restore_training_state(
-                resume_ckpt, model, self.optimizer, self.scheduler, self.ema, self.scaler, self.loss_fn
-            )
-            log.info(
-                "resumed from %s at epoch %d%s",
-                cfg.resume,
-                self.state.next_epoch,
-                f", step {self.state.step_in_epoch}" if self.state.mid_epoch else "",
-            )
-            if not self.state.mid_epoch and self.state.rng is not None:
-                set_rng_state(self.state.rng)  # mid-epoch: train_one_epoch restores them once its iterator exists
-        if self.main and not cfg.dry_run:
-            dump_config(cfg, out / "config.yaml")
+        self.state = self._restore(resume_ckpt) if resume_ckpt is not None else RunState()
+        if writes:
+            dump_config(self.cfg, out / "config.yaml")
         self.meta = dict(
-            model_name=cfg.model_name,
-            class_names=self.train_ds.class_names,
-            image_size=cfg.image_size,
-            mean=mean,
-            std=std,
-            config=cfg.to_dict(),
-            head=cfg.head,
+            model_name=self.cfg.model_name,
+            class_names=run.train_ds.class_names,
+            image_size=self.cfg.image_size,
+            mean=run.mean,
+            std=run.std,
+            config=self.cfg.to_dict(),
+            head=self.cfg.head,
         )
-        self.adaptive = isinstance(self.loss_fn, AdaptiveAsymmetricLoss)
-        events = tensorboard_dir(cfg)  # TensorBoard's folder, or None
+        events = tensorboard_dir(self.cfg)  # TensorBoard's folder, or None
+        adaptive = isinstance(run.optimization.loss_fn, AdaptiveAsymmetricLoss)
         self.hooks: List[Hook] = [
-            StopOnSignal(),
-            *([GammaTrace()] if self.adaptive else []),
-            CheckpointEvery(cfg.checkpoint_every),
+            *([GammaTrace()] if adaptive else []),
             *([TensorBoard(events)] if events else []),
             HtmlReport(),
             *hooks,
         ]
+        self.view = _View(self)
         self.last_evaluation: Optional[tuple] = None  # (model's, EMA's) of the latest epoch
         self.best_evaluation: Optional[Dict[str, Any]] = None  # the evaluation best.pth was chosen by
-        self.result: Optional[RunResult] = None  # set when the loop returns (not when it raises)
-        self.stop_requested = False
+        self.finished = False  # the loop returned (it did not raise)
         self.history: List[Dict[str, Any]] = []
-        if cfg.resume and (out / "metrics.jsonl").exists():
+        if self.cfg.resume and (out / "metrics.jsonl").exists():
             # records of epochs the resumed state has finished (a record written after the last
             # state was saved belongs to an epoch that is trained again)
             self.history = [r for r in read_metrics(out / "metrics.jsonl") if r["epoch"] < self.state.next_epoch]
+
+    def _restore(self, ckpt: Dict[str, Any]) -> RunState:
+        state = restore_training_state(ckpt, self.run.model, self.run.optimization)
+        log.info(
+            "resumed from %s at epoch %d%s",
+            self.cfg.resume,
+            state.next_epoch,
+            f", step {state.step_in_epoch}" if state.mid_epoch else "",
+        )
+        if not state.mid_epoch and state.rng is not None:
+            set_rng_state(state.rng)  # mid-epoch: train_one_epoch restores them once its iterator exists
+        return state
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -332,16 +231,7 @@ class Trainer:
         self.state.rng = get_rng_state()
         with self.stop.saving():  # a second Ctrl-C waits for the file to be whole
             save_checkpoint(
-                training_checkpoint(
-                    self.state,
-                    self.model,
-                    optimizer=self.optimizer,
-                    scheduler=self.scheduler,
-                    ema=self.ema,
-                    scaler=self.scaler,
-                    loss_fn=self.loss_fn,
-                    **self.meta,
-                ),
+                training_checkpoint(self.state, self.run.model, self.run.optimization, **self.meta),
                 self.out / "last.pth",
             )
 
@@ -349,43 +239,43 @@ class Trainer:
 
     def loop(self, stop: StopSignal) -> RunResult:
         try:
-            self.result = self._loop(stop)
-            return self.result
+            result = self._loop(stop)
+            self.finished = True
+            return result
         finally:
             for hook in self.hooks:
-                hook.after_run(self)
+                hook.after_run(self.view)
 
     def _loop(self, stop: StopSignal) -> RunResult:
-        cfg, state = self.cfg, self.state
+        cfg, state, run = self.cfg, self.state, self.run
         self.stop = stop
         start = state.next_epoch
         end = min(cfg.stop_epoch or cfg.epochs, cfg.epochs)
         log.info(
             "training %s on %s for %d epochs (schedule %d), %s, loss %s, %d steps/epoch",
             cfg.model_name,
-            self.device,
+            run.device,
             end - start,
             cfg.epochs,
-            "AMP " + str(self.amp_dtype) if self.amp_dtype else "fp32",
-            self.loss_fn.__class__.__name__,
-            len(self.train_loader),
+            "AMP " + str(run.steps.amp_dtype) if run.steps.amp_dtype else "fp32",
+            run.optimization.loss_fn.__class__.__name__,
+            len(run.train_loader),
         )
         result = RunResult(self.out, state.best, self.history, is_main=self.main)
         for epoch in range(start, end):
             t0 = time.perf_counter()
             resume = state.epoch_resume() if epoch == start else None
-            done_before = resume["step"] if resume else 0
-            self.sampler.set_epoch(epoch, done_before * cfg.batch_size)
-            self.epoch, self.done_before = epoch, done_before
+            at = EpochPosition(epoch, resume["step"] if resume else 0)
+            run.sampler.set_epoch(epoch, at.done_before * cfg.batch_size)
             stats = train_one_epoch(
-                self.net,
-                self.train_loader,
-                self.optimization,
-                self.device,
-                self.step_settings,
+                run.net,
+                run.train_loader,
+                run.optimization,
+                run.device,
+                run.steps,
                 epoch=epoch,
                 global_step=state.global_step,
-                on_step=self.on_step,
+                on_step=lambda step, partial, at=at: self.after_step(at, step, partial),
                 resume=resume,
                 print_freq=cfg.print_freq,
             )
@@ -416,57 +306,55 @@ class Trainer:
                 )
                 result.stopped_by, result.signum, result.best = stop.name, stop.signum, state.best
                 return result
-        if self.dist.enabled:
+        if run.dist.enabled:
             torch.distributed.destroy_process_group()
         result.best = state.best
         return result
 
-    def on_step(self, step: int, partial: Dict[str, Any]) -> bool:
-        """After every optimizer step: the hooks, in order; True ends the epoch."""
+    def after_step(self, at: EpochPosition, step: int, partial: Dict[str, Any]) -> bool:
+        """After every optimizer step: a signal (SIGTERM / SIGINT, on every rank at the same step)
+        or ``--checkpoint-every`` saves ``last.pth``; then the hooks, in order. True ends the epoch:
+        a signal, or a hook that asked (its state saved as a signal's stop is)."""
         self.state.global_step = step
-        stop = False
+        signal = self.stop.received
+        if self.run.dist.enabled:  # every rank stops at the same step, or the others would hang
+            signal = not all_true(not signal, self.run.dist)
+        in_epoch = at.done_before + partial["steps"]
+        every = self.cfg.checkpoint_every
+        due = every and step % every == 0 and in_epoch < len(self.run.train_loader) + at.done_before
+        if signal or due:
+            self.save_last(at.epoch, in_epoch, partial)
+        self.view.stop_asked = False
+        asked = False
         for hook in self.hooks:
-            stop = bool(hook.after_step(self, step, partial)) or stop
-        if stop and not self.stop_requested:  # a hook of the caller's ended the run: saved as a signal's stop is
-            self.stop_requested = True
-            self.save_last(self.epoch, self.done_before + partial["steps"], partial)
-        return stop
+            asked = bool(hook.after_step(self.view, step, partial)) or asked
+        asked = asked or self.view.stop_asked
+        if asked and not signal:  # a hook of the caller's ended the run: saved as a signal's stop is
+            self.save_last(at.epoch, in_epoch, partial)
+        return signal or asked
 
     def evaluate_epoch(self, epoch: int, stats: Dict[str, Any], t0: float) -> Dict:
         """Evaluate the model and its EMA, write the epoch's record, keep the better one as best.pth."""
-        state, ema = self.state, self.ema
-        gather = (lambda rows: gather_rows(rows, len(self.val_ds), self.dist)) if self.dist.enabled else None
-        for m in (self.model, ema.module if ema else None):
+        run = self.run
+        ema = run.optimization.ema
+        gather = (lambda rows: gather_rows(rows, len(run.val_ds), run.dist)) if run.dist.enabled else None
+        for m in (run.model, ema.module if ema else None):
             if m is not None:
-                broadcast_buffers(m, self.dist)  # ranks evaluate (and rank 0 saves) one model
-        ev = evaluate(self.model, self.val_loader, self.device, amp_dtype=self.amp_dtype, desc="val", gather=gather)
+                broadcast_buffers(m, run.dist)  # ranks evaluate (and rank 0 saves) one model
+        amp = run.steps.amp_dtype
+        ev = evaluate(run.model, run.val_loader, run.device, amp_dtype=amp, desc="val", gather=gather)
         ev_ema = (
-            evaluate(ema.module, self.val_loader, self.device, amp_dtype=self.amp_dtype, desc="val ema", gather=gather)
+            evaluate(ema.module, run.val_loader, run.device, amp_dtype=amp, desc="val ema", gather=gather)
             if ema
             else None
         )
-        pos, neg = ev["targets"] == 1, ev["targets"] == 0
-        rec = {
-            "epoch": epoch,
-            "train_loss": stats["train_loss"],
-            "mAP": ev["mAP"],
-            "mAP_ema": ev_ema["mAP"] if ev_ema else None,
-            "lr": stats["lr"],
-            "seconds": time.perf_counter() - t0,
-            "images_per_s": stats["images_per_s"],
-            "data_time": stats["data_time"],
-            "nonfinite_steps": stats["nonfinite_steps"],
-            "bad_images": stats["bad_images"] + ev["bad_images"],
-            # mean validation probability of positive and of negative labels (paper Sec. 2.6)
-            "p_pos": float(ev["scores"][pos].mean()) if pos.any() else None,
-            "p_neg": float(ev["scores"][neg].mean()) if neg.any() else None,
-        }
+        rec = epoch_record(epoch, stats, ev, ev_ema, t0)
         self.last_evaluation = (ev, ev_ema)
         for hook in self.hooks:  # may add fields to the record before it is written
-            hook.after_epoch(self, rec)
+            hook.after_epoch(self.view, rec)
         if self.main:
             atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in [*self.history, rec]))
-            write_per_class_ap(self.out / "per_class_ap.json", epoch, self.train_ds.class_names, ev, ev_ema)
+            write_per_class_ap(self.out / "per_class_ap.json", epoch, run.train_ds.class_names, ev, ev_ema)
         log.info(
             "epoch %d: loss %.4f  mAP %.2f  mAP(EMA) %s  %.0fs%s",
             epoch,
@@ -476,86 +364,77 @@ class Trainer:
             rec["seconds"],
             f"  ({rec['bad_images']} unreadable images skipped)" if rec["bad_images"] else "",
         )
-
-        use_ema = ev_ema is not None and ev_ema["mAP"] > ev["mAP"]
-        current = max(ev["mAP"], ev_ema["mAP"] if ev_ema else -1.0)
-        if current > state.best["mAP"]:
-            state.best = {"mAP": current, "epoch": epoch, "selected": "ema" if use_ema else "model"}
-            self.best_evaluation = ev_ema if use_ema else ev
-            if self.main:
-                with self.stop.saving():
-                    save_checkpoint(
-                        make_checkpoint(
-                            ema.module if use_ema else self.model,
-                            epoch=epoch,
-                            selected=state.best["selected"],
-                            mAP=current,
-                            **self.meta,
-                        ),
-                        self.out / "best.pth",
-                    )
+        self.keep_best(epoch, ev, ev_ema)
         if self.main:
             from .plots import plot_training_curves
 
             plot_training_curves([*self.history, rec], self.out / "curves.png")
         return rec
 
+    def keep_best(self, epoch: int, ev: Dict[str, Any], ev_ema: Optional[Dict[str, Any]]) -> None:
+        """The better of the model and its EMA, when better than the best so far, as ``best.pth``."""
+        state, ema = self.state, self.run.optimization.ema
+        use_ema = ev_ema is not None and ev_ema["mAP"] > ev["mAP"]
+        current = max(ev["mAP"], ev_ema["mAP"] if ev_ema else -1.0)
+        if current <= state.best["mAP"]:
+            return
+        state.best = {"mAP": current, "epoch": epoch, "selected": "ema" if use_ema else "model"}
+        self.best_evaluation = ev_ema if use_ema else ev
+        if self.main:
+            with self.stop.saving():
+                save_checkpoint(
+                    make_checkpoint(
+                        ema.module if use_ema else self.run.model,
+                        epoch=epoch,
+                        selected=state.best["selected"],
+                        mAP=current,
+                        **self.meta,
+                    ),
+                    self.out / "best.pth",
+                )
 
-# The official annotated-image counts (images with at least one annotation: what the official
-# loader keeps). Another count means another split, and a number that cannot be compared.
-COCO_COUNTS = {"train2014": 82_081, "val2014": 40_137, "train2017": 117_266, "val2017": 4_952}
+
+def epoch_record(epoch: int, stats: Dict[str, Any], ev: Dict[str, Any], ev_ema: Optional[Dict[str, Any]], t0: float):
+    """The epoch's line of ``metrics.jsonl``."""
+    pos, neg = ev["targets"] == 1, ev["targets"] == 0
+    return {
+        "epoch": epoch,
+        "train_loss": stats["train_loss"],
+        "mAP": ev["mAP"],
+        "mAP_ema": ev_ema["mAP"] if ev_ema else None,
+        "lr": stats["lr"],
+        "seconds": time.perf_counter() - t0,
+        "images_per_s": stats["images_per_s"],
+        "data_time": stats["data_time"],
+        "nonfinite_steps": stats["nonfinite_steps"],
+        "bad_images": stats["bad_images"] + ev["bad_images"],
+        # mean validation probability of positive and of negative labels (paper Sec. 2.6)
+        "p_pos": float(ev["scores"][pos].mean()) if pos.any() else None,
+        "p_neg": float(ev["scores"][neg].mean()) if neg.any() else None,
+    }
 
 
-def count_warnings(cfg: Config, train_ds, val_ds) -> List[str]:
-    """A COCO split of the standard layout whose image count is not the official one."""
-    out = []
-    if cfg.dataset != "coco" or cfg.ann_file or cfg.keep_unannotated:
-        return out
-    for ds in (train_ds, val_ds):
-        split = ds.name.split()[-1]
-        want = COCO_COUNTS.get(split)
-        if want is not None and len(ds) != want:
-            out.append(
-                f"{ds.name} has {len(ds):,} annotated images, the official split {want:,}: its mAP is not "
-                f"comparable with the published numbers (a partial download, or another split)"
-            )
-    return out
+class _View(RunView):
+    """The :class:`asl.hooks.RunView` of a :class:`Trainer`: what its hooks see."""
 
+    def __init__(self, trainer: Trainer):
+        self._t = trainer
+        self.stop_asked = False
 
-def recipe(cfg: Config, source, mean, std, train_ds, val_ds) -> str:
-    """The resolved recipe in one block: what a run will train from, on what, how."""
-    start = (
-        source.describe()
-        if source is not None
-        else (
-            f"weights file {cfg.init_checkpoint or cfg.model_path}"
-            if (cfg.init_checkpoint or cfg.model_path)
-            else f"--resume {cfg.resume}"
-            if cfg.resume
-            else "random weights (no --pretrained)"
-        )
-    )
-    stop = f", stopped after {cfg.stop_epoch}" if cfg.stop_epoch and cfg.stop_epoch < cfg.epochs else ""
-    loss = cfg.loss + (
-        f" (gamma- {cfg.gamma_neg:g}, gamma+ {cfg.gamma_pos:g}, clip {cfg.clip:g})"
-        if cfg.loss in ("asl", "asl_optimized", "adaptive_asl")
-        else ""
-    )
-    return "\n".join(
-        [
-            "recipe:",
-            f"  model       {cfg.model_name}, start: {start}",
-            f"  input       {cfg.image_size} px ({cfg.resize}), mean {tuple(round(m, 4) for m in mean)}, "
-            f"std {tuple(round(s, 4) for s in std)}, augment {cfg.augment}",
-            f"  data        {cfg.dataset} {cfg.data_root}: train {len(train_ds):,} images, val {len(val_ds):,}, "
-            f"{train_ds.num_classes} classes",
-            f"  optimizer   {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, OneCycle over {cfg.epochs} epochs"
-            f"{stop}, batch {cfg.batch_size}"
-            + (f" x {cfg.accum_steps} accumulated" if cfg.accum_steps > 1 else "")
-            + (f", EMA {cfg.ema_decay:g}" if cfg.ema else ""),
-            f"  loss        {loss}",
-        ]
-    )
+    cfg = property(lambda self: self._t.cfg)
+    out = property(lambda self: self._t.out)
+    rank = property(lambda self: self._t.run.dist.rank)
+    is_main = property(lambda self: self._t.main)
+    state = property(lambda self: self._t.state)
+    loss_fn = property(lambda self: self._t.run.optimization.loss_fn)
+    lr = property(lambda self: self._t.run.optimization.optimizer.param_groups[0]["lr"])
+    last_evaluation = property(lambda self: self._t.last_evaluation)
+    best_evaluation = property(lambda self: self._t.best_evaluation)
+    val_dataset = property(lambda self: self._t.run.val_ds)
+    finished = property(lambda self: self._t.finished)
+
+    def request_stop(self) -> None:
+        self.stop_asked = True
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:

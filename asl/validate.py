@@ -248,7 +248,7 @@ def score(v: Validation) -> Scores:
     """Score the model on the config's evaluation split: read the data, match the classes by name,
     evaluate (PyTorch or onnxruntime, on the same input tensors), print the metrics line."""
     from .builders import dataset_from_config, loader_for
-    from .checkpoint import match_classes
+    from .classes import match_classes
     from .data.base import split_warnings
     from .metrics import mAP, multilabel_metrics
 

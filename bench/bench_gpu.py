@@ -35,8 +35,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asl import functional as AF  # noqa: E402
+from asl.builders import amp_dtype_for, build_optimizer, build_scheduler  # noqa: E402
 from asl.data import build_transform, create_dataset  # noqa: E402
-from asl.engine import Optimization, StepSettings, amp_dtype_for, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
+from asl.engine import Optimization, StepSettings, train_one_epoch  # noqa: E402
 from asl.losses import AsymmetricLoss  # noqa: E402
 from asl.models import create_model  # noqa: E402
 from bench.bench_train import Limited  # noqa: E402

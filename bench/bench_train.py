@@ -21,9 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from asl.builders import build_optimizer, build_scheduler  # noqa: E402
 from asl.data import build_transform, create_dataset  # noqa: E402
 from asl.data.demo import ensure_demo  # noqa: E402
-from asl.engine import Optimization, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
+from asl.engine import Optimization, train_one_epoch  # noqa: E402
 from asl.losses import AsymmetricLoss  # noqa: E402
 from asl.models import create_model, data_config  # noqa: E402
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asl.checkpoint import detect_official_tresnet, load_checkpoint, load_init_checkpoint, model_from_checkpoint
+from asl.checkpoint import detect_official_tresnet, load_checkpoint, load_init_checkpoint
+from asl.opening import model_from_checkpoint
 from asl.models import create_model
 
 from .helpers import key_list, to_timm_key

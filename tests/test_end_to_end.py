@@ -154,7 +154,7 @@ def test_infer_uses_the_official_infer_preprocessing_and_strict_threshold(traine
     from PIL import Image
 
     import infer
-    from asl.checkpoint import model_from_checkpoint
+    from asl.opening import model_from_checkpoint
     from asl.data.transforms import build_infer_transform, build_transform
 
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asl.engine import amp_dtype_for, build_optimizer, build_scheduler
+from asl.builders import amp_dtype_for, build_optimizer, build_scheduler
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 7, 50])

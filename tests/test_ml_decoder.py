@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from asl.checkpoint import detect_official_tresnet, load_checkpoint, model_from_checkpoint, normalize_state_dict
+from asl.checkpoint import detect_official_tresnet, load_checkpoint, normalize_state_dict
+from asl.opening import model_from_checkpoint
 from asl.errors import CheckpointError, ConfigError
 from asl.heads import MLDecoder, ml_decoder_groups
 from asl.models import create_model

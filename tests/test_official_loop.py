@@ -18,10 +18,11 @@ K, B = 3, 8  # batches per epoch, batch size
 def _fit_recording(tmp_path, monkeypatch, **overrides):
     """Run fit on the COCO recipe (augmentation off) and record its start, its batches in order (a
     tagged set of K batches per epoch, test_resnet at 32 px) and the learning rate after each step."""
+    import asl.builders as builders
     import asl.trainer as trainer
 
     seen = {"batches": [], "targets": [], "lrs": [], "start": None}
-    real_loss = trainer.loss_from_config
+    real_loss = builders.loss_from_config
 
     class Recording(torch.nn.Module):
         def __init__(self, inner):
@@ -32,8 +33,10 @@ def _fit_recording(tmp_path, monkeypatch, **overrides):
             seen["targets"].append(targets.detach().clone())
             return self.inner(logits, targets)
 
-    monkeypatch.setattr(trainer, "loss_from_config", lambda cfg: Recording(real_loss(cfg)))
-    real_create = trainer.create_model
+    monkeypatch.setattr(builders, "loss_from_config", lambda cfg: Recording(real_loss(cfg)))
+    import asl.models as models
+
+    real_create = models.create_model
 
     def create(*a, **k):
         model = real_create(*a, **k)
@@ -47,11 +50,11 @@ def _fit_recording(tmp_path, monkeypatch, **overrides):
         model.register_forward_pre_hook(pre_hook)
         return model
 
-    monkeypatch.setattr(trainer, "create_model", create)
+    monkeypatch.setattr(models, "create_model", create)
 
     class RecordRate(trainer.Hook):  # a hook: what a user adds to fit without touching the loop
         def after_step(self, t, step, partial):
-            seen["lrs"].append(t.optimizer.param_groups[0]["lr"])
+            seen["lrs"].append(t.lr)
             return False
 
     data = make_tagged(tmp_path / "d", n_train=K * B, n_val=8)

@@ -11,15 +11,17 @@ import signal
 import pytest
 import torch
 
+from asl.builders import build_optimizer, build_scheduler
 from asl.checkpoint import (
     RunState,
+    get_rng_state,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
     training_checkpoint,
 )
 from asl.config import load_config
-from asl.engine import build_optimizer, build_scheduler, get_rng_state
+from asl.engine import Optimization
 from asl.losses import AdaptiveAsymmetricLoss, AsymmetricLoss
 from asl.models import create_model
 from asl.trainer import RunResult, fit
@@ -103,12 +105,10 @@ def test_run_state_round_trips_through_last_pth(tmp_path):
         rng=get_rng_state(),
     )
     meta = dict(model_name="test_resnet", class_names=["a", "b", "c"], image_size=32, mean=(0, 0, 0), std=(1, 1, 1))
-    save_checkpoint(
-        training_checkpoint(state, model, optimizer=opt, scheduler=sched, loss_fn=loss, **meta), tmp_path / "last.pth"
-    )
+    save_checkpoint(training_checkpoint(state, model, Optimization(loss, opt, sched), **meta), tmp_path / "last.pth")
     ckpt = load_checkpoint(tmp_path / "last.pth")  # weights_only
     model2, opt2, sched2, loss2 = _objects(gamma_neg=0.0)
-    back = restore_training_state(ckpt, model2, opt2, sched2, loss_fn=loss2)
+    back = restore_training_state(ckpt, model2, Optimization(loss2, opt2, sched2))
     assert (back.epoch, back.global_step, back.best, back.step_in_epoch, back.partial) == (
         1,
         7,
@@ -131,9 +131,7 @@ def test_a_last_pth_from_before_losses_kept_their_state_still_resumes(tmp_path):
     ckpt = training_checkpoint(
         RunState(epoch=0, global_step=5),
         model,
-        optimizer=opt,
-        scheduler=sched,
-        loss_fn=AsymmetricLoss(),
+        Optimization(AsymmetricLoss(), opt, sched),
         model_name="test_resnet",
         class_names=["a", "b", "c"],
         image_size=32,
@@ -143,7 +141,8 @@ def test_a_last_pth_from_before_losses_kept_their_state_still_resumes(tmp_path):
     assert ckpt["loss_state"] is None  # a loss without state saves none
     ckpt["loss_state"] = {"gamma_neg": 2.75}  # the format train.py wrote for adaptive gamma- before
     loss = AdaptiveAsymmetricLoss(gamma_neg=4.0)
-    state = restore_training_state(ckpt, *_objects()[:3], loss_fn=loss)
+    model, opt, sched, _ = _objects()
+    state = restore_training_state(ckpt, model, Optimization(loss, opt, sched))
     assert loss.gamma_neg == 2.75 and state.next_epoch == 1
 
 

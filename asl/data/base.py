@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..classes import check_class_names
 from ..errors import DataError
 from ..images import load_rgb
-from ..predict import check_class_names
 
 log = logging.getLogger(__name__)
 

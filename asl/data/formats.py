@@ -362,55 +362,65 @@ def _as_tags(value, path: Path, line: int, separator: str) -> List[str]:
     raise DataError(f"{path}:{line}: labels must be a list of names, got {value!r:.60}")
 
 
-def _read_imagefolder(folder: Path, split: Optional[str], separator: str) -> LabelTable:
-    path = _metadata_file(folder)
-    if path is None:
-        raise DataError(f"{folder}: no {' or '.join(METADATA_FILES)}")
-    table = LabelTable(path, classes_file=_classes_beside(folder))
+def _metadata_records(path: Path) -> List[tuple]:
+    """(line number, record) of a ``metadata.jsonl`` or ``metadata.csv``."""
+    records = []
     if path.suffix == ".jsonl":
-        records = []
         with _open_text(path, "a metadata file") as f:
             try:
                 for line_no, line in enumerate(f, start=1):
-                    if line.strip():
-                        try:
-                            rec = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise DataError(f"{path}:{line_no}: not JSON ({e.msg})") from None
-                        if not isinstance(rec, dict):
-                            raise DataError(f"{path}:{line_no}: each line must be a JSON object")
-                        records.append((line_no, rec))
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+                    if not isinstance(rec, dict):
+                        raise DataError(f"{path}:{line_no}: each line must be a JSON object")
+                    records.append((line_no, rec))
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-    else:
-        rows = _read_csv(path, "a metadata file")
-        header = [h.strip() for h in rows[0]] if rows else []
-        records = []
-        for line_no, rec in enumerate(rows[1:], start=2):
-            if not rec:
-                continue
-            if len(rec) != len(header):  # unquoted tags after a comma would be dropped: quote them, or use JSON lists
-                raise DataError(
-                    f"{path}:{line_no}: expected {len(header)} fields, got {len(rec)} (quote a cell that holds "
-                    f'commas: "cat,dog", or a JSON list)'
-                )
-            records.append((line_no, dict(zip(header, rec))))
-    if not records:
-        raise DataError(f"{path}: no rows")
+        return records
+    rows = _read_csv(path, "a metadata file")
+    header = [h.strip() for h in rows[0]] if rows else []
+    for line_no, rec in enumerate(rows[1:], start=2):
+        if not rec:
+            continue
+        if len(rec) != len(header):  # unquoted tags after a comma would be dropped: quote them, or use JSON lists
+            raise DataError(
+                f"{path}:{line_no}: expected {len(header)} fields, got {len(rec)} (quote a cell that holds "
+                f'commas: "cat,dog", or a JSON list)'
+            )
+        records.append((line_no, dict(zip(header, rec))))
+    return records
+
+
+def _label_column(records: List[tuple], path: Path) -> str:
+    """The labels' column, over every record: ``labels`` / ``tags`` / ``label``, else the one
+    list-valued column."""
     keys = set().union(*(rec.keys() for _, rec in records))
     if "file_name" not in keys:
         raise DataError(f"{path}: needs a 'file_name' column (Hugging Face imagefolder), got {sorted(keys)}")
     named = [c for c in LABEL_COLUMNS if c in keys]
     if len(named) > 1:
         raise DataError(f"{path}: records name their labels in two columns ({named[0]!r}, {named[1]!r}): use one")
-    column = named[0] if named else None
-    if column is None:
-        lists = sorted({k for _, rec in records for k, v in rec.items() if isinstance(v, list)})
-        if len(lists) != 1:
-            raise DataError(
-                f"{path}: no labels column (looked for {', '.join(LABEL_COLUMNS)} or one list-valued column)"
-            )
-        column = lists[0]
+    if named:
+        return named[0]
+    lists = sorted({k for _, rec in records for k, v in rec.items() if isinstance(v, list)})
+    if len(lists) != 1:
+        raise DataError(f"{path}: no labels column (looked for {', '.join(LABEL_COLUMNS)} or one list-valued column)")
+    return lists[0]
+
+
+def _read_imagefolder(folder: Path, split: Optional[str], separator: str) -> LabelTable:
+    path = _metadata_file(folder)
+    if path is None:
+        raise DataError(f"{folder}: no {' or '.join(METADATA_FILES)}")
+    table = LabelTable(path, classes_file=_classes_beside(folder))
+    records = _metadata_records(path)
+    if not records:
+        raise DataError(f"{path}: no rows")
+    column = _label_column(records, path)
     for line_no, rec in records:
         name = rec.get("file_name")
         if not isinstance(name, str) or not name.strip():

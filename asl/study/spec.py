@@ -78,17 +78,23 @@ def _check_overrides(overrides: Dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: unknown config keys {', '.join(bad)}")
 
 
+def _quick_profile(raw: Dict[str, Any]) -> Dict[str, Any]:
+    """The YAML with its ``quick:`` profile applied (fewer experiments, other base overrides)."""
+    q = dict(raw.get("quick") or {})
+    keep = q.pop("experiments", None)
+    base = {**(raw.get("base_overrides") or {}), **q.pop("base_overrides", {})}
+    raw = {**raw, **q, "base_overrides": base, "name": f"{raw.get('name', 'study')}_quick"}
+    if keep is not None:
+        raw["experiments"] = [e for e in raw.get("experiments", []) if e.get("name") in keep]
+    return raw
+
+
 def load_study(path: str, quick: bool = False) -> Study:
     """Read and check a study YAML; ``quick`` applies its ``quick:`` profile (and each experiment's)."""
     raw = load_yaml(path)
     runs_name = raw.get("name", "study")
     if quick:
-        q = dict(raw.get("quick") or {})
-        keep = q.pop("experiments", None)
-        base = {**(raw.get("base_overrides") or {}), **q.pop("base_overrides", {})}
-        raw = {**raw, **q, "base_overrides": base, "name": f"{raw.get('name', 'study')}_quick"}
-        if keep is not None:
-            raw["experiments"] = [e for e in raw.get("experiments", []) if e.get("name") in keep]
+        raw = _quick_profile(raw)
     exps = []
     for i, e in enumerate(raw.get("experiments") or []):
         if not isinstance(e, dict):
@@ -112,6 +118,15 @@ def load_study(path: str, quick: bool = False) -> Study:
             raise ConfigError(f"{path}: a setting has no name")
         _check_overrides(s.get("overrides", {}), f"{path}: setting {s['name']!r}")
         names.add(s["name"])
+    _check_experiments(study, names, path)
+    if study.baseline not in names:
+        raise ConfigError(f"{path}: baseline {study.baseline!r} is not a setting")
+    return study
+
+
+def _check_experiments(study: Study, names: set, path: str) -> None:
+    """Each experiment names known settings, either learning rates or the experiment it takes
+    them from (an earlier one), and known config keys."""
     seen = set()
     for e in study.experiments:
         where = f"{path}: experiment {e.name!r}"
@@ -129,9 +144,6 @@ def load_study(path: str, quick: bool = False) -> Study:
                 raise ConfigError(f"{where}: a point has no name")
             _check_overrides(p.get("overrides", {}), f"{where}: point {p['name']!r}")
         seen.add(e.name)
-    if study.baseline not in names:
-        raise ConfigError(f"{path}: baseline {study.baseline!r} is not a setting")
-    return study
 
 
 # --------------------------------------------------------------------------- runs

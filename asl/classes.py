@@ -1,0 +1,105 @@
+"""Class names: read from a file, checked as every dataset and model file must hold them, taken
+from a checkpoint's ``idx_to_class``, and matched between a model and a dataset. Torch-free: the
+ONNX tagging path and the datasets share it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Type
+
+from .errors import ASLError, CheckpointError
+
+__all__ = ["read_class_names", "check_class_names", "class_names_of", "match_classes"]
+
+
+def read_class_names(path: str | os.PathLike, num_classes: Optional[int] = None) -> list:
+    """Class names from a text file, one per line (blank lines skipped), e.g. a tagged set's
+    ``classes.txt``; their count must be ``num_classes`` when given."""
+    p = Path(path)
+    try:
+        names = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        raise CheckpointError(f"--class-names file not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"--class-names {path} is a folder, not a file of names") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"--class-names {path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise CheckpointError(f"--class-names {path}: cannot read it ({e.strerror or type(e).__name__})") from None
+    check_class_names(names, f"--class-names {path}")
+    if num_classes is not None and len(names) != num_classes:
+        raise CheckpointError(f"--class-names {path} lists {len(names)} names, the model has {num_classes} classes")
+    return names
+
+
+def check_class_names(
+    names: Sequence[str], what: str, unique: bool = True, error: Type[ASLError] = CheckpointError
+) -> List[str]:
+    """Class names as every dataset and model file must hold them: non-empty, on one line each (no
+    newline, tab or NUL), without surrounding spaces, and (``unique``) each listed once; else one
+    ``error`` line (a dataset's: :class:`~asl.errors.DataError`)."""
+    seen, dup = set(), []
+    for n in names:
+        if not isinstance(n, str) or not n.strip():
+            raise error(f"{what}: a class name is empty")
+        if any(ch in n for ch in "\n\r\t\x00") or n != n.strip():
+            raise error(f"{what}: class name {n!r} holds a newline, tab, NUL or surrounding spaces")
+        if n in seen:
+            dup.append(n)
+        seen.add(n)
+    if dup and unique:
+        raise error(
+            f"{what}: {len(dup)} class name{'s are' if len(dup) > 1 else ' is'} listed twice "
+            f"({', '.join(map(repr, dup[:3]))}); each class needs one name of its own"
+        )
+    return list(names)
+
+
+def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:
+    """Class names from ``idx_to_class`` (keys may be ints or strings), else ``class_<k>``."""
+    idx = ckpt.get("idx_to_class") or {}
+    names = {int(k): str(v) for k, v in idx.items()} if isinstance(idx, dict) else {}
+    return [names.get(k, f"class_{k}") for k in range(num_classes)]
+
+
+def match_classes(
+    model_names: Sequence[str], data_names: Sequence[str], named: bool = True, path: Any = "checkpoint"
+) -> Optional[list]:
+    """How the model's outputs map onto the dataset's classes, matched by name.
+
+    Args:
+        model_names: the checkpoint's class names, in output order.
+        data_names: the dataset's class names, in target order.
+        named: False when the checkpoint carries no names (a plain state dict): then only the
+            count is checked and outputs are taken in order.
+        path: for messages.
+
+    Returns:
+        None when output k is class k already; else the list ``order`` with
+        ``scores[:, order]`` in the dataset's class order (the same set in another order).
+
+    Raises:
+        CheckpointError: different counts, or names that differ (the first differences listed).
+    """
+    if len(model_names) != len(data_names):
+        raise CheckpointError(f"{path} has {len(model_names)} classes, the dataset {len(data_names)}")
+    if not named or list(model_names) == list(data_names):
+        return None
+    in_model, in_data = set(model_names), set(data_names)
+    only_model = [n for n in model_names if n not in in_data]
+    only_data = [n for n in data_names if n not in in_model]
+    if only_model or only_data:
+
+        def first(names):
+            return ", ".join(map(repr, names[:3])) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+        raise CheckpointError(
+            f"{path} was trained on other classes than the dataset's: {len(only_model)} only in "
+            f"the checkpoint ({first(only_model)}), {len(only_data)} only in the dataset "
+            f"({first(only_data)}); if the checkpoint's names are wrong, pass the right ones with "
+            f"--class-names FILE"
+        )
+    index = {n: k for k, n in enumerate(model_names)}
+    return [index[n] for n in data_names]
