@@ -127,7 +127,7 @@ def _ipow(t: torch.Tensor, g: float) -> torch.Tensor:
 _CHUNK_ELEMS = 1 << 17
 
 
-def _kernel(
+def _kernel(  # noqa: C901  (the fused loss: one pass per chunk, its branches are the loss's options)
     x: torch.Tensor, y: torch.Tensor, known: Optional[torch.Tensor], o: _Opts, grad_out: Optional[torch.Tensor]
 ) -> torch.Tensor:
     """Element-wise loss of one chunk (R, C); writes dL/dx into grad_out when given.

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from asl.checkpoint import detect_official_tresnet, load_checkpoint, load_init_checkpoint
-from asl.opening import model_from_checkpoint
 from asl.models import create_model
+from asl.opening import model_from_checkpoint
 
 from .helpers import key_list, to_timm_key
 

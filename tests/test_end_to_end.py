@@ -154,8 +154,8 @@ def test_infer_uses_the_official_infer_preprocessing_and_strict_threshold(traine
     from PIL import Image
 
     import infer
-    from asl.opening import model_from_checkpoint
     from asl.data.transforms import build_infer_transform, build_transform
+    from asl.opening import model_from_checkpoint
 
     rng = np.random.default_rng(0)
     pic = tmp_path / "photo.png"

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from asl.checkpoint import detect_official_tresnet, load_checkpoint, normalize_state_dict
-from asl.opening import model_from_checkpoint
 from asl.errors import CheckpointError, ConfigError
 from asl.heads import MLDecoder, ml_decoder_groups
 from asl.models import create_model
+from asl.opening import model_from_checkpoint
 from tests.conftest import REPO, make_tagged
 from tests.helpers import TINY, call, key_list, one_error, to_timm_key
 
