@@ -14,19 +14,18 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Tuple
 
 from .config import (
-    DEFAULT_MODEL,
     DEMO_CONFIG,
     FINETUNE_CONFIG,
     TRAIN,
     Config,
     check_values,
     choice,
-    default_image_size,
     fields_for,
     flag_name,
     load_config,
 )
 from .errors import ConfigError
+from .zoo import DEFAULT_MODEL, default_image_size
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ def resolve_dataset(root: str) -> str:
 
 def resolve_training(cfg: Config) -> Config:
     """Fill what a training config leaves unset: the model (``DEFAULT_MODEL``), its input size
-    (:func:`asl.config.default_image_size`), the output folder (``runs/<data folder>``)."""
+    (:func:`asl.zoo.default_image_size`), the output folder (``runs/<data folder>``)."""
     if cfg.dataset == "auto":
         cfg = dataclasses.replace(cfg, dataset=resolve_dataset(cfg.data_root))
     model = cfg.model_name or DEFAULT_MODEL

@@ -58,11 +58,13 @@ def build_parser(
     defaults: Optional[Config] = None,
     notes: Optional[Dict[str, str]] = None,
     epilog: Optional[str] = None,
+    command: Optional[str] = None,
 ) -> argparse.ArgumentParser:
     """An argparse parser for ``fields``; values it returns override the config.
 
     Each flag is listed once in ``--help`` (its underscore twin is accepted but not listed), with
-    the default that will run: ``notes[field]`` where given, else the value in ``defaults``.
+    the default that will run: ``notes[field]`` where given, else the value in ``defaults``, and
+    ``command``'s own help text where a field has one per command (``--output``).
     """
     p = _Parser(
         prog=prog,
@@ -77,7 +79,7 @@ def build_parser(
     defaults = defaults if defaults is not None else Config()
     notes = notes or {}
     for name in fields:
-        flags, help_text = flags_of(name), help_of(name)
+        flags, help_text = flags_of(name), help_of(name, command)
         typ, optional, is_list = _base_type(name)
         default = notes.get(name, repr(getattr(defaults, name)))
         kwargs = dict(dest=name, metavar=name.upper())

@@ -329,6 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "output": "the checkpoint's path, .onnx",
             "device": "auto: the check runs on onnxruntime's CPU provider",
         },
+        command="export",
     )
     config_path, flags = cli.parse_flags(parser, argv)
     cli.setup_logging()

@@ -29,7 +29,6 @@ import numpy as np
 from . import cli
 from .config import (
     INFER,
-    OFFICIAL_INFER_THRESHOLDS,
     Config,
     check_values,
     fields_for,
@@ -40,6 +39,7 @@ from .images import IMAGE_EXTENSIONS, iter_pictures, load_rgb
 from .metrics import nonfinite_note
 from .opening import open_model
 from .rundir import TAGGING, Source, check_apart, check_output_file, claim, file_sources
+from .zoo import OFFICIAL_INFER_THRESHOLDS
 
 
 def _pictures_in(folder: Path, recursive: bool) -> List[Path]:
@@ -413,6 +413,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cli.INFER_FIELDS,
         defaults=Config(batch_size=64),
         notes={"image_size": "the checkpoint's, else the model's official size", "model_name": "the checkpoint's"},
+        command="infer",
     )
     config_path, flags = cli.parse_flags(parser, argv)
     cfg = load_config(config_path, flags)

@@ -23,8 +23,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .config import check_num_classes, default_image_size, zoo_image_size
+from .config import check_num_classes
 from .errors import CheckpointError, ConfigError
+from .zoo import default_image_size, zoo_image_size
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,8 @@ def model_from_checkpoint(
         strip_prefixes,
     )
     from .classes import class_names_of
-    from .config import OFFICIAL_IMAGE_SIZE
     from .models import create_model
+    from .zoo import OFFICIAL_IMAGE_SIZE
 
     raw = strip_prefixes(state_dict_of(ckpt, path))
     check_stored_values(ckpt, path)

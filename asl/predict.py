@@ -90,7 +90,7 @@ def check_metadata(
         unique: class names must also be distinct.
         num_classes: the class count the thresholds must match (default: the class names').
     """
-    from .config import MAX_IMAGE_SIZE
+    from .zoo import MAX_IMAGE_SIZE
 
     names = meta.get("class_names")
     if names is not None:

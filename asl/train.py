@@ -45,6 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         positional_data=True,
         defaults=defaults,
         notes=notes,
+        command="train",
     )
     config_path, flags = cli.parse_flags(parser, argv)
     cli.setup_logging()

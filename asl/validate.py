@@ -32,7 +32,6 @@ from . import cli
 from .checks import cap_workers, check_dataset_options, resolve_dataset, resolve_device
 from .config import (
     FIELDS,
-    OFFICIAL_VALIDATE,
     VALIDATE,
     Config,
     check_num_classes,
@@ -40,11 +39,11 @@ from .config import (
     fields_for,
     from_dict,
     load_config,
-    zoo_image_size,
 )
 from .errors import ConfigError, DataError
 from .opening import OpenedModel, is_onnx, open_model
 from .rundir import VALIDATION, check_apart, check_folder, check_output_file, claim, config_sources
+from .zoo import OFFICIAL_VALIDATE, zoo_image_size
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "model_name": "the checkpoint's",
             "image_size": "the checkpoint's, else the model's official size (TResNet-M 224, L/XL 448)",
         },
+        command="validate",
     )
     config_path, flags = cli.parse_flags(parser, argv)
     cli.setup_logging()

@@ -188,3 +188,21 @@ def test_the_checked_names_are_the_ones_the_library_takes():
     assert set(CHOICES["augment"]) == set(AUGMENTATIONS) and set(CHOICES["dataset"]) == set(DATASETS) | {"auto"}
     assert set(CHOICES["difficult"]) == set(DIFFICULT) and set(CHOICES["loss_reduction"]) == set(REDUCTIONS)
     assert set(CHOICES["loss"]) == set(LOSSES) - {"asl_single_label"}  # train.py's losses are multi-label
+
+
+def test_a_flag_that_means_something_else_per_command_has_its_own_help(capsys):
+    """--output is the run's folder to train.py, a folder of metrics to validate.py and a file to export.py."""
+    import export
+    import train
+    import validate
+
+    texts = {}
+    for name, module in (("train", train), ("validate", validate), ("export", export)):
+        with pytest.raises(SystemExit) as info:
+            cli.run(module.main, ["--help"])
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        texts[name] = " ".join(out[out.index("--output OUTPUT, -o OUTPUT") :].split()[:12])
+    assert "the run's folder" in texts["train"]
+    assert "metrics.json" in texts["validate"] and "run's folder" not in texts["validate"]
+    assert "the .onnx file" in texts["export"] and "run's folder" not in texts["export"]

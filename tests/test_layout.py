@@ -183,8 +183,10 @@ def test_parsers_are_generated_from_the_schema():
     # "unset" is representable: what validate / infer take from the checkpoint is None until resolved
     assert config.Config().model_name is None and config.Config().image_size is None
     # the official defaults live in one place
-    assert config.default_image_size("tresnet_l") == 448 and config.default_image_size("tresnet_m") == 224
-    assert config.default_image_size("resnet50") == 224
+    from asl import zoo
+
+    assert zoo.default_image_size("tresnet_l") == 448 and zoo.default_image_size("tresnet_m") == 224
+    assert zoo.default_image_size("resnet50") == 224
     # result fields: where a run writes, how often it logs, its workers do not change its result
     assert {"output", "workers", "print_freq", "resume", "overwrite"}.isdisjoint(config.RESULT_FIELDS)
     assert {"lr", "loss", "seed", "image_size", "ema_warmup"} <= set(config.RESULT_FIELDS)
