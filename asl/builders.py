@@ -7,6 +7,8 @@ schedule, the AMP choice) serve validation and the benchmarks too."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -20,7 +22,6 @@ from .distributed import DistInfo, EpochSampler, ShardSampler, all_true, init_di
 from .engine import Optimization, StepSettings
 from .errors import ConfigError
 from .losses import COMMON_LOSS_OPTIONS, LOSS_OPTIONS, build_loss
-from .process import leave_process_group
 
 log = logging.getLogger(__name__)
 
@@ -369,3 +370,21 @@ def _optimization(cfg: Config, model: nn.Module, loss_fn, batches: int, amp_dtyp
         ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     return Optimization(loss_fn, optimizer, scheduler, ema, scaler, cfg.grad_clip)
+
+
+def leave_process_group(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker moves to a process group of its own.
+
+    A signal sent to the run's process group (``timeout``, ``kill -TERM -PGID``, Ctrl-C in a
+    terminal) then reaches the training loop only, which saves ``last.pth`` and shuts its workers
+    down; a worker killed by it would end the run with PyTorch's "DataLoader worker is killed by
+    signal" error instead. The worker keeps SIGTERM's default action, so PyTorch can still stop a
+    stuck worker with it, and it exits on its own when the main process is gone (PyTorch's
+    watchdog). SIGINT is ignored as well, for a terminal that signals more than its foreground group.
+    """
+    if hasattr(os, "setpgid"):
+        try:
+            os.setpgid(0, 0)
+        except OSError:  # a session leader cannot move; nothing else to do then
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -17,7 +17,7 @@ import re
 import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from .config import EXPORT, INFER, TRAIN, VALIDATE, Config, _base_type, fields_for, flags_of, help_of, load_config
+from .config import EXPORT, INFER, TRAIN, VALIDATE, Config, fields_for, flag_specs, load_config
 from .errors import ASLError, ConfigError
 
 # Each command's flags, generated from the schema (asl.config: a field's flags, help and commands).
@@ -78,9 +78,8 @@ def build_parser(
         p.add_argument("data_root_pos", nargs="?", metavar="DATA_ROOT", help="dataset folder")
     defaults = defaults if defaults is not None else Config()
     notes = notes or {}
-    for name in fields:
-        flags, help_text = flags_of(name), help_of(name, command)
-        typ, optional, is_list = _base_type(name)
+    for spec in flag_specs(fields, command):
+        name, flags, help_text, typ, is_list = spec.name, spec.flags, spec.help, spec.type, spec.is_list
         default = notes.get(name, repr(getattr(defaults, name)))
         kwargs = dict(dest=name, metavar=name.upper())
         if typ is bool:

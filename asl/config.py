@@ -461,6 +461,24 @@ def _base_type(name: str):
     return hint, optional, False
 
 
+@dataclass(frozen=True)
+class FlagSpec:
+    """What a command-line parser needs of one field: its spellings, help line (the command's own),
+    base type, whether it may be unset (None) and whether it takes a list."""
+
+    name: str
+    flags: Tuple[str, ...]
+    help: str
+    type: Any
+    optional: bool
+    is_list: bool
+
+
+def flag_specs(fields: Iterable[str], command: Optional[str] = None) -> List[FlagSpec]:
+    """The :class:`FlagSpec` of each of ``fields``, as ``command`` shows them (``asl.cli.build_parser``)."""
+    return [FlagSpec(n, flags_of(n), help_of(n, command), *_base_type(n)) for n in fields]
+
+
 def coerce(name: str, value: Any) -> Any:
     """Convert a YAML or flag value to the field's type, or raise ConfigError."""
     typ, optional, is_list = _base_type(name)

@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .checks import prepare_training
     from .trainer import fit  # PyTorch, imported here: without it the command says what to install
 
-    result = fit(prepare_training(config_path, flags))  # every value, name and file checked first
+    result = fit(prepare_training(config_path, flags), checked=True)  # every value, name and file checked first
     if result.stopped_by:
         print(f"stopped by {result.stopped_by}; resume with --resume {result.last_checkpoint}", file=sys.stderr)
     elif result.is_main and result.best_checkpoint is not None and result.best.get("epoch") is not None:

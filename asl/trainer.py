@@ -19,9 +19,11 @@ calls ``fit``; rank 0 writes the files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +47,11 @@ from .checks import check_training, resolve_training, tensorboard_dir
 from .config import Config, dump_config
 from .distributed import all_true, broadcast_buffers, gather_rows
 from .engine import evaluate, train_one_epoch
-from .errors import DataError
+from .errors import DataError, Interrupted
 from .files import atomic_write
 from .hooks import GammaTrace, Hook, HtmlReport, RunView, TensorBoard
 from .losses import AdaptiveAsymmetricLoss
 from .pretrained import resolve_pretrained
-from .process import StopSignal
 from .rundir import TRAINING, claim, config_sources, writable_dir
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,53 @@ def fit(cfg: Config, hooks: Sequence[Hook] = (), checked: bool = False) -> RunRe
                 return trainer.loop(stop)
         finally:
             torch.backends.cudnn.benchmark = benchmark  # set for this run's fixed-size inputs only
+
+
+class StopSignal:
+    """SIGTERM / SIGINT set a flag; the loop saves last.pth at the next step and exits.
+
+    The previous handlers come back with :meth:`restore` (or at the end of a ``with`` block).
+    Loader workers live in process groups of their own (:func:`asl.builders.leave_process_group`), so a signal
+    sent to the run's process group (``timeout``, Ctrl-C) reaches the loop, not the workers."""
+
+    def __init__(self):
+        self.signum, self.name = 0, ""
+        self._saving, self._pending = 0, False
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:  # a second signal: stop now, but never in the middle of writing a file
+            if self._saving:
+                self._pending = True
+                return
+            raise Interrupted(self.signum)
+        self.signum, self.name = signum, signal.Signals(signum).name
+
+    @contextlib.contextmanager
+    def saving(self):
+        """A second signal inside this block waits for its end (a checkpoint is written whole)."""
+        self._saving += 1
+        try:
+            yield
+        finally:
+            self._saving -= 1
+            if not self._saving and self._pending:
+                self._pending = False
+                raise Interrupted(self.signum)
+
+    @property
+    def received(self) -> bool:
+        return bool(self.signum)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> "StopSignal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
 
 @dataclass(frozen=True)

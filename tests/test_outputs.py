@@ -1,4 +1,4 @@
-"""Where commands write (asl.files, asl.rundir, asl.process): never into a user's folder, one run per folder,
+"""Where commands write (asl.files, asl.rundir, asl.trainer): never into a user's folder, one run per folder,
 a full disk or read-only folder is one error line, no temporary or empty folder left behind."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from asl import cli
 from asl.errors import ConfigError, Interrupted, OutputError
 from asl.files import atomic_write
-from asl.process import StopSignal
 from asl.rundir import TRAINING, RunLock, check_folder, remove_stale_temporaries
+from asl.trainer import StopSignal
 from tests.conftest import REPO, make_tagged
 from tests.helpers import TINY, call, one_error, tree_digest
 

@@ -243,3 +243,18 @@ def test_bad_training_values_fail_before_any_work(argv, fragment, tmp_path, caps
     rc, _, err = call("train", [data, "--dataset", "tagged", "--output", tmp_path / "o", *argv], capsys)
     one_error(rc, err, fragment)
     assert err == [err[-1]] and not (tmp_path / "o").exists()  # no log line, no folder: nothing was done
+
+
+def test_the_command_line_checks_a_run_once(tmp_path, monkeypatch, capsys):
+    import asl.checks as checks
+    import asl.trainer as trainer
+
+    calls = []
+    real = checks.check_training
+    counted = lambda *a, **k: calls.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(checks, "check_training", counted)
+    monkeypatch.setattr(trainer, "check_training", counted)
+    data = make_tagged(tmp_path / "d", 8, 4)
+    rc, _, err = call("train", [data, "--dataset", "tagged", *TINY, "--dry-run", "--output", tmp_path / "o"], capsys)
+    assert rc == 0, err
+    assert len(calls) == 1
