@@ -134,7 +134,7 @@ def graph_report(model_proto) -> Dict[str, Any]:
 def export_onnx(cfg: Config) -> Dict[str, Any]:
     """Export ``cfg.model_path`` to ``cfg.output`` (:func:`_export_onnx`); a folder it creates for
     the output is removed again when it fails."""
-    from .rundir import removed_on_error
+    from .files import removed_on_error
 
     with removed_on_error(*([Path(cfg.output).parent] if cfg.output else [])):
         return _export_onnx(cfg)

@@ -1,4 +1,6 @@
-"""One way to write a file: :func:`atomic_write`.
+"""One way to write a file, :func:`atomic_write`, and the file-system steps around it: a folder
+proved writable, a file opened without following links, the temporaries of a killed write
+removed, a folder a failed command created removed again.
 
 Every file the package writes (checkpoints, configs, metrics, figures, run records) goes
 through it, so a crash, a full disk or Ctrl-C mid-write never leaves a truncated file under
@@ -8,15 +10,27 @@ the temporary file is renamed over the target (``os.replace`` is atomic on POSIX
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Union
 
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 
-__all__ = ["atomic_write", "output_error"]
+PROBE = ".write-test-"  # prefix of the temporary file that proves a folder writable
+PathLike = Union[str, os.PathLike]
+
+__all__ = [
+    "atomic_write",
+    "output_error",
+    "writable_dir",
+    "open_regular",
+    "remove_stale_temporaries",
+    "removed_on_error",
+]
 
 # Errors that say the output cannot take the file (not a bug): one error line, no traceback.
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
@@ -106,3 +120,90 @@ class _Recording:
 
     def __getattr__(self, name):
         return getattr(self._f, name)
+
+
+def writable_dir(path: Path, flag: str = "--output") -> Path:
+    """Create ``path`` (and parents) and prove it takes a file; else one-line ConfigError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=PROBE, dir=path)
+        os.close(fd)
+        os.unlink(probe)  # the probe is this call's own file
+    except OSError as e:
+        raise ConfigError(f"cannot write into {flag} {path}: {e.strerror or e}") from None
+    return path
+
+
+def open_regular(path: Path, flags: int, what: str) -> int:
+    """``os.open`` for writing outside :func:`asl.files.atomic_write`: a symbolic link is never
+    followed and only a regular file is kept open (a FIFO or a device is refused).
+
+    Raises:
+        ConfigError: a link, not a regular file, or an OSError (``what`` names the file's role).
+    """
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise ConfigError(f"{path} is a symbolic link: {what} is never followed or written; remove it") from None
+        raise ConfigError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file: {what} is never written there; remove it")
+    return fd
+
+
+def remove_stale_temporaries(folder: PathLike, names: Iterable[str]) -> List[Path]:
+    """Remove the temporary files :func:`asl.files.atomic_write` left for ``names`` in ``folder``
+    when a process was killed mid-write (``.<name>.<random>.tmp``); nothing else is touched.
+
+    Returns:
+        the paths removed.
+    """
+    folder, removed = Path(folder), []
+    for name in names:
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def remove_if_empty(out: Path, leftover: Optional[str] = None) -> None:
+    """Remove a folder a failed command created, when nothing is in it but (``leftover``) the one
+    file of that name the command itself made there (its lock)."""
+    try:
+        if leftover and (out / leftover).is_file() and [p.name for p in out.iterdir()] == [leftover]:
+            (out / leftover).unlink()
+        out.rmdir()  # only ever succeeds on an empty folder
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def removed_on_error(*paths: PathLike, always: bool = False, leftover: Optional[str] = None) -> Iterator[None]:
+    """Folders this block creates (``paths`` and their missing parents) are removed again, when
+    still empty (but for ``leftover``, see :func:`remove_if_empty`), if the block raises
+    (``always``: also when it ends well, as a dry run): a command that fails leaves no empty output
+    folder behind."""
+    missing = []
+    for path in paths:
+        p = Path(path).absolute()
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+
+    def clean():
+        for p in sorted(set(missing), key=lambda q: len(q.parts), reverse=True):
+            remove_if_empty(p, leftover)
+
+    try:
+        yield
+    except BaseException:
+        clean()
+        raise
+    if always:
+        clean()

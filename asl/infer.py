@@ -38,7 +38,8 @@ from .errors import ConfigError, DataError
 from .images import IMAGE_EXTENSIONS, iter_pictures, load_rgb
 from .metrics import nonfinite_note
 from .opening import open_model
-from .rundir import TAGGING, Source, check_apart, check_output_file, claim, file_sources
+from .outputs import TAGGING
+from .rundir import Source, check_apart, check_output_file, claim, file_sources
 from .zoo import OFFICIAL_INFER_THRESHOLDS
 
 
@@ -114,7 +115,7 @@ def draw_labels(img, labels, dest: Path) -> None:
     from PIL import Image, ImageDraw, PngImagePlugin
 
     from .files import atomic_write
-    from .rundir import PICTURE_MARK
+    from .outputs import PICTURE_MARK
 
     img = img.copy()
     if max(img.size) < 256:  # tiny images get enlarged so the text stays legible
@@ -226,7 +227,7 @@ def _progress(total: int):
 def tag_images(cfg: Config) -> List[Dict[str, Any]]:
     """Tag pictures (:func:`_tag_images`); ``--tags-out`` is claimed (:func:`asl.rundir.claim`),
     and a folder created for ``--save-image`` is removed again on failure."""
-    from .rundir import removed_on_error
+    from .files import removed_on_error
 
     made = [Path(cfg.save_image).parent] if cfg.save_image else []
     with removed_on_error(*made, *([Path(cfg.scores_csv).parent] if cfg.scores_csv else [])):

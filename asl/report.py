@@ -26,8 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .files import atomic_write
+from .outputs import REPORT_GENERATOR
 from .plots import plain_labels
-from .rundir import REPORT_GENERATOR
 
 __all__ = ["SECTIONS", "write_report", "render_report"]
 

@@ -14,7 +14,7 @@ Each rule lives here once, and every command that writes (training, ``validate.p
   above all, is never replaced: ``--overwrite`` covers only files the same command wrote before.
 - **Whose file** (:func:`check_output_file`): a single output file is replaced with
   ``--overwrite`` only when it holds what the command writes (an ONNX model, a scores CSV).
-- **No links followed** (:func:`open_regular`): a file opened for writing outside
+- **No links followed** (:func:`asl.files.open_regular`): a file opened for writing outside
   :func:`asl.files.atomic_write` (the lock) is opened without following a symbolic link and must
   be a regular file.
 - **Claim** (:func:`claim`): check, create, lock, check again, remove stale temporaries, release;
@@ -24,43 +24,38 @@ Each rule lives here once, and every command that writes (training, ``validate.p
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 from .errors import ConfigError
-from .files import output_error
+from .files import PROBE, open_regular, output_error, remove_stale_temporaries, removed_on_error, writable_dir
+from .outputs import (
+    BY_COMMAND,
+    SINGLE_FILES,
+    TRAINING,
+    Product,
+    head_bytes,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "RUN_LOCK",
-    "Product",
     "Source",
-    "TRAINING",
-    "VALIDATION",
-    "INSPECTION",
-    "CONVERSION",
-    "TAGGING",
     "claim",
     "check_apart",
     "check_folder",
     "check_output_file",
+    "config_sources",
     "dataset_folder",
-    "open_regular",
     "RunLock",
-    "writable_dir",
-    "removed_on_error",
-    "remove_stale_temporaries",
 ]
 
 RUN_LOCK = ".asl-run.lock"
-PROBE = ".write-test-"  # prefix of the temporary file that proves a folder writable
 # Names that say a folder is a dataset, not a command's output.
 DATASET_MARKERS = (
     "labels.csv",
@@ -78,181 +73,6 @@ DATASET_MARKERS = (
     "val2017",
 )
 PathLike = Union[str, os.PathLike]
-
-
-# --------------------------------------------------------------------------- what a command writes
-
-
-def _head(path: Path, n: int = 512) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(n)
-    except OSError:
-        return b""
-
-
-def _is_checkpoint(path: Path) -> bool:
-    """A torch.save file of ours: a dict holding a state dict under ``model``."""
-    if not zipfile_like(path):
-        return False
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001  (any failure to load means: not a checkpoint this command wrote)
-        return False
-    return isinstance(obj, dict) and isinstance(obj.get("model"), dict)
-
-
-def zipfile_like(path: Path) -> bool:
-    return path.is_file() and _head(path, 4) == b"PK\x03\x04"
-
-
-def _is_json_object(path: Path) -> bool:
-    try:
-        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-
-
-def _is_jsonl(path: Path) -> bool:
-    try:
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        return all(isinstance(json.loads(ln), dict) for ln in lines)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-
-
-def _is_run_config(path: Path) -> bool:
-    """A ``config.yaml`` a run wrote: the resolved config, every field of the schema spelled out
-    (a user's recipe names a few)."""
-    import yaml
-
-    from .config import FIELDS
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and set(data) <= set(FIELDS) and len(data) >= 0.9 * len(FIELDS)
-
-
-def _never(path: Path) -> bool:
-    return False
-
-
-def _is_png(path: Path) -> bool:
-    return _head(path, 8) == b"\x89PNG\r\n\x1a\n"
-
-
-def _is_npy(path: Path) -> bool:
-    return _head(path, 6) == b"\x93NUMPY"
-
-
-REPORT_GENERATOR = "<meta name='generator' content='asl report'>"
-
-
-def _is_report(path: Path) -> bool:
-    return REPORT_GENERATOR.encode() in _head(path, 1024)
-
-
-def _is_event_folder(path: Path) -> bool:
-    """A TensorBoard folder this package wrote: event files only."""
-    if not path.is_dir() or path.is_symlink():
-        return False
-    return all(f.is_file() and f.name.startswith("events.out.tfevents.") for f in path.rglob("*") if not f.is_dir())
-
-
-def _is_scores_csv(path: Path) -> bool:
-    """``infer.py --scores-csv``'s file: an ``image,<class>,...`` header."""
-    return _head(path, 6) == b"image,"
-
-
-def _is_onnx(path: Path) -> bool:
-    from .checkpoint import sniff_weights
-
-    try:
-        return path.is_file() and sniff_weights(path) == "onnx"
-    except Exception:  # noqa: BLE001  (unreadable: not ours)
-        return False
-
-
-PICTURE_MARK = "asl infer.py"  # written into --save-image pictures (PNG text, JPEG comment)
-
-
-def _is_labelled_picture(path: Path) -> bool:
-    """A picture ``infer.py --save-image`` drew: it carries :data:`PICTURE_MARK`."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            info = img.info
-    except Exception:  # noqa: BLE001  (not a picture Pillow opens: not ours)
-        return False
-    mark = info.get("Software") or info.get("comment") or b""
-    return (mark.decode("utf-8", "replace") if isinstance(mark, bytes) else str(mark)) == PICTURE_MARK
-
-
-@dataclass(frozen=True)
-class Product:
-    """What one command writes into a folder it owns.
-
-    Attributes:
-        command: the command's name, recorded in the folder's lock.
-        noun: how messages call such a folder (``a run``).
-        writer: how messages call the command (``run``, ``validate.py``).
-        files: name -> test that a file of that name holds what the command writes.
-        any_file: files of other names are the command's too (``--tags-out``: a tree of .txt).
-        reuse: a folder of this product may be written again with ``--overwrite``.
-    """
-
-    command: str
-    noun: str
-    writer: str
-    files: Mapping[str, Callable[[Path], bool]]
-    any_file: bool = False
-    reuse: bool = True
-
-
-TRAINING = Product(
-    "train",
-    "a run",
-    "run",
-    {
-        "last.pth": _is_checkpoint,
-        "best.pth": _is_checkpoint,
-        "metrics.jsonl": _is_jsonl,
-        "config.yaml": _is_run_config,
-        "curves.png": _is_png,
-        "per_class_ap.json": _is_json_object,
-        "report.html": _is_report,
-        "tensorboard": _is_event_folder,
-    },
-)
-VALIDATION = Product(
-    "validate",
-    "a validation",
-    "validate.py",
-    {
-        "metrics.json": _is_json_object,
-        "scores.npy": _is_npy,
-        "targets.npy": _is_npy,
-        "report.html": _is_report,
-        "calibrated.pth": _is_checkpoint,
-    },
-)
-INSPECTION = Product("inspect", "an inspection", "inspect", {"summary.json": _is_json_object, "positives.png": _is_png})
-CONVERSION = Product(
-    "convert", "a conversion", "convert", dict.fromkeys(("labels.csv", "classes.txt"), _never), reuse=False
-)
-TAGGING = Product("tags", "infer.py's tags", "infer.py --tags-out", {}, any_file=True)
-SINGLE_FILES: Mapping[str, Callable[[Path], bool]] = {
-    "onnx": _is_onnx,
-    "scores_csv": _is_scores_csv,
-    "picture": _is_labelled_picture,
-    "checkpoint": _is_checkpoint,
-}
-_BY_COMMAND = {p.command: p for p in (TRAINING, VALIDATION, INSPECTION, CONVERSION, TAGGING)}
 
 
 # --------------------------------------------------------------------------- inputs and outputs apart
@@ -379,8 +199,8 @@ def lock_owner(out: Path) -> Optional[str]:
     if not stat.S_ISREG(st.st_mode):
         kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
         raise ConfigError(f"{path} is {kind}, not a run's lock: it is never followed or written; remove it")
-    lines = _head(path, 256).decode("ascii", "replace").split()
-    return lines[1] if len(lines) > 1 and lines[1] in _BY_COMMAND else "train"
+    lines = head_bytes(path, 256).decode("ascii", "replace").split()
+    return lines[1] if len(lines) > 1 and lines[1] in BY_COMMAND else "train"
 
 
 def _shown(names: Sequence[str]) -> str:
@@ -409,7 +229,7 @@ def check_folder(
     if not held:
         return
     if owner is not None and owner != product.command:
-        other = _BY_COMMAND[owner]
+        other = BY_COMMAND[owner]
         raise ConfigError(
             f"{out} holds {other.noun}'s files ({_shown(held)}), not {product.noun}'s: choose a new {flag} "
             f"(--overwrite replaces only {product.noun}'s own files)"
@@ -473,40 +293,6 @@ def check_output_file(path: PathLike, flag: str, overwrite: bool, kind: str) -> 
 # --------------------------------------------------------------------------- folders, the lock
 
 
-def writable_dir(path: Path, flag: str = "--output") -> Path:
-    """Create ``path`` (and parents) and prove it takes a file; else one-line ConfigError."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=PROBE, dir=path)
-        os.close(fd)
-        os.unlink(probe)  # the probe is this call's own file
-    except OSError as e:
-        raise ConfigError(f"cannot write into {flag} {path}: {e.strerror or e}") from None
-    return path
-
-
-def open_regular(path: Path, flags: int, what: str) -> int:
-    """``os.open`` for writing outside :func:`asl.files.atomic_write`: a symbolic link is never
-    followed and only a regular file is kept open (a FIFO or a device is refused).
-
-    Raises:
-        ConfigError: a link, not a regular file, or an OSError (``what`` names the file's role).
-    """
-    try:
-        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK, 0o644)
-    except OSError as e:
-        if os.path.islink(path):
-            raise ConfigError(f"{path} is a symbolic link: {what} is never followed or written; remove it") from None
-        raise ConfigError(f"cannot write {what} {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"{path} is not a regular file: {what} is never written there; remove it")
-    return fd
-
-
 class RunLock:
     """An exclusive lock on a command's output folder (``.asl-run.lock``, ``flock``), held while
     it writes: a second command into the same folder is refused, and the lock goes with its
@@ -543,57 +329,6 @@ class RunLock:
             self.fd = None
 
 
-def remove_stale_temporaries(folder: PathLike, names: Iterable[str]) -> List[Path]:
-    """Remove the temporary files :func:`asl.files.atomic_write` left for ``names`` in ``folder``
-    when a process was killed mid-write (``.<name>.<random>.tmp``); nothing else is touched.
-
-    Returns:
-        the paths removed.
-    """
-    folder, removed = Path(folder), []
-    for name in names:
-        for tmp in folder.glob(f".{name}.*.tmp"):
-            if tmp.is_file() and not tmp.is_symlink():
-                tmp.unlink()
-                removed.append(tmp)
-    return removed
-
-
-def remove_if_empty(out: Path) -> None:
-    """Remove a folder a failed command created, when nothing but its lock is in it."""
-    try:
-        if (out / RUN_LOCK).is_file() and [p.name for p in out.iterdir()] == [RUN_LOCK]:
-            (out / RUN_LOCK).unlink()
-        out.rmdir()  # only ever succeeds on an empty folder
-    except OSError:
-        pass
-
-
-@contextlib.contextmanager
-def removed_on_error(*paths: PathLike, always: bool = False) -> Iterator[None]:
-    """Folders this block creates (``paths`` and their missing parents) are removed again, when
-    still empty, if the block raises (``always``: also when it ends well, as a dry run): a command
-    that fails leaves no empty output folder behind."""
-    missing = []
-    for path in paths:
-        p = Path(path).absolute()
-        while not p.exists() and p != p.parent:
-            missing.append(p)
-            p = p.parent
-
-    def clean():
-        for p in sorted(set(missing), key=lambda q: len(q.parts), reverse=True):
-            remove_if_empty(p)
-
-    try:
-        yield
-    except BaseException:
-        clean()
-        raise
-    if always:
-        clean()
-
-
 @contextlib.contextmanager
 def claim(
     out: PathLike,
@@ -618,7 +353,7 @@ def claim(
     out = Path(out)
     check_apart(flag, out, sources, folder=True, files=[out / n for n in product.files])
     check_folder(out, product, overwrite, resume, flag)
-    with removed_on_error(out, always=dry_run):
+    with removed_on_error(out, always=dry_run, leftover=RUN_LOCK):
         if not is_main:
             yield out
             return

@@ -48,11 +48,12 @@ from .config import Config, dump_config
 from .distributed import all_true, broadcast_buffers, gather_rows
 from .engine import evaluate, train_one_epoch
 from .errors import DataError, Interrupted
-from .files import atomic_write
+from .files import atomic_write, writable_dir
 from .hooks import GammaTrace, Hook, HtmlReport, RunView, TensorBoard
 from .losses import AdaptiveAsymmetricLoss
+from .outputs import TRAINING
 from .pretrained import resolve_pretrained
-from .rundir import TRAINING, claim, config_sources, writable_dir
+from .rundir import claim, config_sources
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,8 @@ from .config import (
 )
 from .errors import ConfigError, DataError
 from .opening import OpenedModel, is_onnx, open_model
-from .rundir import VALIDATION, check_apart, check_folder, check_output_file, claim, config_sources
+from .outputs import VALIDATION
+from .rundir import check_apart, check_folder, check_output_file, claim, config_sources
 from .zoo import OFFICIAL_VALIDATE, zoo_image_size
 
 log = logging.getLogger(__name__)

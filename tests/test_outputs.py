@@ -16,8 +16,9 @@ import pytest
 
 from asl import cli
 from asl.errors import ConfigError, Interrupted, OutputError
-from asl.files import atomic_write
-from asl.rundir import TRAINING, RunLock, check_folder, remove_stale_temporaries
+from asl.files import atomic_write, remove_stale_temporaries
+from asl.outputs import TRAINING
+from asl.rundir import RunLock, check_folder
 from asl.trainer import StopSignal
 from tests.conftest import REPO, make_tagged
 from tests.helpers import TINY, call, one_error, tree_digest

@@ -34,7 +34,8 @@ def convert_dataset(
         dict with ``dataset`` (the format read), ``images``, ``classes``, ``splits`` (rows per split),
         ``unknown_as_negative``, ``labels_csv``.
     """
-    from ..rundir import CONVERSION, claim, dataset_source
+    from ..outputs import CONVERSION
+    from ..rundir import claim, dataset_source
 
     if not Path(root).exists():
         raise DataError(f"data folder not found: {root}")

@@ -233,7 +233,8 @@ def write_inspection(r: Inspection, out: Path) -> Dict[str, Path]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .. import cli
-    from ..rundir import INSPECTION, claim, dataset_folder, dataset_source
+    from ..outputs import INSPECTION
+    from ..rundir import claim, dataset_folder, dataset_source
 
     cfg = cli.data_config("inspect", __doc__.split("\n\n")[0], argv, "runs/inspect-<data folder>", extra=["overwrite"])
     root = Path(cfg.data_root)

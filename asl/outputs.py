@@ -1,0 +1,210 @@
+"""What each command writes, and how a file it wrote is told from a user's file of the same name:
+the :class:`Product` of each command that owns a folder (training, validation, inspection,
+conversion, folder tagging) and the content tests of single output files. :mod:`asl.rundir`
+decides with them whose a folder or a file is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+__all__ = [
+    "Product",
+    "TRAINING",
+    "VALIDATION",
+    "INSPECTION",
+    "CONVERSION",
+    "TAGGING",
+    "SINGLE_FILES",
+    "BY_COMMAND",
+    "REPORT_GENERATOR",
+    "PICTURE_MARK",
+]
+
+
+def head_bytes(path: Path, n: int = 512) -> bytes:
+    """The first ``n`` bytes of a file (empty when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A torch.save file of ours: a dict holding a state dict under ``model``."""
+    if not zipfile_like(path):
+        return False
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (any failure to load means: not a checkpoint this command wrote)
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("model"), dict)
+
+
+def zipfile_like(path: Path) -> bool:
+    return path.is_file() and head_bytes(path, 4) == b"PK\x03\x04"
+
+
+def _is_json_object(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def _is_jsonl(path: Path) -> bool:
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return all(isinstance(json.loads(ln), dict) for ln in lines)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def _is_run_config(path: Path) -> bool:
+    """A ``config.yaml`` a run wrote: the resolved config, every field of the schema spelled out
+    (a user's recipe names a few)."""
+    import yaml
+
+    from .config import FIELDS
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and set(data) <= set(FIELDS) and len(data) >= 0.9 * len(FIELDS)
+
+
+def _never(path: Path) -> bool:
+    return False
+
+
+def _is_png(path: Path) -> bool:
+    return head_bytes(path, 8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _is_npy(path: Path) -> bool:
+    return head_bytes(path, 6) == b"\x93NUMPY"
+
+
+REPORT_GENERATOR = "<meta name='generator' content='asl report'>"
+
+
+def _is_report(path: Path) -> bool:
+    return REPORT_GENERATOR.encode() in head_bytes(path, 1024)
+
+
+def _is_event_folder(path: Path) -> bool:
+    """A TensorBoard folder this package wrote: event files only."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return all(f.is_file() and f.name.startswith("events.out.tfevents.") for f in path.rglob("*") if not f.is_dir())
+
+
+def _is_scores_csv(path: Path) -> bool:
+    """``infer.py --scores-csv``'s file: an ``image,<class>,...`` header."""
+    return head_bytes(path, 6) == b"image,"
+
+
+def _is_onnx(path: Path) -> bool:
+    from .checkpoint import sniff_weights
+
+    try:
+        return path.is_file() and sniff_weights(path) == "onnx"
+    except Exception:  # noqa: BLE001  (unreadable: not ours)
+        return False
+
+
+PICTURE_MARK = "asl infer.py"  # written into --save-image pictures (PNG text, JPEG comment)
+
+
+def _is_labelled_picture(path: Path) -> bool:
+    """A picture ``infer.py --save-image`` drew: it carries :data:`PICTURE_MARK`."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            info = img.info
+    except Exception:  # noqa: BLE001  (not a picture Pillow opens: not ours)
+        return False
+    mark = info.get("Software") or info.get("comment") or b""
+    return (mark.decode("utf-8", "replace") if isinstance(mark, bytes) else str(mark)) == PICTURE_MARK
+
+
+@dataclass(frozen=True)
+class Product:
+    """What one command writes into a folder it owns.
+
+    Attributes:
+        command: the command's name, recorded in the folder's lock.
+        noun: how messages call such a folder (``a run``).
+        writer: how messages call the command (``run``, ``validate.py``).
+        files: name -> test that a file of that name holds what the command writes.
+        any_file: files of other names are the command's too (``--tags-out``: a tree of .txt).
+        reuse: a folder of this product may be written again with ``--overwrite``.
+    """
+
+    command: str
+    noun: str
+    writer: str
+    files: Mapping[str, Callable[[Path], bool]]
+    any_file: bool = False
+    reuse: bool = True
+
+
+TRAINING = Product(
+    "train",
+    "a run",
+    "run",
+    {
+        "last.pth": _is_checkpoint,
+        "best.pth": _is_checkpoint,
+        "metrics.jsonl": _is_jsonl,
+        "config.yaml": _is_run_config,
+        "curves.png": _is_png,
+        "per_class_ap.json": _is_json_object,
+        "report.html": _is_report,
+        "tensorboard": _is_event_folder,
+    },
+)
+
+
+VALIDATION = Product(
+    "validate",
+    "a validation",
+    "validate.py",
+    {
+        "metrics.json": _is_json_object,
+        "scores.npy": _is_npy,
+        "targets.npy": _is_npy,
+        "report.html": _is_report,
+        "calibrated.pth": _is_checkpoint,
+    },
+)
+
+
+INSPECTION = Product("inspect", "an inspection", "inspect", {"summary.json": _is_json_object, "positives.png": _is_png})
+
+
+CONVERSION = Product(
+    "convert", "a conversion", "convert", dict.fromkeys(("labels.csv", "classes.txt"), _never), reuse=False
+)
+
+
+TAGGING = Product("tags", "infer.py's tags", "infer.py --tags-out", {}, any_file=True)
+
+
+SINGLE_FILES: Mapping[str, Callable[[Path], bool]] = {
+    "onnx": _is_onnx,
+    "scores_csv": _is_scores_csv,
+    "picture": _is_labelled_picture,
+    "checkpoint": _is_checkpoint,
+}
+
+
+BY_COMMAND = {p.command: p for p in (TRAINING, VALIDATION, INSPECTION, CONVERSION, TAGGING)}
