@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from ..errors import DataError
-from . import formats, tagged
+from . import formats, imagefolder, labelstudio, table, tagged
 
 # What each format is recognised by, in the words of the error that lists them.
 LOOKED_FOR = (
@@ -24,7 +24,7 @@ LOOKED_FOR = (
 
 def _is_tagged_csv(path: Path) -> bool:
     """A header the labels.csv reader takes (``image,labels``, ``image_name,tags``, ...)."""
-    h = formats._header(path)
+    h = table.csv_header(path)
     return len(h) >= 2 and h[0] in tagged.NAME_COLUMNS and h[1] in tagged.TAG_COLUMNS
 
 
@@ -37,10 +37,10 @@ def candidates(root: Path) -> List[Tuple[str, str]]:
                 found.append(("tagged", root.name))
             elif formats.is_onehot_csv(root):
                 found.append(("onehot", root.name))
-        elif root.suffix.lower() == ".json" and formats._labelstudio_files(root):
+        elif root.suffix.lower() == ".json" and labelstudio.labelstudio_files(root):
             found.append(("labelstudio", root.name))
         return found
-    folders = [root, *formats.split_folders(root).values()]
+    folders = [root, *table.split_folders(root).values()]
     if (root / "demo.json").is_file() and (root / "labels.csv").is_file():
         return [("demo", "demo.json")]  # the demo's labels.csv is its own (a demo.json alone is a leftover)
     if (root / "annotations").is_dir() and any((root / "annotations").glob("instances_*.json")):
@@ -55,15 +55,15 @@ def candidates(root: Path) -> List[Tuple[str, str]]:
         found.append(("nuswide", "nus_wid_data.csv"))
     if (root / "labels.csv").is_file() and _is_tagged_csv(root / "labels.csv"):
         found.append(("tagged", "labels.csv"))
-    onehot = [f for f in folders if formats._onehot_file(f) is not None]
+    onehot = [f for f in folders if formats.onehot_file(f) is not None]
     if onehot:
-        found.append(("onehot", str(formats._onehot_file(onehot[0]).relative_to(root))))
-    meta = [f for f in folders if formats._metadata_file(f) is not None]
+        found.append(("onehot", str(formats.onehot_file(onehot[0]).relative_to(root))))
+    meta = [f for f in folders if imagefolder.metadata_file(f) is not None]
     if meta:
-        found.append(("imagefolder", str(formats._metadata_file(meta[0]).relative_to(root))))
-    studio = [f for f in folders if formats._labelstudio_files(f)]
+        found.append(("imagefolder", str(imagefolder.metadata_file(meta[0]).relative_to(root))))
+    studio = [f for f in folders if labelstudio.labelstudio_files(f)]
     if studio:
-        found.append(("labelstudio", str(formats._labelstudio_files(studio[0])[0].relative_to(root))))
+        found.append(("labelstudio", str(labelstudio.labelstudio_files(studio[0])[0].relative_to(root))))
     if not found and formats.has_sidecars(root):  # a labels file's folder may hold captions too
         found.append(("sidecar", "pictures with same-named .txt files"))
     return found
