@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 # The PyTorch parts load on first use (PEP 562), so `asl.jax` works where only JAX is installed.
 _LAZY = {
+    "ASLOptions": "options",
     "AsymmetricLoss": "losses",
     "AsymmetricLossOptimized": "losses",
     "ASLSingleLabel": "losses",

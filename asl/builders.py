@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config, check_num_classes
-from .data import DATASETS, build_transform, create_dataset, default_splits
+from .data import DATASETS, ReadOptions, build_transform, create_dataset, default_splits
 from .distributed import DistInfo, EpochSampler, ShardSampler, all_true, init_distributed
 from .engine import Optimization, StepSettings
 from .errors import ConfigError
@@ -52,9 +52,7 @@ def dataset_from_config(
         cfg.data_root,
         split,
         transform,
-        max_bad_fraction=cfg.max_bad_fraction,
-        max_bad_images=cfg.max_bad_images,
-        draft_size=cfg.image_size if train else None,
+        read=ReadOptions(cfg.max_bad_fraction, cfg.max_bad_images, draft_size=cfg.image_size if train else None),
         **options,
     )
     if train and cfg.label_noise:

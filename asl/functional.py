@@ -19,14 +19,14 @@ value is computed.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["asymmetric_loss", "asl_single_label", "check_targets", "REDUCTIONS"]
+from .options import REDUCTIONS, ASLOptions
 
-REDUCTIONS = ("none", "sum", "mean", "batchmean")
+__all__ = ["asymmetric_loss", "asl_single_label", "check_targets", "ASLOptions", "REDUCTIONS"]
 
 Number = Union[float, int]
 
@@ -43,13 +43,28 @@ def check_targets(targets: torch.Tensor) -> None:
     Checked on CPU tensors only: on an accelerator the test would wait for the device at every
     step (a host synchronization), so there the contract is the caller's.
     """
-    if targets.device.type != "cpu" or targets.dtype == torch.bool or not targets.numel():
-        return
+    if targets.device.type == "cpu":
+        _scan_targets(targets)
+
+
+def _scan_targets(targets: torch.Tensor) -> Tuple[bool, bool]:
+    """(soft, unknown) of CPU targets, read in one pass of four reductions: whether a label lies
+    strictly between 0 and 1, and whether one is -1. A value outside [0, 1] and -1 is a ValueError.
+
+    With ``t (t + 1) >= 0`` exactly on {-1} and [0, inf) and ``t (1 - t) > 0`` exactly on (0, 1),
+    the labels are valid when min >= -1, max <= 1 and min t (t + 1) >= 0 (NaN fails each test).
+    """
+    if targets.dtype == torch.bool or not targets.numel():
+        return False, False
     t = targets if targets.is_floating_point() else targets.to(torch.float32)
-    bad = ~(((t >= 0) & (t <= 1)) | (t == -1))  # NaN fails both tests
-    if bool(bad.any()):
+    lo, hi = torch.aminmax(t)
+    both = torch.stack((lo, hi, torch.addcmul(t, t, t).min(), torch.addcmul(t, t, t, value=-1).max()))
+    lo, hi, tt1, t1t = both.tolist()
+    if not (lo >= -1 and hi <= 1 and tt1 >= 0):
+        bad = ~(((t >= 0) & (t <= 1)) | (t == -1))
         value = t[bad][0].item()
         raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {value!r} ({int(bad.sum())} such values)")
+    return t1t > 0, lo < 0
 
 
 def _tensor_only(t: torch.Tensor) -> bool:
@@ -60,15 +75,15 @@ def _tensor_only(t: torch.Tensor) -> bool:
     return t.device.type != "cpu" or torch.compiler.is_compiling()
 
 
-def _prepare_targets(targets: torch.Tensor, dtype: torch.dtype, label_smoothing: float):
-    """Return (y, known): y in [0, 1] with unknown entries zeroed, known a 0/1 mask or None."""
+def _prepare_targets(targets: torch.Tensor, dtype: torch.dtype, label_smoothing: float, unknown: Optional[bool] = None):
+    """Return (y, known): y in [0, 1] with unknown entries zeroed, known a 0/1 mask or None.
+    ``unknown``: whether some label is -1, where the caller has read it already."""
     y = targets if targets.dtype == dtype else targets.to(dtype)
     known = None
     if targets.dtype != torch.bool and _tensor_only(y):
         known = (y >= 0).to(dtype)  # always masked: no read-back of whether any label is unknown
         y = y * known
-    # One reduction instead of a comparison pass plus any(): this runs on every call.
-    elif targets.dtype != torch.bool and y.numel() and float(y.min()) < 0:
+    elif targets.dtype != torch.bool and y.numel() and (unknown if unknown is not None else float(y.min()) < 0):
         unknown = y < 0
         known = (~unknown).to(dtype)
         y = y.masked_fill(unknown, 0.0)
@@ -83,13 +98,16 @@ class _Opts:
     """Loss options resolved once per call (plain floats, tensors in the compute dtype), built by
     :func:`asymmetric_loss` and passed down as one object."""
 
-    __slots__ = ("gp", "gn", "clip", "eps", "log_eps", "detach", "pw", "weight", "reduction", "smoothing")
+    __slots__ = ("gp", "gn", "clip", "eps", "log_eps", "detach", "pw", "weight", "reduction", "smoothing", "unknown")
 
-    def __init__(self, gp, gn, clip, eps, detach, pw, weight, reduction, smoothing):
-        self.gp, self.gn, self.clip, self.eps, self.detach = gp, gn, clip, eps, detach
-        self.log_eps = math.log(eps)
+    def __init__(self, options: ASLOptions, pw, weight):
+        self.gp, self.gn = float(options.gamma_pos), float(options.gamma_neg)
+        self.clip = float(options.clip) if options.clip else None
+        self.eps, self.detach = options.eps, bool(options.disable_torch_grad_focal_loss)
+        self.log_eps = math.log(options.eps)
         self.pw, self.weight = pw, weight
-        self.reduction, self.smoothing = reduction, smoothing
+        self.reduction, self.smoothing = options.reduction, options.label_smoothing
+        self.unknown: Optional[bool] = None  # whether some label is -1, where already read
 
 
 def _safe_pow(base: torch.Tensor, exponent) -> torch.Tensor:
@@ -257,7 +275,7 @@ def _forward(logits: torch.Tensor, targets: torch.Tensor, o: _Opts, need_grad: b
         x = x.to(dtype)
     if x.dim() != 2:
         x, targets = x.reshape(-1, c), targets.reshape(-1, c)
-    y, known = _prepare_targets(targets, dtype, o.smoothing)
+    y, known = _prepare_targets(targets, dtype, o.smoothing, o.unknown)
     out, grad = _run(x.contiguous(), y.contiguous(), known, o, o.reduction, need_grad)
     scale = _reduce_scale(o.reduction, logits.shape[0] if logits.dim() else 1, known, x.numel())
     if grad is not None:
@@ -296,15 +314,6 @@ class _FusedASL(torch.autograd.Function):
         return g, None, None
 
 
-def _is_soft(targets: torch.Tensor, label_smoothing: float) -> bool:
-    """Whether some target lies strictly between 0 and 1 (soft labels, label smoothing)."""
-    if label_smoothing:
-        return True
-    if not targets.is_floating_point() or not targets.numel():
-        return False
-    return bool(((targets > 0) & (targets < 1)).any())
-
-
 def _soft_asl(logits: torch.Tensor, targets: torch.Tensor, o: _Opts) -> torch.Tensor:
     """The official element formula for any target y in [0, 1], with autograd.
 
@@ -317,7 +326,7 @@ def _soft_asl(logits: torch.Tensor, targets: torch.Tensor, o: _Opts) -> torch.Te
     """
     dtype = _compute_dtype(logits)
     x = logits.to(dtype)
-    y, known = _prepare_targets(targets, dtype, o.smoothing)
+    y, known = _prepare_targets(targets, dtype, o.smoothing, o.unknown)
     p, q = torch.sigmoid(x), torch.sigmoid(-x)
     log_pos = torch.log(p.clamp(min=o.eps))
     if o.clip:
@@ -358,6 +367,8 @@ def asymmetric_loss(
     label_smoothing: float = 0.0,
     weight: Optional[torch.Tensor] = None,
     pos_weight: Optional[Union[torch.Tensor, float]] = None,
+    *,
+    options: Optional[ASLOptions] = None,
 ) -> torch.Tensor:
     """Multi-label asymmetric loss (paper Sec. 2, Eq. 1-4), the official ``AsymmetricLoss`` for any
     target y in [0, 1]:
@@ -385,37 +396,28 @@ def asymmetric_loss(
         label_smoothing: s, y <- y (1 - s) + 0.5 s.
         weight: (C,) per-class factor.
         pos_weight: scalar or (C,) factor on the positive term.
+        options: the scalar options above as one :class:`ASLOptions`, made and checked once (the
+            loss modules pass theirs); the keyword values are then not read.
 
     Returns:
         float32 scalar, or (N, C) for ``reduction="none"`` (zero where unknown).
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if options is None:
+        options = ASLOptions(gamma_neg, gamma_pos, clip, eps, disable_torch_grad_focal_loss, reduction, label_smoothing)
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError("label_smoothing must be in [0, 1)")
-    if not _tensor_only(logits):
-        check_targets(targets)
     if logits.numel() == 0:  # an empty batch: no loss, and a gradient of the right (empty) shape
         zero = logits.to(_compute_dtype(logits)).sum() * 0.0
-        return zero.expand(logits.shape) if reduction == "none" else zero
+        return zero.expand(logits.shape) if options.reduction == "none" else zero
     dtype = _compute_dtype(logits)
-    o = _Opts(
-        float(gamma_pos),
-        float(gamma_neg),
-        float(clip) if clip else None,
-        eps,
-        bool(disable_torch_grad_focal_loss),
-        _as_tensor(pos_weight, logits.device, dtype),
-        _as_tensor(weight, logits.device, dtype),
-        reduction,
-        label_smoothing,
-    )
-    if _tensor_only(logits) or _is_soft(targets, label_smoothing):
+    o = _Opts(options, _as_tensor(pos_weight, logits.device, dtype), _as_tensor(weight, logits.device, dtype))
+    if _tensor_only(logits):
         # the element formula covers hard and soft labels alike: under torch.compile and on an
         # accelerator it is the one path (no test of the labels' values, no host synchronization),
         # and there the compiler or the device's kernels carry its element-wise operations
+        return _soft_asl(logits, targets, o)
+    soft, o.unknown = _scan_targets(targets)  # the labels read once: valid, soft, unknown
+    if soft or o.smoothing:
         return _soft_asl(logits, targets, o)
     if torch.is_grad_enabled() and logits.requires_grad:
         return _FusedASL.apply(logits, targets, o)

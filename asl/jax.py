@@ -30,6 +30,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from .options import ASLOptions
+
 __all__ = ["asymmetric_loss", "asymmetric_loss_single_label"]
 
 
@@ -61,6 +63,7 @@ def asymmetric_loss(
     stop_gradient_focusing: bool = True,
     label_smoothing: float = 0.0,
     where: Optional[jax.Array] = None,
+    options: Optional[ASLOptions] = None,
 ) -> jax.Array:
     """Multi-label asymmetric loss per element (paper Sec. 2, Eq. 1-4), no reduction.
 
@@ -84,6 +87,10 @@ def asymmetric_loss(
         label_smoothing: s, labels <- labels (1 - s) + s / 2.
         where: optional boolean mask of the same shape; False marks an unknown label, which
             contributes neither loss nor gradient (PyTorch side: target -1).
+        options: the options as the PyTorch forms take them (:class:`asl.options.ASLOptions`);
+            when given, its gammas, clip, eps, ``disable_torch_grad_focal_loss`` (as
+            ``stop_gradient_focusing``) and label smoothing are used. Its reduction must be
+            ``none``: this form returns per-element losses.
 
     The gammas, clip, eps and label_smoothing are Python numbers (static under ``jax.jit``: close
     over them or mark them static), as in optax's losses.
@@ -92,6 +99,14 @@ def asymmetric_loss(
         (..., C) per-element losses in float32 (float64 under x64 for float64 input); zero where
         ``where`` is False.
     """
+    if options is not None:
+        if options.reduction != "none":
+            raise ValueError(
+                f"asl.jax.asymmetric_loss returns per-element losses: pass options with reduction 'none', "
+                f"got {options.reduction!r}"
+            )
+        gamma_pos, gamma_neg, clip, eps = options.gamma_pos, options.gamma_neg, options.clip, options.eps
+        stop_gradient_focusing, label_smoothing = options.disable_torch_grad_focal_loss, options.label_smoothing
     if jnp.shape(logits) != jnp.shape(labels):
         raise ValueError(f"logits {jnp.shape(logits)} and labels {jnp.shape(labels)} differ in shape")
     if not 0.0 <= label_smoothing < 1.0:

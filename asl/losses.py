@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from . import functional as AF
+from .options import ASLOptions
 
 __all__ = [
     "AsymmetricLoss",
@@ -61,12 +62,9 @@ class AsymmetricLoss(nn.Module):
         pos_weight: Optional[Union[torch.Tensor, float]] = None,
     ):
         super().__init__()
-        if reduction not in AF.REDUCTIONS:
-            raise ValueError(f"reduction must be one of {AF.REDUCTIONS}, got {reduction!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError("label_smoothing must be in [0, 1)")
-        if gamma_neg < 0 or gamma_pos < 0 or (clip is not None and not 0 <= clip < 1):
-            raise ValueError("gammas must be >= 0 and clip in [0, 1)")
+        self._options = ASLOptions(  # checked here, and made again only when an option changes
+            float(gamma_neg), float(gamma_pos), clip, eps, disable_torch_grad_focal_loss, reduction, label_smoothing
+        )
         self.gamma_neg = float(gamma_neg)
         self.gamma_pos = float(gamma_pos)
         self.clip = clip
@@ -81,20 +79,34 @@ class AsymmetricLoss(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return AF.asymmetric_loss(
-            logits,
-            targets,
-            gamma_neg=self.gamma_neg,
-            gamma_pos=self.gamma_pos,
-            clip=self.clip,
-            eps=self.eps,
-            disable_torch_grad_focal_loss=self.disable_torch_grad_focal_loss,
-            reduction=self.reduction,
-            label_smoothing=self.label_smoothing,
-            weight=self.weight,
-            pos_weight=self.pos_weight,
+    @property
+    def options(self) -> ASLOptions:
+        """The loss's options as one :class:`asl.options.ASLOptions` (the attributes may be set
+        after construction, as the official module's are, and adaptive ASL moves gamma_neg)."""
+        o = self._options
+        now = (
+            self.gamma_neg,
+            self.gamma_pos,
+            self.clip,
+            self.eps,
+            self.disable_torch_grad_focal_loss,
+            self.reduction,
+            self.label_smoothing,
         )
+        if now != (
+            o.gamma_neg,
+            o.gamma_pos,
+            o.clip,
+            o.eps,
+            o.disable_torch_grad_focal_loss,
+            o.reduction,
+            o.label_smoothing,
+        ):
+            o = self._options = ASLOptions(*now)
+        return o
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return AF.asymmetric_loss(logits, targets, weight=self.weight, pos_weight=self.pos_weight, options=self.options)
 
     def extra_repr(self) -> str:
         return f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, reduction={self.reduction!r}"

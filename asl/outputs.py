@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from .errors import DataError
+from .files import atomic_write
 
 __all__ = [
     "Product",
@@ -22,6 +25,8 @@ __all__ = [
     "BY_COMMAND",
     "REPORT_GENERATOR",
     "PICTURE_MARK",
+    "read_metrics",
+    "write_per_class_ap",
 ]
 
 
@@ -208,3 +213,33 @@ SINGLE_FILES: Mapping[str, Callable[[Path], bool]] = {
 
 
 BY_COMMAND = {p.command: p for p in (TRAINING, VALIDATION, INSPECTION, CONVERSION, TAGGING)}
+
+
+# --------------------------------------------------------------------------- a run's records
+
+
+def read_metrics(path: Path) -> List[Dict[str, Any]]:
+    """The epoch records of a run's ``metrics.jsonl``; a damaged file is one :class:`DataError` line."""
+    try:
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(
+            f"{path} is damaged ({type(e).__name__}: {e}); move it away to resume without the earlier epochs' records"
+        ) from None
+    if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
+        raise DataError(
+            f"{path} holds a line that is not an epoch record; move it away to resume without the "
+            f"earlier epochs' records"
+        )
+    return records
+
+
+def write_per_class_ap(path: Path, epoch: int, class_names, ev: Dict[str, Any], ev_ema: Optional[Dict]) -> None:
+    """The latest epoch's AP per class, plain and EMA (read by the study's frequency analysis)."""
+
+    def ap(e):
+        return None if e is None else [None if v != v else round(float(v), 5) for v in e["per_class_ap"]]
+
+    atomic_write(
+        path, json.dumps({"epoch": epoch, "class_names": list(class_names), "ap": ap(ev), "ap_ema": ap(ev_ema)})
+    )

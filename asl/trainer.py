@@ -47,11 +47,11 @@ from .checks import check_training, resolve_training, tensorboard_dir
 from .config import Config, dump_config
 from .distributed import all_true, broadcast_buffers, gather_rows
 from .engine import evaluate, train_one_epoch
-from .errors import DataError, Interrupted
+from .errors import Interrupted
 from .files import atomic_write, writable_dir
 from .hooks import GammaTrace, Hook, HtmlReport, RunView, TensorBoard
 from .losses import AdaptiveAsymmetricLoss
-from .outputs import TRAINING
+from .outputs import TRAINING, read_metrics, write_per_class_ap
 from .pretrained import resolve_pretrained
 from .rundir import claim, config_sources
 
@@ -484,30 +484,3 @@ class _View(RunView):
 
     def request_stop(self) -> None:
         self.stop_asked = True
-
-
-def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """The epoch records of a run's ``metrics.jsonl``; a damaged file is one :class:`DataError` line."""
-    try:
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(
-            f"{path} is damaged ({type(e).__name__}: {e}); move it away to resume without the earlier epochs' records"
-        ) from None
-    if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
-        raise DataError(
-            f"{path} holds a line that is not an epoch record; move it away to resume without the "
-            f"earlier epochs' records"
-        )
-    return records
-
-
-def write_per_class_ap(path: Path, epoch: int, class_names, ev: Dict[str, Any], ev_ema: Optional[Dict]) -> None:
-    """The latest epoch's AP per class, plain and EMA (read by the study's frequency analysis)."""
-
-    def ap(e):
-        return None if e is None else [None if v != v else round(float(v), 5) for v in e["per_class_ap"]]
-
-    atomic_write(
-        path, json.dumps({"epoch": epoch, "class_names": list(class_names), "ap": ap(ev), "ap_ema": ap(ev_ema)})
-    )

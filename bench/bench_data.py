@@ -26,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asl.data import build_transform, create_dataset  # noqa: E402
+from asl.data import ReadOptions, build_transform, create_dataset  # noqa: E402
 from asl.data.demo import ensure_demo  # noqa: E402
 
 
@@ -126,7 +126,9 @@ def main(argv=None) -> None:
     print(f"{'set':>22} | {'transform':>10} | {'ours img/s':>10} | {'official img/s':>14} | {'ours/official':>13}")
     for size, train in ((448, False), (448, True), (224, False), (224, True)):
         tf = build_transform(train, size, augment="cutout_randaugment" if train else "none")
-        ours = create_dataset("coco", str(root), "val2014", tf, draft_size=size if train else None)  # as training
+        ours = create_dataset(
+            "coco", str(root), "val2014", tf, ReadOptions(draft_size=size if train else None)
+        )  # as training
         official = OfficialCocoDetection(root / "val2014", root / "annotations/instances_val2014.json", tf)
         a = throughput(ours, args.workers, args.batch_size, 1)
         b = throughput(official, args.workers, args.batch_size, 1)
@@ -135,7 +137,7 @@ def main(argv=None) -> None:
             f"{b:>14.1f} | {a / b:>13.2f}"
         )
     ensure_demo(args.demo_root)  # the explicit generation step (once)
-    demo = create_dataset("demo", args.demo_root, "train", build_transform(True, 64), draft_size=64)
+    demo = create_dataset("demo", args.demo_root, "train", build_transform(True, 64), ReadOptions(draft_size=64))
     a = throughput(demo, args.workers, 64, 2)
     print(f"{f'demo {len(demo)} @64':>22} | {'train':>10} | {a:>10.1f} | {'-':>14} | {'-':>13}")
 

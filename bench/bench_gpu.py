@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asl import functional as AF  # noqa: E402
 from asl.builders import amp_dtype_for, build_optimizer, build_scheduler  # noqa: E402
-from asl.data import build_transform, create_dataset  # noqa: E402
+from asl.data import ReadOptions, build_transform, create_dataset  # noqa: E402
 from asl.engine import Optimization, StepSettings, train_one_epoch  # noqa: E402
 from asl.losses import AsymmetricLoss  # noqa: E402
 from asl.models import create_model  # noqa: E402
@@ -204,7 +204,11 @@ def training_table(args, device, clock):
 
             root = make_coco_layout(Path(args.coco_root), args.jpeg_images)
             ds = create_dataset(
-                "coco", str(root), "val2014", build_transform(True, size, augment="cutout_randaugment"), draft_size=size
+                "coco",
+                str(root),
+                "val2014",
+                build_transform(True, size, augment="cutout_randaugment"),
+                ReadOptions(draft_size=size),
             )
             loader = torch.utils.data.DataLoader(
                 ds,

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asl.builders import build_optimizer, build_scheduler  # noqa: E402
-from asl.data import build_transform, create_dataset  # noqa: E402
+from asl.data import ReadOptions, build_transform, create_dataset  # noqa: E402
 from asl.data.demo import ensure_demo  # noqa: E402
 from asl.engine import Optimization, train_one_epoch  # noqa: E402
 from asl.losses import AsymmetricLoss  # noqa: E402
@@ -113,14 +113,20 @@ def main(argv=None) -> None:
     )
     mean, std = data_config("resnet10t")
     ensure_demo("data/demo")  # the explicit generation step (once)
-    demo = create_dataset("demo", "data/demo", "train", build_transform(True, 64, mean, std), draft_size=64)
+    demo = create_dataset(
+        "demo", "data/demo", "train", build_transform(True, 64, mean, std), ReadOptions(draft_size=64)
+    )
     bench("demo resnet10t 64px b64", "resnet10t", demo, 64, args.steps, args.reps, args.workers)
     if not args.skip_tresnet:
         from bench_data import make_coco_layout
 
         root = make_coco_layout(Path(args.coco_root), 2000)
         ds = create_dataset(
-            "coco", str(root), "val2014", build_transform(True, 224, augment="cutout_randaugment"), draft_size=224
+            "coco",
+            str(root),
+            "val2014",
+            build_transform(True, 224, augment="cutout_randaugment"),
+            ReadOptions(draft_size=224),
         )
         bench("tresnet_m 224px b16", "tresnet_m", ds, 16, max(args.steps // 4, 3), args.reps, args.workers)
 

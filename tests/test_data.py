@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from asl.data import build_transform, create_dataset
+from asl.data import ReadOptions, build_transform, create_dataset
 from asl.data.demo import CLASS_NAMES, generate_demo
 from asl.data.transforms import CutoutPIL
 from asl.errors import DataError
@@ -96,7 +96,9 @@ def test_missing_root_and_empty_split(tmp_path, tagged_root):
 def test_corrupt_image_is_skipped_and_named(tagged_root, caplog):
     (tagged_root / "img/0001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (tagged_root / "img/0002.png").unlink()
-    ds = create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.1)
+    ds = create_dataset(
+        "tagged", str(tagged_root), "train", build_transform(False, 32), ReadOptions(max_bad_fraction=0.1)
+    )
     items = [ds[i] for i in range(len(ds))]
     assert len(items) == len(ds)
     assert {p.split("/")[-1] for p in ds.bad_images} == {"0001.png", "0002.png"}
@@ -105,11 +107,19 @@ def test_corrupt_image_is_skipped_and_named(tagged_root, caplog):
     # A missing file is found when the dataset is built, before any epoch.
     with pytest.raises(DataError, match="1 of 48 images are missing or unreadable"):
         create_dataset(
-            "tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.0, max_bad_images=0
+            "tagged",
+            str(tagged_root),
+            "train",
+            build_transform(False, 32),
+            ReadOptions(max_bad_fraction=0.0, max_bad_images=0),
         )
     shutil.copy(tagged_root / "img/0000.png", tagged_root / "img/0002.png")
     strict = create_dataset(
-        "tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_fraction=0.0, max_bad_images=0
+        "tagged",
+        str(tagged_root),
+        "train",
+        build_transform(False, 32),
+        ReadOptions(max_bad_fraction=0.0, max_bad_images=0),
     )
     strict[0]
     with pytest.raises(DataError, match="unreadable"):

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from asl.data import build_transform, create_dataset
+from asl.data import ReadOptions, build_transform, create_dataset
 from asl.data.base import split_warnings
 from asl.errors import DataError
 from tests.conftest import make_coco, make_tagged, make_voc
@@ -182,7 +182,7 @@ def test_missing_files_are_listed_when_the_dataset_is_built(tagged_root, caplog)
     assert "3 of 48 images are missing" in caplog.text and "0005.png" in caplog.text
     assert ds.bad_count == 3  # counted before any image is read; 3 <= 5 (--max-bad-images) goes on
     with pytest.raises(DataError, match="3 of 48 images are missing or unreadable .*--max-bad-images"):
-        create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32), max_bad_images=2)
+        create_dataset("tagged", str(tagged_root), "train", build_transform(False, 32), ReadOptions(max_bad_images=2))
 
 
 def test_one_bad_photo_does_not_stop_a_small_set(tmp_path, capsys):

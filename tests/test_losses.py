@@ -327,3 +327,29 @@ def test_single_label_is_finite_at_saturated_logits(dtype):
     x = torch.tensor([[40.0, 0.0, 0.0]], requires_grad=True)
     ASLSingleLabel(gamma_pos=0.5, gamma_neg=4, eps=0.0)(x, torch.tensor([0])).backward()
     assert torch.equal(x.grad, torch.zeros_like(x))  # p = 1 on the target, exactly: nothing to learn
+
+
+def test_one_options_value_for_the_module_the_function_and_jax():
+    """ASLOptions: the loss module's options, the functional form's and the JAX form's are one value."""
+    import numpy as np
+
+    from asl import ASLOptions
+    from asl.functional import asymmetric_loss
+
+    opts = ASLOptions(gamma_neg=3.0, gamma_pos=0.5, clip=0.1, reduction="none", label_smoothing=0.1)
+    x, y = torch.randn(6, 5, dtype=torch.float64), (torch.rand(6, 5) > 0.6).double()
+    by_module = AsymmetricLoss(**{k: getattr(opts, k) for k in opts.__dataclass_fields__})(x, y)
+    by_function = asymmetric_loss(x, y, options=opts)
+    assert torch.equal(by_module, by_function)
+    loss = AsymmetricLoss()
+    loss.gamma_neg = 3.0  # an attribute set after construction, as on the official module, is read
+    assert loss.options.gamma_neg == 3.0
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        ASLOptions(reduction="avg")
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    from asl.jax import asymmetric_loss as jax_loss
+
+    np.testing.assert_allclose(
+        np.asarray(jax_loss(x.numpy(), y.numpy(), options=opts)), by_function.numpy(), rtol=1e-10
+    )

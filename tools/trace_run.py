@@ -31,7 +31,13 @@ def _tiny_set(root: Path, n: int = 24) -> Path:
         w.writerow(["image", "labels", "split"])
         for i in range(n):
             Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
-            w.writerow([f"img/{i}.png", "|".join(c for c in ("cat", "dog") if rng.random() < 0.5), "train" if i < 16 else "val"])
+            w.writerow(
+                [
+                    f"img/{i}.png",
+                    "|".join(c for c in ("cat", "dog") if rng.random() < 0.5),
+                    "train" if i < 16 else "val",
+                ]
+            )
     return root
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from ..errors import ConfigError, DataError
-from .base import MultiLabelDataset
+from .base import DEFAULT_READ, MultiLabelDataset, ReadOptions
 from .transforms import build_transform
 
 __all__ = [
@@ -24,13 +24,10 @@ __all__ = [
     "MultiLabelDataset",
     "build_transform",
     "default_splits",
-    "COMMON_OPTIONS",
+    "ReadOptions",
     "DATASET_OPTIONS",
     "unread_options",
 ]
-
-# Options every dataset takes (asl.data.base.MultiLabelDataset's).
-COMMON_OPTIONS = ("max_bad_fraction", "max_bad_images", "draft_size")
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,12 @@ def unread_options(name: str, values: Mapping[str, Any], defaults: Mapping[str, 
 
 
 def create_dataset(
-    name: str, root: str, split: str, transform: Optional[Callable] = None, **options: Any
+    name: str,
+    root: str,
+    split: str,
+    transform: Optional[Callable] = None,
+    read: ReadOptions = DEFAULT_READ,
+    **options: Any,
 ) -> MultiLabelDataset:
     """Build a dataset split by name.
 
@@ -99,20 +101,22 @@ def create_dataset(
         root: the dataset's folder (or file, for a tagged CSV).
         split: split name (``train``, ``val``, ...).
         transform: PIL image -> tensor.
-        **options: the common options (``max_bad_fraction``, ``max_bad_images``, ``draft_size``)
-            and those the dataset declares; any other raises :class:`ConfigError`.
+        read: how its pictures are read (:class:`ReadOptions`), shared by every dataset.
+        **options: the options the dataset declares; any other raises :class:`ConfigError`.
     """
     spec = _spec(name)
-    unknown = sorted(set(options) - set(COMMON_OPTIONS) - set(spec.options))
+    unknown = sorted(set(options) - set(spec.options))
     if unknown:
-        raise ConfigError(
-            f"dataset {name} does not take {', '.join(unknown)} (it reads {', '.join(COMMON_OPTIONS + spec.options)})"
-        )
-    return spec.build(root, split=split, transform=transform, **options)
+        raise ConfigError(f"dataset {name} does not take {', '.join(unknown)} (it reads {', '.join(spec.options)})")
+    return spec.build(root, split=split, transform=transform, read=read, **options)
 
 
 def dataset_splits(
-    name: str, root: str, tag_separator: Optional[str] = None, val_fraction: float = 0.2, **common: Any
+    name: str,
+    root: str,
+    tag_separator: Optional[str] = None,
+    val_fraction: float = 0.2,
+    read: ReadOptions = DEFAULT_READ,
 ) -> Dict[str, MultiLabelDataset]:
     """Every split a dataset holds, by its own split names, in order: the training split, the
     evaluation split, then ``test`` where there is one (a missing or empty split other than the
@@ -120,11 +124,11 @@ def dataset_splits(
     count. ``tag_separator`` and ``val_fraction`` go to the datasets that read them.
 
     Args:
-        **common: :data:`COMMON_OPTIONS` (``max_bad_fraction``, ...).
+        read: how the pictures are read (:class:`ReadOptions`).
     """
     reader = "tagged" if name == "demo" else name
     spec = _spec(reader)
-    options = dict(common)
+    options: Dict[str, Any] = {}
     if "tag_separator" in spec.options and tag_separator is not None:
         options["tag_separator"] = tag_separator
     if "val_fraction" in spec.options:
@@ -132,7 +136,7 @@ def dataset_splits(
     parts: Dict[str, MultiLabelDataset] = {}
     for split in dict.fromkeys([spec.train_split, spec.eval_split, "test"]):
         try:
-            parts[split] = create_dataset(reader, root, split, **options)
+            parts[split] = create_dataset(reader, root, split, read=read, **options)
         except DataError:
             if split == spec.train_split:
                 raise

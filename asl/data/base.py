@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -24,6 +25,26 @@ def _first(paths, k: int = 3) -> str:
     return ", ".join(paths[:k]) + (f" (+{len(paths) - k} more)" if len(paths) > k else "")
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a dataset reads its pictures, the arguments every dataset factory shares.
+
+    Attributes:
+        max_bad_fraction: fraction of unreadable images that is tolerated ...
+        max_bad_images: ... or this many, whichever is more (a small set survives a bad photo).
+        draft_size: training only: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding
+            when the image is that much larger than the network input (never below this side);
+            None decodes in full, as the official validate.py does.
+    """
+
+    max_bad_fraction: float = 0.01
+    max_bad_images: int = 5
+    draft_size: Optional[int] = None
+
+
+DEFAULT_READ = ReadOptions()  # the defaults (immutable: one instance serves every signature)
+
+
 class MultiLabelDataset(torch.utils.data.Dataset):
     """Images with multi-hot targets; labels are a precomputed (N, C) matrix.
 
@@ -40,10 +61,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         class_names: C names.
         transform: PIL image -> tensor.
         name: for messages (dataset and split).
-        max_bad_fraction: fraction of unreadable images that is tolerated ...
-        max_bad_images: ... or this many, whichever is more (a small set survives a bad photo).
-        draft_size: training only: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding
-            when the image is that much larger (never below this side); None decodes in full.
+        read: unreadable images tolerated, training's JPEG draft decode (:class:`ReadOptions`).
 
     Yields:
         ``(image, target)``: transformed image, float32 (C,) target.
@@ -56,9 +74,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         class_names: Sequence[str],
         transform: Optional[Callable] = None,
         name: str = "dataset",
-        max_bad_fraction: float = 0.01,
-        max_bad_images: int = 5,
-        draft_size: Optional[int] = None,
+        read: ReadOptions = DEFAULT_READ,
     ):
         targets = np.asarray(targets, dtype=np.float32)
         if targets.ndim != 2 or targets.shape[0] != len(paths) or targets.shape[1] != len(class_names):
@@ -69,12 +85,9 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         self.class_names = list(class_names)
         self.transform = transform
         self.name = name
-        self.max_bad_fraction = max_bad_fraction
-        self.tolerated = max(int(max_bad_images), int(max_bad_fraction * len(self.paths)))
-        # Training only: let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while decoding when the
-        # image is that much larger than the network input (it never goes below draft_size).
-        # Evaluation keeps the full decode of the official validate.py.
-        self.draft_size = draft_size
+        self.max_bad_fraction = read.max_bad_fraction
+        self.tolerated = max(int(read.max_bad_images), int(read.max_bad_fraction * len(self.paths)))
+        self.draft_size = read.draft_size
         # One flag per sample in shared memory: DataLoader workers (forked or spawned) mark
         # the same table, so the main process can count them and each path is logged once.
         self._bad = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()

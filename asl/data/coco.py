@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import DataError
-from .base import MultiLabelDataset, check_exists
+from .base import DEFAULT_READ, MultiLabelDataset, ReadOptions, check_exists
 
 SPLITS = ("train2014", "val2014", "train2017", "val2017")
 
@@ -124,9 +124,7 @@ def create_coco(
     val_image_dir: Optional[str] = None,
     val_fraction: float = 0.2,
     seed: int = 0,
-    max_bad_fraction: float = 0.01,
-    max_bad_images: int = 5,
-    draft_size: Optional[int] = None,
+    read: ReadOptions = DEFAULT_READ,
 ) -> MultiLabelDataset:
     """Load a COCO split.
 
@@ -145,8 +143,8 @@ def create_coco(
         val_fraction: without ``val_ann_file``, the fraction of ``ann_file``'s images held out for
             evaluation (seeded; never the training images).
         seed: the seed of that split.
-        max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
-        draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
+        read: how pictures are read (:class:`~asl.data.base.ReadOptions`: unreadable ones tolerated,
+            training's JPEG draft decode).
     """
     root_p = Path(root)
     holdout = None  # (is this split the held-out part?) for a seeded split of one ann_file
@@ -214,7 +212,5 @@ def create_coco(
         class_names,
         transform,
         name=name,
-        max_bad_fraction=max_bad_fraction,
-        max_bad_images=max_bad_images,
-        draft_size=draft_size,
+        read=read,
     )

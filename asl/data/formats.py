@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..errors import DataError
 from ..images import iter_pictures
-from .base import MultiLabelDataset, find_by_stem, split_rows
+from .base import DEFAULT_READ, MultiLabelDataset, ReadOptions, find_by_stem, split_rows
 from .imagefolder import read_imagefolder
 from .labelstudio import read_labelstudio
 from .table import HOLDS, LABEL_COLUMNS, LabelTable, classes_beside, csv_header, inside, per_split, read_csv
@@ -184,9 +184,7 @@ def dataset_from_table(
     transform: Optional[Callable] = None,
     val_fraction: float = 0.2,
     seed: int = 0,
-    max_bad_fraction: float = 0.01,
-    max_bad_images: int = 5,
-    draft_size: Optional[int] = None,
+    read: ReadOptions = DEFAULT_READ,
 ) -> MultiLabelDataset:
     """A split of ``table`` as a :class:`MultiLabelDataset` (missing or unreadable pictures are
     skipped and named by it)."""
@@ -205,9 +203,7 @@ def dataset_from_table(
         class_names,
         transform,
         name=f"{kind} {table.source} [{split}]",
-        max_bad_fraction=max_bad_fraction,
-        max_bad_images=max_bad_images,
-        draft_size=draft_size,
+        read=read,
     )
 
 
@@ -219,12 +215,12 @@ def _factory(kind: str):
         tag_separator: Optional[str] = None,
         val_fraction: float = 0.2,
         seed: int = 0,
-        **common,
+        read: ReadOptions = DEFAULT_READ,
     ) -> MultiLabelDataset:
         if not Path(root).exists():
             raise DataError(f"data folder not found: {root}")
         table = READERS[kind](root, tag_separator)
-        return dataset_from_table(table, kind, split, transform, val_fraction, seed, **common)
+        return dataset_from_table(table, kind, split, transform, val_fraction, seed, read)
 
     create.__name__ = f"create_{kind}"
     create.__doc__ = f"A split of a {kind} dataset (module docstring)."

@@ -116,7 +116,7 @@ def inspect_dataset(
         tag_separator, val_fraction: the dataset options of ``train.py``.
         read_images: decode every picture to find the unreadable ones (else only missing ones).
     """
-    from . import dataset_splits
+    from . import ReadOptions, dataset_splits
     from .detect import detect_dataset
 
     if not Path(root).exists():
@@ -125,7 +125,8 @@ def inspect_dataset(
     if dataset == "auto":
         dataset, detected_by = detect_dataset(root)
     # every picture may be bad here: inspect reports them, it does not stop at a limit
-    parts = dataset_splits(dataset, root, tag_separator, val_fraction, max_bad_fraction=1.0, max_bad_images=10**9)
+    every = ReadOptions(max_bad_fraction=1.0, max_bad_images=10**9)
+    parts = dataset_splits(dataset, root, tag_separator, val_fraction, every)
     first = next(iter(parts.values()))
     classes = first.class_names
     paths = [p for ds in parts.values() for p in ds.paths]

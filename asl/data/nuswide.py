@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import DataError
-from .base import MultiLabelDataset, check_exists, multi_hot
+from .base import DEFAULT_READ, MultiLabelDataset, ReadOptions, check_exists, multi_hot
 
 CSV_NAME = "nus_wid_data.csv"
 
@@ -54,9 +54,7 @@ def create_nuswide(
     transform: Optional[Callable] = None,
     ann_file: Optional[str] = None,
     image_dir: Optional[str] = None,
-    max_bad_fraction: float = 0.01,
-    max_bad_images: int = 5,
-    draft_size: Optional[int] = None,
+    read: ReadOptions = DEFAULT_READ,
 ) -> MultiLabelDataset:
     """Load a NUS-WIDE split.
 
@@ -66,8 +64,8 @@ def create_nuswide(
         transform: PIL image -> tensor.
         ann_file: the split CSV (default ``ROOT/nus_wid_data.csv``).
         image_dir: image root, when not ``root``.
-        max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
-        draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
+        read: how pictures are read (:class:`~asl.data.base.ReadOptions`: unreadable ones tolerated,
+            training's JPEG draft decode).
     """
     root_p = check_exists(Path(root), "NUS-WIDE root")
     csv_path = check_exists(Path(ann_file) if ann_file else root_p / CSV_NAME, "NUS-WIDE split CSV")
@@ -86,7 +84,5 @@ def create_nuswide(
         class_names,
         transform,
         name=f"nuswide {split}",
-        max_bad_fraction=max_bad_fraction,
-        max_bad_images=max_bad_images,
-        draft_size=draft_size,
+        read=read,
     )

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..errors import DataError
-from .base import MultiLabelDataset, check_file, find_by_stem, multi_hot, read_text, split_rows
+from .base import (
+    DEFAULT_READ,
+    MultiLabelDataset,
+    ReadOptions,
+    check_file,
+    find_by_stem,
+    multi_hot,
+    read_text,
+    split_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +93,7 @@ def create_tagged(
     val_fraction: float = 0.2,
     seed: int = 0,
     tag_separator: Optional[str] = None,
-    max_bad_fraction: float = 0.01,
-    max_bad_images: int = 5,
-    draft_size: Optional[int] = None,
+    read: ReadOptions = DEFAULT_READ,
 ) -> MultiLabelDataset:
     """Load a split of a tagged dataset.
 
@@ -98,8 +105,8 @@ def create_tagged(
         seed: seed of that split.
         tag_separator: between the tags (unset: ``|``, or spaces for Planet's ``tags`` column without
             any ``|``; ``" "`` for space-separated tags).
-        max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
-        draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
+        read: how pictures are read (:class:`~asl.data.base.ReadOptions`: unreadable ones tolerated,
+            training's JPEG draft decode).
     """
     csv_path = check_file(_resolve_csv(Path(root)), "tagged dataset CSV")
     rows, has_split = read_tagged_csv(csv_path, tag_separator)
@@ -141,7 +148,5 @@ def create_tagged(
         class_names,
         transform,
         name=f"tagged {csv_path} [{split}]",
-        max_bad_fraction=max_bad_fraction,
-        max_bad_images=max_bad_images,
-        draft_size=draft_size,
+        read=read,
     )

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import DataError
-from .base import MultiLabelDataset, check_exists, read_text
+from .base import DEFAULT_READ, MultiLabelDataset, ReadOptions, check_exists, read_text
 
 VOC_CLASSES = (
     "aeroplane",
@@ -75,9 +75,7 @@ def create_voc(
     transform: Optional[Callable] = None,
     voc_year: Optional[str] = None,
     difficult: str = "ignore",
-    max_bad_fraction: float = 0.01,
-    max_bad_images: int = 5,
-    draft_size: Optional[int] = None,
+    read: ReadOptions = DEFAULT_READ,
 ) -> MultiLabelDataset:
     """Load a VOC split.
 
@@ -87,8 +85,8 @@ def create_voc(
         transform: PIL image -> tensor.
         voc_year: ``2007`` or ``2012`` (default: 2007 if present, else 2012).
         difficult: ``ignore`` (-1), ``positive`` or ``negative`` for difficult-only classes.
-        max_bad_fraction, max_bad_images: tolerated unreadable images (the larger of the two limits).
-        draft_size: training's JPEG draft decode (:class:`~asl.data.base.MultiLabelDataset`).
+        read: how pictures are read (:class:`~asl.data.base.ReadOptions`: unreadable ones tolerated,
+            training's JPEG draft decode).
     """
     if difficult not in DIFFICULT:
         raise DataError(f"difficult must be one of {', '.join(DIFFICULT)}, got {difficult!r}")
@@ -117,7 +115,5 @@ def create_voc(
         list(VOC_CLASSES),
         transform,
         name=f"voc {year_dir.name} {split}",
-        max_bad_fraction=max_bad_fraction,
-        max_bad_images=max_bad_images,
-        draft_size=draft_size,
+        read=read,
     )
