@@ -1,5 +1,6 @@
-"""Helpers the command tests share: run a script's main in this process, check the one error line,
-digest a folder's tree, build a decompression-bomb PNG; and the tiny training flags."""
+"""Helpers the tests share: run a script's main in this process (or a script in a subprocess), check
+the one error line, digest a folder's tree, build odd pictures (a decompression-bomb PNG, a fuzzed
+DDS), official-layout TResNet weights, a laid-out Hugging Face cache; and the tiny training flags."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import hashlib
 import json
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
+import torch
+
 from asl import cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
     "--no-pretrained",
@@ -90,3 +97,83 @@ def to_timm_key(k: str) -> str:
     k = re.sub(r"conv(\d+)\.1", lambda x: f"conv{int(x.group(1))}.bn", k)
     k = re.sub(r"downsample\.(\d+)\.0", lambda x: f"downsample.{int(x.group(1))}.conv", k)
     return re.sub(r"downsample\.(\d+)\.1", lambda x: f"downsample.{int(x.group(1))}.bn", k)
+
+
+# --------------------------------------------------------------------------- shared by several test modules
+
+
+def run_script(script, *args, cwd=REPO):
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def assert_one_line_error(proc, fragment, after_logs=False):
+    """Exit 2 and one ``error:`` line, the only stderr line (or, mid-run, the last after the logs)."""
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error: "), proc.stderr
+    assert len(lines) == 1 or after_logs, proc.stderr
+    assert sum(ln.startswith("error: ") for ln in lines) == 1
+    assert "Traceback" not in proc.stderr
+    assert fragment in lines[-1]
+
+
+def fuzzed_dds(path):
+    """A DDS header with an unsupported pixel format: PIL raises NotImplementedError, not OSError."""
+    header = bytearray(b"DDS " + (124).to_bytes(4, "little") + bytes(120))
+    header[76:80] = (32).to_bytes(4, "little")  # pixel-format size
+    header[80:84] = (0x4).to_bytes(4, "little")  # DDPF_FOURCC
+    header[84:88] = b"ZZZZ"
+    path.write_bytes(bytes(header) + bytes(64))
+    return path
+
+
+def official_state_from_timm(model: torch.nn.Module, key_file: str):
+    """Our own conversion timm -> official inplace_abn layout, key by key from the reference list.
+
+    InPlaceABN scales by |w| + 1e-5 where BatchNorm scales by w: the official weight is w - 1e-5.
+    """
+    timm_state = model.state_dict()
+    out = {}
+    for k, shape in key_list(key_file):
+        v = timm_state[to_timm_key(k)].clone()
+        assert tuple(v.shape) == shape, k
+        if to_timm_key(k).endswith("bn.weight"):
+            v = v - 1e-5
+        out[k] = v
+    assert len(out) == len([k for k in timm_state if not k.endswith("num_batches_tracked")])
+    return out
+
+
+def randomize_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.1
+            m.running_mean = torch.randn(m.running_mean.shape, generator=g) * 0.1
+            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
+    return model.eval()
+
+
+TAG = "resnet10t.c3_in1k"
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def lay_out_cache(root, tag: str = TAG, arch: str = "resnet10t", seed: int = 0):
+    """What huggingface_hub leaves after one download of timm/<tag>: the weights timm expects
+    (1000-class ImageNet head) under snapshots/<commit>/, and refs/main naming the commit."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    state = {k: v.contiguous() for k, v in timm.create_model(arch, num_classes=1000).state_dict().items()}
+    repo = root / f"models--timm--{tag}"
+    (repo / "snapshots" / COMMIT).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    save_file(state, repo / "snapshots" / COMMIT / "model.safetensors")
+    return state

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,25 +10,10 @@ import torch
 from asl import cli
 from asl.config import Config, dump_config, load_config
 from asl.errors import ConfigError
+from tests.helpers import assert_one_line_error, run_script
 
 from .conftest import REPO
-
-
-def run_script(script, *args, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
-def assert_one_line_error(proc, fragment, after_logs=False):
-    """Exit 2 and one ``error:`` line, the only stderr line (or, mid-run, the last after the logs)."""
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("error: "), proc.stderr
-    assert len(lines) == 1 or after_logs, proc.stderr
-    assert sum(ln.startswith("error: ") for ln in lines) == 1
-    assert "Traceback" not in proc.stderr
-    assert fragment in lines[-1]
+from .helpers import call, one_error
 
 
 def test_yaml_numbers_are_coerced_and_flags_override(tmp_path):
@@ -111,20 +94,26 @@ def test_config_round_trip(tmp_path):
     assert load_config(str(tmp_path / "c.yaml")) == cfg
 
 
-@pytest.mark.parametrize("script", ["train.py", "validate.py", "infer.py"])
-def test_missing_config_file(script, tmp_path):
-    assert_one_line_error(run_script(script, "--config", tmp_path / "nope.yaml"), "config file not found")
+def only_error(rc, err, fragment):
+    """Exit 2 and one ``error:`` line, the only stderr line (the command run in this process)."""
+    one_error(rc, err, fragment)
+    assert err == [err[-1]], err
 
 
-def test_unknown_config_key_via_cli(tmp_path):
+@pytest.mark.parametrize("script", ["train", "validate", "infer"])
+def test_missing_config_file(script, tmp_path, capsys):
+    only_error(*call(script, ["--config", tmp_path / "nope.yaml"], capsys)[::2], "config file not found")
+
+
+def test_unknown_config_key_via_cli(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: demo\nbatchsize: 4\n")
-    assert_one_line_error(run_script("train.py", "--config", bad), "unknown key batchsize")
+    only_error(*call("train", ["--config", bad], capsys)[::2], "unknown key batchsize")
 
 
-def test_flag_of_wrong_type():
-    assert_one_line_error(run_script("train.py", "--epochs", "abc"), "--epochs")
-    assert_one_line_error(run_script("validate.py", "--thre", "high"), "--thre")
+def test_flag_of_wrong_type(capsys):
+    only_error(*call("train", ["--epochs", "abc"], capsys)[::2], "--epochs")
+    only_error(*call("validate", ["--thre", "high"], capsys)[::2], "--thre")
 
 
 @pytest.mark.slow
@@ -144,11 +133,11 @@ class _Evil:
         return (exec, ("open('PWNED', 'w').write('x')",))
 
 
-def test_malicious_pickle_is_refused_and_not_run(tmp_path):
+def test_malicious_pickle_is_refused_and_not_run(tmp_path, capsys, monkeypatch):
     evil = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _Evil()}, evil, pickle_protocol=pickle.DEFAULT_PROTOCOL)
-    proc = run_script("validate.py", "--model-path", evil, cwd=tmp_path)
-    assert_one_line_error(proc, "refused")
+    monkeypatch.chdir(tmp_path)  # where the payload would write
+    only_error(*call("validate", ["--model-path", evil], capsys)[::2], "refused")
     assert not (tmp_path / "PWNED").exists()
 
 

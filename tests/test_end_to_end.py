@@ -12,7 +12,7 @@ import yaml
 from asl import cli
 from asl.checkpoint import load_checkpoint
 
-from .test_config_cli import assert_one_line_error, run_script
+from .helpers import assert_one_line_error, run_script
 
 
 def test_train_writes_the_run(trained_run):

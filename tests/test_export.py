@@ -98,6 +98,7 @@ def test_validate_through_onnx_equals_the_pytorch_path(trained_run, exported, tm
     assert np.abs(np.load(tmp_path / "onnx" / "scores.npy") - np.load(tmp_path / "pt" / "scores.npy")).max() < 1e-4
 
 
+@pytest.mark.slow  # a subprocess without PyTorch / a wheel build: the slow leg
 def test_the_onnx_path_imports_neither_torch_nor_timm(trained_run, exported):
     code = (
         "import sys\n"
@@ -120,10 +121,10 @@ def test_official_tresnet_m_exports_without_reflect_padding(tmp_path, monkeypatc
     from asl import export
     from asl.models import create_model
 
-    from .test_checkpoints import _randomize_bn, official_state_from_timm
+    from .helpers import official_state_from_timm, randomize_bn
 
     torch.manual_seed(0)
-    model = _randomize_bn(create_model("tresnet_m", 80))
+    model = randomize_bn(create_model("tresnet_m", 80))
     ckpt = tmp_path / "MS_COCO_TRresNet_M_224_81.8.pth"
     torch.save({"model": official_state_from_timm(model, "official_asl_tresnet_m_keys.tsv"), "num_classes": 80}, ckpt)
     cfg = load_config(

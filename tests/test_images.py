@@ -12,7 +12,7 @@ from PIL import Image
 from asl.errors import DataError
 from asl.images import load_rgb
 from tests.conftest import make_tagged
-from tests.helpers import TINY, call, one_error, png_bomb
+from tests.helpers import TINY, call, fuzzed_dds, one_error, png_bomb
 
 
 def test_16_bit_grey_png_and_tiff_are_scaled_not_clipped(tmp_path):
@@ -47,16 +47,6 @@ def test_exif_orientation_is_applied(tmp_path):
     assert got.size == (10, 30)  # shown portrait, as a viewer shows it
     top = np.asarray(got)[:5].astype(int)
     assert top[..., 0].mean() > 200 and top[..., 1].mean() < 60  # the red band is on top after the rotation
-
-
-def fuzzed_dds(path):
-    """A DDS header with an unsupported pixel format: PIL raises NotImplementedError, not OSError."""
-    header = bytearray(b"DDS " + (124).to_bytes(4, "little") + bytes(120))
-    header[76:80] = (32).to_bytes(4, "little")  # pixel-format size
-    header[80:84] = (0x4).to_bytes(4, "little")  # DDPF_FOURCC
-    header[84:88] = b"ZZZZ"
-    path.write_bytes(bytes(header) + bytes(64))
-    return path
 
 
 def test_fuzzed_dds_is_unreadable_not_a_crash(tmp_path):

@@ -134,6 +134,7 @@ def test_single_label_parity(gp, gn, smooth):
         )
 
 
+@pytest.mark.slow  # a subprocess without PyTorch / a wheel build: the slow leg
 def test_import_does_not_need_torch():
     import subprocess
     import sys
@@ -182,7 +183,7 @@ def test_optax_training_step_learns():
 
 def test_soft_labels_equal_the_official_loss_in_float64():
     """The official element formula for soft labels and label smoothing, in float64 (scoped x64)."""
-    from .test_losses import official_asymmetric_loss
+    from bench.official import official_asymmetric_loss
 
     g = torch.Generator().manual_seed(5)
     x = torch.randn(16, 12, generator=g, dtype=torch.float64) * 3

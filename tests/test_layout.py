@@ -201,6 +201,7 @@ def test_commands_run_from_the_package():
         assert proc.returncode == 0 and "usage:" in proc.stdout, (module, proc.stderr)
 
 
+@pytest.mark.slow  # a subprocess without PyTorch / a wheel build: the slow leg
 def test_wheel_ships_the_commands_and_base_configs(tmp_path):
     import shutil
 

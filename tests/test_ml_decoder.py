@@ -455,7 +455,7 @@ def test_pretrained_backbone_under_an_ml_decoder(tmp_path, monkeypatch):
     """--pretrained with --head ml_decoder: timm's weights for the backbone, bit for bit (its
     ImageNet classifier dropped), the decoder freshly initialised."""
     from asl.pretrained import resolve_pretrained
-    from tests.test_pretrained import TAG, lay_out_cache
+    from tests.helpers import TAG, lay_out_cache
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     state = lay_out_cache(tmp_path / "hub")

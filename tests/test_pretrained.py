@@ -11,26 +11,7 @@ from asl.errors import ConfigError
 from asl.models import create_model
 from asl.pretrained import resolve_pretrained
 from tests.conftest import make_tagged
-from tests.helpers import call, one_error
-
-TAG = "resnet10t.c3_in1k"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def lay_out_cache(root, tag: str = TAG, arch: str = "resnet10t", seed: int = 0):
-    """What huggingface_hub leaves after one download of timm/<tag>: the weights timm expects
-    (1000-class ImageNet head) under snapshots/<commit>/, and refs/main naming the commit."""
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    state = {k: v.contiguous() for k, v in timm.create_model(arch, num_classes=1000).state_dict().items()}
-    repo = root / f"models--timm--{tag}"
-    (repo / "snapshots" / COMMIT).mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    save_file(state, repo / "snapshots" / COMMIT / "model.safetensors")
-    return state
+from tests.helpers import COMMIT, TAG, call, lay_out_cache, one_error
 
 
 @pytest.fixture

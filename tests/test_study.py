@@ -9,7 +9,9 @@ import json
 import pytest
 
 from asl import cli, study
+from asl.config import dump_config
 from asl.errors import ConfigError
+from asl.study.report import _interaction_lines, _settle_fraction, _trend_lines
 
 from .conftest import REPO, make_tagged
 
@@ -115,7 +117,7 @@ def test_interrupted_run_resumes(tmp_path):
     cfg = run.cfg.__class__(**{**run.cfg.to_dict(), "epochs": 2, "stop_epoch": 1})
     run.dir.mkdir(parents=True)
     stop_yaml = run.dir.parent / "stop.yaml"  # beside the run's folder, which holds the run's files alone
-    study.dump_config(cfg, stop_yaml)
+    dump_config(cfg, stop_yaml)
     import train
 
     assert cli.run(train.main, ["--config", str(stop_yaml), "--overwrite"]) == 0
@@ -127,9 +129,9 @@ def test_interrupted_run_resumes(tmp_path):
 
 
 def test_settle_fraction():
-    assert study._settle_fraction([4.0, 3.0, 2.0, 2.05, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]) == 0.2
-    assert study._settle_fraction([4.0] * 5) == 0.0
-    assert study._settle_fraction([1.0, 2.0, 3.0, 4.0]) == 0.75
+    assert _settle_fraction([4.0, 3.0, 2.0, 2.05, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]) == 0.2
+    assert _settle_fraction([4.0] * 5) == 0.0
+    assert _settle_fraction([1.0, 2.0, 3.0, 4.0]) == 0.75
 
 
 def test_seed_slopes_fit_a_line_per_seed_and_skip_incomplete_seeds():
@@ -185,10 +187,10 @@ def test_sweep_interaction_and_trend_lines_pair_by_seed():
     # a loses 1 per step on every seed; b gains 1 per step on seed 0 and 3 on seed 1
     chosen = {(f"p{i}", "a"): {0: run(10.0 - i), 1: run(20.0 - i)} for i in range(3)}
     chosen.update({(f"p{i}", "b"): {0: run(10.0 + i), 1: run(20.0 + 3 * i)} for i in range(3)})
-    inter = " ".join(study._interaction_lines(e, chosen))
+    inter = " ".join(_interaction_lines(e, chosen))
     # p1: b's Δ minus a's is (1 + 1) on seed 0 and (3 + 1) on seed 1 -> mean 3; p2: (2 + 2), (6 + 2) -> 6
     assert "`b` at p1: +3.00" in inter and "`b` at p2: +6.00" in inter
-    trend = " ".join(study._trend_lines(e, chosen, baseline="a"))
+    trend = " ".join(_trend_lines(e, chosen, baseline="a"))
     assert "`a` -1.000" in trend and "`b` +2.000" in trend and "gain over `a`: `b` +3.000" in trend
 
 
@@ -221,7 +223,7 @@ def test_old_run_folders_are_converted_not_retrained(tmp_path):
         d = old / name
         d.mkdir(parents=True)
         run_cfg = cfg.__class__(**{**cfg.to_dict(), "seed": len(name) + n_epochs, "output": str(d)})
-        study.dump_config(run_cfg, d / "study_config.yaml")
+        dump_config(run_cfg, d / "study_config.yaml")
         (d / "metrics.jsonl").write_text(
             "".join(json.dumps({"epoch": e, "mAP": 10.0 + e}) + "\n" for e in range(n_epochs))
         )

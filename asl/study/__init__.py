@@ -27,22 +27,30 @@ import argparse
 import sys
 import time
 
-from ..config import dump_config  # noqa: F401  (the run configs a study writes)
 from ..errors import ConfigError
-from .report import _interaction_lines, _settle_fraction, _trend_lines, write_report  # noqa: F401
-from .runner import (  # noqa: F401
-    Run,
-    best_lr_per_setting,
-    execute,
-    final_map,
-    plan_experiment,
-    run_log,
-    run_study,
-    study_store,
-)
-from .spec import Experiment, Study, load_study  # noqa: F401
-from .stats import dataset_stats, fmt_ci, seed_slopes, t_interval  # noqa: F401
-from .store import RunStore, config_key, import_run_folders, read_run_folder, record_key  # noqa: F401
+from .report import write_report
+from .runner import Run, execute, run_log, run_study
+from .spec import Experiment, Study, load_study
+from .stats import seed_slopes
+from .store import RunStore, config_key, import_run_folders, record_key
+
+__all__ = [
+    "main",
+    "console",
+    "Experiment",
+    "Study",
+    "load_study",
+    "Run",
+    "execute",
+    "run_log",
+    "run_study",
+    "write_report",
+    "seed_slopes",
+    "RunStore",
+    "config_key",
+    "import_run_folders",
+    "record_key",
+]
 
 # The package's parts: spec (the YAML), store (runs.jsonl), runner (plan and train), stats
 # (intervals, slopes), report (report.md, a function per section); this module is the command.
