@@ -40,6 +40,7 @@ from asl.data import ReadOptions, build_transform, create_dataset  # noqa: E402
 from asl.engine import Optimization, StepSettings, train_one_epoch  # noqa: E402
 from asl.losses import AsymmetricLoss  # noqa: E402
 from asl.models import create_model  # noqa: E402
+from asl.options import ASLOptions  # noqa: E402
 from bench.bench_train import Limited  # noqa: E402
 from bench.official import official_asymmetric_loss  # noqa: E402
 
@@ -303,7 +304,7 @@ def loss_table(args, device, clock):
         # the fused value-and-gradient kernel the CPU takes, forced here: what the tensor-only path
         # (no host synchronization) costs or saves on this device
         "ours, fused path": lambda x, y: AF._FusedASL.apply(
-            x, y, AF._Opts(0.0, 4.0, 0.05, 1e-8, True, None, None, "sum", 0.0)
+            x, y, AF._Opts(ASLOptions(gamma_neg=4.0, gamma_pos=0.0, clip=0.05), None, None)
         ),
         "bce": lambda x, y: F.binary_cross_entropy_with_logits(x.float(), y, reduction="sum"),
     }

@@ -32,10 +32,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from asl.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
+from asl.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
 from asl.config import load_config  # noqa: E402
 from asl.export import export_onnx  # noqa: E402
 from asl.models import create_model, data_config  # noqa: E402
+from asl.opening import model_from_checkpoint  # noqa: E402
 from asl.predict import OnnxTagger  # noqa: E402
 
 _CHILD = (

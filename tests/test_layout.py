@@ -356,3 +356,37 @@ def test_every_console_script_is_one_entry_point_that_logs(trained_run, tmp_path
         assert info.value.code == 0, (script, err)
         lines = [ln for ln in (err + out).splitlines() if ln.strip() and not ln.startswith("warning")]
         assert any(first[script] in ln for ln in lines[:3]), (script, lines[:3])
+
+
+def test_the_architecture_map_lists_every_module_and_names_what_exists():
+    """docs/architecture.md's map: every module of the package has its line, every line is a module,
+    and every code name a line mentions (check_apart, RunLock, OFFICIAL_THRE) is in the package."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("```\n", 2)[1]
+    listed, names, parents = set(), set(), []
+    for line in block.splitlines():
+        if line[:1] not in (" ", ""):  # a top-level entry (asl/, bench/, tests/): the package's lines end
+            parents = [] if line.startswith(("bench/", "tools/", "tests/", "reports/")) else parents
+            continue
+        m = re.match(r"^( +)((?:[a-z_]+\.py )*[a-z_]+(?:\.py|/))(?:\s|$)", line)
+        if m and len(m.group(1)) in (2, 4):
+            depth = len(m.group(1)) // 2  # asl/ entries at 2 spaces, data/ entries at 4
+            for entry in m.group(2).split():  # "train.py validate.py ...": one line for several
+                parents = parents[: depth - 1] + [entry]
+                listed.add("asl/" + "".join(parents))
+        if parents:
+            names.update(re.findall(r"\b(?:[a-z]+_[a-z0-9_]+|[A-Z][a-z]+[A-Z]\w*|[A-Z]{2,}_[A-Z_]+)\b", line))
+    files = {f"asl/{p.relative_to(PACKAGE).as_posix()}" for p in PACKAGE.rglob("*.py")}
+    folders = {f.rsplit("/", 1)[0] + "/" for f in files if f.count("/") > 1}
+    study = {f for f in files if f.startswith("asl/study/")}  # named in study/'s line
+    missing = sorted(
+        f for f in files - study if f not in listed and not (f.endswith("__init__.py") and f[:-11] in listed)
+    )
+    assert not missing, f"modules without a line in docs/architecture.md: {missing}"
+    gone = sorted(e for e in listed if e not in files and e not in folders)
+    assert not gone, f"docs/architecture.md lists what the package does not hold: {gone}"
+    source = " ".join(p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py"))
+    unknown = sorted(n for n in names if not re.search(rf"\b{n}\b", source))
+    assert not unknown, f"docs/architecture.md names what the package does not hold: {unknown}"
