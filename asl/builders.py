@@ -238,6 +238,18 @@ class RunObjects:
     std: Tuple[float, ...]
     plan: str
 
+    def checkpoint_meta(self) -> Dict[str, Any]:
+        """What every checkpoint of the run carries besides its weights (``make_checkpoint``'s keywords)."""
+        return dict(
+            model_name=self.cfg.model_name,
+            class_names=self.train_ds.class_names,
+            image_size=self.cfg.image_size,
+            mean=self.mean,
+            std=self.std,
+            config=self.cfg.to_dict(),
+            head=self.cfg.head,
+        )
+
 
 def build_run(cfg: Config, resume_ckpt: Optional[Dict[str, Any]] = None, source=None) -> RunObjects:
     """Build a run from its checked config (:func:`asl.checks.check_training`).

@@ -199,6 +199,24 @@ class StopSignal:
         self.restore()
 
 
+def run_hooks(cfg: Config, loss_fn) -> List[Hook]:
+    """The run's own hooks: adaptive ASL's gamma- trace, TensorBoard when asked, the report."""
+    events = tensorboard_dir(cfg)  # TensorBoard's folder, or None
+    return [
+        *([GammaTrace()] if isinstance(loss_fn, AdaptiveAsymmetricLoss) else []),
+        *([TensorBoard(events)] if events else []),
+        HtmlReport(),
+    ]
+
+
+def finished_records(out: Path, cfg: Config, state: RunState) -> List[Dict[str, Any]]:
+    """A resumed run's records of the epochs its state has finished (a record written after the
+    last state was saved belongs to an epoch that is trained again); none for a new run."""
+    if not cfg.resume or not (out / "metrics.jsonl").exists():
+        return []
+    return [r for r in read_metrics(out / "metrics.jsonl") if r["epoch"] < state.next_epoch]
+
+
 @dataclass(frozen=True)
 class EpochPosition:
     """Where the loop is inside an epoch: the epoch, and the steps it had done before this
@@ -228,32 +246,13 @@ class Trainer:
         self.state = self._restore(resume_ckpt) if resume_ckpt is not None else RunState()
         if writes:
             dump_config(self.cfg, out / "config.yaml")
-        self.meta = dict(
-            model_name=self.cfg.model_name,
-            class_names=run.train_ds.class_names,
-            image_size=self.cfg.image_size,
-            mean=run.mean,
-            std=run.std,
-            config=self.cfg.to_dict(),
-            head=self.cfg.head,
-        )
-        events = tensorboard_dir(self.cfg)  # TensorBoard's folder, or None
-        adaptive = isinstance(run.optimization.loss_fn, AdaptiveAsymmetricLoss)
-        self.hooks: List[Hook] = [
-            *([GammaTrace()] if adaptive else []),
-            *([TensorBoard(events)] if events else []),
-            HtmlReport(),
-            *hooks,
-        ]
+        self.meta = run.checkpoint_meta()
+        self.hooks: List[Hook] = [*run_hooks(self.cfg, run.optimization.loss_fn), *hooks]
         self.view = _View(self)
         self.last_evaluation: Optional[tuple] = None  # (model's, EMA's) of the latest epoch
         self.best_evaluation: Optional[Dict[str, Any]] = None  # the evaluation best.pth was chosen by
         self.finished = False  # the loop returned (it did not raise)
-        self.history: List[Dict[str, Any]] = []
-        if self.cfg.resume and (out / "metrics.jsonl").exists():
-            # records of epochs the resumed state has finished (a record written after the last
-            # state was saved belongs to an epoch that is trained again)
-            self.history = [r for r in read_metrics(out / "metrics.jsonl") if r["epoch"] < self.state.next_epoch]
+        self.history = finished_records(out, self.cfg, self.state)
 
     def _restore(self, ckpt: Dict[str, Any]) -> RunState:
         state = restore_training_state(ckpt, self.run.model, self.run.optimization)
