@@ -158,3 +158,62 @@ def official_train(
             lrs.append(optimizer.param_groups[0]["lr"])
             ema.update(model)
     return model, ema.module, lrs
+
+
+def official_partial_loss(
+    x,
+    t,
+    mode="negative",
+    clip=0.0,
+    gamma_pos=0.0,
+    gamma_neg=1.0,
+    gamma_unann=2.0,
+    alpha_pos=1.0,
+    alpha_neg=1.0,
+    alpha_unann=1.0,
+    likelihood_topk=5,
+    prior=None,
+    prior_threshold=0.05,
+):
+    """The CSL repository's ``PartialSelectiveLoss`` (PartialLabelingCSL), restated from its
+    definition step by step, with its element-wise masks and its per-entry weight table (the weight
+    loops run in Python over flattened entries, as its top-k does): the oracle of ``asl.partial``.
+    ``x`` (N, C) logits, ``t`` (N, C) in {1, 0, -1}; returns the summed loss."""
+    t_pos, t_neg, t_unann = (t == 1).to(x.dtype), (t == 0).to(x.dtype), (t == -1).to(x.dtype)
+    xs_pos = torch.sigmoid(x)
+    xs_neg = 1.0 - xs_pos
+    if clip is not None and clip > 0:
+        xs_neg = (xs_neg + clip).clamp(max=1)
+    n, c = t.shape
+    if mode == "negative":
+        weights = torch.ones_like(x)
+    elif mode == "ignore":
+        weights = torch.ones_like(x)
+        weights[t == -1] = 0
+    elif mode == "ignore_normalize_classes":
+        n_annotated = 1 + (t != -1).sum(dim=1).to(x.dtype)  # in the logits' dtype: float64 in the tests
+        g_norm = 1.0 / n_annotated + 1.0
+        weights = g_norm.repeat([c, 1]).T.clone()
+        weights[t == -1] = 0
+    else:  # selective
+        weights = torch.ones_like(x)
+        if prior is not None and prior_threshold:
+            ignored = torch.where(torch.as_tensor(prior) > prior_threshold)[0]
+            weights[:, ignored] = 0
+            weights = ((weights + (t != -1).to(x.dtype)) > 0).to(x.dtype)
+        flat_t, flat_w, flat_neg = t.flatten(), weights.flatten(), xs_neg.detach().flatten()
+        unknown = torch.where(flat_t == -1)[0]
+        order = torch.argsort(flat_neg[unknown], stable=True)
+        flat_w[unknown[order[: likelihood_topk * n]]] = 0
+        weights = flat_w.view(n, c)
+    bce = (
+        alpha_pos * t_pos * torch.log(torch.clamp(xs_pos, min=1e-8))
+        + alpha_neg * t_neg * torch.log(torch.clamp(xs_neg, min=1e-8))
+        + alpha_unann * t_unann * torch.log(torch.clamp(xs_neg, min=1e-8))
+    )
+    with torch.no_grad():
+        w_focus = torch.pow(
+            1 - xs_pos * t_pos - xs_neg * (t_neg + t_unann),
+            gamma_pos * t_pos + gamma_neg * t_neg + gamma_unann * t_unann,
+        )
+    return -(bce * w_focus * weights).sum()
