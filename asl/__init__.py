@@ -9,6 +9,7 @@ _LAZY = {
     "AsymmetricLossOptimized": "losses",
     "ASLSingleLabel": "losses",
     "AdaptiveAsymmetricLoss": "losses",
+    "PartialAsymmetricLoss": "partial",
     "MLDecoder": "heads",
     "build_loss": "losses",
     "mAP": "metrics",
