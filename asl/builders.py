@@ -21,7 +21,7 @@ from .data import DATASETS, ReadOptions, build_transform, create_dataset, defaul
 from .distributed import DistInfo, EpochSampler, ShardSampler, all_true, init_distributed
 from .engine import Optimization, StepSettings
 from .errors import ConfigError
-from .losses import COMMON_LOSS_OPTIONS, LOSS_OPTIONS, build_loss
+from .losses import COMMON_LOSS_OPTIONS, LOSS_OPTIONS, PARTIAL_OPTIONS, build_loss
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,33 @@ def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None)
 
 
 def loss_from_config(cfg: Config) -> torch.nn.Module:
-    """The loss named by ``cfg.loss`` with the config's settings that loss reads (``LOSS_OPTIONS``)."""
+    """The loss named by ``cfg.loss`` with the config's settings that loss reads (``LOSS_OPTIONS``);
+    with ``--unknown-labels``, the partial-label loss in that mode (:class:`asl.partial.PartialAsymmetricLoss`,
+    its prior attached by :func:`attach_prior` once the classes are known)."""
     name = cfg.loss.lower().replace("-", "_")
     if name not in LOSS_OPTIONS:
         raise ConfigError(f"unknown loss {cfg.loss!r} for multi-label training; choose from {', '.join(LOSS_OPTIONS)}")
+    if cfg.unknown_labels:
+        from .partial import PartialAsymmetricLoss
+
+        reads = {f: arg for f, arg in {**LOSS_OPTIONS["asl"], **PARTIAL_OPTIONS}.items() if arg}
+        return PartialAsymmetricLoss(cfg.unknown_labels, **{arg: getattr(cfg, f) for f, arg in reads.items()})
     reads = {**COMMON_LOSS_OPTIONS, **LOSS_OPTIONS[name]}
     return build_loss(name, **{arg: getattr(cfg, f) for f, arg in reads.items()})
+
+
+def attach_prior(loss_fn: torch.nn.Module, prior_file: Optional[str], class_names: Sequence[str]) -> None:
+    """The class prior of ``--prior-file`` (a CSV ``Classes,avg_pred``, as CSL and ``validate.py
+    --write-prior`` write it) on the partial-label loss, in the dataset's class order (matched by name).
+
+    Raises:
+        DataError: a file of another class list, or values that are not probabilities.
+    """
+    if not prior_file:
+        return
+    from .classes import read_prior
+
+    loss_fn.prior = torch.as_tensor(read_prior(prior_file, class_names), dtype=torch.float32)
 
 
 def amp_dtype_for(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
@@ -279,6 +300,7 @@ def build_run(cfg: Config, resume_ckpt: Optional[Dict[str, Any]] = None, source=
     # Data first: the class count sizes the head; mean/std come from the model's timm config.
     mean, std = data_config(cfg.model_name)
     train_ds, val_ds = _datasets(cfg, mean, std)
+    attach_prior(loss_fn, cfg.prior_file, train_ds.class_names)
     if resume_ckpt is not None:
         check_resume(resume_ckpt, cfg.model_name, cfg.image_size, cfg.resume, train_ds.class_names)
     model = _model(cfg, train_ds, dist, source)

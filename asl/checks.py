@@ -129,6 +129,8 @@ def check_training(cfg: Config, given: Iterable[str] = ()) -> Config:
         )
     if cfg.resume and not Path(cfg.resume).is_file():
         raise ConfigError(f"--resume {cfg.resume} not found")
+    if cfg.prior_file and not Path(cfg.prior_file).is_file():
+        raise ConfigError(f"--prior-file {cfg.prior_file} not found")
     return cap_workers(cfg)
 
 
@@ -256,22 +258,38 @@ def check_dataset_options(cfg: Config) -> None:
 def check_loss_options(cfg: Config, given: Iterable[str] = ()) -> None:
     """One ``error:`` line for a loss option the chosen loss does not read (``--loss bce
     --gamma-neg 4``): set on the command line (``given``), or to another value than the default."""
-    from .losses import COMMON_LOSS_OPTIONS, LOSS_OPTIONS
+    from .losses import COMMON_LOSS_OPTIONS, LOSS_OPTIONS, PARTIAL_OPTIONS
 
     name = choice(cfg.loss)
     if name not in LOSS_OPTIONS:
         return  # an unknown loss is the loss builder's error, with the known names
+    if cfg.unknown_labels and name not in ("asl", "asl_optimized"):
+        raise ConfigError(
+            f"--unknown-labels {cfg.unknown_labels} trains the partial-label ASL (--loss asl); --loss {cfg.loss} "
+            f"does not read it"
+        )
     every = {o for opts in LOSS_OPTIONS.values() for o in opts} - set(COMMON_LOSS_OPTIONS)
+    reads = set(LOSS_OPTIONS[name])
+    every |= set(PARTIAL_OPTIONS)
+    if cfg.unknown_labels:
+        reads |= set(PARTIAL_OPTIONS) - (
+            set() if cfg.unknown_labels == "selective" else {"prior_file", "prior_threshold", "likelihood_topk"}
+        )
     given = set(given)
-    unread = sorted(
-        o for o in every - set(LOSS_OPTIONS[name]) if o in given or getattr(cfg, o) != getattr(_DEFAULTS, o)
-    )
+    unread = sorted(o for o in every - reads if o in given or getattr(cfg, o) != getattr(_DEFAULTS, o))
     if unread:
         o = unread[0]
         readers = [n for n, opts in LOSS_OPTIONS.items() if o in opts]
+        if o in PARTIAL_OPTIONS:
+            readers = [
+                "--unknown-labels selective"
+                if o in ("prior_file", "prior_threshold", "likelihood_topk")
+                else "--unknown-labels"
+            ]
         raise ConfigError(
-            f"{flag_name(o)} {getattr(cfg, o)!r} is not read by --loss {cfg.loss} (it is an option of "
-            f"{'/'.join(readers)}); remove it, or choose the loss it belongs to"
+            f"{flag_name(o)} {getattr(cfg, o)!r} is not read by --loss {cfg.loss}"
+            + (f" --unknown-labels {cfg.unknown_labels}" if cfg.unknown_labels else "")
+            + f" (it is an option of {'/'.join(readers)}); remove it, or choose the loss it belongs to"
         )
 
 

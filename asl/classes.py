@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Type
 
-from .errors import ASLError, CheckpointError
+from .errors import ASLError, CheckpointError, DataError
 
 __all__ = ["read_class_names", "check_class_names", "class_names_of", "match_classes"]
 
@@ -103,3 +103,54 @@ def match_classes(
         )
     index = {n: k for k, n in enumerate(model_names)}
     return [index[n] for n in data_names]
+
+
+PRIOR_HEADER = ("Classes", "avg_pred")  # the class prior's CSV, as the CSL repository writes it
+
+
+def read_prior(path: str | os.PathLike, class_names: Sequence[str]) -> List[float]:
+    """A class prior (``Classes,avg_pred``: a class name and its mean predicted probability per
+    row) in the order of ``class_names``, matched by name.
+
+    Raises:
+        DataError: not such a CSV, a class missing from it or one it names that the data lack,
+            a value that is not a probability.
+    """
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"--prior-file {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if not rows or tuple(h.strip() for h in rows[0][:2]) != PRIOR_HEADER or any(len(r) != 2 for r in rows[1:] if r):
+        raise DataError(f"--prior-file {path}: not a class prior (a CSV 'Classes,avg_pred' of two columns)")
+    prior: Dict[str, float] = {}
+    for line_no, (name, value) in enumerate((r for r in rows[1:] if r), start=2):
+        try:
+            v = float(value)
+        except ValueError:
+            v = float("nan")
+        if not 0.0 <= v <= 1.0:
+            raise DataError(f"--prior-file {path}:{line_no}: {value!r} for {name!r} is not a probability")
+        prior[name.strip()] = v
+    missing = [n for n in class_names if n not in prior]
+    extra = [n for n in prior if n not in set(class_names)]
+    if missing or extra:
+        raise DataError(
+            f"--prior-file {path} holds another class list ({len(missing)} of the data's classes missing, "
+            f"first {missing[:3]}; {len(extra)} not in the data, first {extra[:3]})"
+        )
+    return [prior[n] for n in class_names]
+
+
+def prior_csv(class_names: Sequence[str], prior: Sequence[float]) -> str:
+    """The class prior as the CSV :func:`read_prior` reads (and CSL writes)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PRIOR_HEADER)
+    w.writerows([n, f"{float(v):.6f}"] for n, v in zip(class_names, prior))
+    return buf.getvalue()

@@ -257,6 +257,26 @@ class LossConfig:
         0.1, check=_range(lambda v: -1 < v < 1, "in (-1, 1)"), help="adaptive_asl: the target of delta_p"
     )
     adaptive_lambda: float = setting(0.1, check=_NONNEG, help="adaptive_asl: step size of the gamma_neg update")
+    unknown_labels: Optional[str] = setting(
+        None,
+        help="how unknown (-1) labels train: unset: left out by ASL; negative | ignore | "
+        "ignore_normalize_classes | selective: the partial-label loss (CSL modes, with --gamma-neg, "
+        "--gamma-pos, --clip)",
+        choices=("negative", "ignore", "ignore_normalize_classes", "selective"),
+    )
+    gamma_unann: float = setting(2.0, check=_NONNEG, help="partial-label loss: gamma of unknown labels")
+    alpha_pos: float = setting(1.0, check=_NONNEG, help="partial-label loss: weight of positives")
+    alpha_neg: float = setting(1.0, check=_NONNEG, help="partial-label loss: weight of negatives")
+    alpha_unann: float = setting(1.0, check=_NONNEG, help="partial-label loss: weight of unknown labels")
+    likelihood_topk: int = setting(
+        5, check=_NONNEG, help="selective: unknown labels per image treated as likely positives (left out)"
+    )
+    prior_threshold: float = setting(
+        0.05, check=_UNIT, help="selective: unknown labels of classes whose prior exceeds this are left out"
+    )
+    prior_file: Optional[str] = setting(
+        None, help="selective: the class prior, a CSV 'Classes,avg_pred' (validate.py --write-prior writes it)"
+    )
 
 
 @dataclass
@@ -354,6 +374,12 @@ class EvalConfig:
     )
     calibrate: bool = setting(
         False, result=False, help="fit per-class F1-optimal thresholds, save a calibrated checkpoint copy"
+    )
+    write_prior: Optional[str] = setting(
+        None,
+        result=False,
+        help="write the class prior (mean score per class over the split, 'Classes,avg_pred') to this CSV, "
+        "for --unknown-labels selective",
     )
 
 
@@ -566,6 +592,8 @@ PATH_FIELDS = (
     "resume",
     "pic_path",
     "save_image",
+    "prior_file",
+    "write_prior",
 )
 
 

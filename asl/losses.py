@@ -250,6 +250,16 @@ LOSS_OPTIONS = {
     "focal": {"focal_gamma": "gamma"},
     "bce": {},
 }
+# The partial-label loss's settings (asl.partial), read with --unknown-labels: config field -> argument.
+PARTIAL_OPTIONS = {
+    "gamma_unann": "gamma_unann",
+    "alpha_pos": "alpha_pos",
+    "alpha_neg": "alpha_neg",
+    "alpha_unann": "alpha_unann",
+    "likelihood_topk": "likelihood_topk",
+    "prior_threshold": "prior_threshold",
+    "prior_file": None,  # read by asl.builders.attach_prior once the classes are known
+}
 COMMON_LOSS_OPTIONS = {
     "eps": "eps",
     "loss_reduction": "reduction",

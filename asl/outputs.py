@@ -204,7 +204,13 @@ CONVERSION = Product(
 TAGGING = Product("tags", "infer.py's tags", "infer.py --tags-out", {}, any_file=True)
 
 
+def _is_prior_csv(path: Path) -> bool:
+    """``validate.py --write-prior``'s file: a ``Classes,avg_pred`` header."""
+    return head_bytes(path, 16).startswith(b"Classes,avg_pred")
+
+
 SINGLE_FILES: Mapping[str, Callable[[Path], bool]] = {
+    "prior_csv": _is_prior_csv,
     "onnx": _is_onnx,
     "scores_csv": _is_scores_csv,
     "picture": _is_labelled_picture,

@@ -170,7 +170,10 @@ class PartialAsymmetricLoss(nn.Module):
         self.alpha_pos, self.alpha_neg, self.alpha_unann = float(alpha_pos), float(alpha_neg), float(alpha_unann)
         self.likelihood_topk = int(likelihood_topk)
         self.prior_threshold = prior_threshold
-        self.register_buffer("prior", None if prior is None else torch.as_tensor(prior, dtype=torch.float32))
+        # not persistent: the prior comes from the run's --prior-file, not from a checkpoint
+        self.register_buffer(
+            "prior", None if prior is None else torch.as_tensor(prior, dtype=torch.float32), persistent=False
+        )
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return partial_asymmetric_loss(

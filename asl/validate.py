@@ -137,6 +137,8 @@ def validate(config_path: Optional[str], flags: Dict[str, Any]) -> Dict[str, Any
             marked = np.asarray(v.model.thresholds, np.float32)[_picked(scored.order)]
         if v.cfg.calibrate:
             marked = calibrate(v, scored)
+        if v.given.write_prior:
+            write_prior(scored, Path(v.given.write_prior))
         if output:
             write_outputs(v, scored, Path(output), marked)
     return scored.metrics
@@ -158,6 +160,9 @@ def _check_outputs(given: Config) -> None:
         dest = Path(given.model_path).with_suffix(".calibrated.pth")
         check_apart(CALIBRATED_BESIDE, dest, config_sources(given))
         check_output_file(dest, CALIBRATED_BESIDE, given.overwrite, "checkpoint")
+    if given.write_prior:
+        check_apart("--write-prior", given.write_prior, config_sources(given))
+        check_output_file(given.write_prior, "--write-prior", given.overwrite, "prior_csv")
     if given.calibrate and is_onnx(given.model_path):
         raise ConfigError(
             "--calibrate writes a calibrated copy of a PyTorch checkpoint: run it on the .pth, then export that copy"
@@ -327,6 +332,20 @@ def calibrate(v: Validation, scored: Scores) -> np.ndarray:
     )
     print(f"calibrated checkpoint -> {dest}")
     return thr
+
+
+def write_prior(scored: Scores, dest: Path) -> None:
+    """The class prior of the scored split: each class's mean score over every picture, whatever its
+    labels (CSL's ``ComputePrior``), as ``Classes,avg_pred`` (``--prior-file`` of ``--unknown-labels
+    selective``)."""
+    import numpy as np
+
+    from .classes import prior_csv
+    from .files import atomic_write
+
+    prior = np.nanmean(scored.evaluation["scores"].astype(np.float64), axis=0)
+    atomic_write(dest, prior_csv(scored.dataset.class_names, prior))
+    print(f"class prior ({len(prior)} classes, mean {float(np.nanmean(prior)):.4f}) -> {dest}")
 
 
 def write_outputs(v: Validation, scored: Scores, out: Path, marked: Optional[np.ndarray]) -> None:

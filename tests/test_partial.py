@@ -82,3 +82,75 @@ def test_no_value_is_read_back_on_the_meta_device():
         loss.backward()
     with pytest.raises(Exception):  # noqa: B017  (the control: a read-back does raise there)
         float(torch.empty((), device="meta"))
+
+
+def _partial_set(root):
+    """A one-hot set whose empty cells are unknown labels (-1)."""
+    import csv
+
+    from tests.conftest import make_tagged
+
+    src = make_tagged(root / "src", n_train=24, n_val=12)
+    rows = list(csv.DictReader(open(src / "labels.csv")))
+    classes = ["cat", "dog", "sky", "tree"]
+    (root / "d").mkdir()
+    with open(root / "d" / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", *classes])
+        for i, r in enumerate(rows):
+            tags = set(r["labels"].split("|"))
+            # every third label of the training images unknown; the validation images fully labelled but one class
+            cells = [
+                "" if (i < 24 and (i + k) % 3 == 0) or (i >= 24 and k == 3) else str(int(c in tags))
+                for k, c in enumerate(classes)
+            ]
+            w.writerow([r["image"], *cells])
+    import shutil
+
+    shutil.copytree(src / "img", root / "d" / "img")
+    return root / "d"
+
+
+@pytest.mark.parametrize("mode", PARTIAL_MODES)
+def test_train_in_each_unknown_label_mode(mode, tmp_path, capsys):
+    from tests.helpers import TINY, call
+
+    data = _partial_set(tmp_path)
+    argv = [data, "--dataset", "onehot", *TINY, "--unknown-labels", mode, "--output", tmp_path / "run"]
+    rc, _, err = call("train", argv, capsys)
+    assert rc == 0, err
+    cfg = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"unknown_labels: {mode}" in cfg
+    assert (tmp_path / "run" / "best.pth").is_file()
+
+
+def test_a_prior_written_by_validate_drives_selective_training(trained_run, tmp_path, capsys):
+    from tests.helpers import TINY, call, one_error
+
+    prior = tmp_path / "prior.csv"
+    rc, out, err = call(
+        "validate",
+        [trained_run["data"], "--model-path", trained_run["out"] / "best.pth", "--write-prior", prior],
+        capsys,
+    )
+    assert rc == 0, err
+    lines = prior.read_text().splitlines()
+    assert lines[0] == "Classes,avg_pred" and [ln.split(",")[0] for ln in lines[1:]] == ["cat", "dog", "sky", "tree"]
+    assert all(0 <= float(ln.split(",")[1]) <= 1 for ln in lines[1:])
+    argv = [trained_run["data"], "--dataset", "tagged", *TINY, "--output", tmp_path / "run"]
+    rc, _, err = call(
+        "train", [*argv, "--unknown-labels", "selective", "--prior-file", prior, "--prior-threshold", "0.3"], capsys
+    )
+    assert rc == 0, err
+    # bad input, one line each, before any work
+    (tmp_path / "other.csv").write_text("Classes,avg_pred\ncat,0.1\nhorse,0.2\n")
+    for extra, fragment in (
+        (["--gamma-unann", "3"], "--gamma-unann 3.0 is not read by --loss asl"),
+        (["--unknown-labels", "negative", "--prior-file", prior], "--prior-file"),
+        (["--unknown-labels", "selective", "--loss", "focal"], "trains the partial-label ASL"),
+        (["--unknown-labels", "selective", "--prior-file", tmp_path / "other.csv"], "holds another class list"),
+        (["--unknown-labels", "hopeful"], "--unknown-labels must be one of"),
+    ):
+        rc, _, err = call("train", [*argv[:-1], tmp_path / "bad", *extra], capsys)
+        one_error(rc, err, fragment)
+    assert not (tmp_path / "bad").exists()

@@ -184,6 +184,7 @@ RESUME_FIXED = (
     "ema_decay",
     "ema_warmup",
     "loss",
+    "unknown_labels",
     "head",
     "num_of_groups",
     "decoder_embedding",
