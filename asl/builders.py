@@ -66,10 +66,15 @@ def flip_positives(ds, fraction: float, seed: int) -> int:
     in the paper's mislabeled-negatives analysis). Returns how many were flipped."""
     import numpy as np
 
-    pos = np.flatnonzero(ds.targets.reshape(-1) == 1)
+    from .data.labels import DenseLabels
+
+    if not isinstance(ds.labels, DenseLabels):
+        raise ConfigError(f"--label-noise flips labels of a dense label matrix; {ds.name} holds sparse labels")
+    matrix = ds.labels.matrix.reshape(-1)
+    pos = np.flatnonzero(matrix == 1)
     rng = np.random.default_rng(seed + 7_919)
     flip = rng.choice(pos, size=int(round(fraction * pos.size)), replace=False)
-    ds.targets.reshape(-1)[flip] = 0.0
+    matrix[flip] = 0.0
     return int(flip.size)
 
 

@@ -83,9 +83,21 @@ class DataConfig:
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE)
     dataset: str = setting(
         "demo",
-        help="coco | voc | nuswide | tagged | onehot | sidecar | imagefolder | labelstudio | demo, or auto "
-        "(told from what the folder holds)",
-        choices=("coco", "voc", "nuswide", "tagged", "onehot", "sidecar", "imagefolder", "labelstudio", "demo", "auto"),
+        help="coco | voc | nuswide | tagged | onehot | sidecar | imagefolder | labelstudio | openimages | demo, "
+        "or auto (told from what the folder holds)",
+        choices=(
+            "coco",
+            "voc",
+            "nuswide",
+            "tagged",
+            "onehot",
+            "sidecar",
+            "imagefolder",
+            "labelstudio",
+            "openimages",
+            "demo",
+            "auto",
+        ),
     )
     data_root: str = setting(
         "data/demo", "--data-root", "--data", help="dataset folder (also the positional DATA_ROOT)"

@@ -63,6 +63,8 @@ DATASETS: Dict[str, DatasetSpec] = {
     "imagefolder": DatasetSpec("formats:create_imagefolder", "train", "val", ("tag_separator", "val_fraction", "seed")),
     "labelstudio": DatasetSpec("formats:create_labelstudio", "train", "val", ("val_fraction", "seed")),
     "demo": DatasetSpec("demo:create_demo", "train", "val", ("demo_classes",)),
+    # the published numbers are on test; validation with --val-split validation
+    "openimages": DatasetSpec("openimages:create_openimages", "train", "test"),
 }
 # Every dataset-specific option (a config field of the same name, except ``seed``, the split's).
 DATASET_OPTIONS = tuple(sorted({o for s in DATASETS.values() for o in s.options} - {"seed"}))

@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from PIL import Image
 from ..classes import check_class_names
 from ..errors import DataError
 from ..images import load_rgb
+from .labels import Labels, as_labels
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,22 @@ log = logging.getLogger(__name__)
 def _first(paths, k: int = 3) -> str:
     paths = list(paths)
     return ", ".join(paths[:k]) + (f" (+{len(paths) - k} more)" if len(paths) > k else "")
+
+
+class IdPaths(Sequence[str]):
+    """The pictures of a large set as ``folder/<id><suffix>``, built when asked: the ids are one
+    compact array (``S``-dtype bytes), not millions of Python strings."""
+
+    def __init__(self, folder: Union[str, os.PathLike], ids: np.ndarray, suffix: str = ".jpg"):
+        self.folder, self.ids, self.suffix = str(folder), ids, suffix
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return os.path.join(self.folder, self.ids[i].decode("ascii") + self.suffix)
 
 
 @dataclass(frozen=True)
@@ -56,8 +73,10 @@ class MultiLabelDataset(torch.utils.data.Dataset):
     A path listed twice is reported (a duplicate row weighs its image twice).
 
     Args:
-        paths: image paths, one per sample.
-        targets: (N, C) float32, 1 positive, 0 negative, -1 unknown.
+        paths: image paths, one per sample (a list, or :class:`IdPaths` for a large set: its files
+            are found missing when they are read, not stat-ed at start).
+        targets: (N, C) float32, 1 positive, 0 negative, -1 unknown, or the labels of a large set
+            (:class:`asl.data.labels.SparseLabels`: no (N, C) matrix is made).
         class_names: C names.
         transform: PIL image -> tensor.
         name: for messages (dataset and split).
@@ -70,18 +89,19 @@ class MultiLabelDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         paths: Sequence[str],
-        targets: np.ndarray,
+        targets: Union[np.ndarray, Labels],
         class_names: Sequence[str],
         transform: Optional[Callable] = None,
         name: str = "dataset",
         read: ReadOptions = DEFAULT_READ,
     ):
-        targets = np.asarray(targets, dtype=np.float32)
-        if targets.ndim != 2 or targets.shape[0] != len(paths) or targets.shape[1] != len(class_names):
+        labels = as_labels(targets)
+        if len(labels) != len(paths) or labels.num_classes != len(class_names):
             raise ValueError("targets must be (len(paths), len(class_names))")
         check_class_names(list(class_names), f"{name}: class names", error=DataError)  # one rule, every dataset
-        self.paths: List[str] = [str(p) for p in paths]
-        self.targets = targets
+        lazy = isinstance(paths, IdPaths)
+        self.paths: Sequence[str] = paths if lazy else [str(p) for p in paths]
+        self.labels = labels
         self.class_names = list(class_names)
         self.transform = transform
         self.name = name
@@ -91,6 +111,10 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         # One flag per sample in shared memory: DataLoader workers (forked or spawned) mark
         # the same table, so the main process can count them and each path is logged once.
         self._bad = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
+        if not lazy:  # a large set's missing pictures are found when read (the same bad-image rules)
+            self._check_files(name)
+
+    def _check_files(self, name: str) -> None:
         missing = [i for i, p in enumerate(self.paths) if not os.path.isfile(p)]
         if missing:
             self._bad[missing] = 1
@@ -115,6 +139,11 @@ class MultiLabelDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def targets(self) -> np.ndarray:
+        """The (N, C) label matrix (a sparse set makes it only when small: ``asl.data.labels.DENSE_LIMIT``)."""
+        return self.labels.dense()
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -135,7 +164,7 @@ class MultiLabelDataset(torch.utils.data.Dataset):
                 continue
             if self.transform is not None:
                 img = self.transform(img)
-            return img, torch.from_numpy(self.targets[i])
+            return img, torch.from_numpy(self.labels.row(i))
         raise DataError(f"{self.name}: no readable image at all")
 
     @property
@@ -164,13 +193,13 @@ class MultiLabelDataset(torch.utils.data.Dataset):
 
     def summary(self) -> str:
         """One paragraph: images, classes, label cardinality, rarest and commonest classes."""
-        t = self.targets
-        pos = (t == 1).sum(0)
-        card = float((t == 1).sum(1).mean()) if len(t) else 0.0
+        pos = self.labels.positives()
+        per_image = self.labels.positives_per_image()
+        card = float(per_image.mean()) if len(per_image) else 0.0
         order = np.argsort(pos, kind="stable")
         rare = ", ".join(f"{self.class_names[k]} ({int(pos[k])})" for k in order[:3])
         common = ", ".join(f"{self.class_names[k]} ({int(pos[k])})" for k in order[::-1][:3])
-        unknown = int((t == -1).sum())
+        unknown = self.labels.unknown()
         return (
             f"{self.name}: {len(self)} images, {self.num_classes} classes, "
             f"{card:.2f} labels/image ({100 * card / max(self.num_classes, 1):.1f}% positive)"
@@ -187,14 +216,14 @@ def split_warnings(train: Optional[MultiLabelDataset], evaluation: MultiLabelDat
     """What a user should know before trusting the validation mAP: images that are in both
     splits (a leak: the score is optimistic) and an evaluation split too small to rank models."""
     out = []
-    if train is not None:
+    if train is not None and not isinstance(train.paths, IdPaths) and not isinstance(evaluation.paths, IdPaths):
         both = sorted(set(map(os.path.realpath, train.paths)) & set(map(os.path.realpath, evaluation.paths)))
         if both:
             out.append(
                 f"{len(both)} images are in both the training and the evaluation split, so the validation "
                 f"mAP is optimistic: {_first(both)}"
             )
-    empty = [n for n, k in zip(evaluation.class_names, (evaluation.targets == 1).sum(0)) if k == 0]
+    empty = [n for n, k in zip(evaluation.class_names, evaluation.labels.positives()) if k == 0]
     if empty:
         out.append(
             f"{len(empty)} of {evaluation.num_classes} classes have no positive in {evaluation.name} "

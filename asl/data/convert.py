@@ -64,7 +64,8 @@ def _convert(root: str, out: Path, dataset: str, tag_separator: Optional[str], v
     for split, ds in parts.items():
         name = ours.get(split, "test")
         counts[name] = len(ds)
-        for path, row in zip(ds.paths, ds.targets):
+        for i, path in enumerate(ds.paths):
+            row = ds.labels.row(i)
             unknown += int((row < 0).sum())
             tags = "|".join(c for c, v in zip(classes, row) if v == 1)
             w.writerow([os.path.relpath(path, out), tags, name])

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from ..errors import DataError
-from . import formats, imagefolder, labelstudio, table, tagged
+from . import formats, imagefolder, labelstudio, openimages, table, tagged
 
 # What each format is recognised by, in the words of the error that lists them.
 LOOKED_FOR = (
@@ -19,6 +19,7 @@ LOOKED_FOR = (
     ("imagefolder", "metadata.jsonl / metadata.csv"),
     ("labelstudio", "a Label Studio JSON export"),
     ("sidecar", "pictures with a same-named .txt of tags"),
+    ("openimages", "*-annotations-human-imagelabels.csv"),
 )
 
 
@@ -28,18 +29,23 @@ def _is_tagged_csv(path: Path) -> bool:
     return len(h) >= 2 and h[0] in tagged.NAME_COLUMNS and h[1] in tagged.TAG_COLUMNS
 
 
+def _file_candidates(root: Path) -> List[Tuple[str, str]]:
+    """The format a label file named on its own is (a CSV or a JSON export)."""
+    if root.suffix.lower() == ".csv":
+        if _is_tagged_csv(root):
+            return [("tagged", root.name)]
+        if formats.is_onehot_csv(root):
+            return [("onehot", root.name)]
+    elif root.suffix.lower() == ".json" and labelstudio.labelstudio_files(root):
+        return [("labelstudio", root.name)]
+    return []
+
+
 def candidates(root: Path) -> List[Tuple[str, str]]:
     """Every format ``root`` holds, with what it was told by."""
-    found = []
     if root.is_file():
-        if root.suffix.lower() == ".csv":
-            if _is_tagged_csv(root):
-                found.append(("tagged", root.name))
-            elif formats.is_onehot_csv(root):
-                found.append(("onehot", root.name))
-        elif root.suffix.lower() == ".json" and labelstudio.labelstudio_files(root):
-            found.append(("labelstudio", root.name))
-        return found
+        return _file_candidates(root)
+    found = []
     folders = [root, *table.split_folders(root).values()]
     if (root / "demo.json").is_file() and (root / "labels.csv").is_file():
         return [("demo", "demo.json")]  # the demo's labels.csv is its own (a demo.json alone is a leftover)
@@ -51,6 +57,8 @@ def candidates(root: Path) -> List[Tuple[str, str]]:
         or ((root / "JPEGImages").is_dir() and (root / "Annotations").is_dir())
     ):
         found.append(("voc", "a VOC layout"))
+    if openimages.is_openimages(root):
+        found.append(("openimages", "Open Images' human-verified image labels"))
     if (root / "nus_wid_data.csv").is_file():
         found.append(("nuswide", "nus_wid_data.csv"))
     if (root / "labels.csv").is_file() and _is_tagged_csv(root / "labels.csv"):

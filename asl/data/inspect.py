@@ -130,7 +130,7 @@ def inspect_dataset(
     first = next(iter(parts.values()))
     classes = first.class_names
     paths = [p for ds in parts.values() for p in ds.paths]
-    targets = np.concatenate([ds.targets for ds in parts.values()]) if parts else np.zeros((0, len(classes)))
+    labels = [ds.labels for ds in parts.values()]
     missing = [p for p in paths if not os.path.isfile(p)]
     unreadable = []
     if read_images:
@@ -140,7 +140,7 @@ def inspect_dataset(
                     load_rgb(p)
                 except DataError:
                     unreadable.append(p)
-    per_image = (targets == 1).sum(1)
+    per_image = np.concatenate([lab.positives_per_image() for lab in labels]) if labels else np.zeros(0, int)
     seen: Dict[str, List[str]] = defaultdict(list)
     for ds_name, ds in parts.items():
         for p in ds.paths:
@@ -150,9 +150,9 @@ def inspect_dataset(
         digest = _sha1(real)
         if digest is not None:
             by_hash[digest].append(real)
-    positives = [int(v) for v in (targets == 1).sum(0)]
-    known = (targets >= 0).sum()
-    fraction = float((targets == 1).sum() / known) if known else 0.0
+    positives = [int(v) for v in sum(lab.positives() for lab in labels)]
+    known = int(sum(lab.labelled().sum() for lab in labels))
+    fraction = float(sum(positives) / known) if known else 0.0
     return Inspection(
         root=str(root),
         dataset=dataset,
@@ -163,7 +163,7 @@ def inspect_dataset(
         unreadable=unreadable,
         classes=list(classes),
         positives=positives,
-        unknown_labels=int((targets < 0).sum()),
+        unknown_labels=int(sum(lab.unknown() for lab in labels)),
         labels_per_image={
             "mean": float(per_image.mean()) if len(per_image) else 0.0,
             "min": int(per_image.min()) if len(per_image) else 0,

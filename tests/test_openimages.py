@@ -1,0 +1,181 @@
+"""asl.data.openimages and sparse labels: a tiny Open Images folder under the official file names
+(positives, verified negatives, unknown labels, both class-description formats, a trainable list)
+read into the 1 / 0 / -1 targets it holds, without an (N, C) array; trained in each unknown-label
+mode; validated with the labelled-only mAP; its bad input as one error line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asl.data import create_dataset
+from asl.data.detect import detect_dataset
+from asl.data.labels import SparseLabels
+from asl.errors import DataError
+from tests.helpers import TINY, call, one_error
+
+MIDS = ["/m/01", "/m/02", "/m/03", "/m/04"]
+NAMES = {"/m/01": "Cat", "/m/02": "Dog", "/m/03": "Sky", "/m/04": "Dog"}  # a display name twice
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+
+
+def lay_out(root: Path, n_train=32, n_test=16, seed=0, header=True):
+    """Open Images' files for a learnable set: class k paints a quadrant; about a third of the
+    (image, class) pairs are labelled (a positive or a verified negative), the rest unknown."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    with open(root / ("oidv6-class-descriptions.csv" if header else "class-descriptions.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        if header:
+            w.writerow(["LabelName", "DisplayName"])
+        w.writerows([m, NAMES[m]] for m in MIDS)
+        w.writerow(["/m/99", "Not trainable"])
+    (root / "classes-trainable.txt").write_text("".join(m + "\n" for m in MIDS))
+    truth = {}
+    for split, n, fname in (
+        ("train", n_train, "oidv6-train-annotations-human-imagelabels.csv"),
+        ("test", n_test, "test-annotations-human-imagelabels.csv"),
+    ):
+        (root / split).mkdir()
+        rows = []
+        for i in range(n):
+            image_id = f"{split[:2]}{i:014x}"
+            arr = rng.integers(0, 40, size=(32, 32, 3)).astype(np.uint8)
+            present = [k for k in range(4) if rng.random() < 0.4]
+            for k in present:
+                y0, x0 = (k // 2) * 16, (k % 2) * 16
+                arr[y0 : y0 + 16, x0 : x0 + 16] = COLOURS[k]
+            Image.fromarray(arr).save(root / split / f"{image_id}.jpg", quality=95)
+            row = np.full(4, -1.0, dtype=np.float32)
+            for k in range(4):
+                if k in present and rng.random() < 0.8:
+                    row[k] = 1.0
+                elif k not in present and rng.random() < 0.5:
+                    row[k] = 0.0
+            if not (row >= 0).any():
+                row[0] = 1.0 if 0 in present else 0.0
+            for k in np.flatnonzero(row >= 0):
+                rows.append([image_id, "verification", MIDS[k], int(row[k])])
+            if i == 0:  # a label the class list does not hold: left out, and counted
+                rows.append([image_id, "verification", "/m/99", 1])
+            truth[(split, image_id)] = row
+        with open(root / fname, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ImageID", "Source", "LabelName", "Confidence"])
+            w.writerows(rows)
+    return truth
+
+
+@pytest.fixture(scope="module")
+def oi(tmp_path_factory):
+    root = tmp_path_factory.mktemp("oi") / "openimages"
+    return root, lay_out(root)
+
+
+def test_the_targets_are_the_labels_written_and_held_sparse(oi, caplog):
+    root, truth = oi
+    assert detect_dataset(str(root))[0] == "openimages"
+    for split in ("train", "test"):
+        ds = create_dataset("openimages", str(root), split)
+        assert isinstance(ds.labels, SparseLabels)
+        # nothing of the dataset is an (N, C) array
+        assert not any(isinstance(v, np.ndarray) and v.ndim == 2 for v in vars(ds).values())
+        assert not any(isinstance(v, np.ndarray) and v.ndim == 2 for v in vars(ds.labels).values())
+        assert ds.class_names == ["Cat", "Dog (/m/02)", "Sky", "Dog (/m/04)"]
+        for i, path in enumerate(ds.paths):
+            image_id = Path(path).stem
+            assert np.array_equal(ds.labels.row(i), truth[(split, image_id)]), image_id
+            assert np.array_equal(ds[i][1].numpy(), truth[(split, image_id)])
+    assert "1 rows of 1 MIDs not in the class list are left out (first: /m/99)" in caplog.text
+
+
+def test_the_old_descriptions_format_and_no_trainable_list(tmp_path):
+    root = tmp_path / "oi"
+    truth = lay_out(root, n_train=12, n_test=6, header=False)
+    (root / "classes-trainable.txt").unlink()
+    ds = create_dataset("openimages", str(root), "test")
+    # without the trainable list: the MIDs with a positive in the training labels, sorted (/m/99 has one)
+    from asl.data.openimages import display_names
+
+    mids = sorted({MIDS[k] for (s, _), row in truth.items() if s == "train" for k in np.flatnonzero(row == 1)})
+    mids = sorted({*mids, "/m/99"})
+    assert ds.class_names == display_names(mids, {**NAMES, "/m/99": "Not trainable"})
+    assert len(ds) == sum(1 for s, _ in truth if s == "test")
+
+
+@pytest.mark.parametrize("mode", ["negative", "ignore", "selective"])
+def test_train_one_epoch_in_each_unknown_label_mode(mode, oi, tmp_path, capsys):
+    root, _ = oi
+    argv = [root, "--dataset", "openimages", *TINY, "--unknown-labels", mode, "--output", tmp_path / "run"]
+    rc, _, err = call("train", argv, capsys)
+    assert rc == 0, err
+    assert (tmp_path / "run" / "best.pth").is_file()
+
+
+def test_validate_scores_labelled_entries_only(oi, tmp_path, capsys):
+    """The mAP of a split with unknown labels: each class's AP over its labelled entries, classes
+    without a positive left out (Google's rule), checked against scikit-learn on the same entries."""
+    from sklearn.metrics import average_precision_score
+
+    root, truth = oi
+    rc, _, err = call("train", [root, "--dataset", "openimages", *TINY, "--output", tmp_path / "run"], capsys)
+    assert rc == 0, err
+    rc, out, err = call(
+        "validate",
+        [root, "--model-path", tmp_path / "run" / "best.pth", "--workers", "0", "--output", tmp_path / "val"],
+        capsys,
+    )
+    assert rc == 0, err
+    import json
+
+    metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    scores = np.load(tmp_path / "val" / "scores.npy")
+    targets = np.load(tmp_path / "val" / "targets.npy")
+    assert (targets == -1).any() and (targets == 0).any()
+    aps = []
+    for k in range(targets.shape[1]):
+        known = targets[:, k] >= 0
+        if (targets[known, k] == 1).any():
+            aps.append(average_precision_score(targets[known, k] == 1, scores[known, k]))
+    assert metrics["mAP"] == pytest.approx(100 * np.mean(aps), abs=1e-6)
+    assert f"mAP {metrics['mAP']:.2f}" in out
+
+
+def test_bad_label_files_are_one_error_line(tmp_path, capsys):
+    cases = {
+        "columns": ("ImageID,LabelName,Confidence\nx,/m/01,1\n", "columns ['ImageID', 'LabelName', 'Confidence']"),
+        "fractions": ("ImageID,Source,LabelName,Confidence\nx,machine,/m/01,0.7\n", "Confidence 0.7"),
+        "clash": ("ImageID,Source,LabelName,Confidence\nx,h,/m/01,1\nx,h,/m/01,0\n", "labelled both 1 and 0"),
+        "nothing": ("ImageID,Source,LabelName,Confidence\nx,h,/m/99,1\n", "no labelled entry"),
+    }
+    for name, (text, fragment) in cases.items():
+        root = tmp_path / name
+        root.mkdir()
+        (root / "classes-trainable.txt").write_text("/m/01\n")
+        (root / "oidv6-train-annotations-human-imagelabels.csv").write_text(text)
+        (root / "test-annotations-human-imagelabels.csv").write_text(text)
+        rc, _, err = call("train", [root, "--dataset", "openimages", *TINY, "--output", tmp_path / "o"], capsys)
+        one_error(rc, err, fragment)
+    (tmp_path / "columns" / "oidv6-class-descriptions.csv").write_text("id;name\n1;cat\n")
+    with pytest.raises(DataError, match="not a class-descriptions CSV"):
+        from asl.data.openimages import read_descriptions
+
+        read_descriptions(tmp_path / "columns")
+    assert not (tmp_path / "o").exists()
+
+
+def test_sparse_labels_take_and_dense_agree():
+    rng = np.random.default_rng(0)
+    dense = rng.choice([-1.0, 0.0, 1.0], size=(50, 7), p=[0.6, 0.25, 0.15]).astype(np.float32)
+    img, cls = np.nonzero(dense >= 0)
+    labels = SparseLabels.from_entries(50, 7, img, cls, dense[img, cls].astype(np.int8))
+    assert np.array_equal(labels.dense(), dense)
+    rows = [3, 0, 49, 3]
+    assert np.array_equal(labels.take(rows).dense(), dense[rows])
+    assert np.array_equal(labels.positives(), (dense == 1).sum(0))
+    assert np.array_equal(labels.labelled(), (dense >= 0).sum(0))
+    assert labels.unknown() == int((dense == -1).sum())
