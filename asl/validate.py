@@ -292,6 +292,7 @@ def score(v: Validation) -> Scores:
     if (targets == -1).any():
         # ev["mAP"] already leaves unknown labels out; this is the official code's reading (-1 as negative).
         metrics["mAP_unknown_as_negative"] = mAP(targets, scores)
+    metrics["classes_scored"] = _say_which_classes_count(targets, ds.class_names)
     metrics["per_class_ap"] = {
         n: (None if np.isnan(a) else float(100 * a)) for n, a in zip(ds.class_names, ev["per_class_ap"])
     }
@@ -300,6 +301,29 @@ def score(v: Validation) -> Scores:
         f"(threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)"
     )
     return Scores(ds, order, ev, metrics)
+
+
+def _say_which_classes_count(targets: np.ndarray, class_names) -> int:
+    """The classes the mAP averages: those with a labelled positive in the split (Open Images'
+    rule: the others are left out, and counted); a class with fewer than 5 labelled positives is
+    named, its AP being a coarse number. Returns how many are scored."""
+    positives = (targets == 1).sum(0)
+    scored = int((positives > 0).sum())
+    if scored < len(class_names):
+        log.info(
+            "%d of %d classes have no positive in this split: left out of the mAP",
+            len(class_names) - scored,
+            len(class_names),
+        )
+    few = [class_names[k] for k in np.flatnonzero((positives > 0) & (positives < 5))]
+    if few:
+        log.warning(
+            "warning: %d classes have fewer than 5 labelled positives, so their AP moves in large steps: %s%s",
+            len(few),
+            ", ".join(few[:5]),
+            ", ..." if len(few) > 5 else "",
+        )
+    return scored
 
 
 def calibrate(v: Validation, scored: Scores) -> np.ndarray:

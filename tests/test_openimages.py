@@ -142,6 +142,7 @@ def test_validate_scores_labelled_entries_only(oi, tmp_path, capsys):
         if (targets[known, k] == 1).any():
             aps.append(average_precision_score(targets[known, k] == 1, scores[known, k]))
     assert metrics["mAP"] == pytest.approx(100 * np.mean(aps), abs=1e-6)
+    assert metrics["classes_scored"] == len(aps)
     assert f"mAP {metrics['mAP']:.2f}" in out
 
 
@@ -179,3 +180,27 @@ def test_sparse_labels_take_and_dense_agree():
     assert np.array_equal(labels.positives(), (dense == 1).sum(0))
     assert np.array_equal(labels.labelled(), (dense >= 0).sum(0))
     assert labels.unknown() == int((dense == -1).sum())
+
+
+@pytest.mark.parametrize(
+    "name", ["openimages_tresnet_l_448", "openimages_ml_decoder_tresnet_m_224", "openimages_csl_tresnet_m_224"]
+)
+def test_the_open_images_recipes_name_a_start_timm_lists_and_pass_the_checks(name):
+    import timm
+
+    from asl.checks import check_loss_options
+    from asl.config import TRAIN, check_values, fields_for, load_config
+    from tests.helpers import REPO
+
+    cfg = load_config(str(REPO / "configs" / f"{name}.yaml"))
+    assert cfg.dataset == "openimages" and cfg.pretrained
+    assert cfg.model_name in timm.list_pretrained(cfg.model_name.split(".")[0] + ".*")
+    check_values(cfg, fields_for(TRAIN))
+    check_loss_options(cfg)
+    if "csl" in name:
+        assert (cfg.unknown_labels, cfg.gamma_unann, cfg.likelihood_topk, cfg.prior_threshold) == (
+            "selective",
+            4,
+            5,
+            0.5,
+        )
