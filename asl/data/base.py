@@ -39,7 +39,9 @@ class IdPaths(Sequence[str]):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        return os.path.join(self.folder, self.ids[i].decode("ascii") + self.suffix)
+        v = self.ids[i]
+        name = f"{int(v):016x}" if self.ids.dtype == np.uint64 else v.decode("ascii")
+        return os.path.join(self.folder, name + self.suffix)
 
 
 @dataclass(frozen=True)

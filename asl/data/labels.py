@@ -77,12 +77,21 @@ class SparseLabels:
 
     @classmethod
     def from_entries(
-        cls, n: int, num_classes: int, image: np.ndarray, klass: np.ndarray, value: np.ndarray, unlisted: float = -1.0
+        cls,
+        n: int,
+        num_classes: int,
+        image: np.ndarray,
+        klass: np.ndarray,
+        value: np.ndarray,
+        unlisted: float = -1.0,
+        presorted: bool = False,
     ) -> "SparseLabels":
-        """From (image, class, value) triples, value 1 or 0, each pair at most once."""
+        """From (image, class, value) triples, value 1 or 0, each pair at most once (``presorted``:
+        already in (image, class) order)."""
         image, klass, value = np.asarray(image, np.int64), np.asarray(klass, np.int32), np.asarray(value)
-        order = np.lexsort((klass, image))
-        image, klass, value = image[order], klass[order], value[order]
+        if not presorted:
+            order = np.lexsort((klass, image))
+            image, klass, value = image[order], klass[order], value[order]
         pos, neg = value == 1, value == 0
 
         def csr(sel):

@@ -95,75 +95,175 @@ def display_names(mids: List[str], descriptions: Dict[str, str]) -> List[str]:
     return [f"{n} ({m})" if count[n] > 1 and n != m else n for n, m in zip(names, mids)]
 
 
-def _read_columns(path: Path):
-    """The label CSV's four columns, read by pyarrow (tens of millions of rows)."""
+def _pyarrow():
     try:
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.csv as pacsv
     except ImportError:
         raise DataError("Open Images' label files are read with pyarrow: pip install -r requirements.txt") from None
+    return pa, pc, pacsv
+
+
+def _check_header(path: Path) -> None:
     try:
-        table = pacsv.read_csv(
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a label CSV ({e})") from None
+    if header != HEADER:
+        raise DataError(f"{path}: columns {header}, expected {','.join(HEADER)}")
+
+
+def _batches(path: Path, columns=("ImageID", "LabelName", "Confidence")):
+    """The label CSV in record batches of about 64 MB (pyarrow's streaming reader): tens of millions
+    of rows never sit in memory as strings at once."""
+    pa, _, pacsv = _pyarrow()
+    _check_header(path)
+    try:
+        reader = pacsv.open_csv(
             str(path),
+            read_options=pacsv.ReadOptions(block_size=64 << 20),
             convert_options=pacsv.ConvertOptions(
-                column_types={"ImageID": pa.string(), "LabelName": pa.string(), "Source": pa.string()},
+                include_columns=list(columns),
+                column_types={"ImageID": pa.string(), "LabelName": pa.string(), "Confidence": pa.float64()},
                 strings_can_be_null=False,
             ),
+            # the system allocator gives a batch's memory back when it is done (the default pool
+            # keeps it: about 0.5 GB more at the peak for 6.5 million rows)
+            memory_pool=pa.system_memory_pool(),
         )
+        yield from reader
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: not a label CSV ({str(e).splitlines()[0][:160]})") from None
-    if table.column_names != HEADER:
-        raise DataError(f"{path}: columns {table.column_names}, expected {','.join(HEADER)}")
-    return table
+
+
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _hex_ids(column) -> Optional[np.ndarray]:
+    """Open Images' ImageIDs (16 hex digits) as uint64, read off the column's buffer without a
+    Python string per row; None when some id is of another form."""
+    _, pc, _ = _pyarrow()
+    column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    if len(column) == 0 or pc.min_max(pc.utf8_length(column)).as_py() != {"min": 16, "max": 16}:
+        return None
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    nibbles = _HEX[data].reshape(-1, 16)
+    if (nibbles == 255).any():
+        return None
+    out = np.zeros(len(column), dtype=np.uint64)
+    for j in range(16):
+        out = (out << np.uint64(4)) | nibbles[:, j].astype(np.uint64)
+    return out
 
 
 def read_image_labels(path: Path, class_index: Dict[str, int]) -> Tuple[np.ndarray, SparseLabels, Dict[str, int]]:
     """An image-level label file as (image ids, labels, rows left out per MID not in the class list).
 
+    The ids are uint64 for Open Images' 16-hex-digit ids, else byte strings. Memory grows with the
+    labelled rows (about 14 bytes each at the peak), not with images x classes.
+
     Raises:
         DataError: other columns, a Confidence other than 0 or 1 (the machine-generated files carry
             fractions), one (image, class) labelled both 1 and 0, no labelled entry for any class.
     """
-    import pyarrow.compute as pc
-
-    table = _read_columns(path)
-    conf = table["Confidence"].to_numpy() if table.num_rows else np.zeros(0)
-    odd = ~np.isin(conf, (0, 1))
-    if odd.any():
-        raise DataError(
-            f"{path}: Confidence {float(conf[odd][0])!r} on {int(odd.sum())} rows; human-verified labels are 0 or 1 "
-            f"(a machine-generated label file carries fractions: use the human-imagelabels files)"
-        )
-    images = pc.dictionary_encode(table["ImageID"]).combine_chunks()
-    mids = pc.dictionary_encode(table["LabelName"]).combine_chunks()
-    ids = np.asarray(images.dictionary.to_pylist(), dtype="S")
-    image = images.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    lookup = np.array([class_index.get(m, -1) for m in mids.dictionary.to_pylist()], dtype=np.int64)
-    klass = lookup[mids.indices.to_numpy(zero_copy_only=False)]
-    left_out: Dict[str, int] = {}
-    if (klass < 0).any():
-        names = mids.dictionary.to_pylist()
-        per = np.bincount(mids.indices.to_numpy(zero_copy_only=False)[klass < 0], minlength=len(names))
-        left_out = {names[k]: int(c) for k, c in enumerate(per) if c}
-    keep = klass >= 0
-    image, klass, value = image[keep], klass[keep], conf[keep].astype(np.int8)
+    try:
+        image, klass, value, left_out, names = _collect(path, class_index, by_name=False)
+    except _MixedIds:  # ids of another form after Open Images' hex ones: all numbered by name
+        image, klass, value, left_out, names = _collect(path, class_index, by_name=True)
     if not len(image):
         raise DataError(f"{path}: no labelled entry for any class of the class list")
-    key = image * len(class_index) + klass
-    order = np.argsort(key, kind="stable")
-    key, value, image, klass = key[order], value[order], image[order], klass[order]
+    ids, index = _number_images(image, names)
+    del image
+    return ids, _sparse(path, ids, index, klass, value, len(class_index)), left_out
+
+
+class _MixedIds(Exception):
+    """A batch of ids not in Open Images' hex form after batches that were."""
+
+
+def _collect(path: Path, class_index: Dict[str, int], by_name: bool):
+    """(image id or number, class, value) of every row whose MID the class list holds, and the
+    rows left out per other MID."""
+    _, pc, _ = _pyarrow()
+    images, classes, values, left_out, names = [], [], [], {}, {}
+    for batch in _batches(path):
+        conf = batch.column("Confidence").to_numpy()
+        odd = ~np.isin(conf, (0, 1))
+        if odd.any():
+            raise DataError(
+                f"{path}: Confidence {float(conf[odd][0])!r} on {int(odd.sum())} rows of a batch; human-verified "
+                f"labels are 0 or 1 (a machine-generated label file carries fractions: use the human-imagelabels files)"
+            )
+        mids = pc.dictionary_encode(batch.column("LabelName"))
+        words = mids.dictionary.to_pylist()
+        lookup = np.array([class_index.get(m, -1) for m in words], dtype=np.int32)
+        klass = lookup[mids.indices.to_numpy(zero_copy_only=False)]
+        keep = klass >= 0
+        if not keep.all():
+            for k, c in zip(*np.unique(mids.indices.to_numpy(zero_copy_only=False)[~keep], return_counts=True)):
+                left_out[words[k]] = left_out.get(words[k], 0) + int(c)
+        ids = None if by_name else _hex_ids(batch.column("ImageID"))
+        if ids is None:  # ids of another form: numbered through a dictionary
+            if images and not names:
+                raise _MixedIds()
+            strings = batch.column("ImageID").to_pylist()
+            ids = np.array([names.setdefault(x, len(names)) for x in strings], dtype=np.uint64)
+        elif names:
+            raise _MixedIds()
+        images.append(ids[keep])
+        classes.append(klass[keep])
+        values.append(conf[keep].astype(np.int8))
+    image = np.concatenate(images) if images else np.zeros(0, np.uint64)
+    klass = np.concatenate(classes) if classes else np.zeros(0, np.int32)
+    value = np.concatenate(values) if values else np.zeros(0, np.int8)
+    return image, klass, value, left_out, names
+
+
+def _number_images(image: np.ndarray, names: Dict[str, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """(ids of the images in order, each row's image number). Rows grouped by image, as the
+    official files are, are numbered in one pass; others through a sort."""
+    if len(image) > 1 and bool((image[1:] >= image[:-1]).all()):
+        starts = np.empty(len(image), dtype=bool)
+        starts[0], starts[1:] = True, image[1:] != image[:-1]
+        index = np.cumsum(starts, dtype=np.int64) - 1
+        ids = image[starts]
+    else:
+        ids, index = np.unique(image, return_inverse=True)
+    if names:  # ids were numbered through the dictionary: give them back as strings
+        by_number = np.empty(len(names), dtype=object)
+        for text, k in names.items():
+            by_number[k] = text
+        ids = np.asarray(by_number[ids.astype(np.int64)].tolist(), dtype="S")
+    return ids, index
+
+
+def _sparse(path: Path, ids: np.ndarray, index: np.ndarray, klass: np.ndarray, value: np.ndarray, c: int):
+    """CSR labels of (image number, class, value) rows; a pair given twice with one label counts
+    once, with two labels is an error."""
+    key = index * c + klass
+    if not bool((key[1:] > key[:-1]).all()):
+        order = np.argsort(key, kind="stable")
+        key, value = key[order], value[order]
+        del order
     repeat = np.flatnonzero(key[1:] == key[:-1])
     clash = repeat[value[repeat] != value[repeat + 1]]
     if len(clash):
-        bad = int(image[clash[0]])
+        bad = ids[int(key[clash[0]] // c)]
+        shown = f"{int(bad):016x}" if ids.dtype == np.uint64 else bad.decode()
         raise DataError(
-            f"{path}: image {ids[bad].decode()} is labelled both 1 and 0 for {int(len(clash))} classes; "
-            f"keep one row per image and class"
+            f"{path}: image {shown} is labelled both 1 and 0 for {int(len(clash))} classes; keep one row per "
+            f"image and class"
         )
-    first = np.ones(len(key), dtype=bool)
-    first[repeat + 1] = False  # a row given twice with the same label counts once
-    labels = SparseLabels.from_entries(len(ids), len(class_index), image[first], klass[first], value[first])
-    return ids, labels, left_out
+    if len(repeat):
+        keep = np.ones(len(key), dtype=bool)
+        keep[repeat + 1] = False
+        key, value = key[keep], value[keep]
+    return SparseLabels.from_entries(len(ids), c, key // c, (key % c).astype(np.int32), value, presorted=True)
 
 
 def class_list(root: Path) -> Tuple[List[str], str]:
@@ -176,12 +276,12 @@ def class_list(root: Path) -> Tuple[List[str], str]:
             raise DataError(f"{trainable}: not a list of MIDs (one '/m/...' a line)")
         return mids, TRAINABLE
     source = label_file(root, "train") or next(label_file(root, s) for s in SPLITS if label_file(root, s))
-    table = _read_columns(source)
-    import pyarrow.compute as pc
-
-    positive = pc.equal(table["Confidence"], 1)
-    mids = sorted(set(pc.filter(table["LabelName"], positive).to_pylist()))
-    return mids, f"the MIDs with a positive in {source.name}"
+    _, pc, _ = _pyarrow()
+    mids = set()
+    for batch in _batches(source, ("LabelName", "Confidence")):
+        positive = pc.equal(batch.column("Confidence"), 1)
+        mids.update(pc.unique(pc.filter(batch.column("LabelName"), positive)).to_pylist())
+    return sorted(mids), f"the MIDs with a positive in {source.name}"
 
 
 def create_openimages(
