@@ -132,7 +132,7 @@ def config_sources(cfg) -> List[Source]:
             class_names=cfg.class_names,
             model_path=cfg.model_path,
             init_checkpoint=cfg.init_checkpoint,
-            prior_file=getattr(cfg, "prior_file", None),
+            prior_file=cfg.prior_file,
         ),
     ]
 
