@@ -41,7 +41,7 @@ def head_bytes(path: Path, n: int = 512) -> bytes:
 
 def _is_checkpoint(path: Path) -> bool:
     """A torch.save file of ours: a dict holding a state dict under ``model``."""
-    if not zipfile_like(path):
+    if not _is_zip(path):
         return False
     import torch
 
@@ -52,7 +52,7 @@ def _is_checkpoint(path: Path) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("model"), dict)
 
 
-def zipfile_like(path: Path) -> bool:
+def _is_zip(path: Path) -> bool:
     return path.is_file() and head_bytes(path, 4) == b"PK\x03\x04"
 
 
