@@ -37,9 +37,16 @@ def prepare_data(cfg: Config) -> None:
 
 
 def dataset_from_config(
-    cfg: Config, train: bool, mean: Sequence[float], std: Sequence[float], split: Optional[str] = None
+    cfg: Config,
+    train: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    split: Optional[str] = None,
+    class_order: Optional[Sequence[str]] = None,
 ):
-    """The training (``train=True``) or evaluation split named by ``cfg``."""
+    """The training (``train=True``) or evaluation split named by ``cfg``; ``class_order``: the class
+    names of the checkpoint being validated or fine-tuned, for a dataset whose files may not fix its
+    class list (Open Images without ``classes-trainable.txt``)."""
     train_split, eval_split = default_splits(cfg.dataset)
     split = split or ((cfg.train_split or train_split) if train else (cfg.val_split or eval_split))
     transform = build_transform(
@@ -47,6 +54,8 @@ def dataset_from_config(
     )
     spec = DATASETS[cfg.dataset]
     options = {o: (0 if o == "seed" else getattr(cfg, o)) for o in spec.options}  # tagged splits with seed 0
+    if spec.follows_checkpoint and class_order:
+        options["class_order"] = list(class_order)
     ds = create_dataset(
         cfg.dataset,
         cfg.data_root,
@@ -361,13 +370,29 @@ def build_run(cfg: Config, resume_ckpt: Optional[Dict[str, Any]] = None, source=
     )
 
 
+def _init_class_order(cfg: Config) -> Optional[List[str]]:
+    """The class names of the checkpoint a run starts from, for a dataset that may take its class list
+    from it (Open Images without ``classes-trainable.txt``); else None."""
+    from .checkpoint import load_checkpoint
+    from .data import DATASETS
+
+    init = cfg.init_checkpoint or cfg.model_path
+    if not init or cfg.dataset not in DATASETS or not DATASETS[cfg.dataset].follows_checkpoint:
+        return None
+    idx = load_checkpoint(init, require_model=False).get("idx_to_class")
+    if not isinstance(idx, dict) or not idx:
+        return None
+    return [str(idx[k]) for k in sorted(idx, key=int)]
+
+
 def _datasets(cfg: Config, mean, std):
     """The training and evaluation datasets (after the explicit demo step), summarised and warned about."""
     from .data.base import split_warnings
 
     prepare_data(cfg)
-    train_ds = dataset_from_config(cfg, train=True, mean=mean, std=std)
-    val_ds = dataset_from_config(cfg, train=False, mean=mean, std=std)
+    follow = _init_class_order(cfg)
+    train_ds = dataset_from_config(cfg, train=True, mean=mean, std=std, class_order=follow)
+    val_ds = dataset_from_config(cfg, train=False, mean=mean, std=std, class_order=follow)
     log.info("%s\n%s", train_ds.summary(), val_ds.summary())
     for warning in split_warnings(train_ds, val_ds) + count_warnings(cfg, train_ds, val_ds):
         log.warning("warning: %s", warning)

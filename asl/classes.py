@@ -65,7 +65,11 @@ def class_names_of(ckpt: Dict[str, Any], num_classes: int) -> list:
 
 
 def match_classes(
-    model_names: Sequence[str], data_names: Sequence[str], named: bool = True, path: Any = "checkpoint"
+    model_names: Sequence[str],
+    data_names: Sequence[str],
+    named: bool = True,
+    path: Any = "checkpoint",
+    aliases: Optional[Dict[str, List[str]]] = None,
 ) -> Optional[list]:
     """How the model's outputs map onto the dataset's classes, matched by name.
 
@@ -75,6 +79,8 @@ def match_classes(
         named: False when the checkpoint carries no names (a plain state dict): then only the
             count is checked and outputs are taken in order.
         path: for messages.
+        aliases: other names the dataset's classes answer to (an Open Images MID, or a display name
+            several classes share: those classes in order, one per repeat).
 
     Returns:
         None when output k is class k already; else the list ``order`` with
@@ -87,6 +93,10 @@ def match_classes(
         raise CheckpointError(f"{path} has {len(model_names)} classes, the dataset {len(data_names)}")
     if not named or list(model_names) == list(data_names):
         return None
+    if aliases:
+        model_names = _as_data_names(model_names, set(data_names), aliases)
+        if model_names == list(data_names):
+            return None
     in_model, in_data = set(model_names), set(data_names)
     only_model = [n for n in model_names if n not in in_data]
     only_data = [n for n in data_names if n not in in_model]
@@ -103,6 +113,18 @@ def match_classes(
         )
     index = {n: k for k, n in enumerate(model_names)}
     return [index[n] for n in data_names]
+
+
+def _as_data_names(model_names: Sequence[str], data: set, aliases: Dict[str, List[str]]) -> List[str]:
+    out, used = [], {}
+    for n in model_names:
+        if n in data or n not in aliases:
+            out.append(n)
+            continue
+        k = used.get(n, 0)
+        used[n] = k + 1
+        out.append(aliases[n][k] if k < len(aliases[n]) else n)
+    return out
 
 
 PRIOR_HEADER = ("Classes", "avg_pred")  # the class prior's CSV, as the CSL repository writes it

@@ -238,6 +238,13 @@ class ModelConfig:
         result=False,
         help="the model's class names, one per line in output order (files without names or with wrong ones)",
     )
+    class_descriptions: Optional[str] = setting(
+        None,
+        commands=(INFER,),
+        result=False,
+        help="Open Images' class-descriptions CSV (MID,DisplayName): a model whose classes are MIDs tags with "
+        "display names",
+    )
     channels_last: Optional[bool] = setting(
         None, commands=(TRAIN,), result=False, help="channels_last memory format (unset: on for CUDA, off on the CPU)"
     )

@@ -10,12 +10,14 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+from .labelled import ScoreCollector
 
 __all__ = [
     "DistInfo",
@@ -23,6 +25,7 @@ __all__ = [
     "EpochSampler",
     "ShardSampler",
     "gather_rows",
+    "gather_scores",
     "all_true",
     "broadcast_buffers",
 ]
@@ -113,6 +116,19 @@ def gather_rows(local: np.ndarray, n: int, info: DistInfo) -> np.ndarray:
     dist.all_gather(parts, t)
     # Row i of rank r is sample i * world + r.
     return torch.stack(parts, dim=1).reshape(-1, *t.shape[1:])[:n].cpu().numpy()
+
+
+def gather_scores(collected: ScoreCollector, info: DistInfo) -> None:
+    """Merge every rank's :class:`asl.labelled.ScoreCollector` into each rank's: the dense rows
+    through :func:`gather_rows`, the labelled entries and the per-class sums as objects."""
+    if not info.enabled:
+        return
+    scores, targets = collected.dense()
+    if scores is not None:
+        scores, targets = (gather_rows(a, collected.num_images, info) for a in (scores, targets))
+    states: List[Any] = [None] * info.world_size
+    dist.all_gather_object(states, collected.shared_state())
+    collected.absorb(states, scores, targets)
 
 
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:

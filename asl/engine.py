@@ -14,12 +14,13 @@ import math
 import time
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from .checkpoint.resume import set_rng_state
+from .distributed import DistInfo, gather_scores
 from .errors import ASLError
+from .labelled import ScoreCollector
 from .metrics import evaluation_result
 from .models import unwrap_model
 
@@ -369,23 +370,27 @@ def evaluate(
     amp_dtype: Optional[torch.dtype] = None,
     desc: str = "eval",
     channels_last: bool = False,
-    gather: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    dist: Optional[DistInfo] = None,
 ) -> Dict[str, Any]:
     """Scores of ``model`` on ``loader`` and their mAP (official definition; where targets hold
-    -1, those entries are left out of their class's AP, as VOC's difficult protocol).
+    -1, those entries are left out of their class's AP, as VOC's difficult protocol and Open Images'
+    rule). Past ``asl.labelled.DENSE_LIMIT`` (N x C) entries only the labelled ones are kept.
 
     Args:
-        gather: under DDP, reassembles all ranks' rows (``asl.distributed.gather_rows``), so the
-            mAP is that of the whole set, equal to a single-process evaluation.
+        dist: under DDP, the process group's :class:`asl.distributed.DistInfo`: every rank's shard
+            is merged, so the mAP is that of the whole set, equal to a single-process evaluation.
 
     Returns:
-        dict with ``mAP`` (percent), ``per_class_ap`` (C,) float64 in [0, 1] (``nan`` for a class
-        without positives), ``scores`` (N, C) float32 sigmoid scores, ``targets`` (N, C),
-        ``num_images``, ``images_per_s``, ``bad_images``.
+        ``asl.metrics.evaluation_result``'s dict: ``mAP`` (percent), ``per_class_ap`` (C,) float64
+        in [0, 1] (``nan`` for a class without positives), ``labelled`` (the labelled entries),
+        ``scores`` (N, C) float32 sigmoid scores and ``targets`` (N, C) (None past the dense limit),
+        ``num_images``, ``images_per_s``, ``bad_images``, ...
     """
     was_training = model.training
     model.eval()
-    scores, targets = [], []
+    shard = (dist.rank, dist.world_size) if dist is not None and dist.enabled else (0, 1)
+    classes = len(getattr(loader.dataset, "class_names", ())) or None
+    collected = ScoreCollector(len(loader.dataset), classes, rank=shard[0], world_size=shard[1])
     t0 = time.perf_counter()
     with torch.inference_mode():
         for images_b, targets_b in _progress(loader, desc):
@@ -394,14 +399,11 @@ def evaluate(
                 images_b = images_b.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(images_b)
-            scores.append(torch.sigmoid(logits.float()).cpu())
-            targets.append(targets_b.cpu())
+            collected.add(torch.sigmoid(logits.float()).cpu().numpy(), targets_b.numpy())
     elapsed = time.perf_counter() - t0
     model.train(was_training)
-    s = torch.cat(scores).numpy() if scores else np.zeros((0, 0), np.float32)
-    t = torch.cat(targets).numpy() if targets else np.zeros((0, 0), np.float32)
-    if gather is not None:  # under DDP: every rank's shard, in dataset order, padding dropped
-        s, t = gather(s), gather(t)
+    if dist is not None:
+        gather_scores(collected, dist)
     # Unknown labels (-1, e.g. VOC's difficult-only classes) are left out of AP, the usual
     # protocol; without any, this is exactly the official mAP.
-    return evaluation_result(s, t, elapsed, loader.dataset)
+    return evaluation_result(collected, elapsed, loader.dataset)

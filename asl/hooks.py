@@ -180,13 +180,13 @@ class TensorBoard(Hook):
             if record.get(key) is not None:
                 w.add_scalar(f"epoch/{key}", record[key], epoch)
         ev, _ = run.last_evaluation
-        targets, scores = ev["targets"], ev["scores"]
+        labelled = ev["labelled"]
         names = run.val_dataset.class_names
-        order = np.argsort(-(targets == 1).sum(0), kind="stable")[: self.max_pr_classes]
+        order = np.argsort(-labelled.positives(), kind="stable")[: self.max_pr_classes]
         for k in order:
-            known = targets[:, k] >= 0
-            if known.any():
-                w.add_pr_curve(f"pr/{names[k]}", targets[known, k] == 1, scores[known, k], epoch)
+            _, scores, positive = labelled.segment(k)
+            if scores.size:
+                w.add_pr_curve(f"pr/{names[k]}", positive, scores, epoch)
         w.flush()
 
     def after_run(self, run: RunView) -> None:
@@ -212,8 +212,7 @@ class HtmlReport(Hook):
         best = run.state.best
         write_report(
             run.out / "report.html",
-            scores=ev["scores"],
-            targets=ev["targets"],
+            labelled=ev["labelled"],
             class_names=run.val_dataset.class_names,
             image_paths=run.val_dataset.paths,
             per_class_ap=ev["per_class_ap"],

@@ -252,7 +252,13 @@ def _tag_images(cfg: Config) -> List[Dict[str, Any]]:
         raise ConfigError("pass --pic-path IMAGE [IMAGE|DIR|GLOB ...]")
     relative: List[Path] = []
     paths = collect_images(cfg.pic_path, recursive=bool(cfg.tags_out), relative=relative if cfg.tags_out else None)
-    sources = pictures_read(cfg.pic_path, paths) + file_sources(model_path=cfg.model_path, class_names=cfg.class_names)
+    sources = pictures_read(cfg.pic_path, paths) + file_sources(
+        model_path=cfg.model_path, class_names=cfg.class_names, class_descriptions=cfg.class_descriptions
+    )
+    if cfg.class_descriptions:  # a bad file is one line before any picture is read
+        from .data.openimages import read_descriptions_file
+
+        read_descriptions_file(Path(cfg.class_descriptions))
     for flag, dest in (("--save-image", cfg.save_image), ("--scores-csv", cfg.scores_csv)):
         if dest:
             check_apart(flag, dest, sources)
@@ -345,6 +351,8 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
         cfg.num_of_groups,
         cfg.decoder_embedding,
     )
+    if cfg.class_descriptions:
+        model = _described(model, Path(cfg.class_descriptions))
     seen = Batches([], np.zeros(model.num_classes, dtype=bool))
     results, score_rows, first = [], [], None
     progress = _progress(len(paths)) if tag_files is not None else None
@@ -369,6 +377,21 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
     if cfg.save_image:
         save_labelled(first, cfg)
     return results
+
+
+def _described(model, path: Path):
+    """The model with its MIDs shown as the display names of ``path`` (Open Images' descriptions)."""
+    import dataclasses
+
+    from .data.openimages import described, read_descriptions_file
+
+    names = described(model.class_names, read_descriptions_file(path))
+    if names == model.class_names:
+        print(
+            f"warning: none of the model's class names is a MID of {path}: they are shown as they are", file=sys.stderr
+        )
+        return model
+    return dataclasses.replace(model, class_names=names)
 
 
 def _warn(seen: Batches, total: int, class_names: Sequence[str]) -> None:

@@ -31,6 +31,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from .labelled import LabelledScores, ScoreCollector
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -40,6 +42,9 @@ __all__ = [
     "map_and_ap",
     "multilabel_metrics",
     "calibrate_thresholds",
+    "labelled_map_and_ap",
+    "labelled_metrics",
+    "labelled_thresholds",
     "predicted",
     "evaluation_result",
 ]
@@ -49,7 +54,7 @@ def check_targets(targs: np.ndarray) -> None:
     """Labels are in [0, 1] or -1 (unknown); anything else (-2, 2, NaN) is a ValueError."""
     if targs.dtype == bool or not targs.size:
         return
-    t = targs.astype(np.float64, copy=False)
+    t = targs if np.issubdtype(targs.dtype, np.floating) else targs.astype(np.float64)  # no copy of a float matrix
     bad = ~(((t >= 0) & (t <= 1)) | (t == -1))
     if bad.any():
         raise ValueError(f"targets must be in [0, 1] or -1 (unknown); got {t[bad][0]!r} ({int(bad.sum())} such values)")
@@ -237,6 +242,26 @@ def map_and_ap(targs, preds, ignore_index: Optional[float] = -1):
     return float(100.0 * np.mean(sums / (npos + 1e-8))), ap
 
 
+def labelled_map_and_ap(labelled: LabelledScores):
+    """:func:`map_and_ap` over the labelled entries of a :class:`asl.labelled.LabelledScores`: each
+    class's AP over its labelled images only, the mAP over the classes with a labelled positive
+    (Google's Open Images rule); with no unknown entry at all, the official mAP. Bit-identical to
+    :func:`map_and_ap` on the dense arrays.
+
+    Returns:
+        (mAP in percent, (C,) float64 AP in [0, 1] with ``nan`` for a class without positives).
+    """
+    if labelled.num_images == 0:
+        return 0.0, np.full(labelled.num_classes, np.nan)
+    res = labelled.per_class(lambda s, p: _class_ap(s, p, None))
+    sums = np.array([r[0] for r in res], dtype=np.float64)
+    npos = np.array([r[1] for r in res], dtype=np.float64)
+    ap = _ap(sums, npos)
+    if not labelled.complete:
+        return _known_mean(ap), ap
+    return float(100.0 * np.mean(sums / (npos + 1e-8))), ap
+
+
 def nonfinite_note(scores: np.ndarray, class_names: Optional[Sequence[str]] = None) -> Optional[str]:
     """The warning for a model whose scores hold NaN or inf (a diverged checkpoint), naming how
     many classes score so, or None when every score is finite. Said wherever scores are made:
@@ -260,28 +285,41 @@ def nonfinite_note(scores: np.ndarray, class_names: Optional[Sequence[str]] = No
     )
 
 
-def evaluation_result(scores: np.ndarray, targets: np.ndarray, seconds: float, dataset=None) -> Dict[str, Any]:
+def evaluation_result(collected: ScoreCollector, seconds: float, dataset=None) -> Dict[str, Any]:
     """What an evaluation returns (``asl.engine.evaluate``, the ONNX path of validate.py): mAP and
-    per-class AP (:func:`map_and_ap`: unknown labels left out, else the official mAP), the scores
-    and targets, the image count and rate, and the dataset's unreadable images.
+    per-class AP (unknown labels left out, else the official mAP: :func:`map_and_ap` on the dense
+    arrays, :func:`labelled_map_and_ap` past the dense limit, the same values), the labelled entries,
+    the dense scores and targets where kept, the mean validation probability of positive and of
+    negative labels (paper Sec. 2.6), each class's mean score, the image count and rate, and the
+    dataset's unreadable images.
 
     Args:
-        scores: (N, C) scores.
-        targets: (N, C) targets.
+        collected: the evaluation's scores (every rank's, merged).
         seconds: the evaluation's wall time.
         dataset: the evaluated dataset (its ``bad_count``, its ``class_names``), or None.
     """
-    note = nonfinite_note(scores, getattr(dataset, "class_names", None))
+    note = nonfinite_note(collected.nonfinite, getattr(dataset, "class_names", None))
     if note:
         log.warning("warning: %s", note)
-    m, ap = map_and_ap(targets, scores)
+    scores, targets = collected.dense()
+    labelled = collected.labelled()
+    if scores is not None:
+        m, ap = map_and_ap(targets, scores)
+        pos, neg = scores[targets == 1], scores[targets == 0]
+    else:
+        m, ap = labelled_map_and_ap(labelled)
+        pos, neg = labelled.scores[labelled.positive], labelled.scores[~labelled.positive]
     return {
         "mAP": m,
         "per_class_ap": ap,
         "scores": scores,
         "targets": targets,
-        "num_images": int(len(scores)),
-        "images_per_s": len(scores) / max(seconds, 1e-9),
+        "labelled": labelled,
+        "class_mean": collected.class_mean(),
+        "p_pos": float(pos.mean()) if pos.size else None,
+        "p_neg": float(neg.mean()) if neg.size else None,
+        "num_images": int(labelled.num_images),
+        "images_per_s": labelled.num_images / max(seconds, 1e-9),
         "bad_images": getattr(dataset, "bad_count", 0),
     }
 
@@ -337,6 +375,27 @@ def multilabel_metrics(targs, preds, threshold=0.5, ignore_index: Optional[float
     tp = np.sum(pred_pos & pos & known, axis=0).astype(np.float64)
     fp = np.sum(pred_pos & ~pos & known, axis=0).astype(np.float64)
     fn = np.sum(~pred_pos & pos & known, axis=0).astype(np.float64)
+    return _rates(tp, fp, fn)
+
+
+def labelled_metrics(labelled: LabelledScores, threshold=0.5) -> Dict[str, float]:
+    """:func:`multilabel_metrics` over the labelled entries of a :class:`asl.labelled.LabelledScores`
+    (equal to the dense computation with unknown labels left out).
+
+    Args:
+        labelled: the evaluation's labelled entries.
+        threshold: a float, or (C,) per-class thresholds.
+    """
+    thr = np.asarray(threshold)
+    cols = labelled.cols
+    pred = predicted(labelled.scores, thr[cols] if thr.ndim else thr)
+    pos, c = labelled.positive, labelled.num_classes
+    count = lambda sel: np.bincount(cols[sel], minlength=c).astype(np.float64)  # noqa: E731
+    return _rates(count(pred & pos), count(pred & ~pos), count(~pred & pos))
+
+
+def _rates(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> Dict[str, float]:
+    """CP, CR, CF1, F_C, OP, OR, OF1 from (C,) true positive, false positive and false negative counts."""
 
     def ratio(a, b):
         return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
@@ -369,31 +428,36 @@ def calibrate_thresholds(targs, preds, candidates: Optional[Sequence[float]] = N
     """
     targs, preds = _targets(targs), _to_numpy(preds)
     _check_shapes(targs, preds)
-    n, c = preds.shape
-    out = np.ones(c, dtype=np.float64)
-    for k in range(c):
-        t, s = targs[:, k], preds[:, k]
-        keep = t != -1
-        t, s = t[keep] == 1, s[keep]
-        n_pos = int(t.sum())
-        if n_pos == 0:
-            continue
-        if candidates is not None:
-            grid = np.asarray(candidates, dtype=np.float64)
-            pp = predicted(s[None, :], grid[:, None])
-            tp = (pp & t[None, :]).sum(1)
-            f1 = 2 * tp / (pp.sum(1) + n_pos)
-            out[k] = grid[int(np.argmax(f1))]
-            continue
-        order = np.argsort(-s, kind="stable")
-        s_sorted, t_sorted = s[order], t[order]
-        tp = np.cumsum(t_sorted)
-        npred = np.arange(1, s.size + 1)
-        # Only the last index of each run of equal scores is a reachable threshold.
-        last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-        f1 = np.where(last, 2 * tp / (npred + n_pos), -1.0)
-        cut = s_sorted[int(np.argmax(f1))]
-        out[k] = float(
-            np.nextafter(cut, -np.inf, dtype=cut.dtype) if np.issubdtype(cut.dtype, np.floating) else cut - 0.5
-        )
-    return out
+    return labelled_thresholds(LabelledScores.from_dense(targs, preds), candidates)
+
+
+def labelled_thresholds(labelled: LabelledScores, candidates: Optional[Sequence[float]] = None) -> np.ndarray:
+    """:func:`calibrate_thresholds` over the labelled entries of a :class:`asl.labelled.LabelledScores`.
+
+    Returns:
+        (C,) float64 thresholds (1.0 for a class without labelled positives).
+    """
+    grid = None if candidates is None else np.asarray(candidates, dtype=np.float64)
+    return np.array(labelled.per_class(lambda s, t: _best_threshold(s, t, grid)), dtype=np.float64)
+
+
+def _best_threshold(s: np.ndarray, t: np.ndarray, grid: Optional[np.ndarray]) -> float:
+    """The F1-maximising threshold of one class: (E,) scores, (E,) bool labels; ``grid``: the
+    candidates, or None for every distinct score."""
+    n_pos = int(t.sum())
+    if n_pos == 0:
+        return 1.0
+    if grid is not None:
+        pp = predicted(s[None, :], grid[:, None])
+        tp = (pp & t[None, :]).sum(1)
+        f1 = 2 * tp / (pp.sum(1) + n_pos)
+        return float(grid[int(np.argmax(f1))])
+    order = np.argsort(-s, kind="stable")
+    s_sorted, t_sorted = s[order], t[order]
+    tp = np.cumsum(t_sorted)
+    npred = np.arange(1, s.size + 1)
+    # Only the last index of each run of equal scores is a reachable threshold.
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    f1 = np.where(last, 2 * tp / (npred + n_pos), -1.0)
+    cut = s_sorted[int(np.argmax(f1))]
+    return float(np.nextafter(cut, -np.inf, dtype=cut.dtype) if np.issubdtype(cut.dtype, np.floating) else cut - 0.5)

@@ -134,15 +134,15 @@ def _evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
     """onnxruntime on the loader's batches, in ``asl.engine.evaluate``'s form."""
     import time
 
+    from .labelled import ScoreCollector
     from .metrics import evaluation_result
 
-    scores, targets = [], []
+    collected = ScoreCollector(len(loader.dataset))
     t0 = time.perf_counter()
     for images, target in loader:
         s = tagger.run(images.numpy())
-        scores.append(s[:, order] if order is not None else s)
-        targets.append(target.numpy())
-    return evaluation_result(np.concatenate(scores), np.concatenate(targets), time.perf_counter() - t0, loader.dataset)
+        collected.add(s[:, order] if order is not None else s, target.numpy())
+    return evaluation_result(collected, time.perf_counter() - t0, loader.dataset)
 
 
 def open_model(

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .errors import DataError
 from .files import atomic_write
+from .labelled import LABELLED_FILE
 
 __all__ = [
     "Product",
@@ -95,6 +96,17 @@ def _is_png(path: Path) -> bool:
 
 def _is_npy(path: Path) -> bool:
     return head_bytes(path, 6) == b"\x93NUMPY"
+
+
+def _is_labelled_scores(path: Path) -> bool:
+    """An ``.npz`` of :class:`asl.labelled.LabelledScores`' arrays."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {"indptr.npy", "rows.npy", "num_images.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 REPORT_GENERATOR = "<meta name='generator' content='asl report'>"
@@ -187,6 +199,7 @@ VALIDATION = Product(
         "metrics.json": _is_json_object,
         "scores.npy": _is_npy,
         "targets.npy": _is_npy,
+        LABELLED_FILE: _is_labelled_scores,
         "report.html": _is_report,
         "calibrated.pth": _is_checkpoint,
     },

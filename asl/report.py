@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .files import atomic_write
+from .labelled import LabelledScores
 from .outputs import REPORT_GENERATOR
 from .plots import plain_labels
 
@@ -69,14 +70,13 @@ def _pr_curve(scores: np.ndarray, pos: np.ndarray):
     return recall, precision
 
 
-def _f1_curve(scores: np.ndarray, targets: np.ndarray, grid: np.ndarray):
-    """(overall F1, mean per-class F1) at each threshold of ``grid``, known labels only."""
-    known = targets >= 0
-    pos = (targets == 1) & known
+def _f1_curve(labelled: LabelledScores, grid: np.ndarray):
+    """(overall F1, mean per-class F1) at each threshold of ``grid``, labelled entries only."""
+    cols, pos, c = labelled.cols, labelled.positive, labelled.num_classes
     of1, cf1 = [], []
     for t in grid:
-        pred = (scores > t) & known
-        tp, fp, fn = (pred & pos).sum(0), (pred & ~pos).sum(0), (~pred & pos).sum(0)
+        pred = labelled.scores > t
+        tp, fp, fn = (np.bincount(cols[sel], minlength=c) for sel in (pred & pos, pred & ~pos, ~pred & pos))
         of1.append(2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1))
         cf1.append(np.mean(2 * tp / np.maximum(2 * tp + fp + fn, 1)))
     return np.array(of1), np.array(cf1)
@@ -84,11 +84,10 @@ def _f1_curve(scores: np.ndarray, targets: np.ndarray, grid: np.ndarray):
 
 @dataclass
 class _Data:
-    """What every section reads: scores (N, C), targets (N, C), names, AP in percent (C,), the
-    classes with positives sorted by AP (best first), positives per class."""
+    """What every section reads: the labelled entries, names, AP in percent (C,), the classes with
+    positives sorted by AP (best first), positives per class."""
 
-    scores: np.ndarray
-    targets: np.ndarray
+    labelled: LabelledScores
     names: List[str]
     ap: np.ndarray
     valid: np.ndarray
@@ -98,8 +97,6 @@ class _Data:
 
 @plain_labels
 def render_report(
-    scores: np.ndarray,
-    targets: np.ndarray,
     class_names: Sequence[str],
     image_paths: Sequence[str],
     per_class_ap: np.ndarray,
@@ -107,12 +104,13 @@ def render_report(
     headline: Dict[str, Any],
     thresholds: Optional[Sequence[float]] = None,
     sheet_size: int = 8,
+    labelled: Optional[LabelledScores] = None,
+    scores: Optional[np.ndarray] = None,
+    targets: Optional[np.ndarray] = None,
 ) -> str:
-    """The page's HTML.
+    """The page's HTML, from the evaluation's labelled entries (or its dense scores and targets).
 
     Args:
-        scores: (N, C) sigmoid scores.
-        targets: (N, C) 1 / 0 / -1 (unknown).
         class_names: C names.
         image_paths: N pictures, in the rows' order (for the contact sheet).
         per_class_ap: (C,) AP in [0, 1], NaN for a class without positives.
@@ -120,19 +118,16 @@ def render_report(
         headline: name -> value of the headline metrics, in order.
         thresholds: calibrated per-class thresholds to mark, or None.
         sheet_size: pictures per row of the contact sheet.
+        labelled: the evaluation's labelled entries (:class:`asl.labelled.LabelledScores`).
+        scores: (N, C) sigmoid scores, with ``targets`` in place of ``labelled``.
+        targets: (N, C) 1 / 0 / -1 (unknown).
     """
-    scores, targets = np.asarray(scores, np.float32), np.asarray(targets, np.float32)
+    if labelled is None:
+        labelled = LabelledScores.from_dense(np.asarray(targets, np.float32), np.asarray(scores, np.float32))
     ap = np.asarray(per_class_ap, np.float64) * 100
     valid = np.flatnonzero(~np.isnan(ap))
-    d = _Data(
-        scores,
-        targets,
-        list(class_names),
-        ap,
-        valid,
-        valid[np.argsort(-ap[valid], kind="stable")],
-        (targets == 1).sum(0),
-    )
+    best_first = valid[np.argsort(-ap[valid], kind="stable")]
+    d = _Data(labelled, list(class_names), ap, valid, best_first, labelled.positives())
     esc = html.escape
     return "\n".join(
         [
@@ -198,8 +193,8 @@ def _pr_section(d: _Data) -> str:
 
     def draw(ax):
         for i in dict.fromkeys(picked):
-            known = d.targets[:, i] >= 0
-            r, p = _pr_curve(d.scores[known, i], d.targets[known, i] == 1)
+            _, scores, positive = d.labelled.segment(i)
+            r, p = _pr_curve(scores, positive)
             ax.plot(r, p, label=f"{d.names[i]} (AP {d.ap[i]:.1f})", linestyle="-" if i in d.order[:k] else "--")
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
@@ -216,7 +211,7 @@ def _pr_section(d: _Data) -> str:
 
 def _f1_section(d: _Data, thresholds: Optional[Sequence[float]]) -> str:
     grid = np.linspace(0.0, 0.99, 100)
-    of1, cf1 = _f1_curve(d.scores, d.targets, grid)
+    of1, cf1 = _f1_curve(d.labelled, grid)
 
     def draw(ax):
         ax.plot(grid, of1 * 100, label="overall F1 (OF1)")
@@ -256,25 +251,26 @@ def _frequency_section(d: _Data) -> str:
 
 def _contact_sheet(d: _Data, image_paths: Sequence[str], sheet_size: int) -> str:
     esc = html.escape
-    neg = np.where(d.targets == 0, d.scores, -np.inf)
-    pos = np.where(d.targets == 1, d.scores, np.inf)
+    lab = d.labelled
+    every = lab.row_major()  # ties keep the (image, class) order
+    cols = lab.cols
 
-    def sheet(flat_order, values, what):
+    def sheet(entries, key, what):
+        values = lab.scores[entries]
+        entries = entries[np.isfinite(values)]
         cells = []
-        for idx in flat_order:
-            r, c = divmod(int(idx), d.scores.shape[1])
-            if not np.isfinite(values[r, c]) or len(cells) >= sheet_size:
-                continue
+        for e in entries[np.argsort(key(lab.scores[entries]), kind="stable")][:sheet_size]:
+            r, c = int(lab.rows[e]), int(cols[e])
             thumb = _thumb(image_paths[r]) if r < len(image_paths) else None
             img = f"<img alt='{esc(d.names[c])}' src='{thumb}'>" if thumb else "<p>(unreadable)</p>"
             cells.append(
-                f"<figure>{img}<figcaption><b>{esc(d.names[c])}</b> {d.scores[r, c]:.3f} {what}<br>"
+                f"<figure>{img}<figcaption><b>{esc(d.names[c])}</b> {lab.scores[e]:.3f} {what}<br>"
                 f"{esc(os.path.basename(str(image_paths[r])))}</figcaption></figure>"
             )
         return "".join(cells) or "<p>none</p>"
 
-    fp = sheet(np.argsort(-neg, axis=None, kind="stable")[: sheet_size * 4], neg, "(not a label)")
-    fn = sheet(np.argsort(pos, axis=None, kind="stable")[: sheet_size * 4], pos, "(a missed label)")
+    fp = sheet(every[~lab.positive[every]], np.negative, "(not a label)")
+    fn = sheet(every[lab.positive[every]], np.positive, "(a missed label)")
     return (
         "<section id='contact-sheet'><h2>Contact sheet</h2>"
         f"<h3>Most confident false positives</h3><div class='sheet'>{fp}</div>"

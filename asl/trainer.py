@@ -45,7 +45,7 @@ from .checkpoint import (
 )
 from .checks import check_training, resolve_training, tensorboard_dir
 from .config import Config, dump_config
-from .distributed import all_true, broadcast_buffers, gather_rows
+from .distributed import all_true, broadcast_buffers
 from .engine import evaluate, train_one_epoch
 from .errors import Interrupted
 from .files import atomic_write, writable_dir
@@ -385,14 +385,13 @@ class Trainer:
         """Evaluate the model and its EMA, write the epoch's record, keep the better one as best.pth."""
         run = self.run
         ema = run.optimization.ema
-        gather = (lambda rows: gather_rows(rows, len(run.val_ds), run.dist)) if run.dist.enabled else None
         for m in (run.model, ema.module if ema else None):
             if m is not None:
                 broadcast_buffers(m, run.dist)  # ranks evaluate (and rank 0 saves) one model
         amp = run.steps.amp_dtype
-        ev = evaluate(run.model, run.val_loader, run.device, amp_dtype=amp, desc="val", gather=gather)
+        ev = evaluate(run.model, run.val_loader, run.device, amp_dtype=amp, desc="val", dist=run.dist)
         ev_ema = (
-            evaluate(ema.module, run.val_loader, run.device, amp_dtype=amp, desc="val ema", gather=gather)
+            evaluate(ema.module, run.val_loader, run.device, amp_dtype=amp, desc="val ema", dist=run.dist)
             if ema
             else None
         )
@@ -444,7 +443,6 @@ class Trainer:
 
 def epoch_record(epoch: int, stats: Dict[str, Any], ev: Dict[str, Any], ev_ema: Optional[Dict[str, Any]], t0: float):
     """The epoch's line of ``metrics.jsonl``."""
-    pos, neg = ev["targets"] == 1, ev["targets"] == 0
     return {
         "epoch": epoch,
         "train_loss": stats["train_loss"],
@@ -457,8 +455,8 @@ def epoch_record(epoch: int, stats: Dict[str, Any], ev: Dict[str, Any], ev_ema: 
         "nonfinite_steps": stats["nonfinite_steps"],
         "bad_images": stats["bad_images"] + ev["bad_images"],
         # mean validation probability of positive and of negative labels (paper Sec. 2.6)
-        "p_pos": float(ev["scores"][pos].mean()) if pos.any() else None,
-        "p_neg": float(ev["scores"][neg].mean()) if neg.any() else None,
+        "p_pos": ev["p_pos"],
+        "p_neg": ev["p_neg"],
     }
 
 

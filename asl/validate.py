@@ -255,12 +255,13 @@ def score(v: Validation) -> Scores:
     from .builders import dataset_from_config, loader_for
     from .classes import match_classes
     from .data.base import split_warnings
-    from .metrics import mAP, multilabel_metrics
+    from .metrics import labelled_metrics, mAP
 
     cfg, model = v.cfg, v.model
     device = resolve_device(cfg.device) if model.kind == "pytorch" else resolve_device("cpu")
-    ds = dataset_from_config(cfg, train=False, mean=model.mean, std=model.std)
-    order = match_classes(model.class_names, ds.class_names, model.named, path=model.path)
+    follow = model.class_names if model.named else None
+    ds = dataset_from_config(cfg, train=False, mean=model.mean, std=model.std, class_order=follow)
+    order = match_classes(model.class_names, ds.class_names, model.named, path=model.path, aliases=ds.class_aliases)
     if order is not None:
         log.info("the checkpoint lists the dataset's classes in another order: outputs matched by name")
     if not model.named:
@@ -282,17 +283,17 @@ def score(v: Validation) -> Scores:
         log.warning("warning: %s", warning)
     loader = loader_for(ds, cfg, train=False, device=device)
     ev = model.evaluate(loader, amp=cfg.amp, order=order)
-    scores, targets = ev["scores"], ev["targets"]
+    scores, targets, labelled = ev["scores"], ev["targets"], ev["labelled"]
     metrics = {
         "mAP": ev["mAP"],
-        **multilabel_metrics(targets, scores, cfg.thre),
+        **labelled_metrics(labelled, cfg.thre),
         "num_images": ev["num_images"],
         "bad_images": ev["bad_images"],
     }
-    if (targets == -1).any():
+    if scores is not None and not labelled.complete:
         # ev["mAP"] already leaves unknown labels out; this is the official code's reading (-1 as negative).
         metrics["mAP_unknown_as_negative"] = mAP(targets, scores)
-    metrics["classes_scored"] = _say_which_classes_count(targets, ds.class_names)
+    metrics["classes_scored"] = _say_which_classes_count(labelled.positives(), ds.class_names)
     metrics["per_class_ap"] = {
         n: (None if np.isnan(a) else float(100 * a)) for n, a in zip(ds.class_names, ev["per_class_ap"])
     }
@@ -303,11 +304,13 @@ def score(v: Validation) -> Scores:
     return Scores(ds, order, ev, metrics)
 
 
-def _say_which_classes_count(targets: np.ndarray, class_names) -> int:
+def _say_which_classes_count(positives: np.ndarray, class_names) -> int:
     """The classes the mAP averages: those with a labelled positive in the split (Open Images'
     rule: the others are left out, and counted); a class with fewer than 5 labelled positives is
-    named, its AP being a coarse number. Returns how many are scored."""
-    positives = (targets == 1).sum(0)
+    named, its AP being a coarse number. Returns how many are scored.
+
+    Args:
+        positives: (C,) labelled positives per class."""
     scored = int((positives > 0).sum())
     if scored < len(class_names):
         log.info(
@@ -331,11 +334,11 @@ def calibrate(v: Validation, scored: Scores) -> np.ndarray:
     as ``calibrated``), saved into a copy of the checkpoint (``--output``'s ``calibrated.pth``,
     else beside the model). Returns them in the dataset's class order."""
     from .checkpoint import save_checkpoint, with_thresholds
-    from .metrics import calibrate_thresholds, multilabel_metrics
+    from .metrics import labelled_metrics, labelled_thresholds
 
-    scores, targets = scored.evaluation["scores"], scored.evaluation["targets"]
-    thr = calibrate_thresholds(targets, scores)  # in the dataset's class order
-    cal = multilabel_metrics(targets, scores, thr)
+    labelled = scored.evaluation["labelled"]
+    thr = labelled_thresholds(labelled)  # in the dataset's class order
+    cal = labelled_metrics(labelled, thr)
     scored.metrics["calibrated"] = cal
     print(f"calibrated per-class thresholds: {format_metrics(cal)}")
     per_output = np.empty_like(thr)
@@ -362,29 +365,32 @@ def write_prior(scored: Scores, dest: Path) -> None:
     """The class prior of the scored split: each class's mean score over every picture, whatever its
     labels (CSL's ``ComputePrior``), as ``Classes,avg_pred`` (``--prior-file`` of ``--unknown-labels
     selective``)."""
-    import numpy as np
-
     from .classes import prior_csv
     from .files import atomic_write
 
-    prior = np.nanmean(scored.evaluation["scores"].astype(np.float64), axis=0)
+    prior = scored.evaluation["class_mean"]
     atomic_write(dest, prior_csv(scored.dataset.class_names, prior))
     print(f"class prior ({len(prior)} classes, mean {float(np.nanmean(prior)):.4f}) -> {dest}")
 
 
 def write_outputs(v: Validation, scored: Scores, out: Path, marked: Optional[np.ndarray]) -> None:
-    """``metrics.json``, ``scores.npy``, ``targets.npy`` and ``report.html`` into ``out``."""
+    """``metrics.json``, ``report.html`` and the scores into ``out``: ``scores.npy`` and ``targets.npy``
+    (N, C), -1 at the unknown labels, where N x C is at most ``asl.labelled.DENSE_LIMIT``, else only
+    the labelled entries (``labelled_scores.npz``, :class:`asl.labelled.LabelledScores`)."""
     from .files import atomic_write
+    from .labelled import LABELLED_FILE
     from .report import write_report
 
-    scores, targets = scored.evaluation["scores"], scored.evaluation["targets"]
+    scores, targets, labelled = (scored.evaluation[k] for k in ("scores", "targets", "labelled"))
     atomic_write(out / "metrics.json", json.dumps(scored.metrics, indent=1))
-    atomic_write(out / "scores.npy", writer=lambda f: np.save(f, scores))
-    atomic_write(out / "targets.npy", writer=lambda f: np.save(f, targets))
+    if scores is not None:
+        atomic_write(out / "scores.npy", writer=lambda f: np.save(f, scores))
+        atomic_write(out / "targets.npy", writer=lambda f: np.save(f, targets))
+    else:
+        labelled.save(out / LABELLED_FILE, atomic_write)
     write_report(
         out / "report.html",
-        scores=scores,
-        targets=targets,
+        labelled=labelled,
         class_names=scored.dataset.class_names,
         image_paths=scored.dataset.paths,
         per_class_ap=scored.evaluation["per_class_ap"],

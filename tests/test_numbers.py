@@ -36,6 +36,7 @@ def test_nan_scores_are_ranked_as_the_official_code_ranks_them():
 
 def test_validate_warns_when_scores_are_not_finite(trained_run, tmp_path, capsys, monkeypatch):
     import asl.engine as engine
+    from asl.labelled import ScoreCollector
     from asl.metrics import evaluation_result
     from tests.helpers import call
 
@@ -45,7 +46,9 @@ def test_validate_warns_when_scores_are_not_finite(trained_run, tmp_path, capsys
         ev = real(*a, **k)
         scores = ev["scores"].copy()
         scores[0, 0] = np.nan
-        return evaluation_result(scores, ev["targets"], 1.0)
+        collected = ScoreCollector(*scores.shape)
+        collected.add(scores, ev["targets"])
+        return evaluation_result(collected, 1.0)
 
     monkeypatch.setattr(engine, "evaluate", broken)
     rc, _, err = call(

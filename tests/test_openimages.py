@@ -6,6 +6,7 @@ mode; validated with the labelled-only mAP; its bad input as one error line."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -117,22 +118,28 @@ def test_train_one_epoch_in_each_unknown_label_mode(mode, oi, tmp_path, capsys):
     assert (tmp_path / "run" / "best.pth").is_file()
 
 
-def test_validate_scores_labelled_entries_only(oi, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def oi_run(oi, tmp_path_factory):
+    from asl.train import main
+
+    out = tmp_path_factory.mktemp("oi_run") / "run"
+    assert main([str(oi[0]), "--dataset", "openimages", *map(str, TINY), "--output", str(out)]) == 0
+    return out / "best.pth"
+
+
+def _validate(root, model, out, capsys, *extra):
+    rc, stdout, err = call("validate", [root, "--model-path", model, "--workers", "0", "--output", out, *extra], capsys)
+    assert rc == 0, err
+    return json.loads((out / "metrics.json").read_text()), stdout
+
+
+def test_validate_scores_labelled_entries_only(oi, oi_run, tmp_path, capsys):
     """The mAP of a split with unknown labels: each class's AP over its labelled entries, classes
     without a positive left out (Google's rule), checked against scikit-learn on the same entries."""
     from sklearn.metrics import average_precision_score
 
     root, truth = oi
-    rc, _, err = call("train", [root, "--dataset", "openimages", *TINY, "--output", tmp_path / "run"], capsys)
-    assert rc == 0, err
-    rc, out, err = call(
-        "validate",
-        [root, "--model-path", tmp_path / "run" / "best.pth", "--workers", "0", "--output", tmp_path / "val"],
-        capsys,
-    )
-    assert rc == 0, err
-    import json
-
+    metrics, out = _validate(root, oi_run, tmp_path / "val", capsys)
     metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
     scores = np.load(tmp_path / "val" / "scores.npy")
     targets = np.load(tmp_path / "val" / "targets.npy")
@@ -145,6 +152,45 @@ def test_validate_scores_labelled_entries_only(oi, tmp_path, capsys):
     assert metrics["mAP"] == pytest.approx(100 * np.mean(aps), abs=1e-6)
     assert metrics["classes_scored"] == len(aps)
     assert f"mAP {metrics['mAP']:.2f}" in out
+
+
+def test_past_the_dense_limit_labelled_entries_only_and_the_same_figures(oi, oi_run, tmp_path, capsys, monkeypatch):
+    """A split too large for (N, C) arrays (here: a limit of 0) keeps the scores of its labelled entries
+    only; the metrics, the calibrated thresholds and the class prior are the dense run's, and
+    ``--output`` holds the entries, which the report is drawn from."""
+    import torch
+
+    from asl.labelled import LabelledScores
+
+    root, _ = oi
+    extra = ("--calibrate", "--write-prior")
+    dense, _ = _validate(root, oi_run, tmp_path / "dense", capsys, *extra, tmp_path / "dense_prior.csv")
+    monkeypatch.setattr("asl.labelled.DENSE_LIMIT", 0)
+    sparse, _ = _validate(root, oi_run, tmp_path / "sparse", capsys, *extra, tmp_path / "sparse_prior.csv")
+    dense.pop("mAP_unknown_as_negative")  # the official reading of -1 as negative needs the dense arrays
+    assert sparse == dense
+    assert not (tmp_path / "sparse" / "scores.npy").exists()
+    monkeypatch.undo()
+    lab = LabelledScores.load(tmp_path / "sparse" / "labelled_scores.npz")
+    targets = np.load(tmp_path / "dense" / "targets.npy")
+    scores = np.load(tmp_path / "dense" / "scores.npy")
+    t, s = lab.dense()
+    np.testing.assert_array_equal(t, targets)
+    np.testing.assert_array_equal(s[targets != -1], scores[targets != -1])
+    assert len(lab) == int((targets != -1).sum()) < targets.size
+    thresholds = [
+        torch.load(tmp_path / run / "calibrated.pth", weights_only=True)["thresholds"] for run in ("dense", "sparse")
+    ]
+    assert thresholds[0] == thresholds[1] and len(thresholds[0]) == 4
+    for run in ("dense", "sparse"):
+        page = (tmp_path / run / "report.html").read_text()
+        assert all(f"id='{sec}'" in page for sec in ("per-class-ap", "pr-curves", "contact-sheet"))
+    dense_prior = (tmp_path / "dense_prior.csv").read_text().splitlines()
+    sparse_prior = (tmp_path / "sparse_prior.csv").read_text().splitlines()
+    assert dense_prior[0] == sparse_prior[0] == "Classes,avg_pred"
+    np.testing.assert_allclose(
+        [float(x.rsplit(",", 1)[1]) for x in sparse_prior[1:]], [float(x.rsplit(",", 1)[1]) for x in dense_prior[1:]]
+    )
 
 
 def test_bad_label_files_are_one_error_line(tmp_path, capsys):
@@ -232,3 +278,51 @@ def test_a_million_image_index_stays_far_below_the_dense_matrix(tmp_path):
     assert r["images"] == 1_000_000 and r["entries"] == rows
     assert r["peak"] < 4 * 2**30 < 1_000_000 * 9605 * 4
     assert r["index_bytes"] < 100 * 2**20
+
+
+def test_without_a_trainable_list_the_checkpoints_order_is_the_class_list(tmp_path):
+    root = tmp_path / "oi"
+    truth = lay_out(root, n_train=4, n_test=8)
+    (root / "classes-trainable.txt").unlink()
+    # a checkpoint's names: a display name, a MID, a told-apart name, a name two MIDs share
+    ds = create_dataset("openimages", str(root), "test", class_order=["Sky", "/m/01", "Dog (/m/04)", "Dog"])
+    assert ds.class_names == ["Sky", "Cat", "Dog (/m/04)", "Dog (/m/02)"]
+    perm = [2, 0, 3, 1]  # those classes in the files' MID order
+    for i, path in enumerate(ds.paths):
+        assert np.array_equal(ds.labels.row(i), truth[("test", Path(path).stem)][perm])
+    with pytest.raises(DataError, match="1 of its 2 class names are neither a MID nor a display name"):
+        create_dataset("openimages", str(root), "test", class_order=["Cat", "Horse"])
+
+
+def test_a_checkpoint_naming_display_names_or_mids_validates_on_the_mids(oi, oi_run, tmp_path, capsys):
+    """Official Open Images checkpoints name their classes by display name (which repeat) or MID: they
+    are matched to the data's classes through the descriptions, in any order."""
+    import torch
+
+    root, _ = oi
+    reference, _ = _validate(root, oi_run, tmp_path / "ref", capsys)
+    ckpt = torch.load(oi_run, weights_only=True)
+    for tag, names in (("plain", ["Cat", "Dog", "Sky", "Dog"]), ("mids", MIDS)):
+        ckpt["idx_to_class"] = dict(enumerate(names))
+        torch.save(ckpt, tmp_path / f"{tag}.pth")
+        got, _ = _validate(root, tmp_path / f"{tag}.pth", tmp_path / tag, capsys)
+        assert got["mAP"] == reference["mAP"] and got["per_class_ap"] == reference["per_class_ap"]
+
+
+def test_infer_shows_mids_as_display_names(oi, oi_run, tmp_path, capsys):
+    import torch
+
+    root, _ = oi
+    ckpt = torch.load(oi_run, weights_only=True)
+    ckpt["idx_to_class"] = dict(enumerate(MIDS))
+    torch.save(ckpt, tmp_path / "mids.pth")
+    picture = next((root / "test").iterdir())
+    argv = ["--model-path", tmp_path / "mids.pth", "--pic-path", picture, "--th", "0", "--json"]
+    rc, out, err = call("infer", [*argv, "--class-descriptions", root / "oidv6-class-descriptions.csv"], capsys)
+    assert rc == 0, err
+    labels = {lab["label"] for lab in json.loads(out)[0]["labels"]}
+    assert labels == {"Cat", "Dog (/m/02)", "Sky", "Dog (/m/04)"}
+    (tmp_path / "bad.csv").write_text("a,b,c\n")
+    rc, out, err = call("infer", [*argv, "--class-descriptions", tmp_path / "bad.csv"], capsys)
+    one_error(rc, err, "not a class-descriptions CSV")
+    assert out == ""

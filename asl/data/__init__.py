@@ -41,6 +41,7 @@ class DatasetSpec:
     train_split: str
     eval_split: str
     options: Tuple[str, ...] = ()
+    follows_checkpoint: bool = False  # takes a checkpoint's class names as its class list (class_order)
 
     def build(self, *args: Any, **kwargs: Any) -> MultiLabelDataset:
         module, func = self.factory.split(":")
@@ -64,7 +65,7 @@ DATASETS: Dict[str, DatasetSpec] = {
     "labelstudio": DatasetSpec("formats:create_labelstudio", "train", "val", ("val_fraction", "seed")),
     "demo": DatasetSpec("demo:create_demo", "train", "val", ("demo_classes",)),
     # the published numbers are on test; validation with --val-split validation
-    "openimages": DatasetSpec("openimages:create_openimages", "train", "test"),
+    "openimages": DatasetSpec("openimages:create_openimages", "train", "test", follows_checkpoint=True),
 }
 # Every dataset-specific option (a config field of the same name, except ``seed``, the split's).
 DATASET_OPTIONS = tuple(sorted({o for s in DATASETS.values() for o in s.options} - {"seed"}))
@@ -107,7 +108,7 @@ def create_dataset(
         **options: the options the dataset declares; any other raises :class:`ConfigError`.
     """
     spec = _spec(name)
-    unknown = sorted(set(options) - set(spec.options))
+    unknown = sorted(set(options) - set(spec.options) - ({"class_order"} if spec.follows_checkpoint else set()))
     if unknown:
         raise ConfigError(f"dataset {name} does not take {', '.join(unknown)} (it reads {', '.join(spec.options)})")
     return spec.build(root, split=split, transform=transform, read=read, **options)

@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -105,6 +105,8 @@ class MultiLabelDataset(torch.utils.data.Dataset):
         self.paths: Sequence[str] = paths if lazy else [str(p) for p in paths]
         self.labels = labels
         self.class_names = list(class_names)
+        # other names a class answers to (Open Images: its MID, its plain display name)
+        self.class_aliases: Dict[str, List[str]] = {}
         self.transform = transform
         self.name = name
         self.max_bad_fraction = read.max_bad_fraction

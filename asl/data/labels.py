@@ -16,10 +16,9 @@ from typing import Sequence, Union
 
 import numpy as np
 
-__all__ = ["DenseLabels", "SparseLabels", "as_labels", "DENSE_LIMIT"]
+from ..labelled import DENSE_LIMIT
 
-# Past this many (image, class) entries a dense matrix is not made (10^8 float32: 400 MB).
-DENSE_LIMIT = 10**8
+__all__ = ["DenseLabels", "SparseLabels", "as_labels", "DENSE_LIMIT"]
 
 
 class DenseLabels:

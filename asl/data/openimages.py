@@ -6,8 +6,9 @@ The folder holds:
 - ``oidv6-class-descriptions.csv`` (``LabelName,DisplayName``) or ``class-descriptions.csv`` (no
   header): MID -> display name. A MID (``/m/0dzct``) is a class's identity; display names repeat, and
   a repeated one is told apart as ``Name (/m/...)``.
-- ``classes-trainable.txt`` (one MID a line): the classes and their order. Without it, every MID
-  with a positive in the training labels, sorted (said in the log).
+- ``classes-trainable.txt`` (one MID a line): the classes and their order. Without it, the order of
+  the checkpoint being validated or fine-tuned (its class names, MIDs or display names), else every
+  MID with a positive in the training labels, sorted (which one is said in the log).
 - ``oidv6-train-annotations-human-imagelabels.csv`` (or ``train-annotations-human-imagelabels.csv``),
   ``validation-annotations-human-imagelabels.csv``, ``test-annotations-human-imagelabels.csv``
   (``ImageID,Source,LabelName,Confidence``): Confidence 1 a positive, 0 a verified negative, and no
@@ -26,7 +27,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,7 +37,15 @@ from .labels import SparseLabels
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_openimages", "is_openimages", "read_descriptions", "read_image_labels", "SPLITS"]
+__all__ = [
+    "create_openimages",
+    "is_openimages",
+    "read_descriptions",
+    "read_descriptions_file",
+    "described",
+    "read_image_labels",
+    "SPLITS",
+]
 
 DESCRIPTIONS = ("oidv6-class-descriptions.csv", "class-descriptions.csv")
 TRAINABLE = "classes-trainable.txt"
@@ -67,12 +76,21 @@ def read_descriptions(root: Path) -> Dict[str, str]:
         DataError: a file of another format (not two columns of a MID and a name).
     """
     path = next((root / n for n in DESCRIPTIONS if (root / n).is_file()), None)
-    if path is None:
-        return {}
+    return {} if path is None else read_descriptions_file(path)
+
+
+def read_descriptions_file(path: Path) -> Dict[str, str]:
+    """MID -> display name from one class-descriptions CSV (with or without its header).
+
+    Raises:
+        DataError: a missing file, or one of another format.
+    """
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: not a class-descriptions CSV ({e})") from None
     if rows and rows[0] == ["LabelName", "DisplayName"]:
         rows = rows[1:]
@@ -93,6 +111,65 @@ def display_names(mids: List[str], descriptions: Dict[str, str]) -> List[str]:
     for n in names:
         count[n] = count.get(n, 0) + 1
     return [f"{n} ({m})" if count[n] > 1 and n != m else n for n, m in zip(names, mids)]
+
+
+def _is_mid(name: str) -> bool:
+    return name.startswith(("/m/", "/g/", "/t/"))
+
+
+def mids_of(names: Sequence[str], descriptions: Dict[str, str], source: str) -> List[str]:
+    """The MIDs a checkpoint's class names stand for: a MID itself, ``Name (/m/...)``, or a display
+    name (a name several MIDs share takes them in the descriptions' order, one per repeat).
+
+    Raises:
+        DataError: names no MID answers to (counted, the first named).
+    """
+    by_name: Dict[str, List[str]] = {}
+    for mid, name in descriptions.items():
+        by_name.setdefault(name, []).append(mid)
+    taken: Dict[str, int] = {}
+    out, unknown = [], []
+    for n in names:
+        inner = n.rsplit(" (", 1)[-1].rstrip(")") if n.endswith(")") else ""
+        if _is_mid(n) or _is_mid(inner):
+            out.append(n if _is_mid(n) else inner)
+            continue
+        k = taken.get(n, 0)
+        taken[n] = k + 1
+        if k < len(by_name.get(n, ())):
+            out.append(by_name[n][k])
+        else:
+            unknown.append(n)
+    if unknown:
+        raise DataError(
+            f"{source}: {len(unknown)} of its {len(names)} class names are neither a MID nor a display name of "
+            f"the class descriptions (first: {', '.join(map(repr, unknown[:3]))})"
+        )
+    return out
+
+
+def described(names: Sequence[str], descriptions: Dict[str, str]) -> List[str]:
+    """A model's class names with each MID (or ``Name (/m/...)``) the descriptions know replaced by
+    its display name, repeated display names told apart by their MID; other names unchanged."""
+    mids = []
+    for n in names:
+        inner = n.rsplit(" (", 1)[-1].rstrip(")") if n.endswith(")") else ""
+        mids.append(n if n in descriptions else inner if inner in descriptions else None)
+    shown = display_names([m for m in mids if m], descriptions)
+    it = iter(shown)
+    return [next(it) if m else n for n, m in zip(names, mids)]
+
+
+def class_aliases(mids: Sequence[str], names: Sequence[str], descriptions: Dict[str, str]) -> Dict[str, List[str]]:
+    """Other names the dataset's classes answer to (a checkpoint may store MIDs or plain display
+    names): MID -> class name, and a plain display name -> the class names it may be, in order."""
+    aliases: Dict[str, List[str]] = {}
+    for mid, name in zip(mids, names):
+        aliases[mid] = [name]
+        plain = descriptions.get(mid)
+        if plain and plain != name:
+            aliases.setdefault(plain, []).append(name)
+    return aliases
 
 
 def _pyarrow():
@@ -266,15 +343,18 @@ def _sparse(path: Path, ids: np.ndarray, index: np.ndarray, klass: np.ndarray, v
     return SparseLabels.from_entries(len(ids), c, key // c, (key % c).astype(np.int32), value, presorted=True)
 
 
-def class_list(root: Path) -> Tuple[List[str], str]:
-    """(MIDs in order, how the list was chosen): ``classes-trainable.txt``, else every MID with a
-    positive in the training labels, sorted."""
+def class_list(root: Path, class_order: Optional[Sequence[str]] = None) -> Tuple[List[str], str]:
+    """(MIDs in order, how the list was chosen): ``classes-trainable.txt``, else the checkpoint's
+    classes (``class_order``: its names, MIDs or display names), else every MID with a positive in
+    the training labels, sorted."""
     trainable = root / TRAINABLE
     if trainable.is_file():
         mids = [ln.strip() for ln in trainable.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not mids or not all(m.startswith("/") for m in mids):
             raise DataError(f"{trainable}: not a list of MIDs (one '/m/...' a line)")
         return mids, TRAINABLE
+    if class_order:
+        return mids_of(class_order, read_descriptions(root), "the checkpoint"), "the checkpoint's class order"
     source = label_file(root, "train") or next(label_file(root, s) for s in SPLITS if label_file(root, s))
     _, pc, _ = _pyarrow()
     mids = set()
@@ -289,8 +369,13 @@ def create_openimages(
     split: str = "train",
     transform: Optional[Callable] = None,
     read: ReadOptions = DEFAULT_READ,
+    class_order: Optional[Sequence[str]] = None,
 ) -> MultiLabelDataset:
     """A split of Open Images (module docstring): ``train``, ``validation`` or ``test``.
+
+    Args:
+        class_order: the class names of the checkpoint being validated or fine-tuned: the class list
+            and order where the folder has no ``classes-trainable.txt``.
 
     Raises:
         DataError: the split's label file missing, or bad label files (one line naming the file).
@@ -303,7 +388,7 @@ def create_openimages(
     path = label_file(root_p, split)
     if path is None:
         raise DataError(f"{root}: no labels of the {split} split ({' or '.join(LABEL_FILES[split])})")
-    mids, how = class_list(root_p)
+    mids, how = class_list(root_p, class_order)
     log.info("Open Images classes: %d, from %s", len(mids), how)
     class_index = {m: k for k, m in enumerate(mids)}
     ids, labels, left_out = read_image_labels(path, class_index)
@@ -316,7 +401,10 @@ def create_openimages(
             len(left_out),
             ", ".join(list(left_out)[:3]),
         )
-    names = display_names(mids, read_descriptions(root_p))
-    return MultiLabelDataset(
+    descriptions = read_descriptions(root_p)
+    names = display_names(mids, descriptions)
+    ds = MultiLabelDataset(
         IdPaths(root_p / split, ids), labels, names, transform, name=f"openimages {root} [{split}]", read=read
     )
+    ds.class_aliases = class_aliases(mids, names, descriptions)
+    return ds
