@@ -76,17 +76,15 @@ def write_csv(path: Path, images: int, per_image: float = 6.5, seed: int = 0) ->
 
 def build(path: str) -> None:
     """In a fresh process: build the index, print its figures as JSON."""
-    import resource
-
     sys.path.insert(0, str(ROOT))
     from asl.data.openimages import read_image_labels
 
     index = {f"/m/{k:06x}": k for k in range(CLASSES)}
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the imports (PyTorch among them)
+    before = _peak()  # the imports (PyTorch among them)
     t0 = time.perf_counter()
     ids, labels, _ = read_image_labels(Path(path), index)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = _peak()
     print(
         json.dumps(
             dict(
@@ -102,9 +100,10 @@ def build(path: str) -> None:
 
 
 def _peak() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """This process's peak resident memory in bytes: VmHWM, which starts afresh with the process's
+    program (``ru_maxrss`` carries over the parent's peak through fork and exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def evaluate_in_process(images: int, dense: bool, per_image: float = 6.5, seed: int = 0, batch: int = 256) -> None:

@@ -256,8 +256,8 @@ def test_the_open_images_recipes_name_a_start_timm_lists_and_pass_the_checks(nam
 @pytest.mark.slow
 def test_a_million_image_index_stays_far_below_the_dense_matrix(tmp_path):
     """1,000,000 images x 9,605 classes, about 6.5 labels each: the index is built in a fresh process
-    whose peak memory stays under 4 GiB (the dense float32 matrix alone would take 36 GiB), and its
-    arrays are one-dimensional."""
+    whose peak memory grows by under 0.75 GiB past its imports (the dense float32 matrix alone would
+    take 36 GiB), and its arrays are one-dimensional."""
     import json
     import subprocess
     import sys
@@ -276,7 +276,7 @@ def test_a_million_image_index_stays_far_below_the_dense_matrix(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["images"] == 1_000_000 and r["entries"] == rows
-    assert r["peak"] < 4 * 2**30 < 1_000_000 * 9605 * 4
+    assert r["peak"] - r["before"] < 0.75 * 2**30 < 1_000_000 * 9605 * 4
     assert r["index_bytes"] < 100 * 2**20
 
 
@@ -326,3 +326,53 @@ def test_infer_shows_mids_as_display_names(oi, oi_run, tmp_path, capsys):
     rc, out, err = call("infer", [*argv, "--class-descriptions", tmp_path / "bad.csv"], capsys)
     one_error(rc, err, "not a class-descriptions CSV")
     assert out == ""
+
+
+@pytest.mark.parametrize("ids", ["hex", "names"])
+def test_the_index_is_the_same_whatever_the_batches_and_the_row_order(tmp_path, monkeypatch, ids):
+    """Files grouped by image are indexed batch by batch (an image's rows may straddle two batches);
+    files in another order are sorted whole; the order breaking after some batches too: one index."""
+    from asl.data import openimages
+
+    rng = np.random.default_rng(3)
+    c = 7
+    index = {f"/m/{k}": k for k in range(c)}
+    rows = []
+    for i in range(120):
+        image_id = f"{i * 7919 + 5:016x}" if ids == "hex" else f"img-{i:04d}"
+        for k in rng.choice(c, size=int(rng.integers(1, 5)), replace=False):
+            rows.append([image_id, "verification", f"/m/{k}", int(rng.random() < 0.5)])
+        if i == 7:  # a repeated row with the same label counts once
+            rows.append(list(rows[-1]))
+    rows.append(["zzzz-odd" if ids == "names" else f"{10**6:016x}", "verification", "/m/99", 1])  # left out
+
+    def index_of(ordered, name, block=None):
+        path = tmp_path / name
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ImageID", "Source", "LabelName", "Confidence"])
+            w.writerows(ordered)
+        if block:
+            monkeypatch.setattr(openimages, "BLOCK_SIZE", block)
+        out = openimages.read_image_labels(path, index)
+        monkeypatch.setattr(openimages, "BLOCK_SIZE", 2 << 20)
+        return out
+
+    def as_dict(ids_, labels):
+        return {bytes(i) if ids_.dtype != np.uint64 else int(i): tuple(labels.row(n)) for n, i in enumerate(ids_)}
+
+    ref_ids, ref, left = index_of(rows, "whole.csv")
+    assert left == {"/m/99": 1} and len(ref_ids) == 120
+    assert ref.pos_indices.dtype == np.int32 and len(ref.pos_indices) + len(ref.neg_indices) == len(rows) - 2
+    small_ids, small, _ = index_of(rows, "small.csv", block=300)  # dozens of batches
+    np.testing.assert_array_equal(small_ids, ref_ids)
+    for f in ("pos_indptr", "pos_indices", "neg_indptr", "neg_indices"):
+        np.testing.assert_array_equal(getattr(small, f), getattr(ref, f))
+    shuffled = [rows[k] for k in rng.permutation(len(rows))]
+    late = rows[:200] + rows[200:][::-1]  # in order for some batches, then not
+    for name, ordered in (("shuffled.csv", shuffled), ("late.csv", late)):
+        got_ids, got, _ = index_of(ordered, name, block=300)
+        assert as_dict(got_ids, got) == as_dict(ref_ids, ref), name
+    clash = rows[:30] + [[rows[29][0], "verification", rows[29][2], 1 - rows[29][3]]] + rows[30:]
+    with pytest.raises(DataError, match="labelled both 1 and 0"):
+        index_of(clash, "clash.csv", block=300)

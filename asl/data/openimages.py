@@ -56,6 +56,7 @@ LABEL_FILES = {
 }
 SPLITS = tuple(LABEL_FILES)
 HEADER = ["ImageID", "Source", "LabelName", "Confidence"]
+BLOCK_SIZE = 2 << 20  # bytes of CSV per batch: small blocks keep the reader's read-ahead small, and are no slower
 
 
 def label_file(root: Path, split: str) -> Optional[Path]:
@@ -193,14 +194,14 @@ def _check_header(path: Path) -> None:
 
 
 def _batches(path: Path, columns=("ImageID", "LabelName", "Confidence")):
-    """The label CSV in record batches of about 64 MB (pyarrow's streaming reader): tens of millions
+    """The label CSV in record batches of BLOCK_SIZE bytes (pyarrow's streaming reader): tens of millions
     of rows never sit in memory as strings at once."""
     pa, _, pacsv = _pyarrow()
     _check_header(path)
     try:
         reader = pacsv.open_csv(
             str(path),
-            read_options=pacsv.ReadOptions(block_size=64 << 20),
+            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE),
             convert_options=pacsv.ConvertOptions(
                 include_columns=list(columns),
                 column_types={"ImageID": pa.string(), "LabelName": pa.string(), "Confidence": pa.float64()},
@@ -241,33 +242,134 @@ def _hex_ids(column) -> Optional[np.ndarray]:
 def read_image_labels(path: Path, class_index: Dict[str, int]) -> Tuple[np.ndarray, SparseLabels, Dict[str, int]]:
     """An image-level label file as (image ids, labels, rows left out per MID not in the class list).
 
-    The ids are uint64 for Open Images' 16-hex-digit ids, else byte strings. Memory grows with the
-    labelled rows (about 14 bytes each at the peak), not with images x classes.
+    The ids are uint64 for Open Images' 16-hex-digit ids, else byte strings. A file whose rows are
+    grouped by image in id order (the official ones) is indexed batch by batch: memory grows with
+    the index (about 9 bytes a label), not with the rows' strings; any other order is sorted whole
+    (about 30 bytes a row at the peak). Never with images x classes.
 
     Raises:
         DataError: other columns, a Confidence other than 0 or 1 (the machine-generated files carry
             fractions), one (image, class) labelled both 1 and 0, no labelled entry for any class.
     """
-    try:
-        image, klass, value, left_out, names = _collect(path, class_index, by_name=False)
-    except _MixedIds:  # ids of another form after Open Images' hex ones: all numbered by name
-        image, klass, value, left_out, names = _collect(path, class_index, by_name=True)
-    if not len(image):
-        raise DataError(f"{path}: no labelled entry for any class of the class list")
-    ids, index = _number_images(image, names)
-    del image
-    return ids, _sparse(path, ids, index, klass, value, len(class_index)), left_out
+    c = len(class_index)
+    for by_name in (False, True):
+        grouped = _Grouped(path, c)
+        try:
+            left_out, names = _collect(path, class_index, by_name, grouped)
+        except _MixedIds:  # ids of another form after Open Images' hex ones: all numbered by name
+            continue
+        if grouped.rows is None:  # not in image order: the rows were kept, sort them
+            image, klass, value = (np.concatenate(a) for a in zip(*grouped.kept))
+            grouped.kept = []
+            if not len(image):
+                raise DataError(f"{path}: no labelled entry for any class of the class list")
+            ids, index = _number_images(image, names)
+            del image
+            return ids, _sparse(path, ids, index, klass, value, c), left_out
+        ids, labels = grouped.finish(names)
+        return ids, labels, left_out
+    raise AssertionError("unreachable: numbering by name never mixes forms")
 
 
 class _MixedIds(Exception):
     """A batch of ids not in Open Images' hex form after batches that were."""
 
 
-def _collect(path: Path, class_index: Dict[str, int], by_name: bool):
-    """(image id or number, class, value) of every row whose MID the class list holds, and the
-    rows left out per other MID."""
+class _Grouped:
+    """The CSR index of a label file grouped by image in id order, built batch by batch: each
+    batch's finished images are sorted by class, checked for repeats and split into positives and
+    negatives; the last image's rows wait for the next batch (it may go on there). A batch out of
+    order turns it off (``rows`` None) and the rows are kept whole for a sort."""
+
+    def __init__(self, path: Path, num_classes: int):
+        self.path, self.c = path, num_classes
+        self.rows: Optional[int] = 0
+        self.kept: List[Tuple[np.ndarray, ...]] = []  # every row so far, while the order is unknown
+        self.carry = (np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, np.int8))
+        self.last: Optional[int] = None
+        self.parts: Dict[str, List[np.ndarray]] = {k: [] for k in ("ids", "npos", "nneg", "pos", "neg")}
+        self.names: Dict[str, int] = {}  # ids not in the hex form, by number (filled by _collect)
+
+    def add(self, image: np.ndarray, klass: np.ndarray, value: np.ndarray) -> None:
+        if self.rows is None:
+            self.kept.append((image, klass, value))
+            return
+        image, klass, value = (np.concatenate([a, b]) for a, b in zip(self.carry, (image, klass, value)))
+        if len(image) and (
+            bool((image[1:] < image[:-1]).any()) or (self.last is not None and int(image[0]) <= self.last)
+        ):
+            self.rows = None  # out of order: keep every row from the start for a sort
+            self.kept = [self._rows_so_far(), (image, klass, value)]
+            return
+        n_done = int(np.searchsorted(image, image[-1])) if len(image) else 0
+        self._finish_rows(image[:n_done], klass[:n_done], value[:n_done])
+        self.carry = (image[n_done:], klass[n_done:], value[n_done:])
+
+    def _rows_so_far(self) -> Tuple[np.ndarray, ...]:
+        """The finished images' rows again (the order broke after them): from the index itself."""
+
+        def part(key: str, dtype) -> np.ndarray:
+            return np.concatenate(self.parts[key]) if self.parts[key] else np.zeros(0, dtype)
+
+        ids, npos, nneg = part("ids", np.uint64), part("npos", np.int32), part("nneg", np.int32)
+        pos, neg = part("pos", np.int32), part("neg", np.int32)
+        self.parts = {k: [] for k in self.parts}
+        image = np.concatenate([np.repeat(ids, npos), np.repeat(ids, nneg)])
+        value = np.concatenate([np.ones(len(pos), np.int8), np.zeros(len(neg), np.int8)])
+        return image, np.concatenate([pos, neg]), value
+
+    def _finish_rows(self, image: np.ndarray, klass: np.ndarray, value: np.ndarray) -> None:
+        if not len(image):
+            return
+        starts = np.empty(len(image), dtype=bool)
+        starts[0], starts[1:] = True, image[1:] != image[:-1]
+        local = np.cumsum(starts, dtype=np.int64) - 1
+        ids = image[starts]
+        labels = _sparse(self.path, ids, local, klass, value, self.c, self.names)
+        self.parts["ids"].append(ids)
+        self.parts["npos"].append(np.diff(labels.pos_indptr).astype(np.int32))
+        self.parts["nneg"].append(np.diff(labels.neg_indptr).astype(np.int32))
+        self.parts["pos"].append(labels.pos_indices)
+        self.parts["neg"].append(labels.neg_indices)
+        self.last = int(ids[-1])
+        self.rows += len(image)
+
+    def finish(self, names: Dict[str, int]) -> Tuple[np.ndarray, SparseLabels]:
+        self._finish_rows(*self.carry)
+        self.carry = ()
+        if not self.rows:
+            raise DataError(f"{self.path}: no labelled entry for any class of the class list")
+
+        def joined(key: str) -> np.ndarray:
+            out = np.concatenate(self.parts[key])
+            self.parts[key] = []
+            return out
+
+        def indptr(counts: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(counts) + 1, dtype=np.int64)
+            np.cumsum(counts, out=out[1:])
+            return out
+
+        ids = joined("ids")
+        if names:  # numbered through the dictionary: give them back as strings
+            ids = _names_of(ids, names)
+        labels = SparseLabels(self.c, indptr(joined("npos")), joined("pos"), indptr(joined("nneg")), joined("neg"))
+        return ids, labels
+
+
+def _names_of(numbers: np.ndarray, names: Dict[str, int]) -> np.ndarray:
+    by_number = np.empty(len(names), dtype=object)
+    for text, k in names.items():
+        by_number[k] = text
+    return np.asarray(by_number[numbers.astype(np.int64)].tolist(), dtype="S")
+
+
+def _collect(path: Path, class_index: Dict[str, int], by_name: bool, grouped: "_Grouped"):
+    """Every row whose MID the class list holds, as (image id or number, class, value), into
+    ``grouped``; returns the rows left out per other MID and the names of non-hex ids."""
     _, pc, _ = _pyarrow()
-    images, classes, values, left_out, names = [], [], [], {}, {}
+    left_out, names = {}, grouped.names
+    seen_hex = False
     for batch in _batches(path):
         conf = batch.column("Confidence").to_numpy()
         odd = ~np.isin(conf, (0, 1))
@@ -286,19 +388,16 @@ def _collect(path: Path, class_index: Dict[str, int], by_name: bool):
                 left_out[words[k]] = left_out.get(words[k], 0) + int(c)
         ids = None if by_name else _hex_ids(batch.column("ImageID"))
         if ids is None:  # ids of another form: numbered through a dictionary
-            if images and not names:
+            if seen_hex:
                 raise _MixedIds()
             strings = batch.column("ImageID").to_pylist()
             ids = np.array([names.setdefault(x, len(names)) for x in strings], dtype=np.uint64)
         elif names:
             raise _MixedIds()
-        images.append(ids[keep])
-        classes.append(klass[keep])
-        values.append(conf[keep].astype(np.int8))
-    image = np.concatenate(images) if images else np.zeros(0, np.uint64)
-    klass = np.concatenate(classes) if classes else np.zeros(0, np.int32)
-    value = np.concatenate(values) if values else np.zeros(0, np.int8)
-    return image, klass, value, left_out, names
+        else:
+            seen_hex = True
+        grouped.add(ids[keep], klass[keep], conf[keep].astype(np.int8))
+    return left_out, names
 
 
 def _number_images(image: np.ndarray, names: Dict[str, int]) -> Tuple[np.ndarray, np.ndarray]:
@@ -312,16 +411,21 @@ def _number_images(image: np.ndarray, names: Dict[str, int]) -> Tuple[np.ndarray
     else:
         ids, index = np.unique(image, return_inverse=True)
     if names:  # ids were numbered through the dictionary: give them back as strings
-        by_number = np.empty(len(names), dtype=object)
-        for text, k in names.items():
-            by_number[k] = text
-        ids = np.asarray(by_number[ids.astype(np.int64)].tolist(), dtype="S")
+        ids = _names_of(ids, names)
     return ids, index
 
 
-def _sparse(path: Path, ids: np.ndarray, index: np.ndarray, klass: np.ndarray, value: np.ndarray, c: int):
+def _sparse(
+    path: Path,
+    ids: np.ndarray,
+    index: np.ndarray,
+    klass: np.ndarray,
+    value: np.ndarray,
+    c: int,
+    names: Optional[Dict[str, int]] = None,
+):
     """CSR labels of (image number, class, value) rows; a pair given twice with one label counts
-    once, with two labels is an error."""
+    once, with two labels is an error (``names``: the ids' texts where ``ids`` number them)."""
     key = index * c + klass
     if not bool((key[1:] > key[:-1]).all()):
         order = np.argsort(key, kind="stable")
@@ -331,7 +435,10 @@ def _sparse(path: Path, ids: np.ndarray, index: np.ndarray, klass: np.ndarray, v
     clash = repeat[value[repeat] != value[repeat + 1]]
     if len(clash):
         bad = ids[int(key[clash[0]] // c)]
-        shown = f"{int(bad):016x}" if ids.dtype == np.uint64 else bad.decode()
+        if names:
+            shown = next(text for text, k in names.items() if k == int(bad))
+        else:
+            shown = f"{int(bad):016x}" if ids.dtype == np.uint64 else bad.decode()
         raise DataError(
             f"{path}: image {shown} is labelled both 1 and 0 for {int(len(clash))} classes; keep one row per "
             f"image and class"
