@@ -56,6 +56,8 @@ def dataset_from_config(
     options = {o: (0 if o == "seed" else getattr(cfg, o)) for o in spec.options}  # tagged splits with seed 0
     if spec.follows_checkpoint and class_order:
         options["class_order"] = list(class_order)
+    if spec.streams:
+        options.update(train=train, seed=cfg.seed)
     ds = create_dataset(
         cfg.dataset,
         cfg.data_root,
@@ -91,6 +93,9 @@ def loader_for(ds, cfg: Config, train: bool, device: torch.device, sampler=None)
     """A DataLoader: ``sampler`` orders training batches (``asl.distributed.EpochSampler``), pinned
     memory on CUDA, persistent workers in process groups of their own (a signal to the run's group reaches
     the training loop alone)."""
+    if isinstance(ds, torch.utils.data.IterableDataset):  # shards: the dataset deals batches to workers
+        ds.configure(cfg.batch_size, cfg.workers)
+        sampler = None
     return torch.utils.data.DataLoader(
         ds,
         batch_size=cfg.batch_size,
@@ -330,7 +335,8 @@ def build_run(cfg: Config, resume_ckpt: Optional[Dict[str, Any]] = None, source=
         model.to(memory_format=torch.channels_last)
     plan = recipe(cfg, source, mean, std, train_ds, val_ds)
     log.info("%s", plan)
-    sampler = EpochSampler(len(train_ds), cfg.seed, dist.rank, dist.world_size)
+    streams = isinstance(train_ds, torch.utils.data.IterableDataset)  # shards: it orders itself (set_epoch)
+    sampler = train_ds if streams else EpochSampler(len(train_ds), cfg.seed, dist.rank, dist.world_size)
     train_loader = loader_for(train_ds, cfg, train=True, device=device, sampler=sampler)
     val_sampler = ShardSampler(len(val_ds), dist.rank, dist.world_size) if dist.enabled else None
     val_loader = loader_for(val_ds, cfg, train=False, device=device, sampler=val_sampler)

@@ -337,8 +337,8 @@ def data_config(command: str, description: str, argv, output_note: str, extra: S
 
 
 def data_console() -> None:
-    """``asl-data inspect DIR`` / ``asl-data convert DIR --output NEW``."""
-    commands = {"inspect": "data.inspect", "convert": "data.convert"}
+    """``asl-data inspect DIR`` / ``asl-data convert DIR --output NEW`` / ``asl-data shard DIR NEW``."""
+    commands = {"inspect": "data.inspect", "convert": "data.convert", "shard": "data.shard"}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         _write_error(f"usage: asl-data {{{','.join(commands)}}} DATA_ROOT [flags]  (asl-data inspect --help)")
         raise SystemExit(2)

@@ -83,8 +83,8 @@ class DataConfig:
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE)
     dataset: str = setting(
         "demo",
-        help="coco | voc | nuswide | tagged | onehot | sidecar | imagefolder | labelstudio | openimages | demo, "
-        "or auto (told from what the folder holds)",
+        help="coco | voc | nuswide | tagged | onehot | sidecar | imagefolder | labelstudio | openimages | shards | "
+        "demo, or auto (told from what the folder holds)",
         choices=(
             "coco",
             "voc",
@@ -95,6 +95,7 @@ class DataConfig:
             "imagefolder",
             "labelstudio",
             "openimages",
+            "shards",
             "demo",
             "auto",
         ),
@@ -146,6 +147,22 @@ class DataConfig:
     )
     max_bad_images: int = setting(
         5, check=_NONNEG, help="... and more than this many (so small sets survive a bad photo)"
+    )
+    shuffle_buffer: int = setting(
+        1000,
+        check=_NONNEG,
+        commands=(TRAIN,),
+        help="shards: samples held in each loader worker's shuffle buffer (0: the shards' order, shuffled by shard)",
+    )
+    shard_size: int = setting(
+        10**9, check=_ONE_UP, commands=(), result=False, help="asl-data shard: bytes per tar (one sample always fits)"
+    )
+    resize_short: Optional[int] = setting(
+        None,
+        check=_ONE_UP,
+        commands=(),
+        result=False,
+        help="asl-data shard: re-encode each picture as a JPEG of this short side (unset: its own bytes, unchanged)",
     )
     # Dataset options: each dataset declares which it reads (asl.data.DATASETS); one set for
     # another dataset is an error, not silently dropped.

@@ -9,6 +9,7 @@ block the reader forever.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import struct
@@ -114,9 +115,21 @@ def load_rgb(path: Union[str, os.PathLike], draft_size: Optional[int] = None) ->
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise DataError(f"cannot read image {path} (not a regular file)")
-        with Image.open(path) as img:
+    except UNREADABLE as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__})") from None
+    return _rgb(path, str(path), draft_size)
+
+
+def decode_rgb(data: bytes, name: str, draft_size: Optional[int] = None) -> Image.Image:
+    """A picture's encoded bytes (a tar member) as RGB, decoded as :func:`load_rgb` decodes a file."""
+    return _rgb(io.BytesIO(data), name, draft_size)
+
+
+def _rgb(source, name: str, draft_size: Optional[int]) -> Image.Image:
+    try:
+        with Image.open(source) as img:
             if draft_size:
                 img.draft("RGB", (draft_size, draft_size))
             return to_rgb(img)
     except UNREADABLE as e:
-        raise DataError(f"cannot read image {path} ({type(e).__name__})") from None
+        raise DataError(f"cannot read image {name} ({type(e).__name__})") from None

@@ -270,6 +270,21 @@ class ScoreCollector:
         order = np.lexsort((cols, rows))
         self._entries = [(rows[order], cols[order], sc[order], pos[order])]
 
+    def reorder(self, place: np.ndarray) -> None:
+        """Put the (gathered) rows in another order: row ``q`` goes to ``place[q]`` (``place``: a
+        permutation of the N images)."""
+        if self.keep_dense:
+            scores, targets = self.dense()
+            n = len(place)
+            new_s, new_t = np.empty_like(scores[:n]), np.empty_like(targets[:n])
+            new_s[place], new_t[place] = scores[:n], targets[:n]
+            self._scores, self._targets, self._filled = new_s, new_t, n
+            return
+        rows, cols, sc, pos = self.entries()
+        rows = place[rows].astype(np.int32)
+        order = np.lexsort((cols, rows))
+        self._entries = [(rows[order], cols[order], sc[order], pos[order])]
+
     def labelled(self) -> LabelledScores:
         """The finished evaluation's :class:`LabelledScores`."""
         if self.keep_dense:

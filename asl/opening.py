@@ -137,11 +137,14 @@ def _evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
     from .labelled import ScoreCollector
     from .metrics import evaluation_result
 
-    collected = ScoreCollector(len(loader.dataset))
+    collected = ScoreCollector(getattr(loader.dataset, "num_samples", None) or len(loader.dataset))
     t0 = time.perf_counter()
     for images, target in loader:
         s = tagger.run(images.numpy())
         collected.add(s[:, order] if order is not None else s, target.numpy())
+    place = getattr(loader.dataset, "evaluation_order", lambda: None)()
+    if place is not None:  # shards: the rows back in the source's order
+        collected.reorder(place)
     return evaluation_result(collected, time.perf_counter() - t0, loader.dataset)
 
 

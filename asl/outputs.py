@@ -24,6 +24,7 @@ __all__ = [
     "TAGGING",
     "SINGLE_FILES",
     "BY_COMMAND",
+    "SHARDING",
     "REPORT_GENERATOR",
     "PICTURE_MARK",
     "read_metrics",
@@ -231,7 +232,19 @@ SINGLE_FILES: Mapping[str, Callable[[Path], bool]] = {
 }
 
 
-BY_COMMAND = {p.command: p for p in (TRAINING, VALIDATION, INSPECTION, CONVERSION, TAGGING)}
+INFO_FILE = "_info.json"
+# asl-data shard: tars, classes.txt and _info.json into a new folder, never into an old one
+SHARDING = Product(
+    "shard",
+    "a set of shards",
+    "shard",
+    dict.fromkeys(("_info.json", "classes.txt"), _never),
+    any_file=True,
+    reuse=False,
+)
+
+
+BY_COMMAND = {p.command: p for p in (TRAINING, VALIDATION, INSPECTION, CONVERSION, TAGGING, SHARDING)}
 
 
 # --------------------------------------------------------------------------- a run's records

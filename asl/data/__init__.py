@@ -42,6 +42,7 @@ class DatasetSpec:
     eval_split: str
     options: Tuple[str, ...] = ()
     follows_checkpoint: bool = False  # takes a checkpoint's class names as its class list (class_order)
+    streams: bool = False  # an iterable dataset: told whether it trains, and the run's seed
 
     def build(self, *args: Any, **kwargs: Any) -> MultiLabelDataset:
         module, func = self.factory.split(":")
@@ -66,6 +67,8 @@ DATASETS: Dict[str, DatasetSpec] = {
     "demo": DatasetSpec("demo:create_demo", "train", "val", ("demo_classes",)),
     # the published numbers are on test; validation with --val-split validation
     "openimages": DatasetSpec("openimages:create_openimages", "train", "test", follows_checkpoint=True),
+    # tar shards of any of these (asl-data shard): "train" / "eval" name the source's own splits
+    "shards": DatasetSpec("shards:create_shards", "train", "eval", ("shuffle_buffer",), streams=True),
 }
 # Every dataset-specific option (a config field of the same name, except ``seed``, the split's).
 DATASET_OPTIONS = tuple(sorted({o for s in DATASETS.values() for o in s.options} - {"seed"}))
@@ -108,7 +111,8 @@ def create_dataset(
         **options: the options the dataset declares; any other raises :class:`ConfigError`.
     """
     spec = _spec(name)
-    unknown = sorted(set(options) - set(spec.options) - ({"class_order"} if spec.follows_checkpoint else set()))
+    implied = ({"class_order"} if spec.follows_checkpoint else set()) | ({"train", "seed"} if spec.streams else set())
+    unknown = sorted(set(options) - set(spec.options) - implied)
     if unknown:
         raise ConfigError(f"dataset {name} does not take {', '.join(unknown)} (it reads {', '.join(spec.options)})")
     return spec.build(root, split=split, transform=transform, read=read, **options)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from ..errors import DataError
-from . import formats, imagefolder, labelstudio, openimages, table, tagged
+from . import formats, imagefolder, labelstudio, openimages, shards, table, tagged
 
 # What each format is recognised by, in the words of the error that lists them.
 LOOKED_FOR = (
@@ -20,6 +20,7 @@ LOOKED_FOR = (
     ("labelstudio", "a Label Studio JSON export"),
     ("sidecar", "pictures with a same-named .txt of tags"),
     ("openimages", "*-annotations-human-imagelabels.csv"),
+    ("shards", "_info.json (asl-data shard)"),
 )
 
 
@@ -43,6 +44,8 @@ def _file_candidates(root: Path) -> List[Tuple[str, str]]:
 
 def candidates(root: Path) -> List[Tuple[str, str]]:
     """Every format ``root`` holds, with what it was told by."""
+    if shards.is_shards(root):
+        return [("shards", "_info.json")]  # a folder of shards holds nothing else we read
     if root.is_file():
         return _file_candidates(root)
     found = []
