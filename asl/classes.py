@@ -127,6 +127,13 @@ def _as_data_names(model_names: Sequence[str], data: set, aliases: Dict[str, Lis
     return out
 
 
+def classes_sha256(class_names: Sequence[str]) -> str:
+    """The SHA-256 of a class list as ``classes.txt`` spells it: what tells two class lists apart."""
+    import hashlib
+
+    return hashlib.sha256("".join(c + "\n" for c in class_names).encode("utf-8")).hexdigest()
+
+
 PRIOR_HEADER = ("Classes", "avg_pred")  # the class prior's CSV, as the CSL repository writes it
 
 

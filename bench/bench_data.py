@@ -7,7 +7,11 @@ CocoDetection pattern, which queries pycocotools for every item (``getAnnIds`` +
 ``loadAnns``) and builds the target in ``__getitem__``. Same transform, batch 32,
 2 workers, one warm-up pass then timed passes, measured in the same run.
 
-    python bench/bench_data.py [--images 2000] [--workers 2] [--root /tmp/asl_bench_coco]
+Shards (``--dataset shards``, written by ``asl-data shard``): the same 2,000 pictures as tars,
+read by the same transforms, beside the files; and the time ``asl-data shard`` takes on the demo
+and on a 10,000-picture COCO-layout set (``--shard-images``).
+
+    python bench/bench_data.py [--images 2000] [--workers 2] [--root /tmp/asl_bench_coco] [--shard-images 10000]
 """
 
 from __future__ import annotations
@@ -100,6 +104,8 @@ class OfficialCocoDetection(torch.utils.data.Dataset):
 
 
 def throughput(ds, workers: int, batch: int, passes: int) -> float:
+    if hasattr(ds, "configure"):  # shards deal whole batches to the workers
+        ds.configure(batch, workers)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
     for _ in loader:  # warm-up: workers started, files in the page cache
         pass
@@ -111,6 +117,38 @@ def throughput(ds, workers: int, batch: int, passes: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _shards_of(root: Path, out: Path) -> Path:
+    """The COCO layout's val2014 as shards (a one-picture train2014 beside it: a set needs its training split)."""
+    from asl.data.shard import shard_dataset
+
+    if not (out / "_info.json").is_file():
+        make_coco_layout(root, 1, "train2014")
+        shard_dataset(str(root), str(out), "coco", shard_size=256 << 20)
+    return out
+
+
+def _time_sharding(demo: Path, big: Path, n: int) -> None:
+    """Seconds ``asl-data shard`` takes on the demo and on an n-picture COCO layout (pictures in the page cache)."""
+    import shutil
+    import tempfile
+
+    from asl.data.shard import shard_dataset
+
+    ensure_demo(str(demo))
+    make_coco_layout(big, n, "train2014")
+    make_coco_layout(big, 1, "val2014")
+    for name, src, fmt in (("demo", demo, "demo"), (f"COCO layout {n}", big, "coco")):
+        with tempfile.TemporaryDirectory() as tmp:
+            r = shard_dataset(str(src), str(Path(tmp) / "out"), fmt)
+            size = sum(f.stat().st_size for f in (Path(tmp) / "out").glob("*.tar")) / 2**20
+            total = sum(r["splits"].values())
+            print(
+                f"asl-data shard {name}: {total} pictures, {size:.0f} MiB of tars in {r['seconds']:.1f} s "
+                f"({total / r['seconds']:.0f} pictures/s)"
+            )
+            shutil.rmtree(Path(tmp) / "out")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -118,24 +156,31 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--root", default="/tmp/asl_bench_coco")
     ap.add_argument("--demo-root", default="data/demo")
+    ap.add_argument("--shard-images", type=int, default=10_000, help="the COCO-layout set asl-data shard is timed on")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
     root = make_coco_layout(Path(args.root), args.images)
+    shards = _shards_of(root, Path(args.root + "_shards"))
     print(f"torch {torch.__version__}, workers={args.workers}, batch={args.batch_size}")
-    print(f"{'set':>22} | {'transform':>10} | {'ours img/s':>10} | {'official img/s':>14} | {'ours/official':>13}")
+    print(
+        f"{'set':>22} | {'transform':>10} | {'ours img/s':>10} | {'official img/s':>14} | {'ours/official':>13} | "
+        f"{'shards img/s':>12} | {'shards/ours':>11}"
+    )
     for size, train in ((448, False), (448, True), (224, False), (224, True)):
         tf = build_transform(train, size, augment="cutout_randaugment" if train else "none")
-        ours = create_dataset(
-            "coco", str(root), "val2014", tf, ReadOptions(draft_size=size if train else None)
-        )  # as training
+        read = ReadOptions(draft_size=size if train else None)  # as training
+        ours = create_dataset("coco", str(root), "val2014", tf, read)
         official = OfficialCocoDetection(root / "val2014", root / "annotations/instances_val2014.json", tf)
+        streamed = create_dataset("shards", str(shards), "val", tf, read, train=train, shuffle_buffer=256)
         a = throughput(ours, args.workers, args.batch_size, 1)
         b = throughput(official, args.workers, args.batch_size, 1)
+        c = throughput(streamed, args.workers, args.batch_size, 1)
         print(
             f"{f'COCO layout {len(ours)} @{size}':>22} | {'train' if train else 'eval':>10} | {a:>10.1f} | "
-            f"{b:>14.1f} | {a / b:>13.2f}"
+            f"{b:>14.1f} | {a / b:>13.2f} | {c:>12.1f} | {c / a:>11.2f}"
         )
+    _time_sharding(Path(args.demo_root), Path(args.root + f"_{args.shard_images}"), args.shard_images)
     ensure_demo(args.demo_root)  # the explicit generation step (once)
     demo = create_dataset("demo", args.demo_root, "train", build_transform(True, 64), ReadOptions(draft_size=64))
     a = throughput(demo, args.workers, 64, 2)

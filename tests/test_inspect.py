@@ -67,4 +67,4 @@ def test_the_asl_data_console_dispatches_and_refuses_an_unknown_command(tmp_path
     monkeypatch.setattr("sys.argv", ["asl-data", "look", str(root)])
     with pytest.raises(SystemExit) as done:
         cli.data_console()
-    assert done.value.code == 2 and "usage: asl-data {inspect,convert}" in capsys.readouterr().err
+    assert done.value.code == 2 and "usage: asl-data {inspect,convert,shard}" in capsys.readouterr().err

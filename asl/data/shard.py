@@ -23,7 +23,6 @@ and counted against the dataset's bad-image limits.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -35,21 +34,17 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..classes import classes_sha256
 from ..errors import ConfigError, DataError
 from ..files import atomic_write
 from ..outputs import INFO_FILE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["shard_dataset", "INFO", "classes_sha256", "main"]
+__all__ = ["shard_dataset", "INFO", "main"]
 
 INFO = INFO_FILE
 FORMAT = "asl-shards/1"
-
-
-def classes_sha256(class_names: Sequence[str]) -> str:
-    """The hash of a class list (its ``classes.txt`` text): what tells two class lists apart."""
-    return hashlib.sha256("".join(c + "\n" for c in class_names).encode("utf-8")).hexdigest()
 
 
 def shard_dataset(

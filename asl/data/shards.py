@@ -70,7 +70,7 @@ def _folder_and_files(spec: str) -> Tuple[Path, Optional[List[Path]]]:
 
 def read_info(folder: Path) -> Dict[str, Any]:
     """The folder's ``_info.json``, checked: complete, its class list the folder's ``classes.txt``."""
-    from .shard import classes_sha256
+    from ..classes import classes_sha256, read_class_names
 
     path = folder / INFO
     try:
@@ -85,8 +85,6 @@ def read_info(folder: Path) -> Dict[str, Any]:
         raise DataError(
             f"{path}: the shards were not all written (asl-data shard was stopped); write them again into a new folder"
         )
-    from ..classes import read_class_names
-
     names = read_class_names(str(folder / "classes.txt"))
     if info.get("classes_sha256") and classes_sha256(names) != info["classes_sha256"]:
         raise DataError(f"{folder / 'classes.txt'}: not the class list the shards were written with")
@@ -414,6 +412,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
                     if index > last:
                         return
                 if index in want:
+                    if ext.lower() in files:
+                        raise DataError(f"{path}: two samples with the key {k!r}")
                     f = tar.extractfile(m)
                     files[ext.lower()] = f.read() if f is not None else b""
             if key is not None and index in want:
