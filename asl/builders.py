@@ -20,7 +20,7 @@ from .config import Config, check_num_classes
 from .data import DATASETS, ReadOptions, build_transform, create_dataset, default_splits
 from .distributed import DistInfo, EpochSampler, ShardSampler, all_true, init_distributed
 from .engine import Optimization, StepSettings
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .losses import COMMON_LOSS_OPTIONS, LOSS_OPTIONS, PARTIAL_OPTIONS, build_loss
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,31 @@ def dataset_from_config(
         read=ReadOptions(cfg.max_bad_fraction, cfg.max_bad_images, draft_size=cfg.image_size if train else None),
         **options,
     )
+    if cfg.task == "single_label":
+        check_single_label(ds)
     if train and cfg.label_noise:
         flip_positives(ds, cfg.label_noise, cfg.seed)
     check_num_classes(cfg.num_classes, ds.num_classes, ds.name)
     return ds
+
+
+def check_single_label(ds) -> None:
+    """One class per image, none unknown: else one error naming the first image that is not."""
+    import numpy as np
+
+    labels = ds.labels
+    if not hasattr(labels, "positives_per_image"):  # shards: their counts, checked when written
+        return
+    per_image = labels.positives_per_image()
+    bad = np.flatnonzero(per_image != 1)
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(
+            f"{ds.name}: --task single-label needs one class per image; {ds.paths[i]} has {int(per_image[i])} "
+            f"({len(bad)} such images)"
+        )
+    if labels.unknown():
+        raise DataError(f"{ds.name}: --task single-label needs every label known; {labels.unknown()} are unknown")
 
 
 def flip_positives(ds, fraction: float, seed: int) -> int:
@@ -115,6 +136,15 @@ def loss_from_config(cfg: Config) -> torch.nn.Module:
     with ``--unknown-labels``, the partial-label loss in that mode (:class:`asl.partial.PartialAsymmetricLoss`,
     its prior attached by :func:`attach_prior` once the classes are known)."""
     name = cfg.loss.lower().replace("-", "_")
+    if cfg.task == "single_label":
+        from .losses import SINGLE_LABEL_LOSSES, build_single_label_loss
+
+        table = SINGLE_LABEL_LOSSES.get("asl_single_label" if name == "asl" else name)
+        if table is None:
+            raise ConfigError(f"--loss {cfg.loss} is a multi-label loss; --task single-label trains asl, ce or focal")
+        return build_single_label_loss(name, **{arg: getattr(cfg, f) for f, arg in table.items()})
+    if name in ("asl_single_label", "ce"):
+        raise ConfigError(f"--loss {cfg.loss} is a single-label loss: pass --task single-label")
     if name not in LOSS_OPTIONS:
         raise ConfigError(f"unknown loss {cfg.loss!r} for multi-label training; choose from {', '.join(LOSS_OPTIONS)}")
     if cfg.unknown_labels:
@@ -123,7 +153,9 @@ def loss_from_config(cfg: Config) -> torch.nn.Module:
         reads = {f: arg for f, arg in {**LOSS_OPTIONS["asl"], **PARTIAL_OPTIONS}.items() if arg}
         return PartialAsymmetricLoss(cfg.unknown_labels, **{arg: getattr(cfg, f) for f, arg in reads.items()})
     reads = {**COMMON_LOSS_OPTIONS, **LOSS_OPTIONS[name]}
-    return build_loss(name, **{arg: getattr(cfg, f) for f, arg in reads.items()})
+    kwargs = {arg: getattr(cfg, f) for f, arg in reads.items()}
+    kwargs["label_smoothing"] = kwargs.get("label_smoothing") or 0.0  # unset: none for multi-label
+    return build_loss(name, **kwargs)
 
 
 def attach_prior(loss_fn: torch.nn.Module, prior_file: Optional[str], class_names: Sequence[str]) -> None:
@@ -288,6 +320,7 @@ class RunObjects:
             std=self.std,
             config=self.cfg.to_dict(),
             head=self.cfg.head,
+            task=self.cfg.task or "multi_label",
         )
 
 

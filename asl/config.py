@@ -81,10 +81,22 @@ class DataConfig:
     """What to read and how: the dataset, its split, the input pipeline."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN, VALIDATE)
+    task: Optional[str] = setting(
+        None,
+        commands=(TRAIN, VALIDATE, INFER, EXPORT),
+        help={
+            None: "multi-label (unset): sigmoid outputs, any number of labels per image | single-label: one class "
+            "per image, softmax outputs (recorded in the checkpoint)",
+            VALIDATE: "multi-label | single-label (unset: the checkpoint's)",
+            INFER: "multi-label | single-label (unset: the checkpoint's)",
+            EXPORT: "multi-label | single-label (unset: the checkpoint's)",
+        },
+        choices=("multi_label", "single_label"),
+    )
     dataset: str = setting(
         "demo",
         help="coco | voc | nuswide | tagged | onehot | sidecar | imagefolder | labelstudio | openimages | shards | "
-        "demo, or auto (told from what the folder holds)",
+        "classfolder (train/<class>/<picture>) | demo, or auto (told from what the folder holds)",
         choices=(
             "coco",
             "voc",
@@ -96,6 +108,7 @@ class DataConfig:
             "labelstudio",
             "openimages",
             "shards",
+            "classfolder",
             "demo",
             "auto",
         ),
@@ -276,8 +289,9 @@ class LossConfig:
     COMMANDS: ClassVar[Tuple[str, ...]] = (TRAIN,)
     loss: str = setting(
         "asl",
-        help="asl | asl_optimized | adaptive_asl | focal | bce",
-        choices=("asl", "asl_optimized", "adaptive_asl", "focal", "bce"),
+        help="multi-label: asl | asl_optimized | adaptive_asl | focal | bce; single-label: asl (the single-label "
+        "ASL) | asl_single_label | focal (softmax) | ce",
+        choices=("asl", "asl_optimized", "adaptive_asl", "focal", "bce", "asl_single_label", "ce"),
     )
     gamma_neg: float = setting(4.0, check=_NONNEG, help="ASL gamma-")
     gamma_pos: float = setting(0.0, check=_NONNEG, help="ASL gamma+")
@@ -288,7 +302,12 @@ class LossConfig:
     loss_reduction: str = setting(
         "sum", help="sum (official) | mean | batchmean | none", choices=("sum", "mean", "batchmean", "none")
     )
-    label_smoothing: float = setting(0.0, check=_UNIT_OPEN_TOP, help="y <- y (1 - s) + s / 2")
+    label_smoothing: Optional[float] = setting(
+        None,
+        check=_UNIT_OPEN_TOP,
+        help="multi-label: y <- y (1 - s) + s / 2 (unset: 0); single-label: y <- y (1 - s) + s / C (unset: 0.1 for "
+        "asl and ce, as the official ASLSingleLabel and timm; 0 for focal)",
+    )
     delta_p_target: float = setting(
         0.1, check=_range(lambda v: -1 < v < 1, "in (-1, 1)"), help="adaptive_asl: the target of delta_p"
     )

@@ -371,6 +371,7 @@ def evaluate(
     desc: str = "eval",
     channels_last: bool = False,
     dist: Optional[DistInfo] = None,
+    single_label: bool = False,
 ) -> Dict[str, Any]:
     """Scores of ``model`` on ``loader`` and their mAP (official definition; where targets hold
     -1, those entries are left out of their class's AP, as VOC's difficult protocol and Open Images'
@@ -379,6 +380,8 @@ def evaluate(
     Args:
         dist: under DDP, the process group's :class:`asl.distributed.DistInfo`: every rank's shard
             is merged, so the mAP is that of the whole set, equal to a single-process evaluation.
+        single_label: softmax scores and the single-label metrics (top-1, top-5, macro-F1, balanced
+            accuracy) besides the one-vs-rest mAP.
 
     Returns:
         ``asl.metrics.evaluation_result``'s dict: ``mAP`` (percent), ``per_class_ap`` (C,) float64
@@ -391,7 +394,7 @@ def evaluate(
     shard = (dist.rank, dist.world_size) if dist is not None and dist.enabled else (0, 1)
     classes = len(getattr(loader.dataset, "class_names", ())) or None
     n = getattr(loader.dataset, "num_samples", None) or len(loader.dataset)  # shards: len is this rank's share
-    collected = ScoreCollector(n, classes, rank=shard[0], world_size=shard[1])
+    collected = ScoreCollector(n, classes, rank=shard[0], world_size=shard[1], single_label=single_label)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for images_b, targets_b in _progress(loader, desc):
@@ -400,7 +403,8 @@ def evaluate(
                 images_b = images_b.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(images_b)
-            collected.add(torch.sigmoid(logits.float()).cpu().numpy(), targets_b.numpy())
+            probs = torch.softmax(logits.float(), dim=1) if single_label else torch.sigmoid(logits.float())
+            collected.add(probs.cpu().numpy(), targets_b.numpy())
     elapsed = time.perf_counter() - t0
     model.train(was_training)
     if dist is not None:

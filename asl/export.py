@@ -77,7 +77,8 @@ def _rewrite_blur(model) -> int:
     return count
 
 
-def _wrapped(model, sigmoid: bool, fp16: bool):
+def _wrapped(model, sigmoid: bool, fp16: bool, single_label: bool = False):
+    """The graph's module: the model, then its scores (sigmoid; softmax for a single-label model)."""
     import torch
 
     class Exported(torch.nn.Module):
@@ -87,7 +88,9 @@ def _wrapped(model, sigmoid: bool, fp16: bool):
 
         def forward(self, images):
             out = self.model(images.half() if fp16 else images).float()
-            return torch.sigmoid(out) if sigmoid else out
+            if not sigmoid:
+                return out
+            return torch.softmax(out, dim=1) if single_label else torch.sigmoid(out)
 
     return Exported().eval()
 
@@ -162,9 +165,10 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
         cfg.num_classes,
         num_groups=cfg.num_of_groups,
         decoder_embedding=cfg.decoder_embedding,
+        task=cfg.task,
     )
     blurs = _rewrite_blur(opened.net)
-    net = _wrapped(opened.net, cfg.sigmoid, cfg.fp16)
+    net = _wrapped(opened.net, cfg.sigmoid, cfg.fp16, opened.task == "single_label")
     proto = trace(net, opened, cfg)
     meta = attach_metadata(proto, opened, cfg)
     report = graph_report(proto)
@@ -265,6 +269,7 @@ def attach_metadata(proto, opened, cfg: Config) -> Dict[str, str]:
         "resize": "pil_squish",
         "output": _output_name(cfg),
         "source": Path(cfg.model_path).name,
+        "task": opened.task,
     }
     if opened.thresholds is not None:
         meta["thresholds"] = json.dumps([float(t) for t in opened.thresholds])

@@ -176,11 +176,15 @@ class TensorBoard(Hook):
 
     def _epoch(self, w, run: RunView, record: Dict[str, Any]) -> None:
         epoch = record["epoch"]
-        for key in ("mAP", "mAP_ema", "train_loss", "p_pos", "p_neg", "images_per_s", "gamma_neg", "delta_p"):
+        scalars = ("mAP", "mAP_ema", "train_loss", "p_pos", "p_neg", "images_per_s", "gamma_neg", "delta_p")
+        for key in (*scalars, "top1", "top5", "macro_f1", "balanced_accuracy"):
             if record.get(key) is not None:
                 w.add_scalar(f"epoch/{key}", record[key], epoch)
         ev, _ = run.last_evaluation
         labelled = ev["labelled"]
+        if labelled is None:  # single-label: accuracy figures are in the epoch's scalars
+            w.flush()
+            return
         names = run.val_dataset.class_names
         order = np.argsort(-labelled.positives(), kind="stable")[: self.max_pr_classes]
         for k in order:
@@ -207,16 +211,31 @@ class HtmlReport(Hook):
         ev = run.best_evaluation
         if not run.is_main or not run.finished or ev is None:
             return
-        from .report import write_report
+        from .report import write_report, write_single_label_report
 
         best = run.state.best
+        title = (
+            f"{run.cfg.model_name} on {run.val_dataset.name}: best.pth (epoch {best['epoch']}, "
+            f"{best['selected']} weights)"
+        )
+        if ev.get("truth") is not None:  # single-label
+            write_single_label_report(
+                run.out / "report.html",
+                truth=ev["truth"],
+                top=ev["top"],
+                top_scores=ev["top_scores"],
+                class_names=run.val_dataset.class_names,
+                image_paths=run.val_dataset.paths,
+                title=title,
+                headline={k: ev[k] for k in ("top1", "top5", "macro_f1", "balanced_accuracy")},
+            )
+            return
         write_report(
             run.out / "report.html",
             labelled=ev["labelled"],
             class_names=run.val_dataset.class_names,
             image_paths=run.val_dataset.paths,
             per_class_ap=ev["per_class_ap"],
-            title=f"{run.cfg.model_name} on {run.val_dataset.name}: best.pth (epoch {best['epoch']}, "
-            f"{best['selected']} weights)",
+            title=title,
             headline={"mAP": float(ev["mAP"]), "epoch": best["epoch"], "images": int(ev["num_images"])},
         )

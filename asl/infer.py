@@ -305,6 +305,9 @@ class Batches:
     broken: np.ndarray
 
 
+SINGLE_LABEL_TOP_K = 5  # classes a single-label model reports per picture without --top-k
+
+
 def tag_batches(model, paths: Sequence[Path], cfg: Config, seen: Batches, progress=None) -> Iterator[Tagged]:
     """Decode ``paths`` in batches of ``cfg.batch_size``, score them, and yield each picture's tags:
     strictly above its class's threshold (as the official infer.py), at least ``--min-score``,
@@ -328,7 +331,11 @@ def tag_batches(model, paths: Sequence[Path], cfg: Config, seen: Batches, progre
         batch_scores = model.scores(imgs)
         seen.broken |= ~np.isfinite(batch_scores).all(axis=0)
         for i, img, s in zip(batch, imgs, batch_scores):
-            keep = np.flatnonzero((s > thresholds) & (s >= cfg.min_score) & ~excluded).tolist()
+            if model.task == "single_label":  # the top classes by softmax probability, no threshold
+                ranked = [k for k in np.argsort(-s, kind="stable") if not excluded[k] and s[k] >= cfg.min_score]
+                keep = ranked[: cfg.top_k or SINGLE_LABEL_TOP_K]
+            else:
+                keep = np.flatnonzero((s > thresholds) & (s >= cfg.min_score) & ~excluded).tolist()
             labels = sorted(
                 ({"label": model.class_names[k], "score": round(float(s[k]), 4)} for k in keep),
                 key=lambda d: -d["score"],
@@ -350,6 +357,7 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
         cfg.device,
         cfg.num_of_groups,
         cfg.decoder_embedding,
+        task=cfg.task,
     )
     if cfg.class_descriptions:
         model = _described(model, Path(cfg.class_descriptions))
@@ -361,8 +369,9 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
         results.append({"image": str(t.path), "labels": t.labels})
         if cfg.scores_csv:
             score_rows.append((str(t.path), t.scores))
-        if tag_files is not None:
-            write_tags(tag_files[t.index], [lab["label"] for lab in t.labels])
+        if tag_files is not None:  # a single-label model's tag is its top class
+            tags = [lab["label"] for lab in t.labels]
+            write_tags(tag_files[t.index], tags[:1] if model.task == "single_label" else tags)
     if progress is not None:
         progress.close()
     if not results:

@@ -185,7 +185,11 @@ class ScoreCollector:
         dense_limit: Optional[int] = None,
         rank: int = 0,
         world_size: int = 1,
+        single_label: bool = False,
     ):
+        self.single_label = single_label
+        # single-label: (rows, each image's class, its top-5 classes, their scores)
+        self._top: List[Tuple[np.ndarray, ...]] = []
         self.num_images = num_images
         self.dense_limit = DENSE_LIMIT if dense_limit is None else dense_limit
         self.rank, self.world_size = rank, world_size
@@ -216,10 +220,16 @@ class ScoreCollector:
         if not keep.all():
             image, scores, targets = image[keep], scores[keep], targets[keep]
         self.nonfinite |= ~np.isfinite(scores).all(0)
+        if self.single_label:  # the class of each image and the five top-scored: what its metrics read
+            k = min(5, scores.shape[1])
+            top = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")[:, :k]
+            truth = np.where(targets.max(1) == 1, targets.argmax(1), -1)
+            top_p = np.take_along_axis(scores, top, axis=1).astype(np.float32)
+            self._top.append((image.astype(np.int64), truth.astype(np.int64), top.astype(np.int32), top_p))
         notnan = ~np.isnan(scores)
         self.score_sum += np.where(notnan, scores, 0).sum(0, dtype=np.float64)
         self.score_count += notnan.sum(0)
-        if not self.keep_dense:
+        if not self.keep_dense and not self.single_label:
             rows, cols = np.nonzero(targets != -1)
             picked = (scores[rows, cols], targets[rows, cols] == 1)
             self._entries.append((image[rows].astype(np.int32), cols.astype(np.int32), *picked))
@@ -252,10 +262,23 @@ class ScoreCollector:
             return (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, bool))
         return tuple(np.concatenate(parts) for parts in zip(*self._entries))
 
+    def top(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Single-label, in image order: (N,) each image's class (-1: none), (N, k) its top-scored
+        classes (k = 5, or C when fewer) and (N, k) their scores."""
+        if not self._top:
+            k = min(5, self.num_classes)
+            return np.zeros(0, np.int64), np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
+        rows, truth, top, top_p = (np.concatenate(p) for p in zip(*self._top))
+        order = np.argsort(rows, kind="stable")
+        return truth[order], top[order], top_p[order]
+
     def shared_state(self) -> Dict[str, object]:
         """What another rank needs to merge this one's (:meth:`absorb`), the dense rows aside."""
         entries = self.entries()
-        return {"sum": self.score_sum, "count": self.score_count, "nonfinite": self.nonfinite, "entries": entries}
+        state = {"sum": self.score_sum, "count": self.score_count, "nonfinite": self.nonfinite, "entries": entries}
+        if self.single_label:
+            state["top"] = [tuple(np.concatenate(p) for p in zip(*self._top))] if self._top else []
+        return state
 
     def absorb(self, states: Sequence[Dict[str, object]], scores=None, targets=None) -> None:
         """Become the merge of every rank's :meth:`shared_state` (and, kept dense, every rank's rows
@@ -263,6 +286,8 @@ class ScoreCollector:
         self.score_sum = np.sum([s["sum"] for s in states], axis=0)
         self.score_count = np.sum([s["count"] for s in states], axis=0)
         self.nonfinite = np.any([s["nonfinite"] for s in states], axis=0)
+        if self.single_label:
+            self._top = [part for s in states for part in s["top"]]
         if self.keep_dense:
             self._scores, self._targets, self._filled = scores, targets, len(scores)
             return
@@ -273,6 +298,9 @@ class ScoreCollector:
     def reorder(self, place: np.ndarray) -> None:
         """Put the (gathered) rows in another order: row ``q`` goes to ``place[q]`` (``place``: a
         permutation of the N images)."""
+        if self.single_label and self._top:
+            rows, *rest = (np.concatenate(p) for p in zip(*self._top))
+            self._top = [(place[rows], *rest)]
         if self.keep_dense:
             scores, targets = self.dense()
             n = len(place)

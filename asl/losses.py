@@ -16,7 +16,9 @@ __all__ = [
     "AsymmetricLossOptimized",
     "ASLSingleLabel",
     "AdaptiveAsymmetricLoss",
+    "SingleLabelLoss",
     "build_loss",
+    "build_single_label_loss",
     "LOSSES",
 ]
 
@@ -157,6 +159,69 @@ class ASLSingleLabel(nn.Module):
         return AF.asl_single_label(
             logits, target, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, eps=self.eps, reduction=self.reduction
         )
+
+
+class SingleLabelLoss(nn.Module):
+    """A softmax loss on one class per image, the targets a dataset yields (one-hot rows) or class
+    indices: :func:`asl.functional.asl_single_label`, which covers the three single-label losses
+
+    - ``asl_single_label``: gamma+ / gamma- / eps as given (the official 0 / 4 / 0.1; timm's
+      ``AsymmetricLossSingleLabel`` uses gamma+ = 1);
+    - ``ce``: gamma+ = gamma- = 0: ``F.cross_entropy(label_smoothing=eps)``;
+    - ``focal`` (softmax focal loss, the paper's fine-grain comparison): gamma+ = gamma, gamma- = 0,
+      eps = 0: ``-(1 - p_t)^gamma log p_t``.
+
+    Args:
+        gamma_pos, gamma_neg, label_smoothing: as :class:`ASLSingleLabel`'s gamma_pos, gamma_neg, eps.
+        reduction: "mean" (the official single-label reduction), "sum" or "none".
+
+    Shapes:
+        logits (N, C); targets (N, C) one-hot (float) or (N,) int64; output scalar or (N,).
+    """
+
+    def __init__(
+        self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, label_smoothing: float = 0.1, reduction: str = "mean"
+    ):
+        super().__init__()
+        self.gamma_pos, self.gamma_neg, self.label_smoothing, self.reduction = (
+            gamma_pos,
+            gamma_neg,
+            label_smoothing,
+            reduction,
+        )
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        target = targets.argmax(dim=1) if targets.dim() == 2 else targets
+        return AF.asl_single_label(
+            logits, target, self.gamma_pos, self.gamma_neg, eps=self.label_smoothing, reduction=self.reduction
+        )
+
+    def extra_repr(self) -> str:
+        return f"gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, label_smoothing={self.label_smoothing}"
+
+
+# The single-label losses (--task single-label): config field -> argument; "asl" is the single-label ASL.
+SINGLE_LABEL_LOSSES = {
+    "asl_single_label": {"gamma_pos": "gamma_pos", "gamma_neg": "gamma_neg", "label_smoothing": "label_smoothing"},
+    "ce": {"label_smoothing": "label_smoothing"},
+    "focal": {"focal_gamma": "gamma_pos"},
+}
+
+
+def build_single_label_loss(name: str, **kwargs) -> SingleLabelLoss:
+    """``asl`` / ``asl_single_label``, ``ce`` or ``focal`` (softmax) from their config arguments; an
+    unset label smoothing (None) is 0.1 for ASL and CE (the official ASLSingleLabel's and timm's), 0
+    for focal."""
+    name = "asl_single_label" if name == "asl" else name
+    if name not in SINGLE_LABEL_LOSSES:
+        raise ValueError(f"{name!r} is a multi-label loss; single-label: asl, asl_single_label, ce, focal")
+    smoothing = kwargs.pop("label_smoothing", None)
+    if name == "focal":
+        return SingleLabelLoss(gamma_pos=kwargs["gamma_pos"], gamma_neg=0.0, label_smoothing=0.0)
+    eps = 0.1 if smoothing is None else smoothing
+    if name == "ce":
+        return SingleLabelLoss(gamma_pos=0.0, gamma_neg=0.0, label_smoothing=eps)
+    return SingleLabelLoss(gamma_pos=kwargs["gamma_pos"], gamma_neg=kwargs["gamma_neg"], label_smoothing=eps)
 
 
 class AdaptiveAsymmetricLoss(AsymmetricLoss):

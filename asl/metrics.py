@@ -47,6 +47,7 @@ __all__ = [
     "labelled_thresholds",
     "predicted",
     "evaluation_result",
+    "single_label_metrics",
 ]
 
 
@@ -302,6 +303,8 @@ def evaluation_result(collected: ScoreCollector, seconds: float, dataset=None) -
     if note:
         log.warning("warning: %s", note)
     scores, targets = collected.dense()
+    if collected.single_label:
+        return _single_label_result(collected, scores, targets, seconds, dataset)
     labelled = collected.labelled()
     if scores is not None:
         m, ap = map_and_ap(targets, scores)
@@ -321,6 +324,72 @@ def evaluation_result(collected: ScoreCollector, seconds: float, dataset=None) -
         "num_images": int(labelled.num_images),
         "images_per_s": labelled.num_images / max(seconds, 1e-9),
         "bad_images": getattr(dataset, "bad_count", 0),
+    }
+
+
+def _single_label_result(collected: ScoreCollector, scores, targets, seconds: float, dataset) -> Dict[str, Any]:
+    """:func:`evaluation_result` of a single-label evaluation: top-1 / top-5 / macro-F1 / balanced
+    accuracy, and the one-vs-rest mAP of the softmax scores where the dense arrays were kept (past
+    the dense limit the run is chosen by top-1: ``mAP`` holds it, and ``mAP_is_top1`` says so)."""
+    truth, top, top_scores = collected.top()
+    m = single_label_metrics(truth, top, collected.num_classes)
+    if scores is not None:
+        m_ap, ap = map_and_ap(targets, scores)
+    else:
+        m_ap, ap = m["top1"], np.full(collected.num_classes, np.nan)
+    return {
+        "mAP": m_ap,
+        "mAP_is_top1": scores is None,
+        "per_class_ap": ap,
+        **m,
+        "truth": truth,
+        "top": top,
+        "top_scores": top_scores,
+        "scores": scores,
+        "targets": targets,
+        "labelled": None,
+        "class_mean": collected.class_mean(),
+        "p_pos": None,
+        "p_neg": None,
+        "num_images": int(len(truth)),
+        "images_per_s": len(truth) / max(seconds, 1e-9),
+        "bad_images": getattr(dataset, "bad_count", 0),
+    }
+
+
+def single_label_metrics(truth, top, num_classes: int) -> Dict[str, float]:
+    """Single-label metrics in percent, from each image's class and its top-scored classes.
+
+    - ``top1`` / ``top5``: the class is the first / among the first five scored;
+    - ``macro_f1`` (Herbarium 2020's metric): the mean over classes of ``2 TP / (2 TP + FP + FN)`` of
+      the top-1 predictions, over the classes that are some image's class or some prediction
+      (scikit-learn's ``f1_score(average="macro")``, 0 for a class with no true positive);
+    - ``balanced_accuracy``: the mean over the classes present of their recall (scikit-learn's
+      ``balanced_accuracy_score``).
+
+    Args:
+        truth: (N,) int class of each image (-1: none; left out).
+        top: (N, k) int classes in score order, k >= 1 (top-5 needs k >= 5, else it is top-k).
+        num_classes: C.
+    """
+    truth, top = np.asarray(truth), np.asarray(top)
+    keep = truth >= 0
+    truth, top = truth[keep], top[keep]
+    if not len(truth):
+        return {"top1": 0.0, "top5": 0.0, "macro_f1": 0.0, "balanced_accuracy": 0.0}
+    pred = top[:, 0]
+    hit = pred == truth
+    tp = np.bincount(truth[hit], minlength=num_classes).astype(np.float64)
+    true_count = np.bincount(truth, minlength=num_classes).astype(np.float64)
+    pred_count = np.bincount(pred, minlength=num_classes).astype(np.float64)
+    present = (true_count > 0) | (pred_count > 0)
+    f1 = np.divide(2 * tp, true_count + pred_count, out=np.zeros_like(tp), where=(true_count + pred_count) > 0)
+    recall = np.divide(tp, true_count, out=np.zeros_like(tp), where=true_count > 0)
+    return {
+        "top1": float(100 * hit.mean()),
+        "top5": float(100 * (top[:, :5] == truth[:, None]).any(1).mean()),
+        "macro_f1": float(100 * f1[present].mean()),
+        "balanced_accuracy": float(100 * recall[true_count > 0].mean()),
     }
 
 

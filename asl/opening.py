@@ -73,6 +73,7 @@ class OpenedModel:
     checkpoint: Optional[Dict[str, Any]]
     net: Any
     device: str = "auto"
+    task: str = "multi_label"
 
     @property
     def num_classes(self) -> int:
@@ -108,20 +109,39 @@ class OpenedModel:
         net = self.net.to(device)
         with torch.inference_mode():
             x = torch.stack([transform(p) for p in pictures]).to(device)
-            return torch.sigmoid(net(x).float()).cpu().numpy()
+            logits = net(x).float()
+            probs = torch.softmax(logits, dim=1) if self.task == "single_label" else torch.sigmoid(logits)
+            return probs.cpu().numpy()
 
     def evaluate(self, loader, amp: bool = True, order: Optional[Sequence[int]] = None) -> Dict[str, Any]:
         """``asl.engine.evaluate``'s result on a loader's batches (validate.py's preprocessing);
         ``order`` picks the outputs in the dataset's class order."""
         if self.kind == "onnx":
-            return _evaluate_onnx(self.net, loader, order)
+            return _evaluate_onnx(self.net, loader, order, self.task == "single_label")
         from .builders import amp_dtype_for
         from .engine import evaluate
         from .models import SelectOutputs
 
         device = _torch_device(self.device)
         net = SelectOutputs(self.net, order) if order is not None else self.net
-        return evaluate(net.to(device), loader, device, amp_dtype=amp_dtype_for(device, amp))
+        return evaluate(
+            net.to(device),
+            loader,
+            device,
+            amp_dtype=amp_dtype_for(device, amp),
+            single_label=self.task == "single_label",
+        )
+
+
+def _task(own: Optional[str], config: Optional[Dict[str, Any]], given: Optional[str], path) -> str:
+    """The file's task (its own key, else its config's, else multi-label), checked against ``--task``."""
+    task = own or (config or {}).get("task") or "multi_label"
+    if given and given != task:
+        raise CheckpointError(
+            f"{path} is a {task.replace('_', '-')} model (its outputs are "
+            f"{'softmax' if task == 'single_label' else 'sigmoid'} scores); drop --task {given.replace('_', '-')}"
+        )
+    return task
 
 
 def _torch_device(name: str):
@@ -130,14 +150,16 @@ def _torch_device(name: str):
     return resolve_device(name)
 
 
-def _evaluate_onnx(tagger, loader, order=None) -> Dict[str, Any]:
+def _evaluate_onnx(tagger, loader, order=None, single_label: bool = False) -> Dict[str, Any]:
     """onnxruntime on the loader's batches, in ``asl.engine.evaluate``'s form."""
     import time
 
     from .labelled import ScoreCollector
     from .metrics import evaluation_result
 
-    collected = ScoreCollector(getattr(loader.dataset, "num_samples", None) or len(loader.dataset))
+    collected = ScoreCollector(
+        getattr(loader.dataset, "num_samples", None) or len(loader.dataset), single_label=single_label
+    )
     t0 = time.perf_counter()
     for images, target in loader:
         s = tagger.run(images.numpy())
@@ -157,6 +179,7 @@ def open_model(
     device: str = "auto",
     num_groups: Optional[int] = None,
     decoder_embedding: Optional[int] = None,
+    task: Optional[str] = None,
 ) -> OpenedModel:
     """Open a ``.pth`` or an ``.onnx`` model file with what the command line says of it.
 
@@ -169,6 +192,7 @@ def open_model(
         device: where it scores.
         num_groups, decoder_embedding: the official ML-Decoder flags, checked against the head the
             weights hold (an ONNX file's head is fixed: they are refused there).
+        task: ``--task``, checked against the file's (a file without one is multi-label).
 
     Raises:
         ASLError: one line, for a file that is missing, unsafe, of another kind or that does not
@@ -209,6 +233,7 @@ def open_model(
             checkpoint=None,
             net=tagger,
             device=device,
+            task=_task(tagger.meta.get("task"), saved, task, path),
         )
     from .checkpoint import load_checkpoint
     from .classes import read_class_names
@@ -238,6 +263,7 @@ def open_model(
         checkpoint=ckpt,
         net=net,
         device=device,
+        task=_task(ckpt.get("task"), info["config"], task, path),
     )
 
 

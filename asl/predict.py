@@ -237,6 +237,9 @@ class OnnxTagger:
         y = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
         y = y.astype(np.float32)
         if not self.outputs_scores:
+            if self.meta.get("task") == "single_label":  # softmax, as the graph would have
+                z = np.exp(y - y.max(axis=1, keepdims=True))
+                return z / z.sum(axis=1, keepdims=True)
             with np.errstate(over="ignore"):  # exp(-y) of a very negative logit: inf, and the score 0
                 y = 1.0 / (1.0 + np.exp(-y))
         return y

@@ -30,7 +30,14 @@ from .labelled import LabelledScores
 from .outputs import REPORT_GENERATOR
 from .plots import plain_labels
 
-__all__ = ["SECTIONS", "write_report", "render_report"]
+__all__ = [
+    "SECTIONS",
+    "SINGLE_LABEL_SECTIONS",
+    "write_report",
+    "render_report",
+    "write_single_label_report",
+    "render_single_label_report",
+]
 
 SECTIONS = ("metrics", "per-class-ap", "pr-curves", "f1-threshold", "frequency-ap", "contact-sheet")
 _CSS = """
@@ -281,4 +288,112 @@ def _contact_sheet(d: _Data, image_paths: Sequence[str], sheet_size: int) -> str
 def write_report(path: str | os.PathLike, **kwargs: Any) -> str:
     """Render (:func:`render_report`'s arguments) and write ``path`` atomically; returns the path."""
     atomic_write(path, render_report(**kwargs))
+    return str(path)
+
+
+SINGLE_LABEL_SECTIONS = ("metrics", "per-class-accuracy", "confusions", "frequency-accuracy", "contact-sheet")
+
+
+@plain_labels
+def render_single_label_report(
+    truth: np.ndarray,
+    top: np.ndarray,
+    top_scores: np.ndarray,
+    class_names: Sequence[str],
+    image_paths: Sequence[str],
+    title: str,
+    headline: Dict[str, Any],
+    sheet_size: int = 8,
+    confusions: int = 20,
+) -> str:
+    """The page of a single-label evaluation: the metrics, per-class accuracy sorted, the most
+    frequent confusions (a table, readable at thousands of classes where a C x C grid is not), each
+    class's frequency against its accuracy, and the most confident mistakes.
+
+    Args:
+        truth: (N,) class of each image.
+        top: (N, k) top-scored classes; ``top[:, 0]`` is the prediction.
+        top_scores: (N, k) their probabilities.
+        class_names: C names.
+        image_paths: N pictures, in the rows' order.
+        title, headline: the page's heading and its metrics.
+    """
+    esc = html.escape
+    names = list(class_names)
+    c = len(names)
+    pred = top[:, 0] if len(top) else np.zeros(0, np.int64)
+    counts = np.bincount(truth, minlength=c)
+    hits = np.bincount(truth[pred == truth], minlength=c)
+    present = np.flatnonzero(counts > 0)
+    acc = np.full(c, np.nan)
+    acc[present] = 100 * hits[present] / counts[present]
+    order = present[np.argsort(-acc[present], kind="stable")]
+
+    def bars(ax):
+        ax.barh(range(len(order)), acc[order][::-1], color="#3b6ea8")
+        if len(order) <= 120:
+            ax.set_yticks(range(len(order)))
+            ax.set_yticklabels([names[i] for i in order][::-1], fontsize=7)
+        ax.set_xlabel("accuracy (%)")
+        ax.set_xlim(0, 100)
+
+    wrong = pred != truth
+    rows = _confusion_rows(truth[wrong], pred[wrong], names, counts, confusions)
+
+    def scatter(ax):
+        ax.scatter(np.maximum(counts[present], 1), acc[present], s=12, alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_xlabel("images of the class in this split (log scale)")
+        ax.set_ylabel("accuracy (%)")
+
+    cells = []
+    for r in np.flatnonzero(wrong)[np.argsort(-top_scores[wrong, 0], kind="stable")][:sheet_size]:
+        thumb = _thumb(image_paths[r]) if r < len(image_paths) else None
+        img = f"<img alt='{esc(names[pred[r]])}' src='{thumb}'>" if thumb else "<p>(unreadable)</p>"
+        cells.append(
+            f"<figure>{img}<figcaption><b>{esc(names[pred[r]])}</b> {top_scores[r, 0]:.3f}, is "
+            f"{esc(names[truth[r]])}<br>{esc(os.path.basename(str(image_paths[r])))}</figcaption></figure>"
+        )
+    return "\n".join(
+        [
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            REPORT_GENERATOR,
+            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+            f"<h1>{esc(title)}</h1>",
+            _metrics_section(headline),
+            "<section id='per-class-accuracy'><h2>Per-class accuracy, sorted</h2>"
+            f"<img alt='per-class accuracy' src='{_figure(bars, (9, max(2.5, min(0.16 * len(order), 40))))}'>"
+            f"<p class='note'>{len(present)} classes in this split</p></section>",
+            "<section id='confusions'><h2>The most frequent confusions</h2><table><tr><th>class</th>"
+            f"<th>taken for</th><th>images</th><th>of the class</th></tr>{rows or '<tr><td>none</td></tr>'}"
+            "</table></section>",
+            "<section id='frequency-accuracy'><h2>Frequency against accuracy</h2>"
+            f"<img alt='class frequency against accuracy' src='{_figure(scatter, (6, 3.8))}'></section>",
+            "<section id='contact-sheet'><h2>The most confident mistakes</h2>"
+            f"<div class='sheet'>{''.join(cells) or '<p>none</p>'}</div></section>",
+            "</body></html>",
+        ]
+    )
+
+
+def _confusion_rows(truth: np.ndarray, pred: np.ndarray, names: List[str], counts: np.ndarray, limit: int) -> str:
+    """Table rows of the ``limit`` most frequent (class, taken for) pairs among the mistakes."""
+    if not len(truth):
+        return ""
+    c = len(names)
+    pairs, n = np.unique(truth.astype(np.int64) * c + pred, return_counts=True)
+    out = []
+    for i in np.argsort(-n, kind="stable")[:limit]:
+        t, p = divmod(int(pairs[i]), c)
+        out.append(
+            f"<tr><th>{html.escape(names[t])}</th><td>{html.escape(names[p])}</td><td>{int(n[i])}</td>"
+            f"<td>{100 * n[i] / counts[t]:.1f}%</td></tr>"
+        )
+    return "".join(out)
+
+
+def write_single_label_report(path: str | os.PathLike, **kwargs: Any) -> str:
+    """Render (:func:`render_single_label_report`'s arguments) and write ``path`` atomically."""
+    atomic_write(path, render_single_label_report(**kwargs))
     return str(path)

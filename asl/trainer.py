@@ -389,9 +389,20 @@ class Trainer:
             if m is not None:
                 broadcast_buffers(m, run.dist)  # ranks evaluate (and rank 0 saves) one model
         amp = run.steps.amp_dtype
-        ev = evaluate(run.model, run.val_loader, run.device, amp_dtype=amp, desc="val", dist=run.dist)
+        single = run.cfg.task == "single_label"
+        ev = evaluate(
+            run.model, run.val_loader, run.device, amp_dtype=amp, desc="val", dist=run.dist, single_label=single
+        )
         ev_ema = (
-            evaluate(ema.module, run.val_loader, run.device, amp_dtype=amp, desc="val ema", dist=run.dist)
+            evaluate(
+                ema.module,
+                run.val_loader,
+                run.device,
+                amp_dtype=amp,
+                desc="val ema",
+                dist=run.dist,
+                single_label=single,
+            )
             if ema
             else None
         )
@@ -409,7 +420,8 @@ class Trainer:
             rec["mAP"],
             f"{rec['mAP_ema']:.2f}" if ev_ema else "-",
             rec["seconds"],
-            f"  ({rec['bad_images']} unreadable images skipped)" if rec["bad_images"] else "",
+            (f"  top-1 {rec['top1']:.2f}  macro-F1 {rec['macro_f1']:.2f}" if "top1" in rec else "")
+            + (f"  ({rec['bad_images']} unreadable images skipped)" if rec["bad_images"] else ""),
         )
         self.keep_best(epoch, ev, ev_ema)
         if self.main:
@@ -457,6 +469,7 @@ def epoch_record(epoch: int, stats: Dict[str, Any], ev: Dict[str, Any], ev_ema: 
         # mean validation probability of positive and of negative labels (paper Sec. 2.6)
         "p_pos": ev["p_pos"],
         "p_neg": ev["p_neg"],
+        **{k: ev[k] for k in ("top1", "top5", "macro_f1", "balanced_accuracy") if k in ev},
     }
 
 

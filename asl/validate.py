@@ -190,7 +190,13 @@ def resolve_validation(config_path: Optional[str], flags: Dict[str, Any]) -> Val
         given.device,
         given.num_of_groups,
         given.decoder_embedding,
+        task=given.task,
     )
+    if model.task == "single_label" and (given.calibrate or given.write_prior):
+        raise ConfigError(
+            f"{'--calibrate' if given.calibrate else '--write-prior'} applies to multi-label models (per-class "
+            f"thresholds, a class prior); {given.model_path} is single-label: it predicts its top class"
+        )
     base = base_config(model.config, model.image_size)
     cfg = load_config(config_path, flags, base=base)
     if cfg.dataset == "auto":  # told from the folder, then as if named on the command line
@@ -200,6 +206,7 @@ def resolve_validation(config_path: Optional[str], flags: Dict[str, Any]) -> Val
         cfg = load_config(config_path, flags, base=base_config(model.config, model.image_size, cfg.dataset))
     if cfg.image_size is None:
         cfg = dataclasses.replace(cfg, image_size=model.image_size)
+    cfg = dataclasses.replace(cfg, task=model.task)
     _warn_about_size(cfg, given, model)
     if cfg.dataset == "coco" and given.ann_file and not given.val_ann_file and given.val_split is None:
         cfg = dataclasses.replace(cfg, val_split="all")  # the file named here is scored whole
@@ -283,6 +290,8 @@ def score(v: Validation) -> Scores:
         log.warning("warning: %s", warning)
     loader = loader_for(ds, cfg, train=False, device=device)
     ev = model.evaluate(loader, amp=cfg.amp, order=order)
+    if model.task == "single_label":
+        return Scores(ds, order, ev, _single_label_metrics(ev, ds.class_names))
     scores, targets, labelled = ev["scores"], ev["targets"], ev["labelled"]
     metrics = {
         "mAP": ev["mAP"],
@@ -302,6 +311,31 @@ def score(v: Validation) -> Scores:
         f"(threshold {cfg.thre}, {ev['num_images']} images, {ev['images_per_s']:.0f} img/s)"
     )
     return Scores(ds, order, ev, metrics)
+
+
+def _single_label_metrics(ev: Dict[str, Any], class_names) -> Dict[str, Any]:
+    """validate.py's metrics of a single-label model, printed: top-1, top-5, macro-F1, balanced
+    accuracy (percent) and the one-vs-rest mAP of its softmax scores; per-class accuracy."""
+    truth, pred = ev["truth"], ev["top"][:, 0]
+    counts = np.bincount(truth[truth >= 0], minlength=len(class_names))
+    hits = np.bincount(truth[(truth >= 0) & (pred == truth)], minlength=len(class_names))
+    metrics = {
+        "task": "single_label",
+        **{k: ev[k] for k in ("top1", "top5", "macro_f1", "balanced_accuracy")},
+        "mAP": None if ev["mAP_is_top1"] else ev["mAP"],
+        "num_images": ev["num_images"],
+        "bad_images": ev["bad_images"],
+        "per_class_accuracy": {
+            n: (None if c == 0 else float(100 * h / c)) for n, c, h in zip(class_names, counts, hits)
+        },
+    }
+    m_ap = "" if metrics["mAP"] is None else f"  mAP {metrics['mAP']:.2f}"
+    print(
+        f"top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  macro-F1 {metrics['macro_f1']:.2f}  "
+        f"balanced accuracy {metrics['balanced_accuracy']:.2f}{m_ap}  ({ev['num_images']} images, "
+        f"{ev['images_per_s']:.0f} img/s)"
+    )
+    return metrics
 
 
 def _say_which_classes_count(positives: np.ndarray, class_names) -> int:
@@ -383,6 +417,24 @@ def write_outputs(v: Validation, scored: Scores, out: Path, marked: Optional[np.
 
     scores, targets, labelled = (scored.evaluation[k] for k in ("scores", "targets", "labelled"))
     atomic_write(out / "metrics.json", json.dumps(scored.metrics, indent=1))
+    if v.model.task == "single_label":
+        from .report import write_single_label_report
+
+        if scores is not None:  # softmax probabilities (N, C); the class of each image (N,)
+            atomic_write(out / "scores.npy", writer=lambda f: np.save(f, scores))
+        atomic_write(out / "targets.npy", writer=lambda f: np.save(f, scored.evaluation["truth"]))
+        write_single_label_report(
+            out / "report.html",
+            truth=scored.evaluation["truth"],
+            top=scored.evaluation["top"],
+            top_scores=scored.evaluation["top_scores"],
+            class_names=scored.dataset.class_names,
+            image_paths=scored.dataset.paths,
+            title=f"{v.model.model_name or Path(v.model.path).name} on {scored.dataset.name}",
+            headline={k: scored.metrics[k] for k in ("top1", "top5", "macro_f1", "balanced_accuracy")},
+        )
+        print(f"metrics -> {out / 'metrics.json'}, report -> {out / 'report.html'}")
+        return
     if scores is not None:
         atomic_write(out / "scores.npy", writer=lambda f: np.save(f, scores))
         atomic_write(out / "targets.npy", writer=lambda f: np.save(f, targets))

@@ -155,6 +155,15 @@ def test_uneven_counts_pad_training_and_evaluation_keeps_each_sample_once(sharde
     assert all(s == sorted(s) for s in real)  # evaluation: each rank's samples in order
 
 
+def test_a_glob_of_tars_or_the_info_file_name_the_same_split(sharded):
+    folder = sharded["shards"]
+    by_glob = create_dataset("shards", str(folder / "val-*.tar"), "val")
+    by_info = create_dataset("shards", str(folder / "_info.json"), "eval")
+    assert by_glob.files == by_info.files == ShardDataset(str(folder), "val").files
+    with pytest.raises(DataError, match="names other tars"):
+        create_dataset("shards", str(folder / "train-000000.tar"), "val")
+
+
 def test_a_resumed_epoch_takes_the_steps_left(sharded, id_stream):
     folder = sharded["shards"]
     ds = ShardDataset(str(folder), "train", train=True, seed=2, shuffle_buffer=0)

@@ -67,6 +67,8 @@ DATASETS: Dict[str, DatasetSpec] = {
     "demo": DatasetSpec("demo:create_demo", "train", "val", ("demo_classes",)),
     # the published numbers are on test; validation with --val-split validation
     "openimages": DatasetSpec("openimages:create_openimages", "train", "test", follows_checkpoint=True),
+    # torchvision's / timm's ImageFolder layout: train/<class>/<picture>, one class per picture
+    "classfolder": DatasetSpec("classfolder:create_classfolder", "train", "val"),
     # tar shards of any of these (asl-data shard): "train" / "eval" name the source's own splits
     "shards": DatasetSpec("shards:create_shards", "train", "eval", ("shuffle_buffer",), streams=True),
 }

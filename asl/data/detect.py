@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from ..errors import DataError
-from . import formats, imagefolder, labelstudio, openimages, shards, table, tagged
+from . import classfolder, formats, imagefolder, labelstudio, openimages, shards, table, tagged
 
 # What each format is recognised by, in the words of the error that lists them.
 LOOKED_FOR = (
@@ -21,6 +21,7 @@ LOOKED_FOR = (
     ("sidecar", "pictures with a same-named .txt of tags"),
     ("openimages", "*-annotations-human-imagelabels.csv"),
     ("shards", "_info.json (asl-data shard)"),
+    ("classfolder", "train/<class>/<picture> (torchvision's ImageFolder)"),
 )
 
 
@@ -75,6 +76,8 @@ def candidates(root: Path) -> List[Tuple[str, str]]:
     studio = [f for f in folders if labelstudio.labelstudio_files(f)]
     if studio:
         found.append(("labelstudio", str(labelstudio.labelstudio_files(studio[0])[0].relative_to(root))))
+    if not found and classfolder.is_classfolder(root):
+        found.append(("classfolder", "train/<class>/ folders of pictures"))
     if not found and formats.has_sidecars(root):  # a labels file's folder may hold captions too
         found.append(("sidecar", "pictures with same-named .txt files"))
     return found

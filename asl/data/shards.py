@@ -248,6 +248,15 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def configure(self, batch_size: int, workers: int) -> None:
         """The loader's batch size and worker count (how batches are dealt to workers)."""
         self.batch_size, self.workers = max(1, batch_size), max(0, workers)
+        readers = self.world_size * max(1, self.workers)
+        if self.world_size <= len(self.files) < readers:
+            log.warning(
+                "warning: %s has %d shards for %d readers (ranks x workers): workers share shards (every sample "
+                "still once)",
+                self.name,
+                len(self.files),
+                readers,
+            )
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The epoch to stream and the samples of this rank's share already seen (a resumed run)."""
