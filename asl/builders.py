@@ -33,7 +33,7 @@ def prepare_data(cfg: Config) -> None:
     if cfg.dataset == "demo":
         from .data.demo import ensure_demo
 
-        ensure_demo(Path(cfg.data_root), num_classes=cfg.demo_classes)
+        ensure_demo(Path(cfg.data_root), num_classes=cfg.demo_classes, single_label=cfg.task == "single_label")
 
 
 def dataset_from_config(

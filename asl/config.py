@@ -96,7 +96,7 @@ class DataConfig:
     dataset: str = setting(
         "demo",
         help="coco | voc | nuswide | tagged | onehot | sidecar | imagefolder | labelstudio | openimages | shards | "
-        "classfolder (train/<class>/<picture>) | demo, or auto (told from what the folder holds)",
+        "classfolder (train/<class>/<picture>) | herbarium | demo, or auto (told from what the folder holds)",
         choices=(
             "coco",
             "voc",
@@ -109,6 +109,7 @@ class DataConfig:
             "openimages",
             "shards",
             "classfolder",
+            "herbarium",
             "demo",
             "auto",
         ),
@@ -183,7 +184,7 @@ class DataConfig:
         0.2,
         check=_OPEN_UNIT,
         help="tagged: held-out fraction when labels.csv has no split column; coco: of "
-        "--ann-file's images when no --val-ann-file is given",
+        "--ann-file's images when no --val-ann-file is given; herbarium: of its labelled (training) images",
     )
     tag_separator: Optional[str] = setting(
         None,

@@ -69,6 +69,8 @@ DATASETS: Dict[str, DatasetSpec] = {
     "openimages": DatasetSpec("openimages:create_openimages", "train", "test", follows_checkpoint=True),
     # torchvision's / timm's ImageFolder layout: train/<class>/<picture>, one class per picture
     "classfolder": DatasetSpec("classfolder:create_classfolder", "train", "val"),
+    # Herbarium 2020 (FGVC7): train/metadata.json, one category per image; val held out of train
+    "herbarium": DatasetSpec("herbarium:create_herbarium", "train", "val", ("val_fraction",)),
     # tar shards of any of these (asl-data shard): "train" / "eval" name the source's own splits
     "shards": DatasetSpec("shards:create_shards", "train", "eval", ("shuffle_buffer",), streams=True),
 }

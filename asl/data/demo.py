@@ -45,8 +45,8 @@ COLOURS = {
 CLASS_NAMES = [f"{colour}_{digit}" for digit in range(10) for colour in COLOURS]
 # 2: demo.json lists every file the generator wrote with its SHA-256 (the folder's manifest).
 VERSION = 2
-PARAMS = ("num_train", "num_val", "image_size", "seed", "num_classes")
-DEFAULTS = dict(num_train=4000, num_val=1000, image_size=64, seed=0, num_classes=80)
+PARAMS = ("num_train", "num_val", "image_size", "seed", "num_classes", "single_label")
+DEFAULTS = dict(num_train=4000, num_val=1000, image_size=64, seed=0, num_classes=80, single_label=False)
 MARKER = "demo.json"
 
 
@@ -69,12 +69,12 @@ def _zipf_probs(num_classes: int, rng: np.random.Generator, exponent: float = 1.
     return p / p.sum()
 
 
-def _render(rng, glyphs, glyph_labels, class_probs, num_classes, size):
-    """One image and its label set."""
+def _render(rng, glyphs, glyph_labels, class_probs, num_classes, size, single_label=False):
+    """One image and its label set (one glyph, one class, for the single-label demo)."""
     n_colours = num_classes // 10
     colours = np.array(list(COLOURS.values()), dtype=np.float32)
     canvas = rng.uniform(0, 35, size=3).astype(np.float32) + rng.normal(0, 8, size=(size, size, 3)).astype(np.float32)
-    k = rng.choice([1, 2, 3, 4], p=[0.1, 0.25, 0.35, 0.3])
+    k = 1 if single_label else rng.choice([1, 2, 3, 4], p=[0.1, 0.25, 0.35, 0.3])
     labels = set()
     for cls in rng.choice(num_classes, size=k, p=class_probs):
         digit, colour = divmod(int(cls), n_colours)  # class = digit * n_colours + colour
@@ -101,6 +101,7 @@ def generate_demo(
     image_size: int = 64,
     seed: int = 0,
     num_classes: int = 80,
+    single_label: bool = False,
 ) -> Path:
     """Write the demo dataset into ``root`` (atomically: a temporary folder, then a rename).
 
@@ -111,6 +112,8 @@ def generate_demo(
         seed: the generator's seed.
         num_classes: 80 (10 digits x 8 colours), or a multiple of 10 up to 80 for sparser or
             denser variants (the first ``num_classes // 10`` colours).
+        single_label: one glyph per picture, its class drawn from the same Zipf law (a long tail:
+            the commonest of 80 classes about 80 times the rarest), for ``--task single-label``.
     """
     from sklearn.datasets import load_digits
 
@@ -140,7 +143,7 @@ def generate_demo(
             (tmp / "images" / split).mkdir(parents=True)
             glyphs, glyph_labels = digits.images[sources[split]], digits.target[sources[split]]
             for i in range(count):
-                img, labels = _render(rng, glyphs, glyph_labels, class_probs, num_classes, image_size)
+                img, labels = _render(rng, glyphs, glyph_labels, class_probs, num_classes, image_size, single_label)
                 rel = f"images/{split}/{i:06d}.png"
                 Image.fromarray(img).save(tmp / rel, compress_level=1)
                 rows.append((rel, "|".join(names[k] for k in labels), split))
@@ -157,6 +160,7 @@ def generate_demo(
             image_size=image_size,
             seed=seed,
             num_classes=num_classes,
+            single_label=single_label,
             files=files,
         )
         (tmp / MARKER).write_text(json.dumps(meta, indent=0), encoding="utf-8")
@@ -183,7 +187,8 @@ def read_marker(root: Path) -> Optional[dict]:
 
 
 def _params(meta: Optional[dict]) -> Optional[dict]:
-    return None if meta is None else {k: meta.get(k) for k in PARAMS}
+    # a marker written before single-label demos existed is a multi-label one
+    return None if meta is None else {k: meta.get(k, False if k == "single_label" else None) for k in PARAMS}
 
 
 def _changes(root: Path, meta: dict) -> list:
@@ -297,11 +302,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m asl.data.demo", description=main.__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="data/demo", help="target folder (default: data/demo)")
     ap.add_argument("--classes", type=int, default=80, help="80, or a multiple of 10 in [10, 80]")
+    ap.add_argument("--single-label", action="store_true", help="one class per picture, long-tailed")
     args = ap.parse_args(argv)
     if args.classes % 10 or not 10 <= args.classes <= 80:
         raise DataError("--classes must be a multiple of 10 in [10, 80]")
-    root = ensure_demo(args.root, num_classes=args.classes)
-    print(f"demo dataset ({args.classes} classes) in {root}")
+    root = ensure_demo(args.root, num_classes=args.classes, single_label=args.single_label)
+    kind = ", single-label" if args.single_label else ""
+    print(f"demo dataset ({args.classes} classes{kind}) in {root}")
     return 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from ..errors import DataError
-from . import classfolder, formats, imagefolder, labelstudio, openimages, shards, table, tagged
+from . import classfolder, formats, herbarium, imagefolder, labelstudio, openimages, shards, table, tagged
 
 # What each format is recognised by, in the words of the error that lists them.
 LOOKED_FOR = (
@@ -22,6 +22,7 @@ LOOKED_FOR = (
     ("openimages", "*-annotations-human-imagelabels.csv"),
     ("shards", "_info.json (asl-data shard)"),
     ("classfolder", "train/<class>/<picture> (torchvision's ImageFolder)"),
+    ("herbarium", "train/metadata.json (Herbarium 2020)"),
 )
 
 
@@ -76,6 +77,8 @@ def candidates(root: Path) -> List[Tuple[str, str]]:
     studio = [f for f in folders if labelstudio.labelstudio_files(f)]
     if studio:
         found.append(("labelstudio", str(labelstudio.labelstudio_files(studio[0])[0].relative_to(root))))
+    if herbarium.is_herbarium(root):
+        found.append(("herbarium", "train/metadata.json"))
     if not found and classfolder.is_classfolder(root):
         found.append(("classfolder", "train/<class>/ folders of pictures"))
     if not found and formats.has_sidecars(root):  # a labels file's folder may hold captions too

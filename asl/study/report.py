@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..files import atomic_write
 from ..plots import plain_labels
-from .runner import Run, _points, best_lr_per_setting, final_map
+from .runner import Run, _points, best_lr_per_setting, final_map, metric_name
 from .spec import Experiment, Study
 from .stats import dataset_stats, fmt_ci, seed_slopes
 
@@ -39,6 +39,13 @@ def _chosen(runs: List[Run], best: Dict[str, float]) -> Dict[Tuple[str, str], Di
         if r.done() and (r.lr == best.get(r.setting, r.lr)):
             out.setdefault((r.point, r.setting), {})[r.seed] = r
     return out
+
+
+def _score_curve(runs: List[Run]) -> List[float]:
+    """Per epoch, the mean over seeds of what :func:`final_map` scores (mAP: max of plain and EMA)."""
+    if metric_name(runs) != "mAP":
+        return _mean_curve(runs, "macro_f1")
+    return [max(a, b) for a, b in zip(_mean_curve(runs, "mAP"), _mean_curve(runs, "mAP_ema"))]
 
 
 def _mean_curve(runs: List[Run], key: str) -> List[float]:
@@ -101,7 +108,12 @@ def _header_lines(study: Study, all_runs: List[Run], elapsed: Optional[float]) -
         f"{finished} of {len({r.key for r in all_runs})} planned runs finished"
         + (f"; this invocation took {elapsed / 60:.1f} min" if elapsed else "")
         + ".",
-        "mAP is the final epoch's, the better of the plain and the EMA model. Δ is a paired per-seed "
+        (
+            "The score is the final epoch's macro-F1 (single-label runs). "
+            if metric_name(all_runs) != "mAP"
+            else "mAP is the final epoch's, the better of the plain and the EMA model. "
+        )
+        + "Δ is a paired per-seed "
         "difference, mean [95% t-interval]; * marks an interval that excludes 0. p(pos), p(neg): mean "
         "validation probability of positive and of negative labels at the end; Δp = p(pos) - (1 - p(neg)), "
         "the gap between the confidence on positives and on negatives (paper Sec. 2.6-2.7).",
@@ -188,8 +200,9 @@ def _lr_table(e: Experiment, runs: List[Run]) -> List[str]:
 def _result_table(e: Experiment, chosen, cmp_runs, baseline: str) -> List[str]:
     """Per point and setting: mAP, the paired Δ against the baseline (and the compared experiment), p(pos) / p(neg)."""
     ref = f"`{e.baseline_point}`" if e.baseline_point else f"`{baseline}`"
+    what = metric_name([r for rs in chosen.values() for r in rs.values()])
     head = (
-        "| " + (f"{e.axis or 'point'} | " if e.points else "") + "setting | lr | seeds | mAP mean ± std | "
+        "| " + (f"{e.axis or 'point'} | " if e.points else "") + f"setting | lr | seeds | {what} mean ± std | "
         f"Δ vs {ref} | " + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "") + "p(pos) | p(neg) | Δp |"
     )
     lines = [head, "|" + " --- |" * (2 if e.points else 1) + " ---: |" * (8 if e.compare_to else 7)]
@@ -308,18 +321,25 @@ def _advantage_change(e, chosen, cmp_runs, baseline) -> List[str]:
 def _curve_figures(plt, root: Path, e: Experiment, chosen) -> List[str]:
     if not chosen:
         return []
+    single = metric_name([r for rs in chosen.values() for r in rs.values()]) != "mAP"
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for (_, s), rs in sorted(chosen.items()):
         runs = list(rs.values())
-        m = _mean_curve(runs, "mAP_ema")
-        m = [max(a, b) for a, b in zip(_mean_curve(runs, "mAP"), m)]
+        m = _score_curve(runs)
         axes[0].plot(range(1, len(m) + 1), m, marker=".", label=s)
+        if single:
+            axes[1].plot(range(1, len(m) + 1), _mean_curve(runs, "top1"), label=f"{s} top-1")
+            continue
         axes[1].plot(range(1, len(m) + 1), _mean_curve(runs, "p_pos"), label=f"{s} p(pos)")
         axes[1].plot(
             range(1, len(m) + 1), _mean_curve(runs, "p_neg"), linestyle="--", color=axes[1].lines[-1].get_color()
         )
-    axes[0].set(title="validation mAP (mean over seeds; max of plain, EMA)", xlabel="epoch")
-    axes[1].set(title="mean validation probability: positives (—), negatives (--)", xlabel="epoch", yscale="log")
+    if single:
+        axes[0].set(title="validation macro-F1 (mean over seeds)", xlabel="epoch")
+        axes[1].set(title="validation top-1 accuracy (mean over seeds)", xlabel="epoch")
+    else:
+        axes[0].set(title="validation mAP (mean over seeds; max of plain, EMA)", xlabel="epoch")
+        axes[1].set(title="mean validation probability: positives (—), negatives (--)", xlabel="epoch", yscale="log")
     axes[0].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -329,10 +349,16 @@ def _curve_figures(plt, root: Path, e: Experiment, chosen) -> List[str]:
     slopes = []
     for (_, s), rs in sorted(chosen.items()):
         runs = list(rs.values())
-        m = [max(a, b) for a, b in zip(_mean_curve(runs, "mAP"), _mean_curve(runs, "mAP_ema"))]
+        m = _score_curve(runs)
         if len(m) >= 3:
             slopes.append(f"`{s}` {m[-1] - m[-3]:+.2f}")
-    return [f"![{e.name} curves]({name})", "", "mAP change over the last two epochs: " + ", ".join(slopes) + ".", ""]
+    what = "macro-F1" if single else "mAP"
+    return [
+        f"![{e.name} curves]({name})",
+        "",
+        f"{what} change over the last two epochs: " + ", ".join(slopes) + ".",
+        "",
+    ]
 
 
 def _sweep_figure(plt, root: Path, e: Experiment, chosen, runs) -> List[str]:
