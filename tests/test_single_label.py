@@ -233,3 +233,8 @@ def test_the_single_label_demo_is_long_tailed_with_one_class_per_picture(tmp_pat
     assert (ds.labels.positives_per_image() == 1).all()
     counts = np.sort(ds.labels.positives())[::-1]
     assert counts[0] >= 10 * max(counts[-1], 1)  # the commonest class far above the rarest
+    from asl.data.inspect import format_inspection, inspect_dataset
+
+    r = inspect_dataset(str(root), read_images=False)
+    assert r.suggestion["flags"] == "--task single-label" and r.long_tail["head_share"] > 0.4
+    assert "long tail: the commonest 20% of the classes hold" in format_inspection(r)

@@ -53,6 +53,25 @@ class Inspection:
     in_two_splits: List[str]
     duplicates: List[List[str]]
     suggestion: Dict[str, Any] = field(default_factory=dict)
+    long_tail: Dict[str, float] = field(default_factory=dict)
+
+
+def long_tail(positives: Sequence[int]) -> Dict[str, float]:
+    """How long the tail is: the share of the positives the commonest fifth of the classes holds
+    (``head_share``), the share the rarer half holds (``tail_share``), and the ratio of the
+    commonest class to the rarest one that has any (``imbalance``)."""
+    counts = np.sort(np.asarray(positives, dtype=np.float64))[::-1]
+    total = counts.sum()
+    if not total:
+        return {"head_share": 0.0, "tail_share": 0.0, "imbalance": 0.0}
+    head = max(1, int(round(0.2 * len(counts))))
+    tail = len(counts) // 2
+    nonzero = counts[counts > 0]
+    return {
+        "head_share": float(counts[:head].sum() / total),
+        "tail_share": float(counts[len(counts) - tail :].sum() / total) if tail else 0.0,
+        "imbalance": float(nonzero[0] / nonzero[-1]),
+    }
 
 
 def suggest_loss(positive_fraction: float, rare: int, num_classes: int) -> Dict[str, Any]:
@@ -173,7 +192,16 @@ def inspect_dataset(
         positive_fraction=fraction,
         in_two_splits=sorted(p for p, s in seen.items() if len(set(s)) > 1),
         duplicates=sorted(sorted(v) for v in by_hash.values() if len(v) > 1),
-        suggestion=suggest_loss(fraction, sum(1 for k in positives if k < 5), len(classes)),
+        suggestion=(
+            {
+                "flags": "--task single-label",
+                "reason": "every picture has exactly one class: a softmax model with the single-label ASL "
+                "(gamma- 4, gamma+ 0, label smoothing 0.1)",
+            }
+            if len(per_image) and int(per_image.min()) == int(per_image.max()) == 1
+            else suggest_loss(fraction, sum(1 for k in positives if k < 5), len(classes))
+        ),
+        long_tail=long_tail(positives),
     )
 
 
@@ -203,6 +231,12 @@ def format_inspection(r: Inspection) -> str:
         lines.append(
             f"  duplicates: {len(r.duplicates)} groups of identical pictures, e.g. {' = '.join(r.duplicates[0][:2])}"
         )
+    t = r.long_tail
+    if t:
+        lines.append(
+            f"  long tail: the commonest 20% of the classes hold {100 * t['head_share']:.0f}% of the labels, the "
+            f"rarer half {100 * t['tail_share']:.0f}%; commonest / rarest class {t['imbalance']:.0f}x"
+        )
     lines.append(f"  suggested start: {r.suggestion['flags']} ({r.suggestion['reason']})")
     return "\n".join(lines)
 
@@ -220,7 +254,11 @@ def write_inspection(r: Inspection, out: Path) -> Dict[str, Path]:
     ax.bar(range(len(order)), [max(r.positives[i], 0.8) for i in order], color="#3b6ea8")
     ax.set_yscale("log")
     ax.set_ylabel("positives (log scale)")
-    ax.set_title(f"{Path(r.root).name}: positives per class ({len(r.classes)} classes)")
+    t = r.long_tail or long_tail(r.positives)
+    ax.set_title(
+        f"{Path(r.root).name}: positives per class ({len(r.classes)} classes); commonest 20%: "
+        f"{100 * t['head_share']:.0f}% of the labels, rarer half: {100 * t['tail_share']:.0f}%"
+    )
     if len(order) <= 60:
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels([r.classes[i] for i in order], rotation=90, fontsize=7)
