@@ -224,6 +224,16 @@ def test_bad_shards_are_one_error_line_or_a_skipped_sample(sharded, tmp_path, ca
     (tmp_path / "full" / "notes.txt").write_text("mine")
     rc, _, err = call(shard_main, [src, tmp_path / "full"], capsys)
     one_error(rc, err, "notes.txt")
+    from asl.data.convert import main as convert_main
+    from asl.data.inspect import main as inspect_main
+
+    for main, argv in (
+        (shard_main, [good, tmp_path / "again"]),
+        (inspect_main, [good, "--output", tmp_path / "i"]),
+        (convert_main, [good, "--output", tmp_path / "c"]),
+    ):
+        rc, _, err = call(main, argv, capsys)
+        one_error(rc, err, "holds shards, which train.py and validate.py stream")
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
 
     def copy(name):

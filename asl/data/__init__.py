@@ -139,6 +139,11 @@ def dataset_splits(
     """
     reader = "tagged" if name == "demo" else name
     spec = _spec(reader)
+    if spec.streams:  # asl-data inspect / convert / shard read pictures one by one
+        raise DataError(
+            f"{root} holds shards, which train.py and validate.py stream (--dataset shards); asl-data reads "
+            f"the folder they were written from ({name} folders are not read picture by picture)"
+        )
     options: Dict[str, Any] = {}
     if "tag_separator" in spec.options and tag_separator is not None:
         options["tag_separator"] = tag_separator
