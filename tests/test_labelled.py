@@ -143,3 +143,32 @@ def test_saved_entries_load_back_and_make_the_dense_arrays(tmp_path):
     np.savez(tmp_path / "other.npz", rows=np.arange(3))
     with pytest.raises(ValueError, match="not a labelled-scores file"):
         LabelledScores.load(tmp_path / "other.npz")
+
+
+def test_single_label_ranks_merge_into_the_single_process_evaluation():
+    from asl.distributed import ShardSampler
+
+    rng = np.random.default_rng(4)
+    n, c, world = 23, 9, 3
+    scores = rng.random((n, c)).astype(np.float32)
+    targets = np.eye(c, dtype=np.float32)[rng.integers(0, c, n)]
+    for limit in (10**9, 0):  # dense, and past the dense limit (the top classes only)
+        single = ScoreCollector(n, dense_limit=limit, single_label=True)
+        single.add(scores, targets)
+        ranks = []
+        for r in range(world):
+            idx = list(ShardSampler(n, r, world))
+            col = ScoreCollector(n, dense_limit=limit, rank=r, world_size=world, single_label=True)
+            col.add(scores[idx], targets[idx])
+            ranks.append(col)
+        dense = [None, None]
+        if limit:
+            parts = [col.dense() for col in ranks]
+            dense = [np.stack([p[j] for p in parts], axis=1).reshape(-1, c)[:n] for j in (0, 1)]
+        ranks[0].absorb([col.shared_state() for col in ranks], *dense)
+        a, b = evaluation_result(single, 1.0), evaluation_result(ranks[0], 1.0)
+        for k in ("top1", "top5", "macro_f1", "balanced_accuracy", "mAP"):
+            assert a[k] == b[k], k
+        np.testing.assert_array_equal(a["truth"], targets.argmax(1))
+        np.testing.assert_array_equal(b["top"][:, 0], scores.argmax(1))
+        assert b["mAP_is_top1"] == (limit == 0)
