@@ -480,6 +480,12 @@ class ExportConfig:
     """export.py: the ONNX file's form and its self-check."""
 
     COMMANDS: ClassVar[Tuple[str, ...]] = (EXPORT,)
+    format: str = setting(
+        "onnx",
+        result=False,
+        help="onnx: an .onnx file (onnxruntime) | hf: a Hugging Face model folder timm loads (--output DIR)",
+        choices=("onnx", "hf"),
+    )
     opset: int = setting(17, check=_range(lambda v: 13 <= v <= 21, "in [13, 21]"), result=False, help="ONNX opset")
     dynamic_batch: bool = setting(False, result=False, help="a dynamic batch dimension (else batch 1)")
     fp16: bool = setting(False, result=False, help="float16 weights (GPU runtimes); inputs and outputs stay float32")

@@ -338,7 +338,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     config_path, flags = cli.parse_flags(parser, argv)
     cli.setup_logging()
-    export_onnx(load_config(config_path, flags))
+    cfg = load_config(config_path, flags)
+    if cfg.format == "hf":
+        from .hf import export_hf
+
+        check_values(cfg, fields_for(EXPORT))
+        export_hf(cfg)
+    else:
+        export_onnx(cfg)
     return 0
 
 

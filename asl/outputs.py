@@ -25,6 +25,7 @@ __all__ = [
     "SINGLE_FILES",
     "BY_COMMAND",
     "SHARDING",
+    "HF_EXPORT",
     "REPORT_GENERATOR",
     "PICTURE_MARK",
     "read_metrics",
@@ -108,6 +109,16 @@ def _is_labelled_scores(path: Path) -> bool:
             return {"indptr.npy", "rows.npy", "num_images.npy"} <= set(z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    head = head_bytes(path, 9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _is_model_card(path: Path) -> bool:
+    return b"library_name: timm" in head_bytes(path, 200)
 
 
 REPORT_GENERATOR = "<meta name='generator' content='asl report'>"
@@ -244,7 +255,16 @@ SHARDING = Product(
 )
 
 
-BY_COMMAND = {p.command: p for p in (TRAINING, VALIDATION, INSPECTION, CONVERSION, TAGGING, SHARDING)}
+# export.py --format hf: timm's model folder and its card
+HF_EXPORT = Product(
+    "export-hf",
+    "a Hugging Face model folder",
+    "export.py --format hf",
+    {"model.safetensors": _is_safetensors, "config.json": _is_json_object, "README.md": _is_model_card},
+)
+
+
+BY_COMMAND = {p.command: p for p in (TRAINING, VALIDATION, INSPECTION, CONVERSION, TAGGING, SHARDING, HF_EXPORT)}
 
 
 # --------------------------------------------------------------------------- a run's records

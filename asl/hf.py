@@ -1,0 +1,202 @@
+"""``export.py --format hf --output DIR``: a Hugging Face model folder that timm itself loads.
+
+Written through timm's own ``save_for_hf``: ``DIR/model.safetensors`` and ``DIR/config.json``
+(``architecture``, ``num_classes``, ``label_names``, ``pretrained_cfg`` with the input size, mean,
+std and interpolation validation uses), plus this package's fields under ``asl`` (task, per-class
+thresholds, head, the loss and recipe, the metric the checkpoint was chosen by, the version) and
+``DIR/README.md``, a model card. For a model with timm's own head,
+``timm.create_model("local-dir:DIR", pretrained=True)`` builds the same network with the same
+logits; an ML-Decoder model's head is not timm's, which ``config.json`` (``asl.timm_loads``) and the
+card say: it loads with this package.
+
+The folder is new (or an earlier such export, with ``--overwrite``): timm writes into a temporary
+folder beside it, and each file is then moved in whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .config import Config
+from .errors import ConfigError
+
+__all__ = ["export_hf", "model_card", "HF_FILES"]
+
+HF_FILES = ("model.safetensors", "config.json", "README.md")
+
+
+def export_hf(cfg: Config) -> Dict[str, Any]:
+    """Write ``cfg.model_path`` as a Hugging Face model folder at ``cfg.output`` (module docstring).
+
+    Returns:
+        dict with ``output`` (the folder), ``config`` (config.json's content), ``timm_loads``.
+    """
+    from .opening import is_onnx, open_model
+    from .outputs import HF_EXPORT
+    from .rundir import claim, file_sources
+
+    if not cfg.model_path:
+        raise ConfigError("pass --model-path CHECKPOINT")
+    if not cfg.output:
+        raise ConfigError("pass --output DIR: --format hf writes a model folder")
+    if is_onnx(cfg.model_path):
+        raise ConfigError(f"--format hf exports a PyTorch checkpoint; {cfg.model_path} is an ONNX file")
+    sources = file_sources(model_path=cfg.model_path, class_names=cfg.class_names)
+    with claim(cfg.output, HF_EXPORT, overwrite=cfg.overwrite, sources=sources) as out:
+        opened = open_model(
+            cfg.model_path,
+            cfg.model_name,
+            cfg.image_size,
+            cfg.class_names,
+            cfg.num_classes,
+            num_groups=cfg.num_of_groups,
+            decoder_embedding=cfg.decoder_embedding,
+            task=cfg.task,
+        )
+        return _write(opened, out)
+
+
+def _asl_fields(opened) -> Dict[str, Any]:
+    from . import __version__
+
+    ckpt = opened.checkpoint or {}
+    config = opened.config or {}
+    recipe = {
+        k: config.get(k)
+        for k in ("dataset", "loss", "gamma_neg", "gamma_pos", "clip", "optimizer", "lr", "epochs", "image_size")
+        if config.get(k) is not None
+    }
+    head = ckpt.get("head") or "linear"
+    return {
+        "task": opened.task,
+        "thresholds": opened.thresholds,
+        "head": head,
+        "timm_loads": head == "linear",
+        "recipe": recipe,
+        "start": config.get("init_checkpoint") or (config.get("model_name") if config.get("pretrained") else None),
+        "chosen_by": {k: ckpt[k] for k in ("mAP", "epoch", "selected") if ckpt.get(k) is not None},
+        "version": __version__,
+        "config": opened.config,  # the training config: validate.py's defaults (dataset, split), as for the .pth
+    }
+
+
+def _write(opened, out: Path) -> Dict[str, Any]:
+    from timm.models import save_for_hf
+
+    fields = _asl_fields(opened)
+    size = opened.image_size
+    data_config = {
+        "input_size": (3, size, size),
+        "mean": tuple(opened.mean),
+        "std": tuple(opened.std),
+        "interpolation": "bilinear",  # validation's squish Resize((S, S))
+        "crop_pct": 1.0,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=out))
+    try:
+        save_for_hf(
+            opened.net,
+            str(tmp),
+            model_config={"label_names": list(opened.class_names), "asl": fields},
+            safe_serialization=True,
+            data_config=data_config,
+        )
+        config = json.loads((tmp / "config.json").read_text())
+        (tmp / "README.md").write_text(model_card(opened, config, fields), encoding="utf-8")
+        for name in HF_FILES:  # each file whole: a rename inside one folder
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    how = f"timm loads it: local-dir:{out}" if fields["timm_loads"] else "timm cannot build its head"
+    task = opened.task.replace("_", "-")
+    print(
+        f"{opened.model_name} ({opened.num_classes} classes, {size} px, {task}) -> {out} ({', '.join(HF_FILES)}; {how})"
+    )
+    return {"output": out, "config": config, "timm_loads": fields["timm_loads"]}
+
+
+def _fold(names: List[str], limit: int = 40) -> str:
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return shown + (
+        f", ... ({len(names) - limit} more, all in `config.json`'s `label_names`)" if len(names) > limit else ""
+    )
+
+
+def model_card(opened, config: Dict[str, Any], fields: Dict[str, Any]) -> str:
+    """The folder's README.md: what it tags, its classes, how it was chosen and trained, how to load it."""
+    task = opened.task.replace("_", "-")
+    recipe = fields["recipe"]
+    loss = (
+        f"{recipe.get('loss', 'not recorded')} (gamma- {recipe.get('gamma_neg', '-')}, "
+        f"gamma+ {recipe.get('gamma_pos', '-')}, clip {recipe.get('clip', '-')})"
+    )
+    chosen = fields["chosen_by"]
+    rows = "".join(f"| {k} | {v:.2f} |\n" if isinstance(v, float) else f"| {k} | {v} |\n" for k, v in chosen.items())
+    load_timm = (
+        '```python\nimport timm, torch\nmodel = timm.create_model("local-dir:PATH", pretrained=True).eval()\n'
+        'labels = model.pretrained_cfg["label_names"]\n'
+        + (
+            "probs = torch.softmax(model(images), 1)          # single-label: one class per picture\n"
+            if opened.task == "single_label"
+            else "probs = torch.sigmoid(model(images))             # multi-label: each class on its own\n"
+        )
+        + "```\n"
+        if fields["timm_loads"]
+        else f"timm cannot build this model's {fields['head']} head: load it with this package (below).\n"
+    )
+    thresholds = (
+        "Per-class thresholds calibrated on its validation split are in `config.json` (`asl.thresholds`); "
+        "they are in-sample for that split."
+        if fields["thresholds"]
+        else "No calibrated thresholds: "
+        + ("it predicts its top class." if task == "single-label" else "tag with one threshold (e.g. 0.7).")
+    )
+    return f"""---
+library_name: timm
+tags:
+- image-classification
+- {task}
+- asymmetric-loss
+---
+# {opened.model_name}: a {task} image tagger
+
+A `{config.get("architecture")}` trained with the Asymmetric Loss toolkit; it tags a picture with
+{"one of" if task == "single-label" else "any of"} {opened.num_classes} classes at {opened.image_size} px
+(mean {list(opened.mean)}, std {list(opened.std)}, squish resize).
+
+## Classes
+
+{_fold(list(opened.class_names))}
+
+## How it was chosen and trained
+
+| | |
+| --- | --- |
+{rows}| dataset | {recipe.get("dataset", "not recorded")} |
+| loss | {loss} |
+| schedule | {recipe.get("optimizer", "-")} lr {recipe.get("lr", "-")}, {recipe.get("epochs", "-")} epochs |
+| start | {fields.get("start") or "from scratch"} |
+
+## Load it
+
+With timm alone:
+
+{load_timm}
+With this package, validate.py, infer.py and export.py take the folder (`local-dir:PATH` or `PATH`):
+
+```bash
+python infer.py --model-path local-dir:PATH --pic-path photo.jpg
+python validate.py DATA --model-path local-dir:PATH
+```
+
+## Limitations
+
+- {thresholds}
+- Scores were measured on the split named above only; a model trained on partially labelled data
+  (Open Images) was scored on its labelled entries only.
+"""

@@ -1,0 +1,91 @@
+"""export.py --format hf: a model folder timm loads with the same logits, and our commands too."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import call, one_error
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    import export
+    from asl import cli
+
+    out = tmp_path_factory.mktemp("hf") / "tagger"
+    assert (
+        cli.run(
+            export.main, ["--model-path", str(trained_run["out"] / "best.pth"), "--format", "hf", "--output", str(out)]
+        )
+        == 0
+    )
+    return out
+
+
+def test_timm_alone_builds_the_same_network_with_our_class_names(exported, trained_run):
+    import timm
+
+    from asl.opening import open_model
+
+    model = timm.create_model(f"local-dir:{exported}", pretrained=True).eval()
+    ours = open_model(str(trained_run["out"] / "best.pth"), device="cpu")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ours.net(x), atol=1e-5, rtol=0)
+    assert list(model.pretrained_cfg["label_names"]) == ours.class_names
+    assert tuple(model.pretrained_cfg["input_size"]) == (3, 32, 32)
+    config = json.loads((exported / "config.json").read_text())
+    assert config["asl"]["task"] == "multi_label" and config["asl"]["timm_loads"]
+    card = (exported / "README.md").read_text()
+    assert "library_name: timm" in card and "| mAP |" in card and "local-dir:PATH" in card
+
+
+def test_our_commands_take_the_folder_and_score_the_same(exported, trained_run, tmp_path, capsys):
+    pic = sorted((trained_run["data"] / "img").glob("*.png"))[0]
+    outs = []
+    for model in (trained_run["out"] / "best.pth", f"local-dir:{exported}", exported):
+        rc, out, err = call("infer", ["--model-path", model, "--pic-path", pic, "--th", "0", "--json"], capsys)
+        assert rc == 0, err
+        outs.append(json.loads(out)[0]["labels"])
+    assert outs[0] == outs[1] == outs[2]
+    metrics = []
+    for name, model in (("pth", trained_run["out"] / "best.pth"), ("hf", f"local-dir:{exported}")):
+        rc, _, err = call("validate", ["--model-path", model, "--workers", "0", "--output", tmp_path / name], capsys)
+        assert rc == 0, err
+        metrics.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert metrics[0]["mAP"] == metrics[1]["mAP"]
+    np.testing.assert_array_equal(np.load(tmp_path / "pth" / "scores.npy"), np.load(tmp_path / "hf" / "scores.npy"))
+
+
+def test_bad_hf_input_is_one_error_line(exported, trained_run, tmp_path, capsys):
+    import shutil
+
+    model = trained_run["out"] / "best.pth"
+    rc, _, err = call("export", ["--model-path", model, "--format", "hf", "--output", exported], capsys)
+    one_error(rc, err, "already holds a Hugging Face model folder")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    rc, _, err = call("export", ["--model-path", model, "--format", "hf", "--output", tmp_path / "mine"], capsys)
+    one_error(rc, err, "notes.txt")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    pic = sorted((trained_run["data"] / "img").glob("*.png"))[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = call("infer", ["--model-path", f"local-dir:{empty}", "--pic-path", pic], capsys)
+    one_error(rc, err, "not a model folder (no config.json")
+    noweights = tmp_path / "noweights"
+    shutil.copytree(exported, noweights)
+    (noweights / "model.safetensors").unlink()
+    rc, _, err = call("infer", ["--model-path", noweights, "--pic-path", pic], capsys)
+    one_error(rc, err, "no model.safetensors")
+    other = tmp_path / "other"
+    shutil.copytree(exported, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["num_classes"] = 7
+    (other / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = call("infer", ["--model-path", other, "--pic-path", pic], capsys)
+    one_error(rc, err, "does not fit")
