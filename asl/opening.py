@@ -134,9 +134,16 @@ class OpenedModel:
 
 
 def hf_folder(path: str) -> Optional[Path]:
-    """The Hugging Face model folder ``path`` names (``local-dir:DIR`` or a folder holding
-    ``config.json``), or None for a file."""
+    """The Hugging Face model folder ``path`` names (``hf-hub:ORG/NAME``, resolved into the Hugging
+    Face cache; ``local-dir:DIR``; or a folder holding ``config.json``), or None for a file."""
     spec = str(path)
+    if spec.startswith("hf-hub:"):
+        from .hub import resolve_hub_model
+
+        folder = resolve_hub_model(spec)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{spec}: not a timm model (no config.json; export.py --format hf writes one)")
+        return folder
     folder = Path(spec[len("local-dir:") :]) if spec.startswith("local-dir:") else Path(spec)
     if spec.startswith("local-dir:") or folder.is_dir():
         if not (folder / "config.json").is_file():

@@ -13,12 +13,11 @@ before any data is read, so a run never reads its dataset only to fail on its st
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from .errors import ConfigError
+from .hub import cache_only, hub_cache_dir, offline
 
 __all__ = ["PretrainedSource", "resolve_pretrained", "hub_cache_dir"]
 
@@ -42,19 +41,6 @@ class PretrainedSource:
 
     def describe(self) -> str:
         return f"timm {self.tag} (hf-hub:{self.repo}, {self.file})"
-
-
-def hub_cache_dir() -> Optional[str]:
-    """The hub cache as the environment names it now (huggingface_hub reads it once, at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    return None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _pretrained_cfg(name: str):
@@ -122,11 +108,10 @@ def resolve_pretrained(name: str) -> PretrainedSource:
     repo, _, revision = cfg.hf_hub_id.partition("@")
     files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_FILES
     cache = hub_cache_dir()
+    local = cache_only()  # offline, or no network: the cache at once, not a minute of retries
     for filename in files:
         try:
-            path = hf_hub_download(
-                repo, filename, revision=revision or None, cache_dir=cache, local_files_only=_offline()
-            )
+            path = hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache, local_files_only=local)
             _check_cached(Path(path), tag, repo)
             return PretrainedSource(tag=tag, repo=repo, file=Path(path))
         except LocalEntryNotFoundError:
@@ -140,7 +125,7 @@ def resolve_pretrained(name: str) -> PretrainedSource:
                 f"instead"
             ) from None
     where = cache or "the Hugging Face cache (~/.cache/huggingface/hub)"
-    why = "offline (HF_HUB_OFFLINE=1)" if _offline() else "the Hugging Face Hub could not be reached"
+    why = "offline (HF_HUB_OFFLINE=1)" if offline() else "the Hugging Face Hub could not be reached"
     raise ConfigError(
         f"--pretrained {tag}: its weights (hf-hub:{repo}) are not in {where} and {why}: run once "
         f"with network to download them, or pass the weights file with --pretrained-path FILE"

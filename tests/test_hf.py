@@ -89,3 +89,51 @@ def test_bad_hf_input_is_one_error_line(exported, trained_run, tmp_path, capsys)
     (other / "config.json").write_text(json.dumps(cfg))
     rc, _, err = call("infer", ["--model-path", other, "--pic-path", pic], capsys)
     one_error(rc, err, "does not fit")
+
+
+def _cache_with(exported, root, repo="someone/tagger"):
+    """What huggingface_hub leaves after one snapshot download of ``repo``: the files under
+    snapshots/<commit>/ and refs/main naming the commit."""
+    import shutil
+
+    from tests.helpers import COMMIT
+
+    org, name = repo.split("/")
+    snap = root / f"models--{org}--{name}" / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors", "README.md"):
+        shutil.copy(exported / f, snap / f)
+    (root / f"models--{org}--{name}" / "refs").mkdir()
+    (root / f"models--{org}--{name}" / "refs" / "main").write_text(COMMIT)
+
+
+def test_hub_ids_resolve_from_the_cache_and_fail_fast_when_not_there(
+    exported, trained_run, tmp_path, capsys, monkeypatch
+):
+    import time
+
+    from asl import hub
+
+    cache = tmp_path / "hub"
+    _cache_with(exported, cache)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    pic = sorted((trained_run["data"] / "img").glob("*.png"))[0]
+    got = []
+    for model in ("hf-hub:someone/tagger", trained_run["out"] / "best.pth"):
+        rc, out, err = call("infer", ["--model-path", model, "--pic-path", pic, "--th", "0", "--json"], capsys)
+        assert rc == 0, err
+        got.append(json.loads(out)[0]["labels"])
+    assert got[0] == got[1]
+    rc, _, err = call("infer", ["--model-path", "hf-hub:not a repo", "--pic-path", pic], capsys)
+    one_error(rc, err, "not a Hub model id")
+    # offline, and with no network at all (an endpoint nothing answers): one line, at once
+    for env, endpoint in (("1", None), ("0", "http://10.255.255.1")):
+        monkeypatch.setenv("HF_HUB_OFFLINE", env)
+        if endpoint:
+            monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+        hub.hub_reachable.cache_clear()
+        t0 = time.perf_counter()
+        rc, _, err = call("infer", ["--model-path", "hf-hub:someone/absent", "--pic-path", pic], capsys)
+        assert time.perf_counter() - t0 < 5
+        one_error(rc, err, "is not in the Hugging Face cache and")
+    hub.hub_reachable.cache_clear()
