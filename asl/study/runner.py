@@ -201,13 +201,14 @@ def execute(runs: List[Run], jobs: int) -> None:
             run.store.add(run.cfg, epochs, ap)
             (run.dir / "last.pth").unlink(missing_ok=True)  # 4x best.pth; only an unfinished run needs it
             log.info(
-                "%s %s %s lr %g seed %d: %.2f mAP in %.0fs",
+                "%s %s %s lr %g seed %d: %.2f %s in %.0fs",
                 run.experiment,
                 run.setting,
                 run.point,
                 run.lr,
                 run.seed,
                 final_map(run),
+                metric_name([run]),
                 sec,
             )
     except BaseException:
