@@ -486,6 +486,12 @@ class ExportConfig:
         help="onnx: an .onnx file (onnxruntime) | hf: a Hugging Face model folder timm loads (--output DIR)",
         choices=("onnx", "hf"),
     )
+    push_to_hub: Optional[str] = setting(
+        None,
+        result=False,
+        help="--format hf: upload the folder to this Hub repository (ORG/NAME) with your Hugging Face login",
+    )
+    public: bool = setting(False, result=False, help="--push-to-hub: a public repository (default: private)")
     opset: int = setting(17, check=_range(lambda v: 13 <= v <= 21, "in [13, 21]"), result=False, help="ONNX opset")
     dynamic_batch: bool = setting(False, result=False, help="a dynamic batch dimension (else batch 1)")
     fp16: bool = setting(False, result=False, help="float16 weights (GPU runtimes); inputs and outputs stay float32")

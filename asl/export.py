@@ -339,6 +339,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config_path, flags = cli.parse_flags(parser, argv)
     cli.setup_logging()
     cfg = load_config(config_path, flags)
+    if cfg.push_to_hub and cfg.format != "hf":
+        raise ConfigError("--push-to-hub uploads a Hugging Face model folder: add --format hf --output DIR")
     if cfg.format == "hf":
         from .hf import export_hf
 

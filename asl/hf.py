@@ -46,6 +46,10 @@ def export_hf(cfg: Config) -> Dict[str, Any]:
         raise ConfigError("pass --output DIR: --format hf writes a model folder")
     if is_onnx(cfg.model_path):
         raise ConfigError(f"--format hf exports a PyTorch checkpoint; {cfg.model_path} is an ONNX file")
+    if cfg.push_to_hub:
+        from .hub import check_repo_id
+
+        check_repo_id(cfg.push_to_hub, "--push-to-hub")
     sources = file_sources(model_path=cfg.model_path, class_names=cfg.class_names)
     with claim(cfg.output, HF_EXPORT, overwrite=cfg.overwrite, sources=sources) as out:
         opened = open_model(
@@ -58,7 +62,31 @@ def export_hf(cfg: Config) -> Dict[str, Any]:
             decoder_embedding=cfg.decoder_embedding,
             task=cfg.task,
         )
-        return _write(opened, out)
+        result = _write(opened, out)
+    if cfg.push_to_hub:
+        result["url"] = push_folder(Path(cfg.output), cfg.push_to_hub, public=cfg.public)
+    return result
+
+
+def push_folder(folder: Path, repo_id: str, public: bool = False) -> str:
+    """Upload the folder :func:`export_hf` wrote, as it is (its card and ``asl`` fields included),
+    to ``repo_id`` with the user's Hugging Face login; the repository is created private unless
+    ``public``. timm's ``push_to_hf_hub`` would save the weights again and write a card of its own:
+    the folder checked here is the folder uploaded. Returns the repository's URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    try:
+        url = create_repo(repo_id, private=not public, exist_ok=True)
+        upload_folder(
+            repo_id=repo_id, folder_path=str(folder), allow_patterns=list(HF_FILES), commit_message="Add model"
+        )
+    except (OSError, ValueError) as e:  # HTTP and login errors
+        raise ConfigError(
+            f"--push-to-hub {repo_id}: the upload failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); the "
+            f"folder {folder} is written: upload it later with huggingface-cli upload"
+        ) from None
+    print(f"{folder} -> {url} ({'public' if public else 'private'})")
+    return str(url)
 
 
 def _asl_fields(opened) -> Dict[str, Any]:

@@ -58,6 +58,12 @@ def cache_only() -> bool:
     return offline() or not hub_reachable()
 
 
+def check_repo_id(repo: str, what: str) -> None:
+    """``ORG/NAME`` as the Hub spells repository ids, else one :class:`ConfigError` line."""
+    if not _REPO.match(repo):
+        raise ConfigError(f"{what} {repo}: not a Hub repository id (ORG/NAME)")
+
+
 def resolve_hub_model(spec: str) -> Path:
     """The local folder of ``hf-hub:org/name[@revision]`` (downloaded into the cache when needed).
 

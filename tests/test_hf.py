@@ -137,3 +137,28 @@ def test_hub_ids_resolve_from_the_cache_and_fail_fast_when_not_there(
         assert time.perf_counter() - t0 < 5
         one_error(rc, err, "is not in the Hugging Face cache and")
     hub.hub_reachable.cache_clear()
+
+
+def test_push_to_hub_uploads_the_folder_export_wrote(trained_run, tmp_path, capsys, monkeypatch):
+    """No upload can run here: the Hub's two calls are recorded instead, with what they were given."""
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo, **k: calls.append(("create", repo, k)) or "URL")
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **k: calls.append(("upload", k)))
+    model = trained_run["out"] / "best.pth"
+    argv = ["--model-path", model, "--format", "hf", "--output", tmp_path / "out", "--push-to-hub", "me/tagger"]
+    rc, out, err = call("export", argv, capsys)
+    assert rc == 0, err
+    assert calls[0] == ("create", "me/tagger", {"private": True, "exist_ok": True})
+    up = calls[1][1]
+    assert up["repo_id"] == "me/tagger" and up["folder_path"] == str(tmp_path / "out")
+    assert sorted(up["allow_patterns"]) == sorted(
+        p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")
+    )
+    calls.clear()
+    rc, _, err = call("export", [*argv[:-1], "bad id", "--overwrite"], capsys)
+    one_error(rc, err, "not a Hub repository id")
+    rc, _, err = call("export", ["--model-path", model, "--push-to-hub", "me/tagger"], capsys)
+    one_error(rc, err, "add --format hf")
+    assert calls == []
