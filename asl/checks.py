@@ -78,6 +78,13 @@ def resolve_training(cfg: Config) -> Config:
         cfg = dataclasses.replace(cfg, dataset=resolve_dataset(cfg.data_root))
     model = cfg.model_name or DEFAULT_MODEL
     size = cfg.image_size if cfg.image_size is not None else default_image_size(model)
+    init = cfg.init_checkpoint or cfg.model_path
+    if init and (str(init).startswith(("hf-hub:", "local-dir:")) or Path(init).is_dir()):
+        from .opening import hf_folder
+
+        # a model folder (export.py --format hf, or one on the Hub): its weights file is the start
+        weights = hf_folder(str(init)) / "model.safetensors"
+        cfg = dataclasses.replace(cfg, init_checkpoint=str(weights), model_path=None)
     return dataclasses.replace(
         cfg, model_name=model, image_size=size, output=cfg.output or default_output(cfg.data_root)
     )

@@ -36,6 +36,17 @@ def plain_labels(draw: Callable) -> Callable:
     return wrapper
 
 
+def log_scale(ax, which: str = "x") -> None:
+    """A log-scale axis whose tick labels are plain numbers (``10``, ``100``): matplotlib writes log
+    ticks as mathtext (``$\\mathdefault{10^{1}}$``), which :func:`plain_labels` shows as raw text."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    getattr(ax, f"set_{which}scale")("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 @plain_labels
 def plot_training_curves(history: List[Dict], path: str | os.PathLike) -> Path:
     """``curves.png``: train loss, mAP of the plain and EMA model, learning rate, per epoch.

@@ -28,7 +28,7 @@ import numpy as np
 from .files import atomic_write
 from .labelled import LabelledScores
 from .outputs import REPORT_GENERATOR
-from .plots import plain_labels
+from .plots import log_scale, plain_labels
 
 __all__ = [
     "SECTIONS",
@@ -245,7 +245,7 @@ def _f1_section(d: _Data, thresholds: Optional[Sequence[float]]) -> str:
 def _frequency_section(d: _Data) -> str:
     def draw(ax):
         ax.scatter(np.maximum(d.positives[d.valid], 1), d.ap[d.valid], s=12, alpha=0.7)
-        ax.set_xscale("log")
+        log_scale(ax, "x")
         ax.set_xlabel("positives in this split (log scale)")
         ax.set_ylabel("AP (%)")
 
@@ -342,7 +342,7 @@ def render_single_label_report(
 
     def scatter(ax):
         ax.scatter(np.maximum(counts[present], 1), acc[present], s=12, alpha=0.7)
-        ax.set_xscale("log")
+        log_scale(ax, "x")
         ax.set_xlabel("images of the class in this split (log scale)")
         ax.set_ylabel("accuracy (%)")
 

@@ -162,3 +162,11 @@ def test_push_to_hub_uploads_the_folder_export_wrote(trained_run, tmp_path, caps
     rc, _, err = call("export", ["--model-path", model, "--push-to-hub", "me/tagger"], capsys)
     one_error(rc, err, "add --format hf")
     assert calls == []
+
+
+def test_training_starts_from_a_model_folder(exported, trained_run, tmp_path, capsys):
+    argv = [trained_run["data"], "--dataset", "tagged", "--pretrained-path", f"local-dir:{exported}", "--no-pretrained"]
+    argv += ["--model-name", "test_resnet", "--image-size", "32", "--epochs", "1", "--workers", "0"]
+    rc, out, err = call("train", [*argv, "--output", tmp_path / "run", "--dry-run"], capsys)
+    assert rc == 0, err
+    assert f"start: weights file {exported / 'model.safetensors'}" in out + "\n".join(err)

@@ -244,7 +244,7 @@ def format_inspection(r: Inspection) -> str:
 @plain_labels
 def write_inspection(r: Inspection, out: Path) -> Dict[str, Path]:
     """``summary.json`` and ``positives.png`` (positives per class, sorted, log scale) into ``out``."""
-    from ..plots import _pyplot
+    from ..plots import _pyplot, log_scale
 
     written = {"summary": out / "summary.json", "chart": out / "positives.png"}
     atomic_write(written["summary"], json.dumps(asdict(r), indent=1))
@@ -252,7 +252,7 @@ def write_inspection(r: Inspection, out: Path) -> Dict[str, Path]:
     order = np.argsort(r.positives)[::-1]
     fig, ax = plt.subplots(figsize=(max(6, min(0.18 * len(r.classes), 40)), 4))
     ax.bar(range(len(order)), [max(r.positives[i], 0.8) for i in order], color="#3b6ea8")
-    ax.set_yscale("log")
+    log_scale(ax, "y")
     ax.set_ylabel("positives (log scale)")
     t = r.long_tail or long_tail(r.positives)
     ax.set_title(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..files import atomic_write
-from ..plots import plain_labels
+from ..plots import log_scale, plain_labels
 from .runner import Run, _points, best_lr_per_setting, final_map, metric_name
 from .spec import Experiment, Study
 from .stats import dataset_stats, fmt_ci, seed_slopes
@@ -339,7 +339,8 @@ def _curve_figures(plt, root: Path, e: Experiment, chosen) -> List[str]:
         axes[1].set(title="validation top-1 accuracy (mean over seeds)", xlabel="epoch")
     else:
         axes[0].set(title="validation mAP (mean over seeds; max of plain, EMA)", xlabel="epoch")
-        axes[1].set(title="mean validation probability: positives (—), negatives (--)", xlabel="epoch", yscale="log")
+        axes[1].set(title="mean validation probability: positives (—), negatives (--)", xlabel="epoch")
+        log_scale(axes[1], "y")
     axes[0].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
