@@ -488,10 +488,16 @@ class ExportConfig:
     )
     push_to_hub: Optional[str] = setting(
         None,
+        commands=(TRAIN, EXPORT),
         result=False,
-        help="--format hf: upload the folder to this Hub repository (ORG/NAME) with your Hugging Face login",
+        help={
+            None: "--format hf: upload the folder to this Hub repository (ORG/NAME) with your Hugging Face login",
+            TRAIN: "at the end: best.pth as a Hugging Face folder (<output>/hf), uploaded to ORG/NAME",
+        },
     )
-    public: bool = setting(False, result=False, help="--push-to-hub: a public repository (default: private)")
+    public: bool = setting(
+        False, commands=(TRAIN, EXPORT), result=False, help="--push-to-hub: a public repository (default: private)"
+    )
     opset: int = setting(17, check=_range(lambda v: 13 <= v <= 21, "in [13, 21]"), result=False, help="ONNX opset")
     dynamic_batch: bool = setting(False, result=False, help="a dynamic batch dimension (else batch 1)")
     fp16: bool = setting(False, result=False, help="float16 weights (GPU runtimes); inputs and outputs stay float32")

@@ -111,6 +111,10 @@ def _is_labelled_scores(path: Path) -> bool:
         return False
 
 
+def _is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and _is_model_card(path / "README.md")
+
+
 def _is_safetensors(path: Path) -> bool:
     """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
     head = head_bytes(path, 9)
@@ -199,6 +203,7 @@ TRAINING = Product(
         "per_class_ap.json": _is_json_object,
         "report.html": _is_report,
         "tensorboard": _is_event_folder,
+        "hf": _is_hf_folder,  # train.py --push-to-hub: best.pth as a Hugging Face folder
     },
 )
 

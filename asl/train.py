@@ -17,6 +17,7 @@ The ``train.py`` command; installed as ``asl-train``, also ``python -m asl.train
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from . import cli
@@ -52,7 +53,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .checks import prepare_training
     from .trainer import fit  # PyTorch, imported here: without it the command says what to install
 
-    result = fit(prepare_training(config_path, flags), checked=True)  # every value, name and file checked first
+    cfg = prepare_training(config_path, flags)  # every value, name and file checked first
+    if cfg.push_to_hub:
+        from .hub import check_repo_id
+
+        check_repo_id(cfg.push_to_hub, "--push-to-hub")
+    result = fit(cfg, checked=True)
     if result.stopped_by:
         print(f"stopped by {result.stopped_by}; resume with --resume {result.last_checkpoint}", file=sys.stderr)
     elif result.is_main and result.best_checkpoint is not None and result.best.get("epoch") is not None:
@@ -60,6 +66,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"best mAP {result.best['mAP']:.2f} at epoch {result.best['epoch']} ({result.best['selected']} "
             f"weights) -> {result.best_checkpoint}"
         )
+        if cfg.push_to_hub:  # the best weights as a Hugging Face folder beside them, uploaded
+            import dataclasses
+
+            from .hf import export_hf
+
+            hf = Path(result.best_checkpoint).parent / "hf"
+            export_hf(dataclasses.replace(cfg, model_path=str(result.best_checkpoint), output=str(hf), overwrite=True))
     return result.exit_code
 
 

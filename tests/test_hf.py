@@ -170,3 +170,24 @@ def test_training_starts_from_a_model_folder(exported, trained_run, tmp_path, ca
     rc, out, err = call("train", [*argv, "--output", tmp_path / "run", "--dry-run"], capsys)
     assert rc == 0, err
     assert f"start: weights file {exported / 'model.safetensors'}" in out + "\n".join(err)
+
+
+def test_train_push_to_hub_exports_best_pth_and_uploads_it(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    from tests.conftest import make_tagged
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo, **k: calls.append(repo) or "URL")
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **k: calls.append(k["folder_path"]))
+    data = make_tagged(tmp_path / "data", n_train=16, n_val=8)
+    argv = [data, "--dataset", "tagged", "--no-pretrained", "--model-name", "test_resnet", "--image-size", "32"]
+    argv += ["--epochs", "1", "--workers", "0", "--output", tmp_path / "run", "--push-to-hub", "me/run"]
+    rc, _, err = call("train", argv, capsys)
+    assert rc == 0, err
+    assert calls == ["me/run", str(tmp_path / "run" / "hf")]
+    assert (tmp_path / "run" / "hf" / "model.safetensors").is_file()
+    from asl.outputs import TRAINING
+    from asl.rundir import check_folder
+
+    check_folder(tmp_path / "run", TRAINING, overwrite=True, resume=None, flag="--output")  # still a run's folder
