@@ -80,7 +80,7 @@ def resolve_training(cfg: Config) -> Config:
     size = cfg.image_size if cfg.image_size is not None else default_image_size(model)
     init = cfg.init_checkpoint or cfg.model_path
     if init and (str(init).startswith(("hf-hub:", "local-dir:")) or Path(init).is_dir()):
-        from .opening import hf_folder
+        from .hub import hf_folder
 
         # a model folder (export.py --format hf, or one on the Hub): its weights file is the start
         weights = hf_folder(str(init)) / "model.safetensors"

@@ -14,12 +14,21 @@ import re
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 from urllib.parse import urlparse
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
-__all__ = ["resolve_hub_model", "offline", "hub_reachable", "hub_cache_dir", "cache_only", "HUB_PREFIX"]
+__all__ = [
+    "hf_folder",
+    "checkpoint_of_hf_folder",
+    "resolve_hub_model",
+    "offline",
+    "hub_reachable",
+    "hub_cache_dir",
+    "cache_only",
+    "HUB_PREFIX",
+]
 
 HUB_PREFIX = "hf-hub:"
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -97,3 +106,58 @@ def resolve_hub_model(spec: str) -> Path:
     except (OSError, ValueError) as e:  # HTTP errors are OSErrors
         raise ConfigError(f"{spec}: cannot fetch it ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     return Path(folder)
+
+
+def hf_folder(path: str) -> Optional[Path]:
+    """The Hugging Face model folder ``path`` names (``hf-hub:ORG/NAME``, resolved into the Hugging
+    Face cache; ``local-dir:DIR``; or a folder holding ``config.json``), or None for a file."""
+    spec = str(path)
+    if spec.startswith("hf-hub:"):
+        folder = resolve_hub_model(spec)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{spec}: not a timm model (no config.json; export.py --format hf writes one)")
+        return folder
+    folder = Path(spec[len("local-dir:") :]) if spec.startswith("local-dir:") else Path(spec)
+    if spec.startswith("local-dir:") or folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{folder}: not a model folder (no config.json; export.py --format hf writes one)")
+        return folder
+    return None
+
+
+def checkpoint_of_hf_folder(folder: Path) -> Dict[str, Any]:
+    """A model folder timm's ``save_for_hf`` wrote (``export.py --format hf``), as a checkpoint dict:
+    its weights, architecture, label names, input size, mean / std, and this package's fields."""
+    import json
+
+    from .checkpoint import load_checkpoint
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        arch, pre = config["architecture"], config.get("pretrained_cfg") or {}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / 'config.json'}: not a timm model config ({type(e).__name__}: {e})") from None
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: no model.safetensors beside its config.json")
+    state = load_checkpoint(weights, require_model=False)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    ours = config.get("asl") or {}
+    names = config.get("label_names") or pre.get("label_names")
+    size = (pre.get("input_size") or [None])[-1]
+    ckpt: Dict[str, Any] = {
+        "model": state,
+        "model_name": arch,
+        "num_classes": config.get("num_classes"),
+        "image_size": size,
+        "mean": pre.get("mean"),
+        "std": pre.get("std"),
+        "head": ours.get("head", "linear"),
+        "task": ours.get("task"),
+        "config": ours.get("config") if isinstance(ours.get("config"), dict) else None,
+    }
+    if isinstance(names, (list, tuple)):
+        ckpt["idx_to_class"] = dict(enumerate(map(str, names)))
+    if ours.get("thresholds"):
+        ckpt["thresholds"] = ours["thresholds"]
+    return ckpt

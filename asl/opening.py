@@ -133,63 +133,6 @@ class OpenedModel:
         )
 
 
-def hf_folder(path: str) -> Optional[Path]:
-    """The Hugging Face model folder ``path`` names (``hf-hub:ORG/NAME``, resolved into the Hugging
-    Face cache; ``local-dir:DIR``; or a folder holding ``config.json``), or None for a file."""
-    spec = str(path)
-    if spec.startswith("hf-hub:"):
-        from .hub import resolve_hub_model
-
-        folder = resolve_hub_model(spec)
-        if not (folder / "config.json").is_file():
-            raise CheckpointError(f"{spec}: not a timm model (no config.json; export.py --format hf writes one)")
-        return folder
-    folder = Path(spec[len("local-dir:") :]) if spec.startswith("local-dir:") else Path(spec)
-    if spec.startswith("local-dir:") or folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise CheckpointError(f"{folder}: not a model folder (no config.json; export.py --format hf writes one)")
-        return folder
-    return None
-
-
-def checkpoint_of_hf_folder(folder: Path) -> Dict[str, Any]:
-    """A model folder timm's ``save_for_hf`` wrote (``export.py --format hf``), as a checkpoint dict:
-    its weights, architecture, label names, input size, mean / std, and this package's fields."""
-    import json
-
-    from .checkpoint import load_checkpoint
-
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        arch, pre = config["architecture"], config.get("pretrained_cfg") or {}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{folder / 'config.json'}: not a timm model config ({type(e).__name__}: {e})") from None
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{folder}: no model.safetensors beside its config.json")
-    state = load_checkpoint(weights, require_model=False)
-    state = state.get("model", state) if isinstance(state, dict) else state
-    ours = config.get("asl") or {}
-    names = config.get("label_names") or pre.get("label_names")
-    size = (pre.get("input_size") or [None])[-1]
-    ckpt: Dict[str, Any] = {
-        "model": state,
-        "model_name": arch,
-        "num_classes": config.get("num_classes"),
-        "image_size": size,
-        "mean": pre.get("mean"),
-        "std": pre.get("std"),
-        "head": ours.get("head", "linear"),
-        "task": ours.get("task"),
-        "config": ours.get("config") if isinstance(ours.get("config"), dict) else None,
-    }
-    if isinstance(names, (list, tuple)):
-        ckpt["idx_to_class"] = dict(enumerate(map(str, names)))
-    if ours.get("thresholds"):
-        ckpt["thresholds"] = ours["thresholds"]
-    return ckpt
-
-
 def _task(own: Optional[str], config: Optional[Dict[str, Any]], given: Optional[str], path) -> str:
     """The file's task (its own key, else its config's, else multi-label), checked against ``--task``."""
     task = own or (config or {}).get("task") or "multi_label"
@@ -294,6 +237,7 @@ def open_model(
         )
     from .checkpoint import load_checkpoint
     from .classes import read_class_names
+    from .hub import checkpoint_of_hf_folder, hf_folder
     from .models import check_image_size
 
     folder = hf_folder(path)

@@ -79,10 +79,10 @@ def candidates(root: Path) -> List[Tuple[str, str]]:
         found.append(("labelstudio", str(labelstudio.labelstudio_files(studio[0])[0].relative_to(root))))
     if herbarium.is_herbarium(root):
         found.append(("herbarium", "train/metadata.json"))
-    if not found and classfolder.is_classfolder(root):
-        found.append(("classfolder", "train/<class>/ folders of pictures"))
     if not found and formats.has_sidecars(root):  # a labels file's folder may hold captions too
         found.append(("sidecar", "pictures with same-named .txt files"))
+    if not found and classfolder.is_classfolder(root):  # folders of pictures and nothing else: the last guess
+        found.append(("classfolder", "train/<class>/ folders of pictures"))
     return found
 
 
