@@ -201,11 +201,15 @@ def _result_table(e: Experiment, chosen, cmp_runs, baseline: str) -> List[str]:
     """Per point and setting: mAP, the paired Δ against the baseline (and the compared experiment), p(pos) / p(neg)."""
     ref = f"`{e.baseline_point}`" if e.baseline_point else f"`{baseline}`"
     what = metric_name([r for rs in chosen.values() for r in rs.values()])
+    single = what != "mAP"
     head = (
         "| " + (f"{e.axis or 'point'} | " if e.points else "") + f"setting | lr | seeds | {what} mean ± std | "
-        f"Δ vs {ref} | " + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "") + "p(pos) | p(neg) | Δp |"
+        f"Δ vs {ref} | "
+        + (f"Δ vs `{e.compare_to}` | " if e.compare_to else "")
+        + ("top-1 | balanced accuracy |" if single else "p(pos) | p(neg) | Δp |")
     )
-    lines = [head, "|" + " --- |" * (2 if e.points else 1) + " ---: |" * (8 if e.compare_to else 7)]
+    tail = 2 if single else 3
+    lines = [head, "|" + " --- |" * (2 if e.points else 1) + " ---: |" * (4 + tail + (1 if e.compare_to else 0))]
     for p in _points(e):
         for s in e.settings:
             rs = chosen.get((p["name"], s), {})
@@ -228,6 +232,10 @@ def _result_table(e: Experiment, chosen, cmp_runs, baseline: str) -> List[str]:
             if e.compare_to:
                 other = _seed_maps(cmp_runs.get(("", s), {}))
                 cells.append(fmt_ci(_paired(maps, other)))
+            if single:  # single-label runs: their accuracies beside the macro-F1
+                cells += [f"{statistics.mean(x[k] for x in last):.2f}" for k in ("top1", "balanced_accuracy")]
+                lines.append("| " + " | ".join(cells) + " |")
+                continue
             p_pos = statistics.mean(x.get("p_pos") or 0 for x in last)
             p_neg = statistics.mean(x.get("p_neg") or 0 for x in last)
             # Δp = mean pt of positives - mean pt of negatives, pt = p or 1 - p (paper Sec. 2.6)
