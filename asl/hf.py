@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .config import Config
 from .errors import ConfigError
@@ -113,10 +113,45 @@ def _asl_fields(opened) -> Dict[str, Any]:
     }
 
 
+def _save_own(opened, folder: Path, model_config: Dict[str, Any], data_config: Dict[str, Any]) -> None:
+    """``model.safetensors`` and a timm-shaped ``config.json`` for a model timm cannot build."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in opened.net.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    pretrained_cfg = {**data_config, "input_size": list(data_config["input_size"]), "num_classes": opened.num_classes}
+    config = {
+        "architecture": opened.model_name,
+        "num_classes": opened.num_classes,
+        "pretrained_cfg": pretrained_cfg,
+        **model_config,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _per_class_ap(opened) -> Optional[Dict[str, Any]]:
+    """The run's ``per_class_ap.json`` beside the checkpoint (its last epoch's AP per class, of the
+    weights the checkpoint keeps), or None."""
+    path = Path(opened.path).parent / "per_class_ap.json"
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        names, ap = (
+            rec["class_names"],
+            rec["ap_ema"] if (opened.checkpoint or {}).get("selected") == "ema" else rec["ap"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not ap or list(names) != list(opened.class_names):
+        return None
+    scored = sorted(((float(a), n) for n, a in zip(names, ap) if a is not None), reverse=True)
+    return {"epoch": rec.get("epoch"), "best": scored[:5], "worst": scored[::-1][:5]}
+
+
 def _write(opened, out: Path) -> Dict[str, Any]:
     from timm.models import save_for_hf
 
     fields = _asl_fields(opened)
+    fields["per_class_ap"] = _per_class_ap(opened)
     size = opened.image_size
     data_config = {
         "input_size": (3, size, size),
@@ -127,13 +162,13 @@ def _write(opened, out: Path) -> Dict[str, Any]:
     }
     tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=out))
     try:
-        save_for_hf(
-            opened.net,
-            str(tmp),
-            model_config={"label_names": list(opened.class_names), "asl": fields},
-            safe_serialization=True,
-            data_config=data_config,
-        )
+        model_config = {"label_names": list(opened.class_names), "asl": fields}
+        if fields["timm_loads"]:
+            save_for_hf(
+                opened.net, str(tmp), model_config=model_config, safe_serialization=True, data_config=data_config
+            )
+        else:  # not a timm model (an ML-Decoder head): timm's layout, written here, for this package to load
+            _save_own(opened, tmp, model_config, data_config)
         config = json.loads((tmp / "config.json").read_text())
         (tmp / "README.md").write_text(model_card(opened, config, fields), encoding="utf-8")
         for name in HF_FILES:  # each file whole: a rename inside one folder
@@ -148,6 +183,16 @@ def _write(opened, out: Path) -> Dict[str, Any]:
     return {"output": out, "config": config, "timm_loads": fields["timm_loads"]}
 
 
+def _ap_lines(per_class: Optional[Dict[str, Any]]) -> str:
+    if not per_class:
+        return ""
+    row = lambda pairs: ", ".join(f"`{n}` {100 * a:.1f}" for a, n in pairs)  # noqa: E731
+    return (
+        f"Per-class AP (validation, epoch {per_class['epoch']}): best {row(per_class['best'])}; "
+        f"worst {row(per_class['worst'])}.\n"
+    )
+
+
 def _fold(names: List[str], limit: int = 40) -> str:
     shown = ", ".join(f"`{n}`" for n in names[:limit])
     return shown + (
@@ -159,6 +204,12 @@ def model_card(opened, config: Dict[str, Any], fields: Dict[str, Any]) -> str:
     """The folder's README.md: what it tags, its classes, how it was chosen and trained, how to load it."""
     task = opened.task.replace("_", "-")
     recipe = fields["recipe"]
+    conf = opened.config or {}
+    data = (
+        f" (`{conf['data_root']}`, validated on its {conf.get('val_split') or 'evaluation'} split)"
+        if conf.get("data_root")
+        else ""
+    )
     loss = (
         f"{recipe.get('loss', 'not recorded')} (gamma- {recipe.get('gamma_neg', '-')}, "
         f"gamma+ {recipe.get('gamma_pos', '-')}, clip {recipe.get('clip', '-')})"
@@ -205,11 +256,12 @@ A `{config.get("architecture")}` trained with the Asymmetric Loss toolkit; it ta
 
 | | |
 | --- | --- |
-{rows}| dataset | {recipe.get("dataset", "not recorded")} |
+{rows}| dataset | {recipe.get("dataset", "not recorded")}{data} |
 | loss | {loss} |
 | schedule | {recipe.get("optimizer", "-")} lr {recipe.get("lr", "-")}, {recipe.get("epochs", "-")} epochs |
 | start | {fields.get("start") or "from scratch"} |
 
+{_ap_lines(fields.get("per_class_ap"))}
 ## Load it
 
 With timm alone:

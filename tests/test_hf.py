@@ -42,6 +42,7 @@ def test_timm_alone_builds_the_same_network_with_our_class_names(exported, train
     assert config["asl"]["task"] == "multi_label" and config["asl"]["timm_loads"]
     card = (exported / "README.md").read_text()
     assert "library_name: timm" in card and "| mAP |" in card and "local-dir:PATH" in card
+    assert "Per-class AP (validation, epoch 1): best" in card  # from the run's per_class_ap.json
 
 
 def test_our_commands_take_the_folder_and_score_the_same(exported, trained_run, tmp_path, capsys):
@@ -61,10 +62,46 @@ def test_our_commands_take_the_folder_and_score_the_same(exported, trained_run, 
     np.testing.assert_array_equal(np.load(tmp_path / "pth" / "scores.npy"), np.load(tmp_path / "hf" / "scores.npy"))
 
 
+def test_an_ml_decoder_folder_says_timm_cannot_build_it_and_loads_with_us(tmp_path, capsys):
+    from asl.checkpoint import make_checkpoint, save_checkpoint
+    from asl.models import create_model
+
+    model = create_model("test_resnet", 4, head="ml_decoder")
+    names = ["a", "b", "c", "d"]
+    ckpt = make_checkpoint(
+        model,
+        model_name="test_resnet",
+        class_names=names,
+        image_size=32,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        head="ml_decoder",
+    )
+    save_checkpoint(ckpt, tmp_path / "m.pth")
+    rc, _, err = call(
+        "export", ["--model-path", tmp_path / "m.pth", "--format", "hf", "--output", tmp_path / "hf"], capsys
+    )
+    assert rc == 0, err
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["asl"]["timm_loads"] is False and config["asl"]["head"] == "ml_decoder"
+    assert "timm cannot build this model's ml_decoder head" in (tmp_path / "hf" / "README.md").read_text()
+    from asl.opening import open_model
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(open_model(str(tmp_path / "hf"), device="cpu").net(x), model.eval()(x))
+
+
 def test_bad_hf_input_is_one_error_line(exported, trained_run, tmp_path, capsys):
     import shutil
 
     model = trained_run["out"] / "best.pth"
+    (tmp_path / "m.onnx").write_bytes(b"not really")
+    rc, _, err = call(
+        "export", ["--model-path", tmp_path / "m.onnx", "--format", "hf", "--output", tmp_path / "x"], capsys
+    )
+    one_error(rc, err, "--format hf exports a PyTorch checkpoint")
+    assert not (tmp_path / "x").exists()
     rc, _, err = call("export", ["--model-path", model, "--format", "hf", "--output", exported], capsys)
     one_error(rc, err, "already holds a Hugging Face model folder")
     (tmp_path / "mine").mkdir()

@@ -244,3 +244,22 @@ def test_a_damaged_cached_file_is_one_line_saying_how_to_clear_it(damage, hub, t
         one_error(rc, err, f"--pretrained {TAG}: the cached file {cached}")
         assert f"models--timm--{TAG}" in err[-1] and "delete" in err[-1]
         assert not (tmp_path / "o").exists()
+
+
+def test_without_a_network_pretrained_fails_fast_with_one_line(hub, tmp_path, capsys, monkeypatch):
+    """HF_HUB_OFFLINE unset and no network (an endpoint nothing answers): the cache is read at once,
+    and the absent weights are one line in seconds, not a minute of retries."""
+    import time
+
+    from asl import hub as hubmod
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://10.255.255.1")
+    hubmod.hub_reachable.cache_clear()
+    data = make_tagged(tmp_path / "d", n_train=8, n_val=4)
+    t0 = time.perf_counter()
+    argv = [data, "--dataset", "tagged", "--model-name", TAG, "--pretrained", "--output", tmp_path / "o"]
+    rc, _, err = call("train", argv, capsys)
+    hubmod.hub_reachable.cache_clear()
+    assert time.perf_counter() - t0 < 5
+    one_error(rc, err, "the Hugging Face Hub could not be reached")
