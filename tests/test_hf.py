@@ -60,6 +60,14 @@ def test_our_commands_take_the_folder_and_score_the_same(exported, trained_run, 
         metrics.append(json.loads((tmp_path / name / "metrics.json").read_text()))
     assert metrics[0]["mAP"] == metrics[1]["mAP"]
     np.testing.assert_array_equal(np.load(tmp_path / "pth" / "scores.npy"), np.load(tmp_path / "hf" / "scores.npy"))
+    pytest.importorskip("onnxruntime")
+    rc, _, err = call("export", ["--model-path", f"local-dir:{exported}", "--output", tmp_path / "m.onnx"], capsys)
+    assert rc == 0, err  # export.py checks the ONNX graph against the folder's PyTorch model
+    argv = ["--model-path", tmp_path / "m.onnx", "--pic-path", pic, "--th", "0", "--json"]
+    rc, out, err = call("infer", argv, capsys)
+    assert rc == 0, err
+    onnx_labels = json.loads(out)[0]["labels"]
+    assert [x["label"] for x in onnx_labels] == [x["label"] for x in outs[0]]
 
 
 def test_an_ml_decoder_folder_says_timm_cannot_build_it_and_loads_with_us(tmp_path, capsys):
