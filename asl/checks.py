@@ -78,6 +78,8 @@ def resolve_training(cfg: Config) -> Config:
         cfg = dataclasses.replace(cfg, dataset=resolve_dataset(cfg.data_root))
     model = cfg.model_name or DEFAULT_MODEL
     size = cfg.image_size if cfg.image_size is not None else default_image_size(model)
+    if cfg.label_smoothing is None and cfg.task != "single_label":  # unset: none, for the multi-label losses
+        cfg = dataclasses.replace(cfg, label_smoothing=0.0)
     init = cfg.init_checkpoint or cfg.model_path
     if init and (str(init).startswith(("hf-hub:", "local-dir:")) or Path(init).is_dir()):
         from .hub import hf_folder

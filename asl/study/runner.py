@@ -124,14 +124,14 @@ def final_map(run: Run) -> float:
     checkpoint train.py keeps); for a single-label run, the final epoch's macro-F1 (Herbarium 2020's
     metric, the paper's single-label comparison)."""
     last = run.records()[-1]
-    if run.cfg.task == "single_label":
+    if getattr(run.cfg, "task", None) == "single_label":
         return last["macro_f1"]
     return max(last["mAP"], last.get("mAP_ema") or -1.0)
 
 
 def metric_name(runs) -> str:
     """What :func:`final_map` measures for these runs, for the report's text."""
-    return "macro-F1" if any(r.cfg.task == "single_label" for r in runs) else "mAP"
+    return "macro-F1" if any(getattr(r.cfg, "task", None) == "single_label" for r in runs) else "mAP"
 
 
 class _Launcher:
