@@ -113,10 +113,14 @@ def _header_lines(study: Study, all_runs: List[Run], elapsed: Optional[float]) -
             if metric_name(all_runs) != "mAP"
             else "mAP is the final epoch's, the better of the plain and the EMA model. "
         )
-        + "Δ is a paired per-seed "
-        "difference, mean [95% t-interval]; * marks an interval that excludes 0. p(pos), p(neg): mean "
-        "validation probability of positive and of negative labels at the end; Δp = p(pos) - (1 - p(neg)), "
-        "the gap between the confidence on positives and on negatives (paper Sec. 2.6-2.7).",
+        + "Δ is a paired per-seed difference, mean [95% t-interval]; * marks an interval that excludes 0."
+        + (
+            ""
+            if metric_name(all_runs) != "mAP"
+            else " p(pos), p(neg): mean validation probability of positive and of negative labels at the end; "
+            "Δp = p(pos) - (1 - p(neg)), the gap between the confidence on positives and on negatives "
+            "(paper Sec. 2.6-2.7)."
+        ),
         "",
     ]
 
