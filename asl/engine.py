@@ -392,9 +392,9 @@ def evaluate(
     was_training = model.training
     model.eval()
     shard = (dist.rank, dist.world_size) if dist is not None and dist.enabled else (0, 1)
-    classes = len(getattr(loader.dataset, "class_names", ())) or None
-    n = getattr(loader.dataset, "num_samples", None) or len(loader.dataset)  # shards: len is this rank's share
-    collected = ScoreCollector(n, classes, rank=shard[0], world_size=shard[1], single_label=single_label)
+    collected = ScoreCollector.for_dataset(
+        loader.dataset, rank=shard[0], world_size=shard[1], single_label=single_label
+    )
     t0 = time.perf_counter()
     with torch.inference_mode():
         for images_b, targets_b in _progress(loader, desc):
@@ -409,9 +409,6 @@ def evaluate(
     model.train(was_training)
     if dist is not None:
         gather_scores(collected, dist)
-    place = getattr(loader.dataset, "evaluation_order", lambda: None)()
-    if place is not None:  # shards: the rows back in the source's order (ties rank as on the folder)
-        collected.reorder(place)
     # Unknown labels (-1, e.g. VOC's difficult-only classes) are left out of AP, the usual
     # protocol; without any, this is exactly the official mAP.
     return evaluation_result(collected, elapsed, loader.dataset)

@@ -155,18 +155,9 @@ def _export_onnx(cfg: Config) -> Dict[str, Any]:
     """
     dest = _check_export(cfg)
     from .files import atomic_write
-    from .opening import open_model
+    from .opening import open_configured
 
-    opened = open_model(
-        cfg.model_path,
-        cfg.model_name,
-        cfg.image_size,
-        cfg.class_names,
-        cfg.num_classes,
-        num_groups=cfg.num_of_groups,
-        decoder_embedding=cfg.decoder_embedding,
-        task=cfg.task,
-    )
+    opened = open_configured(cfg)
     blurs = _rewrite_blur(opened.net)
     net = _wrapped(opened.net, cfg.sigmoid, cfg.fp16, opened.task == "single_label")
     proto = trace(net, opened, cfg)

@@ -36,7 +36,7 @@ def export_hf(cfg: Config) -> Dict[str, Any]:
     Returns:
         dict with ``output`` (the folder), ``config`` (config.json's content), ``timm_loads``.
     """
-    from .opening import is_onnx, open_model
+    from .opening import is_onnx, open_configured
     from .outputs import HF_EXPORT
     from .rundir import claim, file_sources
 
@@ -52,16 +52,7 @@ def export_hf(cfg: Config) -> Dict[str, Any]:
         check_repo_id(cfg.push_to_hub, "--push-to-hub")
     sources = file_sources(model_path=cfg.model_path, class_names=cfg.class_names)
     with claim(cfg.output, HF_EXPORT, overwrite=cfg.overwrite, sources=sources) as out:
-        opened = open_model(
-            cfg.model_path,
-            cfg.model_name,
-            cfg.image_size,
-            cfg.class_names,
-            cfg.num_classes,
-            num_groups=cfg.num_of_groups,
-            decoder_embedding=cfg.decoder_embedding,
-            task=cfg.task,
-        )
+        opened = open_configured(cfg)
         result = _write(opened, out)
     if cfg.push_to_hub:
         result["url"] = push_folder(Path(cfg.output), cfg.push_to_hub, public=cfg.public)

@@ -37,7 +37,7 @@ from .config import (
 from .errors import ConfigError, DataError
 from .images import IMAGE_EXTENSIONS, iter_pictures, load_rgb
 from .metrics import nonfinite_note
-from .opening import open_model
+from .opening import open_configured
 from .outputs import TAGGING
 from .rundir import Source, check_apart, check_output_file, claim, file_sources
 from .zoo import OFFICIAL_INFER_THRESHOLDS
@@ -348,17 +348,7 @@ def _tag(cfg: Config, paths: List[Path], tag_files: Optional[List[Path]]) -> Lis
     scores CSV, the printed lines or JSON, the labelled picture."""
     if cfg.scores_csv:
         check_output_file(cfg.scores_csv, "--scores-csv", cfg.overwrite, "scores_csv")
-    model = open_model(
-        cfg.model_path,
-        cfg.model_name,
-        cfg.image_size,
-        cfg.class_names,
-        cfg.num_classes,
-        cfg.device,
-        cfg.num_of_groups,
-        cfg.decoder_embedding,
-        task=cfg.task,
-    )
+    model = open_configured(cfg, cfg.device)
     if cfg.class_descriptions:
         model = _described(model, Path(cfg.class_descriptions))
     seen = Batches([], np.zeros(model.num_classes, dtype=bool))

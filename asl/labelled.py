@@ -200,6 +200,13 @@ class ScoreCollector:
         self.seen = 0
         self._start(num_classes or 0)
 
+    @classmethod
+    def for_dataset(cls, dataset, **kwargs) -> "ScoreCollector":
+        """A collector sized for ``dataset``: the whole split's N (shards: ``num_samples``, as their
+        ``len`` is this rank's share) and its class count where it names its classes."""
+        n = getattr(dataset, "num_samples", None) or len(dataset)
+        return cls(n, len(getattr(dataset, "class_names", ())) or None, **kwargs)
+
     def _start(self, num_classes: int) -> None:
         """Sized for C classes (told, or read off the first batch)."""
         self.num_classes = num_classes

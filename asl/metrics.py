@@ -295,10 +295,14 @@ def evaluation_result(collected: ScoreCollector, seconds: float, dataset=None) -
     dataset's unreadable images.
 
     Args:
-        collected: the evaluation's scores (every rank's, merged).
+        collected: the evaluation's scores (every rank's, merged); a dataset that streams in another
+            order than its source's (shards: ``evaluation_order``) has its rows put back first.
         seconds: the evaluation's wall time.
         dataset: the evaluated dataset (its ``bad_count``, its ``class_names``), or None.
     """
+    place = getattr(dataset, "evaluation_order", lambda: None)()
+    if place is not None:  # shards: the rows back in the source's order (ties rank as on the folder)
+        collected.reorder(place)
     note = nonfinite_note(collected.nonfinite, getattr(dataset, "class_names", None))
     if note:
         log.warning("warning: %s", note)

@@ -157,17 +157,29 @@ def _evaluate_onnx(tagger, loader, order=None, single_label: bool = False) -> Di
     from .labelled import ScoreCollector
     from .metrics import evaluation_result
 
-    collected = ScoreCollector(
-        getattr(loader.dataset, "num_samples", None) or len(loader.dataset), single_label=single_label
-    )
+    collected = ScoreCollector.for_dataset(loader.dataset, single_label=single_label)
     t0 = time.perf_counter()
     for images, target in loader:
         s = tagger.run(images.numpy())
         collected.add(s[:, order] if order is not None else s, target.numpy())
-    place = getattr(loader.dataset, "evaluation_order", lambda: None)()
-    if place is not None:  # shards: the rows back in the source's order
-        collected.reorder(place)
     return evaluation_result(collected, time.perf_counter() - t0, loader.dataset)
+
+
+def open_configured(cfg, device: str = "auto") -> "OpenedModel":
+    """:func:`open_model` with a command's model flags (``--model-path``, ``--model-name``,
+    ``--image-size``, ``--class-names``, ``--num-classes``, ``--num-of-groups``,
+    ``--decoder-embedding``, ``--task``) read from its config; ``device``: where it scores."""
+    return open_model(
+        cfg.model_path,
+        cfg.model_name,
+        cfg.image_size,
+        cfg.class_names,
+        cfg.num_classes,
+        device,
+        cfg.num_of_groups,
+        cfg.decoder_embedding,
+        task=cfg.task,
+    )
 
 
 def open_model(

@@ -16,8 +16,6 @@ import os
 from pathlib import Path
 from typing import Callable, List, Optional
 
-import numpy as np
-
 from ..errors import DataError
 from ..images import IMAGE_EXTENSIONS
 from .base import DEFAULT_READ, MultiLabelDataset, ReadOptions
@@ -92,8 +90,5 @@ def create_classfolder(
         klass += [index[entry.name]] * len(pictures)
     if not paths:
         raise DataError(f"{folder}: no class folder")
-    n = len(paths)
-    labels = SparseLabels.from_entries(
-        n, len(classes), np.arange(n), np.asarray(klass), np.ones(n, np.int8), unlisted=0.0, presorted=True
-    )
+    labels = SparseLabels.one_per_image(klass, len(classes))
     return MultiLabelDataset(paths, labels, classes, transform, name=f"classfolder {root} [{split}]", read=read)

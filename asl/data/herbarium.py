@@ -82,8 +82,5 @@ def create_herbarium(
     rows, _ = split_rows([None] * len(image_ids), split, val_fraction, 0, root_p / METADATA, "split")
     klass = np.array([index[owner[image_ids[r]][0]] for r in rows], dtype=np.int32)
     paths = [str(root_p / "train" / by_id[image_ids[r]]) for r in rows]
-    n = len(paths)
-    labels = SparseLabels.from_entries(
-        n, len(ids), np.arange(n), klass, np.ones(n, np.int8), unlisted=0.0, presorted=True
-    )
+    labels = SparseLabels.one_per_image(klass, len(ids))
     return MultiLabelDataset(paths, labels, names, transform, name=f"herbarium {root} [{split}]", read=read)

@@ -101,6 +101,13 @@ class SparseLabels:
         (pi, px), (ni, nx) = csr(pos), csr(neg)
         return cls(num_classes, pi, px, ni, nx, float(unlisted))
 
+    @classmethod
+    def one_per_image(cls, klass, num_classes: int) -> "SparseLabels":
+        """Single-label data: image ``i``'s class is ``klass[i]``, every other class a negative."""
+        klass = np.asarray(klass)
+        n = len(klass)
+        return cls.from_entries(n, num_classes, np.arange(n), klass, np.ones(n, np.int8), unlisted=0.0, presorted=True)
+
     def __len__(self) -> int:
         return len(self.pos_indptr) - 1
 

@@ -389,8 +389,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         return img, torch.from_numpy(row.copy())
 
     def _stream(self, sequence: np.ndarray) -> Iterator[Tuple[int, Any]]:
-        """(sample id, its encoded files) for each id of ``sequence``, in its order: each run of
-        increasing ids in one shard is one pass over that tar."""
+        """(sample id, (its shard, its key, its encoded files)) for each id of ``sequence``, in its
+        order: each run of increasing ids in one shard is one pass over that tar."""
         if not len(sequence):
             return
         shard = np.searchsorted(self.offsets, sequence, side="right") - 1
@@ -399,7 +399,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             s = int(np.searchsorted(self.offsets, run[0], side="right") - 1)
             base = int(self.offsets[s])
             for index, raw in self._read_tar(s, (run - base).tolist()):
-                yield base + index, raw
+                yield base + index, (s, *raw)
 
     def _read_tar(self, s: int, wanted: List[int]) -> Iterator[Tuple[int, Any]]:
         """(index in shard, (key, files by extension)) for the ``wanted`` indices (increasing) of shard ``s``."""
@@ -440,8 +440,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         """A sample's (picture, label row), or None (recorded as bad) when it is not whole."""
         from ..images import decode_rgb
 
-        key, files = raw
-        s = int(np.searchsorted(self.offsets, sid, side="right") - 1)
+        s, key, files = raw
         name = f"{self.files[s].name}:{key}"
         pictures = [e for e in files if e != "json"]
         try:
